@@ -1,0 +1,255 @@
+//! Configuration: connection strings and the settings of each stage.
+//!
+//! Every field documents itself and has its default as an associated const;
+//! `validate()` returns errors that name the command-line flag to fix.
+
+mod conninfo;
+mod pgpass;
+
+pub use conninfo::{
+    ChannelBinding, ConnInfo, ConnInfoError, EnvLookup, Host, HostAddr, Password, RootCert, SslMode,
+};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::lsn::Lsn;
+
+/// A setting is out of its domain; the message names the flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {flag}: {reason}")]
+pub struct ConfigError {
+    /// The command-line flag, e.g. `--slot`.
+    pub flag: &'static str,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+/// Whether to ask the server to stream large in-progress transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Streaming {
+    /// On where the server supports it (PostgreSQL 14 and later).
+    #[default]
+    Auto,
+    /// Required: fail on servers before 14.
+    On,
+    /// Never: large transactions are decoded on blue and sent at commit.
+    Off,
+}
+
+impl std::str::FromStr for Streaming {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Streaming::Auto),
+            "on" | "true" => Ok(Streaming::On),
+            "off" | "false" => Ok(Streaming::Off),
+            _ => Err(format!("{s:?} is not one of auto, on, off")),
+        }
+    }
+}
+
+/// What the source needs to open and follow a replication slot.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Blue: where the slot lives.
+    pub conninfo: ConnInfo,
+    /// The logical replication slot to read.
+    pub slot: String,
+    /// Publications whose tables are streamed.
+    pub publications: Vec<String>,
+    /// Create the slot when it does not exist.
+    pub create_slot: bool,
+    /// Start here instead of the slot's confirmed position (it is ignored when
+    /// older than the slot's `confirmed_flush_lsn`, as PostgreSQL does).
+    pub start_lsn: Option<Lsn>,
+    /// Streaming of in-progress transactions.
+    pub streaming: Streaming,
+    /// Ask for the binary format of column values.
+    pub binary: bool,
+    /// Receive `pg_logical_emit_message` messages.
+    pub messages: bool,
+    /// Longest time between two standby status updates.
+    pub status_interval: Duration,
+    /// First reconnect delay; doubles up to `reconnect_max_delay`.
+    pub reconnect_min_delay: Duration,
+    /// Cap of the reconnect delay.
+    pub reconnect_max_delay: Duration,
+}
+
+impl SourceConfig {
+    /// PostgreSQL's `wal_receiver_status_interval` default.
+    pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+    /// First retry after a lost connection.
+    pub const DEFAULT_RECONNECT_MIN_DELAY: Duration = Duration::from_millis(200);
+    /// Retries are never further apart than this.
+    pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
+
+    /// A configuration with every optional setting at its default.
+    pub fn new(conninfo: ConnInfo, slot: impl Into<String>, publications: Vec<String>) -> Self {
+        SourceConfig {
+            conninfo,
+            slot: slot.into(),
+            publications,
+            create_slot: false,
+            start_lsn: None,
+            streaming: Streaming::Auto,
+            binary: false,
+            messages: true,
+            status_interval: Self::DEFAULT_STATUS_INTERVAL,
+            reconnect_min_delay: Self::DEFAULT_RECONNECT_MIN_DELAY,
+            reconnect_max_delay: Self::DEFAULT_RECONNECT_MAX_DELAY,
+        }
+    }
+
+    /// Checks names and intervals before anything connects.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_slot_name(&self.slot)?;
+        if self.publications.is_empty() {
+            return Err(ConfigError {
+                flag: "--publication",
+                reason: "at least one publication is needed".into(),
+            });
+        }
+        for p in &self.publications {
+            if p.is_empty() || p.len() > 63 || p.contains('\0') {
+                return Err(ConfigError {
+                    flag: "--publication",
+                    reason: format!("{p:?} is not a valid publication name"),
+                });
+            }
+        }
+        if self.status_interval.is_zero() {
+            return Err(ConfigError {
+                flag: "--status-interval",
+                reason: "must be greater than zero".into(),
+            });
+        }
+        if self.reconnect_min_delay > self.reconnect_max_delay {
+            return Err(ConfigError {
+                flag: "--reconnect-max-delay",
+                reason: "must not be below the minimum reconnect delay".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// PostgreSQL accepts slot names of lower-case letters, digits and underscores,
+/// at most 63 bytes (`ReplicationSlotValidateName`).
+pub fn validate_slot_name(slot: &str) -> Result<(), ConfigError> {
+    let ok = !slot.is_empty()
+        && slot.len() <= 63
+        && slot
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            flag: "--slot",
+            reason: format!(
+                "{slot:?} is not a valid replication slot name: use 1-63 lower-case letters, digits and underscores"
+            ),
+        })
+    }
+}
+
+/// How the assembler buffers transactions until their commit arrives.
+#[derive(Debug, Clone)]
+pub struct AssemblerConfig {
+    /// Buffered changes above this many bytes spill to disk.
+    pub max_memory: u64,
+    /// Directory for spill files (anonymous files, removed even on a crash).
+    pub spill_dir: PathBuf,
+}
+
+impl AssemblerConfig {
+    /// 256 MiB, the default.
+    pub const DEFAULT_MAX_MEMORY: u64 = 256 * 1024 * 1024;
+    /// The smallest bound accepted: below it, spilling would dominate.
+    pub const MIN_MAX_MEMORY: u64 = 1024 * 1024;
+
+    /// Checks the memory bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_memory < Self::MIN_MAX_MEMORY {
+            return Err(ConfigError {
+                flag: "--max-memory",
+                reason: format!("must be at least {} bytes (1MiB)", Self::MIN_MAX_MEMORY),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for AssemblerConfig {
+    fn default() -> Self {
+        AssemblerConfig {
+            max_memory: Self::DEFAULT_MAX_MEMORY,
+            spill_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Parses a byte size such as `16MiB`, `256MB`, `1GiB` or `1048576`.
+pub fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 256MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown unit in {s:?}: use B, kB, MB or GB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses a duration such as `10s`, `250ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s or 250ms"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        _ => return Err(format!("unknown unit in {s:?}: use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_byte_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_byte_size("256MB"), Ok(256 << 20));
+        assert_eq!(parse_byte_size("1048576"), Ok(1 << 20));
+        assert!(parse_byte_size("12 parsecs").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn slot_names_follow_postgres_rules() {
+        assert!(validate_slot_name("teal_slot_1").is_ok());
+        let err = validate_slot_name("Teal-Slot").unwrap_err();
+        assert_eq!(err.flag, "--slot");
+        assert!(validate_slot_name(&"a".repeat(64)).is_err());
+    }
+}

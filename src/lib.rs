@@ -1,0 +1,21 @@
+//! teal: a logical-replication CDC streamer for PostgreSQL.
+//!
+//! teal reads `pgoutput` from a replication slot on blue, decodes it into typed
+//! change events, and hands whole transactions, in commit order, to consumers
+//! (`teal tail` prints them; apply and the Kafka sink come later).
+//!
+//! ```text
+//! blue ──replication conn──▶ source ──frames──▶ pgoutput ──messages──▶ assembler
+//!                              ▲                                          │ whole transactions,
+//!                              │ flush LSN (watch)                        ▼ commit order
+//!                           progress ◀──────── confirmed LSN ──────── consumers
+//! ```
+//!
+//! Data flows one way; only LSNs flow back, through [`progress`].
+
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod lsn;
+
+pub mod pgoutput;

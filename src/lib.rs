@@ -13,9 +13,11 @@
 //!
 //! Data flows one way; only LSNs flow back, through [`progress`].
 
+pub mod assembler;
 pub mod config;
 pub mod error;
 pub mod event;
 pub mod lsn;
-
 pub mod pgoutput;
+pub mod progress;
+pub mod source;

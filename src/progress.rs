@@ -1,0 +1,123 @@
+//! The flush LSN: how far every consumer has made the stream durable.
+//!
+//! ```text
+//! consumer A ──confirm(a)──┐
+//! consumer B ──confirm(b)──┼──▶ flush_lsn = min(a, b, ...) ──watch──▶ source ──▶ standby status update
+//! ```
+//!
+//! Invariants: each consumer's position and the flush LSN only move forward;
+//! the flush LSN never passes a position some consumer has not confirmed.
+//! This is the only path from the later stages back to the source, and it
+//! carries nothing but an LSN.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::lsn::Lsn;
+
+struct Inner {
+    /// Confirmed position per registered consumer.
+    consumers: Mutex<Vec<Lsn>>,
+    flush: watch::Sender<Lsn>,
+}
+
+/// Tracks the flush LSN over a fixed set of consumers.
+#[derive(Clone)]
+pub struct Progress {
+    inner: Arc<Inner>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
+}
+
+impl Progress {
+    /// A tracker with no consumers; the flush LSN starts at 0/0 ("nothing confirmed").
+    pub fn new() -> Progress {
+        Progress {
+            inner: Arc::new(Inner {
+                consumers: Mutex::new(Vec::new()),
+                flush: watch::Sender::new(Lsn::ZERO),
+            }),
+        }
+    }
+
+    /// Adds a consumer; register all of them before any confirms.
+    pub fn register(&self) -> Consumer {
+        let mut consumers = lock(&self.inner.consumers);
+        consumers.push(Lsn::ZERO);
+        Consumer {
+            inner: Arc::clone(&self.inner),
+            index: consumers.len() - 1,
+        }
+    }
+
+    /// The flush LSN now.
+    pub fn flush_lsn(&self) -> Lsn {
+        *self.inner.flush.borrow()
+    }
+
+    /// A receiver that wakes when the flush LSN moves.
+    pub fn subscribe(&self) -> watch::Receiver<Lsn> {
+        self.inner.flush.subscribe()
+    }
+}
+
+/// One consumer's handle for confirming what it made durable.
+pub struct Consumer {
+    inner: Arc<Inner>,
+    index: usize,
+}
+
+impl Consumer {
+    /// Records that everything up to `confirmed_lsn` is durable for this consumer.
+    pub fn confirm(&self, confirmed_lsn: Lsn) {
+        let min = {
+            let mut consumers = lock(&self.inner.consumers);
+            let slot = &mut consumers[self.index];
+            *slot = (*slot).max(confirmed_lsn);
+            consumers.iter().copied().min().unwrap_or(Lsn::ZERO)
+        };
+        self.inner.flush.send_if_modified(|flush_lsn| {
+            if min > *flush_lsn {
+                *flush_lsn = min;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+fn lock(m: &Mutex<Vec<Lsn>>) -> std::sync::MutexGuard<'_, Vec<Lsn>> {
+    // A panic while holding this lock cannot leave the Vec inconsistent (only
+    // whole-element stores happen under it), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_is_min_over_consumers_and_monotonic() {
+        let progress = Progress::new();
+        let green = progress.register();
+        let kafka = progress.register();
+        green.confirm(Lsn(100));
+        assert_eq!(
+            progress.flush_lsn(),
+            Lsn::ZERO,
+            "kafka confirmed nothing yet"
+        );
+        kafka.confirm(Lsn(50));
+        assert_eq!(progress.flush_lsn(), Lsn(50));
+        kafka.confirm(Lsn(150));
+        assert_eq!(progress.flush_lsn(), Lsn(100));
+        green.confirm(Lsn(90));
+        assert_eq!(progress.flush_lsn(), Lsn(100), "never moves back");
+    }
+}

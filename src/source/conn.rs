@@ -1,0 +1,719 @@
+//! One frontend/backend protocol connection on tokio, framed with
+//! `postgres-protocol`.
+//!
+//! ```text
+//! connect ─▶ [SSLRequest ─▶ TLS handshake] ─▶ StartupMessage ─▶ auth ─▶ ReadyForQuery
+//!         ─▶ simple queries / replication commands ─▶ [CopyBoth stream]
+//! ```
+//!
+//! Startup sets what the text output of every type depends on (DateStyle,
+//! IntervalStyle, extra_float_digits, TimeZone, bytea_output, UTF-8), the way
+//! PostgreSQL's own subscriber does, so a blue with unusual defaults cannot
+//! change the values teal receives.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{self, ChannelBinding as ScramBinding, ScramSha256};
+use postgres_protocol::message::backend::{ErrorFields, Header, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
+
+use crate::config::{ChannelBinding, ConnInfo, Host, HostAddr, Password, SslMode};
+
+use super::error::{ServerError, SourceError};
+use super::tls;
+
+/// Bytes requested from the socket per read. Large reads let blue's walsender
+/// fill its socket buffer and send big packets instead of one per message.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// GUCs sent at startup so values arrive in one canonical text form.
+const STARTUP_SETTINGS: [(&str, &str); 6] = [
+    ("client_encoding", "UTF8"),
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("TimeZone", "UTC"),
+    ("bytea_output", "hex"),
+];
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A backend message, with the two copy-mode messages framed here
+/// (`postgres-protocol` does not parse CopyBothResponse).
+pub(crate) enum Frame {
+    /// CopyData payload.
+    CopyData(Bytes),
+    /// CopyBothResponse: START_REPLICATION succeeded.
+    CopyBoth,
+    /// Anything else.
+    Message(Message),
+}
+
+/// One text-format result row of a simple query.
+#[derive(Debug)]
+pub(crate) struct Row(Vec<Option<String>>);
+
+impl Row {
+    /// Column `i`, `None` for NULL or past the end.
+    pub(crate) fn get(&self, i: usize) -> Option<&str> {
+        self.0.get(i).and_then(|v| v.as_deref())
+    }
+
+    /// All columns.
+    pub(crate) fn into_values(self) -> Vec<Option<String>> {
+        self.0
+    }
+}
+
+/// An open, authenticated connection.
+pub struct Connection {
+    stream: Stream,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    host: String,
+    parameters: HashMap<String, String>,
+    tls: bool,
+}
+
+/// Which session to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    /// A logical replication session (`replication=database`): replication
+    /// commands and plain SQL.
+    Replication,
+    /// An ordinary session.
+    Normal,
+}
+
+impl Connection {
+    /// Connects to the first host that accepts, as libpq does.
+    pub async fn connect(conninfo: &ConnInfo, session: Session) -> Result<Connection, SourceError> {
+        let mut last = None;
+        for host in &conninfo.hosts {
+            let attempt = connect_host(conninfo, host, session);
+            let result = match conninfo.connect_timeout {
+                Some(t) => tokio::time::timeout(t, attempt).await.unwrap_or_else(|_| {
+                    Err(SourceError::ConnectTimeout {
+                        host: host.to_string(),
+                        secs: t.as_secs(),
+                    })
+                }),
+                None => attempt.await,
+            };
+            match result {
+                Ok(conn) => return Ok(conn),
+                Err(e) => {
+                    tracing::debug!(host = %host, error = %e, "connection attempt failed");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| SourceError::Setup("the connection string lists no host".into())))
+    }
+
+    /// Host and port, for messages.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Whether the session is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// A parameter the server reported (`server_version`, `integer_datetimes`, ...).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    /// The server's major version (10, 11, ... 18), from `server_version`.
+    pub fn server_major_version(&self) -> Option<u32> {
+        let v = self.parameter("server_version")?;
+        let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
+
+    fn io_error(&self, source: io::Error) -> SourceError {
+        SourceError::Io {
+            host: self.host.clone(),
+            source,
+        }
+    }
+
+    fn protocol(&self, what: impl Into<String>) -> SourceError {
+        SourceError::Protocol {
+            host: self.host.clone(),
+            what: what.into(),
+        }
+    }
+
+    /// Reads more bytes from the socket (cancel-safe).
+    pub(crate) async fn fill(&mut self) -> Result<(), SourceError> {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        match self.stream.read_buf(&mut self.read_buf).await {
+            Ok(0) => Err(self.io_error(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.io_error(e)),
+        }
+    }
+
+    /// The next complete frame already buffered, without I/O.
+    pub(crate) fn try_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        let header = match Header::parse(&self.read_buf) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(self.protocol(e.to_string())),
+        };
+        let total = header.len() as usize + 1;
+        if self.read_buf.len() < total {
+            self.read_buf.reserve(total - self.read_buf.len());
+            return Ok(None);
+        }
+        match header.tag() {
+            b'd' => {
+                let mut frame = self.read_buf.split_to(total);
+                frame.advance(5);
+                Ok(Some(Frame::CopyData(frame.freeze())))
+            }
+            b'W' => {
+                self.read_buf.advance(total);
+                Ok(Some(Frame::CopyBoth))
+            }
+            _ => match Message::parse(&mut self.read_buf) {
+                Ok(Some(m)) => Ok(Some(Frame::Message(m))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(self.protocol(e.to_string())),
+            },
+        }
+    }
+
+    /// The next frame, reading as needed. Notices and parameter changes are
+    /// handled here and not returned.
+    pub(crate) async fn next_frame(&mut self) -> Result<Frame, SourceError> {
+        loop {
+            match self.try_frame()? {
+                Some(Frame::Message(Message::NoticeResponse(body))) => {
+                    log_notice(&self.host, body.fields());
+                }
+                Some(Frame::Message(Message::ParameterStatus(body))) => {
+                    if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
+                        self.parameters.insert(name.to_owned(), value.to_owned());
+                    }
+                }
+                Some(frame) => return Ok(frame),
+                None => self.fill().await?,
+            }
+        }
+    }
+
+    /// Queues a CopyData message.
+    pub(crate) fn queue_copy_data(&mut self, data: &[u8]) -> Result<(), SourceError> {
+        frontend::CopyData::new(data)
+            .map_err(|e| self.protocol(e.to_string()))?
+            .write(&mut self.write_buf);
+        Ok(())
+    }
+
+    /// Queues a CopyDone message.
+    pub(crate) fn queue_copy_done(&mut self) {
+        frontend::copy_done(&mut self.write_buf);
+    }
+
+    /// Sends everything queued.
+    pub(crate) async fn flush(&mut self) -> Result<(), SourceError> {
+        let result = async {
+            self.stream.write_all(&self.write_buf).await?;
+            self.stream.flush().await
+        }
+        .await;
+        self.write_buf.clear();
+        result.map_err(|e| self.io_error(e))
+    }
+
+    /// Runs one statement with the simple query protocol; rows come back as text.
+    pub(crate) async fn simple_query(
+        &mut self,
+        sql: &str,
+        context: &str,
+    ) -> Result<Vec<Row>, SourceError> {
+        frontend::query(sql, &mut self.write_buf).map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.next_frame().await? {
+                Frame::Message(Message::DataRow(row)) => {
+                    let buf = row.buffer();
+                    let values = row
+                        .ranges()
+                        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
+                        .collect()
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                    rows.push(Row(values));
+                }
+                Frame::Message(Message::ErrorResponse(body)) => {
+                    error = Some(Box::new(server_error(body.fields())));
+                }
+                Frame::Message(Message::ReadyForQuery(_)) => break,
+                Frame::Message(
+                    Message::RowDescription(_)
+                    | Message::CommandComplete(_)
+                    | Message::EmptyQueryResponse,
+                ) => {}
+                Frame::CopyBoth | Frame::CopyData(_) => {
+                    return Err(self.protocol("copy data in answer to a simple query"));
+                }
+                Frame::Message(_) => return Err(self.protocol("unexpected message type")),
+            }
+        }
+        match error {
+            Some(error) => Err(SourceError::Server {
+                context: context.to_owned(),
+                error,
+            }),
+            None => Ok(rows),
+        }
+    }
+
+    /// Sends a command that answers with CopyBothResponse (START_REPLICATION).
+    pub(crate) async fn start_copy_both(
+        &mut self,
+        sql: &str,
+        context: &str,
+    ) -> Result<(), SourceError> {
+        frontend::query(sql, &mut self.write_buf).map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await?;
+        loop {
+            match self.next_frame().await? {
+                Frame::CopyBoth => return Ok(()),
+                Frame::Message(Message::ErrorResponse(body)) => {
+                    let error = Box::new(server_error(body.fields()));
+                    // Drain to ReadyForQuery so the connection stays usable.
+                    while !matches!(
+                        self.next_frame().await?,
+                        Frame::Message(Message::ReadyForQuery(_))
+                    ) {}
+                    return Err(SourceError::Server {
+                        context: context.to_owned(),
+                        error,
+                    });
+                }
+                Frame::Message(Message::RowDescription(_) | Message::DataRow(_)) => {}
+                _ => return Err(self.protocol("unexpected message before CopyBothResponse")),
+            }
+        }
+    }
+
+    /// Says goodbye (Terminate) and closes; errors are irrelevant by now.
+    pub async fn close(mut self) {
+        frontend::terminate(&mut self.write_buf);
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+fn log_notice(host: &str, fields: ErrorFields<'_>) {
+    let notice = server_error(fields);
+    tracing::info!(host = %host, severity = %notice.severity, code = %notice.code, "server notice: {}", notice.message);
+}
+
+pub(crate) fn server_error(mut fields: ErrorFields<'_>) -> ServerError {
+    let mut e = ServerError {
+        severity: String::new(),
+        code: String::new(),
+        message: String::new(),
+        detail: None,
+        hint: None,
+    };
+    while let Ok(Some(f)) = fields.next() {
+        let value = String::from_utf8_lossy(f.value_bytes()).into_owned();
+        match f.type_() {
+            b'V' => e.severity = value,
+            b'S' if e.severity.is_empty() => e.severity = value,
+            b'C' => e.code = value,
+            b'M' => e.message = value,
+            b'D' => e.detail = Some(value),
+            b'H' => e.hint = Some(value),
+            _ => {}
+        }
+    }
+    e
+}
+
+async fn connect_host(
+    conninfo: &ConnInfo,
+    host: &Host,
+    session: Session,
+) -> Result<Connection, SourceError> {
+    let name = host.to_string();
+    let HostAddr::Tcp(hostname) = &host.addr else {
+        // TLS is never used over Unix-domain sockets (libpq ignores sslmode there).
+        let path = host.to_string();
+        let stream = UnixStream::connect(&path)
+            .await
+            .map_err(|source| SourceError::Connect {
+                host: name.clone(),
+                source,
+            })?;
+        return startup(Stream::Unix(stream), false, conninfo, host, session).await;
+    };
+    match conninfo.sslmode {
+        SslMode::Disable => {
+            startup(
+                Stream::Tcp(tcp(hostname, host.port, &name).await?),
+                false,
+                conninfo,
+                host,
+                session,
+            )
+            .await
+        }
+        SslMode::Allow => {
+            let plain = tcp(hostname, host.port, &name).await?;
+            match startup(Stream::Tcp(plain), false, conninfo, host, session).await {
+                // pg_hba.conf may accept only TLS (hostssl): try again encrypted.
+                Err(SourceError::Server { error, .. }) if error.code == "28000" => {
+                    tls_connect(conninfo, host, hostname, &name, session).await
+                }
+                other => other,
+            }
+        }
+        SslMode::Prefer => match tls_connect(conninfo, host, hostname, &name, session).await {
+            Err(SourceError::TlsRefused { .. } | SourceError::TlsHandshake { .. }) => {
+                let plain = tcp(hostname, host.port, &name).await?;
+                startup(Stream::Tcp(plain), false, conninfo, host, session).await
+            }
+            other => other,
+        },
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            tls_connect(conninfo, host, hostname, &name, session).await
+        }
+    }
+}
+
+async fn tcp(hostname: &str, port: u16, name: &str) -> Result<TcpStream, SourceError> {
+    let stream = TcpStream::connect((hostname, port))
+        .await
+        .map_err(|source| SourceError::Connect {
+            host: name.to_owned(),
+            source,
+        })?;
+    // Replication streams are long-lived; let the kernel notice a dead peer
+    // (libpq's keepalives=1 default).
+    let tuned = stream
+        .set_nodelay(true)
+        .and_then(|()| socket2::SockRef::from(&stream).set_keepalive(true));
+    if let Err(e) = tuned {
+        tracing::debug!(host = %name, error = %e, "cannot set TCP_NODELAY and SO_KEEPALIVE");
+    }
+    Ok(stream)
+}
+
+async fn tls_connect(
+    conninfo: &ConnInfo,
+    host: &Host,
+    hostname: &str,
+    name: &str,
+    session: Session,
+) -> Result<Connection, SourceError> {
+    let config = tls::client_config(conninfo)?;
+    let mut stream = tcp(hostname, host.port, name).await?;
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    let io_err = |source| SourceError::Io {
+        host: name.to_owned(),
+        source,
+    };
+    stream.write_all(&buf).await.map_err(io_err)?;
+    let answer = stream.read_u8().await.map_err(io_err)?;
+    match answer {
+        b'S' => {}
+        b'N' => {
+            return Err(SourceError::TlsRefused {
+                host: name.to_owned(),
+                mode: sslmode_name(conninfo.sslmode),
+            });
+        }
+        other => {
+            return Err(SourceError::Protocol {
+                host: name.to_owned(),
+                what: format!("answer 0x{other:02x} to SSLRequest"),
+            });
+        }
+    }
+    let server_name = tls::server_name(hostname)?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::clone(&config))
+        .connect(server_name, stream)
+        .await
+        .map_err(|source| SourceError::TlsHandshake {
+            host: name.to_owned(),
+            source,
+        })?;
+    startup(Stream::Tls(Box::new(tls)), true, conninfo, host, session).await
+}
+
+fn sslmode_name(mode: SslMode) -> &'static str {
+    match mode {
+        SslMode::Disable => "disable",
+        SslMode::Allow => "allow",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCa => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
+    }
+}
+
+async fn startup(
+    stream: Stream,
+    tls: bool,
+    conninfo: &ConnInfo,
+    host: &Host,
+    session: Session,
+) -> Result<Connection, SourceError> {
+    let mut conn = Connection {
+        stream,
+        read_buf: BytesMut::with_capacity(READ_CHUNK),
+        write_buf: BytesMut::new(),
+        host: host.to_string(),
+        parameters: HashMap::new(),
+        tls,
+    };
+    let app = conninfo.application_name.as_deref().unwrap_or("teal");
+    let mut params: Vec<(&str, &str)> = vec![
+        ("user", &conninfo.user),
+        ("database", &conninfo.dbname),
+        ("application_name", app),
+    ];
+    params.extend(STARTUP_SETTINGS);
+    if session == Session::Replication {
+        params.push(("replication", "database"));
+    }
+    if let Some(options) = &conninfo.options {
+        params.push(("options", options));
+    }
+    frontend::startup_message(params, &mut conn.write_buf)
+        .map_err(|e| conn.protocol(e.to_string()))?;
+    conn.flush().await?;
+    authenticate(&mut conn, conninfo, host).await?;
+    loop {
+        match conn.next_frame().await? {
+            Frame::Message(Message::ReadyForQuery(_)) => return Ok(conn),
+            Frame::Message(Message::BackendKeyData(_)) => {}
+            Frame::Message(Message::ErrorResponse(body)) => {
+                return Err(SourceError::Server {
+                    context: format!("starting a session on {}", conn.host),
+                    error: Box::new(server_error(body.fields())),
+                });
+            }
+            _ => return Err(conn.protocol("unexpected message after authentication")),
+        }
+    }
+}
+
+async fn authenticate(
+    conn: &mut Connection,
+    conninfo: &ConnInfo,
+    host: &Host,
+) -> Result<(), SourceError> {
+    let auth_error = |reason: String| SourceError::Auth {
+        host: host.to_string(),
+        user: conninfo.user.clone(),
+        reason,
+    };
+    let password = || -> Result<Password, SourceError> {
+        conninfo.password_for(host).ok_or_else(|| {
+            auth_error(
+                "the server asks for a password and none was given (URL, PGPASSWORD or the password file)"
+                    .into(),
+            )
+        })
+    };
+    let mut scram: Option<ScramSha256> = None;
+    let mut bound = false;
+    loop {
+        match conn.next_frame().await? {
+            Frame::Message(Message::AuthenticationOk) => break,
+            Frame::Message(Message::AuthenticationCleartextPassword) => {
+                let pw = password()?;
+                frontend::password_message(pw.expose().as_bytes(), &mut conn.write_buf)
+                    .map_err(|e| conn.protocol(e.to_string()))?;
+                conn.flush().await?;
+            }
+            Frame::Message(Message::AuthenticationMd5Password(body)) => {
+                let pw = password()?;
+                let hash = md5_hash(
+                    conninfo.user.as_bytes(),
+                    pw.expose().as_bytes(),
+                    body.salt(),
+                );
+                frontend::password_message(hash.as_bytes(), &mut conn.write_buf)
+                    .map_err(|e| conn.protocol(e.to_string()))?;
+                conn.flush().await?;
+            }
+            Frame::Message(Message::AuthenticationSasl(body)) => {
+                let mut offered_plain = false;
+                let mut offered_plus = false;
+                let mut mechanisms = body.mechanisms();
+                while let Some(m) = mechanisms
+                    .next()
+                    .map_err(|e| conn.protocol(e.to_string()))?
+                {
+                    offered_plain |= m == sasl::SCRAM_SHA_256;
+                    offered_plus |= m == sasl::SCRAM_SHA_256_PLUS;
+                }
+                let end_point = match (&conn.stream, conninfo.channel_binding) {
+                    (Stream::Tls(s), ChannelBinding::Prefer | ChannelBinding::Require) => s
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .and_then(|cert| tls::server_end_point(cert)),
+                    _ => None,
+                };
+                let (mechanism, binding) = match (offered_plus, end_point) {
+                    (true, Some(hash)) => {
+                        bound = true;
+                        (
+                            sasl::SCRAM_SHA_256_PLUS,
+                            ScramBinding::tls_server_end_point(hash),
+                        )
+                    }
+                    _ if !offered_plain => {
+                        return Err(auth_error(
+                            "the server offers no SASL mechanism teal supports (SCRAM-SHA-256)"
+                                .into(),
+                        ));
+                    }
+                    // Over TLS without PLUS on offer, say "client supports, server doesn't" ('y').
+                    _ if conn.tls && !offered_plus => {
+                        (sasl::SCRAM_SHA_256, ScramBinding::unrequested())
+                    }
+                    _ => (sasl::SCRAM_SHA_256, ScramBinding::unsupported()),
+                };
+                if conninfo.channel_binding == ChannelBinding::Require && !bound {
+                    return Err(auth_error(
+                        "channel_binding=require, but channel binding is not possible on this connection (needs TLS, SCRAM-SHA-256-PLUS and a certificate signed with SHA-2)".into(),
+                    ));
+                }
+                let pw = password()?;
+                let client = ScramSha256::new(pw.expose().as_bytes(), binding);
+                frontend::sasl_initial_response(mechanism, client.message(), &mut conn.write_buf)
+                    .map_err(|e| conn.protocol(e.to_string()))?;
+                conn.flush().await?;
+                scram = Some(client);
+            }
+            Frame::Message(Message::AuthenticationSaslContinue(body)) => {
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| conn.protocol("SASL continue without SASL start"))?;
+                client
+                    .update(body.data())
+                    .map_err(|e| auth_error(format!("SCRAM exchange failed: {e}")))?;
+                frontend::sasl_response(client.message(), &mut conn.write_buf)
+                    .map_err(|e| conn.protocol(e.to_string()))?;
+                conn.flush().await?;
+            }
+            Frame::Message(Message::AuthenticationSaslFinal(body)) => {
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| conn.protocol("SASL final without SASL start"))?;
+                client.finish(body.data()).map_err(|e| {
+                    auth_error(format!("the server's SCRAM signature does not verify: {e}"))
+                })?;
+            }
+            Frame::Message(Message::ErrorResponse(body)) => {
+                return Err(SourceError::Server {
+                    context: format!("authenticating to {} as {:?}", conn.host, conninfo.user),
+                    error: Box::new(server_error(body.fields())),
+                });
+            }
+            Frame::Message(
+                Message::AuthenticationGss
+                | Message::AuthenticationKerberosV5
+                | Message::AuthenticationSspi
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationGssContinue(_),
+            ) => {
+                return Err(auth_error(
+                    "the server requires GSSAPI/Kerberos/SSPI authentication, which teal does not support; use scram-sha-256 in pg_hba.conf".into(),
+                ));
+            }
+            _ => return Err(conn.protocol("unexpected message during authentication")),
+        }
+    }
+    if conninfo.channel_binding == ChannelBinding::Require && !bound {
+        return Err(auth_error(
+            "channel_binding=require, but the server authenticated without SCRAM channel binding"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// How long a graceful stop waits for the server to finish the copy.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,132 @@
+//! Errors of the source stage, and their class.
+
+use std::fmt;
+use std::io;
+
+use crate::error::{ErrorClass, classify_sqlstate};
+
+use super::tls::TlsConfigError;
+
+/// An ErrorResponse from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// ERROR, FATAL or PANIC.
+    pub severity: String,
+    /// SQLSTATE.
+    pub code: String,
+    /// Primary message.
+    pub message: String,
+    /// Optional detail.
+    pub detail: Option<String>,
+    /// Optional hint.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " (detail: {d})")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// What went wrong talking to blue.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// TCP or Unix socket connect failed.
+    #[error("cannot connect to {host}: {source}")]
+    Connect {
+        /// Host and port.
+        host: String,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// `connect_timeout` passed.
+    #[error("timed out after {secs}s connecting to {host}")]
+    ConnectTimeout {
+        /// Host and port.
+        host: String,
+        /// The timeout.
+        secs: u64,
+    },
+    /// The connection broke while in use.
+    #[error("connection to {host} lost: {source}")]
+    Io {
+        /// Host and port.
+        host: String,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// TLS could not be configured from the connection string.
+    #[error(transparent)]
+    TlsConfig(#[from] TlsConfigError),
+    /// The TLS handshake failed (certificate rejected, protocol mismatch).
+    #[error("TLS handshake with {host} failed: {source}")]
+    TlsHandshake {
+        /// Host and port.
+        host: String,
+        /// The handshake error (rustls' reason inside).
+        #[source]
+        source: io::Error,
+    },
+    /// The server does not offer TLS but the sslmode requires it.
+    #[error("{host} does not support TLS, but sslmode={mode} requires it")]
+    TlsRefused {
+        /// Host and port.
+        host: String,
+        /// The sslmode.
+        mode: &'static str,
+    },
+    /// Authentication failed or needs something teal lacks.
+    #[error("authentication to {host} as {user:?} failed: {reason}")]
+    Auth {
+        /// Host and port.
+        host: String,
+        /// The role.
+        user: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server answered with an error.
+    #[error("{context}: {error}")]
+    Server {
+        /// What teal was doing.
+        context: String,
+        /// The server's error.
+        error: Box<ServerError>,
+    },
+    /// The server sent something the protocol does not allow here.
+    #[error("unexpected response from {host}: {what}")]
+    Protocol {
+        /// Host and port.
+        host: String,
+        /// What arrived.
+        what: String,
+    },
+    /// Blue is not set up for teal (old version, missing slot or publication);
+    /// the message says what to run.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl SourceError {
+    /// Retry (connection trouble, server restarting) or stop (everything else).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SourceError::Connect { .. }
+            | SourceError::ConnectTimeout { .. }
+            | SourceError::Io { .. } => ErrorClass::Transient,
+            SourceError::Server { error, .. } => classify_sqlstate(&error.code),
+            _ => ErrorClass::Definite,
+        }
+    }
+}

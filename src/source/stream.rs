@@ -1,0 +1,282 @@
+//! The CopyBoth loop of one replication session.
+//!
+//! ```text
+//! socket ─read (big chunks)─▶ XLogData 'w' / keepalive 'k' ─▶ batch ─▶ channel (bounded)
+//!    ▲                                                          │ while the channel is full,
+//!    └── standby status 'r' (write, flush, apply) ◀─────────────┘ status updates continue
+//! ```
+//!
+//! A status update goes out at once when a keepalive asks for one, soon after
+//! the flush LSN moves (at most every [`MIN_STATUS_GAP`]), and at least every
+//! `status_interval`. The flush position is only ever what consumers
+//! confirmed; the write position is the furthest WAL end blue reported.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use postgres_protocol::message::backend::Message;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::lsn::{Lsn, PgTimestamp};
+
+use super::SourceEvent;
+use super::conn::{CLOSE_TIMEOUT, Connection, Frame, server_error};
+use super::error::SourceError;
+
+/// Shortest gap between two status updates sent because the flush LSN moved.
+pub(crate) const MIN_STATUS_GAP: Duration = Duration::from_millis(100);
+
+/// Why a session's stream ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamEnd {
+    /// SIGINT/SIGTERM or the caller's cancellation.
+    Shutdown,
+    /// The receiving side of the channel was dropped.
+    ConsumerGone,
+}
+
+pub(crate) struct StreamLoop<'a> {
+    pub(crate) conn: Connection,
+    pub(crate) out: &'a mpsc::Sender<Vec<SourceEvent>>,
+    pub(crate) flush: &'a mut watch::Receiver<Lsn>,
+    pub(crate) shutdown: &'a CancellationToken,
+    pub(crate) status_interval: Duration,
+    /// Furthest WAL end blue reported (the "write" position).
+    pub(crate) received: Lsn,
+    last_status: Instant,
+    flush_moved: bool,
+}
+
+impl<'a> StreamLoop<'a> {
+    pub(crate) fn new(
+        conn: Connection,
+        out: &'a mpsc::Sender<Vec<SourceEvent>>,
+        flush: &'a mut watch::Receiver<Lsn>,
+        shutdown: &'a CancellationToken,
+        status_interval: Duration,
+        start_lsn: Lsn,
+    ) -> Self {
+        StreamLoop {
+            conn,
+            out,
+            flush,
+            shutdown,
+            status_interval,
+            received: start_lsn,
+            last_status: Instant::now(),
+            flush_moved: false,
+        }
+    }
+
+    /// Streams until shutdown, the consumer leaving, or an error; always
+    /// closes the connection.
+    pub(crate) async fn run(mut self) -> Result<StreamEnd, SourceError> {
+        let result = self.pump().await;
+        match result {
+            Ok(end) => {
+                self.stop().await;
+                Ok(end)
+            }
+            Err(e) => {
+                self.conn.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn pump(&mut self) -> Result<StreamEnd, SourceError> {
+        loop {
+            let (batch, reply_requested) = self.drain_buffered()?;
+            if !batch.is_empty() && !self.send(batch).await? {
+                return Ok(StreamEnd::ConsumerGone);
+            }
+            if reply_requested {
+                self.send_status(false).await?;
+            }
+            let deadline = self.next_status_at();
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return Ok(StreamEnd::Shutdown),
+                read = self.conn.fill() => read?,
+                changed = self.flush.changed() => {
+                    if changed.is_err() {
+                        return Ok(StreamEnd::ConsumerGone);
+                    }
+                    self.flush_moved = true;
+                }
+                () = tokio::time::sleep_until(deadline) => self.send_status(false).await?,
+            }
+        }
+    }
+
+    fn next_status_at(&self) -> Instant {
+        if self.flush_moved {
+            self.last_status + MIN_STATUS_GAP
+        } else {
+            self.last_status + self.status_interval
+        }
+    }
+
+    /// Frames already read, as one batch; and whether blue asked for a reply.
+    fn drain_buffered(&mut self) -> Result<(Vec<SourceEvent>, bool), SourceError> {
+        let mut batch = Vec::new();
+        let mut reply = false;
+        while let Some(frame) = self.conn.try_frame()? {
+            match frame {
+                Frame::CopyData(data) => match data.first() {
+                    Some(b'w') => {
+                        let (wal_start, wal_end, send_time) = self.xlog_header(&data)?;
+                        self.received = self.received.max(wal_end);
+                        batch.push(SourceEvent::XLogData {
+                            wal_start,
+                            wal_end,
+                            send_time,
+                            data: data.slice(25..),
+                        });
+                    }
+                    Some(b'k') => {
+                        let (wal_end, send_time, reply_requested) = self.keepalive(&data)?;
+                        self.received = self.received.max(wal_end);
+                        reply |= reply_requested;
+                        batch.push(SourceEvent::Keepalive { wal_end, send_time });
+                    }
+                    other => {
+                        return Err(self.protocol(format!(
+                            "unknown CopyData message type {:?} in the replication stream",
+                            other.map(|b| char::from(*b))
+                        )));
+                    }
+                },
+                Frame::Message(Message::ErrorResponse(body)) => {
+                    return Err(SourceError::Server {
+                        context: "streaming changes from blue".into(),
+                        error: Box::new(server_error(body.fields())),
+                    });
+                }
+                Frame::Message(Message::CopyDone) => {
+                    return Err(SourceError::Io {
+                        host: self.conn.host().to_owned(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "blue ended the replication stream (server shutting down?)",
+                        ),
+                    });
+                }
+                Frame::Message(Message::NoticeResponse(_) | Message::ParameterStatus(_)) => {}
+                Frame::Message(_) | Frame::CopyBoth => {
+                    return Err(
+                        self.protocol("unexpected message in the replication stream".into())
+                    );
+                }
+            }
+        }
+        Ok((batch, reply))
+    }
+
+    fn protocol(&self, what: String) -> SourceError {
+        SourceError::Protocol {
+            host: self.conn.host().to_owned(),
+            what,
+        }
+    }
+
+    /// XLogData: 'w', Int64 start, Int64 end, Int64 send time, then the payload.
+    fn xlog_header(&self, data: &Bytes) -> Result<(Lsn, Lsn, PgTimestamp), SourceError> {
+        let field = |i: usize| {
+            data.get(1 + 8 * i..9 + 8 * i)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_be_bytes)
+        };
+        match (field(0), field(1), field(2)) {
+            (Some(start), Some(end), Some(time)) => {
+                Ok((Lsn(start), Lsn(end), PgTimestamp(time as i64)))
+            }
+            _ => Err(self.protocol(format!("XLogData message of {} bytes", data.len()))),
+        }
+    }
+
+    /// Primary keepalive: 'k', Int64 WAL end, Int64 send time, Byte1 reply requested.
+    fn keepalive(&self, data: &Bytes) -> Result<(Lsn, PgTimestamp, bool), SourceError> {
+        if data.len() != 18 {
+            return Err(self.protocol(format!("keepalive message of {} bytes", data.len())));
+        }
+        let u64_at = |at: usize| {
+            data.get(at..at + 8)
+                .and_then(|s| s.try_into().ok())
+                .map_or(0, u64::from_be_bytes)
+        };
+        Ok((Lsn(u64_at(1)), PgTimestamp(u64_at(9) as i64), data[17] != 0))
+    }
+
+    /// Sends a batch; while the channel is full, keeps the session alive.
+    /// Returns false when the consumer is gone.
+    async fn send(&mut self, batch: Vec<SourceEvent>) -> Result<bool, SourceError> {
+        loop {
+            let deadline = self.last_status + self.status_interval;
+            tokio::select! {
+                permit = self.out.reserve() => {
+                    return Ok(match permit {
+                        Ok(permit) => {
+                            permit.send(batch);
+                            true
+                        }
+                        Err(_) => false,
+                    });
+                }
+                () = tokio::time::sleep_until(deadline) => self.send_status(false).await?,
+                () = self.shutdown.cancelled() => return Ok(false),
+            }
+        }
+    }
+
+    /// Standby status update: 'r', write, flush, apply, clock, reply-requested.
+    async fn send_status(&mut self, reply: bool) -> Result<(), SourceError> {
+        let flush_lsn = *self.flush.borrow_and_update();
+        let write_lsn = self.received.max(flush_lsn);
+        let mut msg = [0u8; 34];
+        msg[0] = b'r';
+        msg[1..9].copy_from_slice(&write_lsn.0.to_be_bytes());
+        msg[9..17].copy_from_slice(&flush_lsn.0.to_be_bytes());
+        msg[17..25].copy_from_slice(&flush_lsn.0.to_be_bytes());
+        msg[25..33].copy_from_slice(&PgTimestamp::now().0.to_be_bytes());
+        msg[33] = u8::from(reply);
+        self.conn.queue_copy_data(&msg)?;
+        self.conn.flush().await?;
+        self.last_status = Instant::now();
+        self.flush_moved = false;
+        tracing::trace!(write_lsn = %write_lsn, flush_lsn = %flush_lsn, "sent standby status update");
+        Ok(())
+    }
+
+    /// Final status update, CopyDone, wait for blue to end the copy, Terminate.
+    async fn stop(mut self) {
+        let graceful = async {
+            self.send_status(false).await?;
+            self.conn.queue_copy_done();
+            self.conn.flush().await?;
+            loop {
+                match self.conn.next_frame().await? {
+                    Frame::Message(Message::ReadyForQuery(_)) => return Ok(()),
+                    Frame::Message(Message::ErrorResponse(body)) => {
+                        return Err(SourceError::Server {
+                            context: "ending the replication stream".into(),
+                            error: Box::new(server_error(body.fields())),
+                        });
+                    }
+                    // Data sent before blue saw our CopyDone, then its CopyDone and CommandComplete.
+                    _ => {}
+                }
+            }
+        };
+        match tokio::time::timeout(CLOSE_TIMEOUT, graceful).await {
+            Ok(Ok(())) => {
+                tracing::debug!(flush_lsn = %*self.flush.borrow(), "replication stream stopped cleanly")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "replication stream did not stop cleanly"),
+            Err(_) => tracing::warn!("blue did not end the replication stream in time; closing"),
+        }
+        self.conn.close().await;
+    }
+}

@@ -18,6 +18,8 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod lsn;
+pub mod ops;
 pub mod pgoutput;
+pub mod pipeline;
 pub mod progress;
 pub mod source;

@@ -1,1 +1,206 @@
-fn main() {}
+//! The `teal` command: argument parsing, logging, signals and exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use teal::config::{self, AssemblerConfig, ConnInfo, SourceConfig, Streaming};
+use teal::lsn::Lsn;
+use teal::ops::tail::{self, Format};
+
+/// Logical-replication CDC streamer for PostgreSQL.
+#[derive(Parser)]
+#[command(name = "teal", version, about, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "TEAL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. info or teal=debug).
+    #[arg(long, global = true, env = "TEAL_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print blue's decoded change stream; confirms LSNs once stdout is flushed.
+    Tail(TailArgs),
+}
+
+/// Where to read from and how.
+#[derive(Args)]
+struct SourceArgs {
+    /// Blue: libpq URL or key=value string (the password may also come from PGPASSWORD or ~/.pgpass).
+    #[arg(long, env = "TEAL_SOURCE_URL", hide_env_values = true)]
+    source: String,
+
+    /// Logical replication slot on blue.
+    #[arg(long, env = "TEAL_SLOT")]
+    slot: String,
+
+    /// Publication(s) on blue, comma-separated.
+    #[arg(long, env = "TEAL_PUBLICATION", value_delimiter = ',', required = true)]
+    publication: Vec<String>,
+
+    /// Create the slot if it does not exist.
+    #[arg(long, env = "TEAL_CREATE_SLOT")]
+    create_slot: bool,
+
+    /// Start at this LSN instead of the slot's confirmed position (ignored when older).
+    #[arg(long, env = "TEAL_START_LSN")]
+    start_lsn: Option<Lsn>,
+
+    /// Stream large in-progress transactions: auto (on from PostgreSQL 14), on, off.
+    #[arg(long, env = "TEAL_STREAMING", default_value = "auto")]
+    streaming: Streaming,
+
+    /// Ask for column values in binary format (PostgreSQL 14+).
+    #[arg(long, env = "TEAL_BINARY")]
+    binary: bool,
+
+    /// Do not receive pg_logical_emit_message messages.
+    #[arg(long, env = "TEAL_NO_MESSAGES")]
+    no_messages: bool,
+
+    /// Buffered changes above this size spill to disk (e.g. 256MiB, 16MiB).
+    #[arg(long, env = "TEAL_MAX_MEMORY", default_value = "256MiB", value_parser = config::parse_byte_size)]
+    max_memory: u64,
+
+    /// Directory for spill files (default: the system temporary directory).
+    #[arg(long, env = "TEAL_SPILL_DIR")]
+    spill_dir: Option<PathBuf>,
+
+    /// Longest time between standby status updates to blue (e.g. 10s).
+    #[arg(long, env = "TEAL_STATUS_INTERVAL", default_value = "10s", value_parser = config::parse_duration)]
+    status_interval: Duration,
+
+    /// Cap of the reconnect backoff (e.g. 30s).
+    #[arg(long, env = "TEAL_RECONNECT_MAX_DELAY", default_value = "30s", value_parser = config::parse_duration)]
+    reconnect_max_delay: Duration,
+}
+
+#[derive(Args)]
+struct TailArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+
+    /// Output format: json (one object per line) or text.
+    #[arg(long, env = "TEAL_FORMAT", default_value = "json")]
+    format: Format,
+}
+
+impl SourceArgs {
+    fn configs(self) -> anyhow::Result<(SourceConfig, AssemblerConfig)> {
+        let conninfo: ConnInfo = self
+            .source
+            .parse()
+            .context("invalid --source connection string")?;
+        let mut source = SourceConfig::new(conninfo, self.slot, self.publication);
+        source.create_slot = self.create_slot;
+        source.start_lsn = self.start_lsn;
+        source.streaming = self.streaming;
+        source.binary = self.binary;
+        source.messages = !self.no_messages;
+        source.status_interval = self.status_interval;
+        source.reconnect_max_delay = self.reconnect_max_delay;
+        source.validate()?;
+        let assembler = AssemblerConfig {
+            max_memory: self.max_memory,
+            spill_dir: self.spill_dir.unwrap_or_else(std::env::temp_dir),
+        };
+        assembler.validate()?;
+        Ok((source, assembler))
+    }
+}
+
+fn init_logging(format: &str, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid --log filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+/// Cancels `token` on SIGINT or SIGTERM; a second signal exits at once.
+fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        for round in 0.. {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            if round > 0 {
+                eprintln!("teal: second signal, exiting without a clean stop");
+                std::process::exit(130);
+            }
+            tracing::info!("stopping: finishing what was received, then confirming to blue");
+            token.cancel();
+        }
+    });
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    match cli.command {
+        Command::Tail(args) => {
+            let (source, assembler) = args.source.configs()?;
+            let (summary, stats) = tail::run(
+                source,
+                assembler,
+                args.format,
+                Box::new(std::io::stdout()),
+                shutdown,
+            )
+            .await?;
+            tracing::info!(
+                transactions = summary.transactions,
+                changes = summary.changes,
+                confirmed_lsn = %summary.confirmed_lsn,
+                spilled_changes = stats.spilled_changes.load(std::sync::atomic::Ordering::Relaxed),
+                "tail stopped"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(&cli.log_format, &cli.log) {
+        eprintln!("teal: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("teal: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "teal stopped");
+            eprintln!("teal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

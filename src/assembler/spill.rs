@@ -63,7 +63,8 @@ pub(crate) struct SpillFile {
     writer: BufWriter<File>,
     dir: String,
     relations: Vec<Arc<Relation>>,
-    slots: HashMap<*const Relation, u32>,
+    /// Relation slot by the address of its Arc (shared Arcs are one relation version).
+    slots: HashMap<usize, u32>,
     /// Bytes written so far (logical end of file).
     len: u64,
     scratch: Vec<u8>,
@@ -99,7 +100,7 @@ impl SpillFile {
     }
 
     fn slot(&mut self, rel: &Arc<Relation>) -> u32 {
-        let key = Arc::as_ptr(rel);
+        let key = Arc::as_ptr(rel) as usize;
         if let Some(&slot) = self.slots.get(&key) {
             return slot;
         }

@@ -92,19 +92,25 @@ pub enum SourceEvent {
 
 /// Follows the slot until `shutdown` fires or a definite error happens,
 /// reconnecting after transient ones.
+///
+/// `flush` must be a receiver of the consumers' [`crate::progress::Progress`]:
+/// on shutdown the source closes `out`, waits for that watch to close (every
+/// consumer finished and dropped its handle), then confirms the final flush
+/// LSN to blue and ends the stream with CopyDone.
 pub async fn run(
     config: SourceConfig,
     out: mpsc::Sender<Vec<SourceEvent>>,
     mut flush: watch::Receiver<Lsn>,
     shutdown: CancellationToken,
 ) -> Result<(), SourceError> {
+    let mut out = Some(out);
     let mut backoff = Backoff::new(config.reconnect_min_delay, config.reconnect_max_delay);
     let mut first_system: Option<SystemInfo> = None;
     loop {
         let mut streamed = false;
         let result = session(
             &config,
-            &out,
+            &mut out,
             &mut flush,
             &shutdown,
             &mut first_system,
@@ -132,7 +138,7 @@ pub async fn run(
 
 async fn session(
     config: &SourceConfig,
-    out: &mpsc::Sender<Vec<SourceEvent>>,
+    out: &mut Option<mpsc::Sender<Vec<SourceEvent>>>,
     flush: &mut watch::Receiver<Lsn>,
     shutdown: &CancellationToken,
     first_system: &mut Option<SystemInfo>,
@@ -213,7 +219,11 @@ async fn session(
         "streaming from blue"
     );
     *first_system = Some(info.system.clone());
-    if out
+    let Some(sender) = out.as_ref() else {
+        conn.close().await;
+        return Ok(StreamEnd::ConsumerGone);
+    };
+    if sender
         .send(vec![SourceEvent::Connected(Arc::clone(&info))])
         .await
         .is_err()

@@ -28,6 +28,10 @@ use super::error::SourceError;
 /// Shortest gap between two status updates sent because the flush LSN moved.
 pub(crate) const MIN_STATUS_GAP: Duration = Duration::from_millis(100);
 
+/// On shutdown, how long consumers get to finish what they received before
+/// the final status update is sent anyway.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why a session's stream ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StreamEnd {
@@ -38,13 +42,14 @@ pub(crate) enum StreamEnd {
 }
 
 pub(crate) struct StreamLoop<'a> {
-    pub(crate) conn: Connection,
-    pub(crate) out: &'a mpsc::Sender<Vec<SourceEvent>>,
-    pub(crate) flush: &'a mut watch::Receiver<Lsn>,
-    pub(crate) shutdown: &'a CancellationToken,
-    pub(crate) status_interval: Duration,
+    conn: Connection,
+    /// Taken (closing the channel) when shutting down.
+    out: &'a mut Option<mpsc::Sender<Vec<SourceEvent>>>,
+    flush: &'a mut watch::Receiver<Lsn>,
+    shutdown: &'a CancellationToken,
+    status_interval: Duration,
     /// Furthest WAL end blue reported (the "write" position).
-    pub(crate) received: Lsn,
+    received: Lsn,
     last_status: Instant,
     flush_moved: bool,
 }
@@ -52,7 +57,7 @@ pub(crate) struct StreamLoop<'a> {
 impl<'a> StreamLoop<'a> {
     pub(crate) fn new(
         conn: Connection,
-        out: &'a mpsc::Sender<Vec<SourceEvent>>,
+        out: &'a mut Option<mpsc::Sender<Vec<SourceEvent>>>,
         flush: &'a mut watch::Receiver<Lsn>,
         shutdown: &'a CancellationToken,
         status_interval: Duration,
@@ -71,11 +76,15 @@ impl<'a> StreamLoop<'a> {
     }
 
     /// Streams until shutdown, the consumer leaving, or an error; always
-    /// closes the connection.
+    /// closes the connection. On shutdown, consumers first finish what they
+    /// received, so the final status update confirms all of it.
     pub(crate) async fn run(mut self) -> Result<StreamEnd, SourceError> {
         let result = self.pump().await;
         match result {
             Ok(end) => {
+                if end == StreamEnd::Shutdown {
+                    self.drain().await;
+                }
                 self.stop().await;
                 Ok(end)
             }
@@ -210,13 +219,35 @@ impl<'a> StreamLoop<'a> {
         Ok((Lsn(u64_at(1)), PgTimestamp(u64_at(9) as i64), data[17] != 0))
     }
 
+    /// Closes the channel, then waits until every consumer is done (the flush
+    /// watch closes) or [`DRAIN_TIMEOUT`] passes.
+    async fn drain(&mut self) {
+        drop(self.out.take());
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        loop {
+            tokio::select! {
+                changed = self.flush.changed() => if changed.is_err() {
+                    return;
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("consumers did not finish within {DRAIN_TIMEOUT:?} of shutdown; confirming what they finished");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Sends a batch; while the channel is full, keeps the session alive.
     /// Returns false when the consumer is gone.
     async fn send(&mut self, batch: Vec<SourceEvent>) -> Result<bool, SourceError> {
+        // A clone for the wait: the status updates below need `self` mutably.
+        let Some(out) = self.out.clone() else {
+            return Ok(false);
+        };
         loop {
             let deadline = self.last_status + self.status_interval;
             tokio::select! {
-                permit = self.out.reserve() => {
+                permit = out.reserve() => {
                     return Ok(match permit {
                         Ok(permit) => {
                             permit.send(batch);

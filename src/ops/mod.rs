@@ -1,0 +1,4 @@
+//! Operator commands: each orchestrates the pipeline's stages, never
+//! re-implements them.
+
+pub mod tail;

@@ -1,0 +1,213 @@
+//! Wiring: bounded channels between the stages, and how they stop.
+//!
+//! ```text
+//! source (tokio task) ──Vec<SourceEvent>, cap 64──▶ decode+assemble (thread) ──Vec<Event>, cap 16──▶ consumer
+//!        ▲                                                                                            │
+//!        └──────────────────────────── flush LSN watch (progress) ◀──── Consumer::confirm ◀──────────┘
+//! ```
+//!
+//! Stopping: on shutdown the source stops reading and closes its channel; the
+//! assembler drains it and closes the consumer channel; the consumer finishes,
+//! confirms, and drops its progress handle; then the source sends the final
+//! status update. A decode or assembly error closes the assembler's input, so
+//! the source stops cleanly too; [`CaptureHandle::wait`] reports the error.
+//!
+//! Memory: besides the assembler's `max_memory`, at most the channel contents
+//! are held (64 socket reads of up to 256 KiB, and 16 event batches).
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::assembler::{Assembler, AssemblerError, AssemblerStats, EventSink, SinkClosed};
+use crate::config::{AssemblerConfig, SourceConfig};
+use crate::error::ErrorClass;
+use crate::event::Event;
+use crate::pgoutput::{DecodeError, Decoder};
+use crate::progress::Progress;
+use crate::source::{self, SessionInfo, SourceError, SourceEvent};
+
+const SOURCE_CHANNEL_BATCHES: usize = 64;
+const EVENT_CHANNEL_BATCHES: usize = 16;
+/// Changes gathered before a batch goes to the consumer mid-transaction.
+const EVENT_BATCH_CHANGES: usize = 8192;
+
+/// Why the capture pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Talking to blue failed for good.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A frame did not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The messages did not form transactions.
+    #[error(transparent)]
+    Assemble(#[from] AssemblerError),
+    /// A stage panicked (a bug: please report it with the log).
+    #[error("the {0} stage panicked")]
+    Panicked(&'static str),
+}
+
+impl PipelineError {
+    /// Whether retrying could help.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            PipelineError::Source(e) => e.class(),
+            PipelineError::Decode(_) | PipelineError::Assemble(_) | PipelineError::Panicked(_) => {
+                ErrorClass::Definite
+            }
+        }
+    }
+}
+
+/// The running source and assembler.
+pub struct CaptureHandle {
+    source: JoinHandle<Result<(), SourceError>>,
+    assembler: std::thread::JoinHandle<Result<(), PipelineError>>,
+    stats: Arc<AssemblerStats>,
+    session: watch::Receiver<Option<Arc<SessionInfo>>>,
+}
+
+impl CaptureHandle {
+    /// The assembler's counters (spills, transactions, memory).
+    pub fn stats(&self) -> Arc<AssemblerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The current replication session, once connected.
+    pub fn session(&self) -> watch::Receiver<Option<Arc<SessionInfo>>> {
+        self.session.clone()
+    }
+
+    /// Waits for both stages to end; the first error wins (the assembler's,
+    /// since a source error is often only its consequence).
+    pub async fn wait(self) -> Result<(), PipelineError> {
+        let assembler = self.assembler;
+        let assembled = tokio::task::spawn_blocking(move || assembler.join())
+            .await
+            .map_err(|_| PipelineError::Panicked("assembler"))?
+            .map_err(|_| PipelineError::Panicked("assembler"))?;
+        let sourced = self
+            .source
+            .await
+            .map_err(|_| PipelineError::Panicked("source"))?;
+        assembled?;
+        sourced.map_err(PipelineError::from)
+    }
+}
+
+/// Starts reading the slot. Consumers read transactions from the returned
+/// receiver and confirm what they made durable through the [`Progress`]
+/// consumers registered before this call (this takes the `Progress` itself,
+/// so that the source sees the flush watch close when they are all done).
+pub fn start_capture(
+    source_config: SourceConfig,
+    assembler_config: AssemblerConfig,
+    progress: Progress,
+    shutdown: CancellationToken,
+) -> Result<(mpsc::Receiver<Vec<Event>>, CaptureHandle), PipelineError> {
+    let (source_tx, source_rx) = mpsc::channel(SOURCE_CHANNEL_BATCHES);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
+    let (session_tx, session_rx) = watch::channel(None);
+    let assembler = Assembler::new(assembler_config);
+    let stats = assembler.stats();
+    let thread = std::thread::Builder::new()
+        .name("teal-assembler".into())
+        .spawn(move || assemble(assembler, source_rx, event_tx, session_tx))
+        .map_err(|e| {
+            PipelineError::Source(SourceError::Setup(format!(
+                "cannot start the assembler thread: {e}"
+            )))
+        })?;
+    let flush = progress.subscribe();
+    drop(progress);
+    let source = tokio::spawn(source::run(source_config, source_tx, flush, shutdown));
+    Ok((
+        event_rx,
+        CaptureHandle {
+            source,
+            assembler: thread,
+            stats,
+            session: session_rx,
+        },
+    ))
+}
+
+/// Decodes and assembles until the source channel closes.
+fn assemble(
+    mut assembler: Assembler,
+    mut input: mpsc::Receiver<Vec<SourceEvent>>,
+    output: mpsc::Sender<Vec<Event>>,
+    session: watch::Sender<Option<Arc<SessionInfo>>>,
+) -> Result<(), PipelineError> {
+    let mut decoder = Decoder::new();
+    let mut sink = ChannelSink {
+        tx: output,
+        pending: Vec::new(),
+        pending_changes: 0,
+    };
+    while let Some(batch) = input.blocking_recv() {
+        for event in batch {
+            match event {
+                SourceEvent::Connected(info) => {
+                    decoder.reset();
+                    assembler.reset();
+                    session.send_replace(Some(info));
+                }
+                SourceEvent::XLogData {
+                    wal_start, data, ..
+                } => {
+                    let msg = decoder.decode(wal_start, &data)?;
+                    match assembler.handle(wal_start, msg, &mut sink) {
+                        Err(AssemblerError::SinkClosed(_)) => return Ok(()),
+                        other => other?,
+                    }
+                }
+                SourceEvent::Keepalive { wal_end, .. } => {
+                    if assembler.keepalive(wal_end, &mut sink).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if sink.flush().is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Gathers events into batches for the consumer channel.
+struct ChannelSink {
+    tx: mpsc::Sender<Vec<Event>>,
+    pending: Vec<Event>,
+    pending_changes: usize,
+}
+
+impl ChannelSink {
+    fn flush(&mut self) -> Result<(), SinkClosed> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.pending_changes = 0;
+        self.tx
+            .blocking_send(std::mem::take(&mut self.pending))
+            .map_err(|_| SinkClosed)
+    }
+}
+
+impl EventSink for ChannelSink {
+    fn emit(&mut self, event: Event) -> Result<(), SinkClosed> {
+        if let Event::Changes(changes) = &event {
+            self.pending_changes += changes.len();
+        }
+        self.pending.push(event);
+        if self.pending_changes >= EVENT_BATCH_CHANGES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}

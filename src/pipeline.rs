@@ -116,7 +116,13 @@ pub fn start_capture(
     let stats = assembler.stats();
     let thread = std::thread::Builder::new()
         .name("teal-assembler".into())
-        .spawn(move || assemble(assembler, source_rx, event_tx, session_tx))
+        .spawn(move || {
+            let result = assemble(assembler, source_rx, event_tx, session_tx);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "decoding stopped");
+            }
+            result
+        })
         .map_err(|e| {
             PipelineError::Source(SourceError::Setup(format!(
                 "cannot start the assembler thread: {e}"
@@ -161,6 +167,7 @@ fn assemble(
                     wal_start, data, ..
                 } => {
                     let msg = decoder.decode(wal_start, &data)?;
+                    tracing::trace!(lsn = %wal_start, tag = %char::from(data.first().copied().unwrap_or(b'?')), "decoded message");
                     match assembler.handle(wal_start, msg, &mut sink) {
                         Err(AssemblerError::SinkClosed(_)) => return Ok(()),
                         other => other?,

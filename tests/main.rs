@@ -1,1 +1,7 @@
+//! teal's integration tests: one binary, real PostgreSQL servers.
 
+mod support;
+
+mod assembler;
+mod capture;
+mod decoder;

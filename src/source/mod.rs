@@ -131,7 +131,10 @@ pub async fn run(
                 }
             }
             Err(_) if shutdown.is_cancelled() => return Ok(()),
-            Err(e) => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "replication stopped");
+                return Err(e);
+            }
         }
     }
 }

@@ -164,7 +164,9 @@ impl<'a> StreamLoop<'a> {
                         error: Box::new(server_error(body.fields())),
                     });
                 }
-                Frame::Message(Message::CopyDone) => {
+                // A shutting-down walsender ends the stream with CommandComplete
+                // once the client confirmed everything (WalSndDone), or CopyDone.
+                Frame::Message(Message::CopyDone | Message::CommandComplete(_)) => {
                     return Err(SourceError::Io {
                         host: self.conn.host().to_owned(),
                         source: std::io::Error::new(

@@ -134,23 +134,34 @@ fn init_logging(format: &str, filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cancels `token` on SIGINT or SIGTERM; a second signal exits at once.
+/// Cancels `token` on SIGINT or SIGTERM. Another signal at least a second
+/// later exits at once (a signal sent to the process and its group at the
+/// same time, as `timeout` and some supervisors do, counts once).
 fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     tokio::spawn(async move {
-        for round in 0.. {
+        let mut first: Option<tokio::time::Instant> = None;
+        loop {
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
             }
-            if round > 0 {
-                eprintln!("teal: second signal, exiting without a clean stop");
-                std::process::exit(130);
+            match first {
+                None => {
+                    first = Some(tokio::time::Instant::now());
+                    tracing::info!(
+                        "stopping: finishing what was received, then confirming to blue"
+                    );
+                    token.cancel();
+                }
+                Some(at) if at.elapsed() >= Duration::from_secs(1) => {
+                    eprintln!("teal: second signal, exiting without a clean stop");
+                    std::process::exit(130);
+                }
+                Some(_) => {}
             }
-            tracing::info!("stopping: finishing what was received, then confirming to blue");
-            token.cancel();
         }
     });
     Ok(())

@@ -4,4 +4,6 @@ mod support;
 
 mod assembler;
 mod capture;
+mod connect;
 mod decoder;
+mod tail_cli;

@@ -61,9 +61,13 @@ pub fn default_bin() -> PgBin {
             .expect(
                 "no PostgreSQL server binaries: install them (apt-get install -y postgresql) or set TEAL_PG_BIN to a bin directory",
             );
-        PgBin {
+        let bin = PgBin {
             version: version_of(&dir),
             dir,
+        };
+        PgBin {
+            dir: runnable_bin(&bin),
+            ..bin
         }
     })
     .clone()
@@ -89,7 +93,10 @@ pub fn next_bin() -> PgBin {
             "TEAL_PG_NEXT_BIN must point at PostgreSQL 16 or later, found {}",
             bin.version
         );
-        bin
+        PgBin {
+            dir: runnable_bin(&bin),
+            ..bin
+        }
     })
     .clone()
 }
@@ -131,12 +138,55 @@ fn run_as_owner(cmd: &mut Command, owner: Option<(u32, u32)>) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
-/// initdb once per build, into target/tmp, atomically (parallel test processes).
+/// A bin directory the server's user can execute: when running as root from
+/// a checkout the `postgres` user cannot traverse (say, under /root), the
+/// build is copied once into the system temporary directory.
+fn runnable_bin(bin: &PgBin) -> PathBuf {
+    let mut probe = Command::new(bin.dir.join("postgres"));
+    probe.arg("--version").current_dir("/");
+    if let Some((uid, gid)) = server_owner() {
+        probe.uid(uid).gid(gid);
+    }
+    if probe.output().is_ok_and(|o| o.status.success()) {
+        return bin.dir.clone();
+    }
+    let install = bin.dir.parent().expect("bin directory has a parent");
+    let copy = std::env::temp_dir().join(format!(
+        "teal-pg{}-{}",
+        bin.version,
+        install.to_string_lossy().replace('/', "_")
+    ));
+    if !copy.join("bin/postgres").is_file() {
+        let staging = copy.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&staging);
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(install)
+            .arg(&staging)
+            .status()
+            .unwrap();
+        assert!(status.success(), "copying {} failed", install.display());
+        let status = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&staging)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        if std::fs::rename(&staging, &copy).is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+    }
+    copy.join("bin")
+}
+
+/// initdb once per build, into the system temporary directory (reachable by
+/// the server's user), atomically (parallel test processes).
 fn template(bin: &PgBin) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pg-templates");
+    let root = std::env::temp_dir().join("teal-pg-templates");
     std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
     let key = format!(
         "v2-pg{}-{}",
         bin.version,

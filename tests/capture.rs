@@ -719,3 +719,88 @@ async fn missing_publication_and_slot_are_clear_errors(bin: &PgBin) {
     assert!(err.to_string().contains("needs pgoutput"), "{err}");
 }
 on_every_server!(missing_publication_and_slot_are_clear_errors);
+
+async fn keepalive_reply_requests_are_answered_at_once(bin: &PgBin) {
+    // Blue drops a client that stays silent for wal_sender_timeout; it asks for
+    // a reply at half of it. With status updates only every 60 s, the session
+    // survives only because teal answers those requests immediately.
+    let cluster = Cluster::start_with(
+        bin,
+        Options {
+            settings: vec![("wal_sender_timeout".into(), "'2s'".into())],
+            ..Options::default()
+        },
+    );
+    let client = cluster.client().await;
+    each(
+        &client,
+        &[
+            "CREATE TABLE t (id int PRIMARY KEY)",
+            "CREATE PUBLICATION teal_pub FOR ALL TABLES",
+        ],
+    )
+    .await;
+    let mut config = source_config(&cluster.url(), "teal_slot", "teal_pub");
+    config.status_interval = Duration::from_secs(60);
+    let mut tap = Tap::start(config);
+    let first = tap.connected(WAIT).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    each(&client, &["INSERT INTO t VALUES (1)"]).await;
+    tap.next_txn(WAIT).await;
+    let now = tap.connected(WAIT).await;
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &now),
+        "the first session is still the one streaming (no timeout, no reconnect)"
+    );
+    tap.stop().await.unwrap();
+}
+on_every_server!(keepalive_reply_requests_are_answered_at_once);
+
+async fn exported_snapshot_and_slot_drop(bin: &PgBin) {
+    let cluster = Cluster::start(bin);
+    let client = cluster.client().await;
+    each(
+        &client,
+        &[
+            "CREATE TABLE t (id int PRIMARY KEY)",
+            "INSERT INTO t VALUES (1)",
+        ],
+    )
+    .await;
+    let conninfo = teal::config::ConnInfo::parse_with_env(&cluster.url(), &|_| None).unwrap();
+    let mut repl = teal::source::ReplicationClient::connect(&conninfo)
+        .await
+        .unwrap();
+    let created = repl
+        .create_slot("snap_slot", teal::source::SnapshotAction::Export)
+        .await
+        .unwrap();
+    let snapshot = created.snapshot_name.clone().expect("an exported snapshot");
+    assert!(created.consistent_point > Lsn::ZERO);
+    // Written after the slot's consistent point: invisible in the snapshot.
+    each(&client, &["INSERT INTO t VALUES (2)"]).await;
+    let reader = cluster.client().await;
+    reader
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snapshot}'"
+        ))
+        .await
+        .expect("the snapshot is importable while the creating session stays open");
+    let n: i64 = reader
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the copy sees exactly what precedes the slot's start");
+    reader.batch_execute("COMMIT").await.unwrap();
+
+    let info = repl.slot("snap_slot").await.unwrap().expect("slot exists");
+    assert_eq!(
+        (info.slot_type.as_str(), info.plugin.as_deref()),
+        ("logical", Some("pgoutput"))
+    );
+    repl.drop_slot("snap_slot").await.unwrap();
+    assert!(repl.slot("snap_slot").await.unwrap().is_none());
+    repl.close().await;
+}
+on_every_server!(exported_snapshot_and_slot_drop);

@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A WAL position (`pg_lsn`): a 64-bit byte offset into the WAL stream.
 ///
@@ -21,11 +21,6 @@ impl Lsn {
     /// Whether this is the invalid position `0/0`.
     pub fn is_zero(self) -> bool {
         self.0 == 0
-    }
-
-    /// The number of bytes from `earlier` to `self`, or 0 when `earlier` is ahead.
-    pub fn bytes_after(self, earlier: Lsn) -> u64 {
-        self.0.saturating_sub(earlier.0)
     }
 }
 
@@ -85,11 +80,6 @@ impl PgTimestamp {
         self.0.saturating_add(PG_EPOCH_UNIX_MICROS)
     }
 
-    /// Milliseconds since the Unix epoch (what Debezium calls `ts_ms`).
-    pub fn unix_millis(self) -> i64 {
-        self.unix_micros().div_euclid(1000)
-    }
-
     /// The current time, for the `clock` field of standby status updates.
     pub fn now() -> PgTimestamp {
         PgTimestamp::from_system_time(SystemTime::now())
@@ -102,11 +92,6 @@ impl PgTimestamp {
             Err(e) => i64::try_from(e.duration().as_micros()).map_or(i64::MIN, |m| -m),
         };
         PgTimestamp(unix.saturating_sub(PG_EPOCH_UNIX_MICROS))
-    }
-
-    /// How long ago this instant was, or zero when it lies in the future.
-    pub fn age(self, now: PgTimestamp) -> Duration {
-        Duration::from_micros(u64::try_from(now.0.saturating_sub(self.0)).unwrap_or(0))
     }
 }
 
@@ -174,7 +159,7 @@ mod tests {
             "2026-11-23T10:00:00.123456Z"
         );
         assert_eq!(PgTimestamp(-1).to_string(), "1999-12-31T23:59:59.999999Z");
-        assert_eq!(PgTimestamp(0).unix_millis(), 946_684_800_000);
+        assert_eq!(PgTimestamp(0).unix_micros(), 946_684_800_000_000);
     }
 
     #[test]

@@ -804,3 +804,33 @@ async fn exported_snapshot_and_slot_drop(bin: &PgBin) {
     repl.close().await;
 }
 on_every_server!(exported_snapshot_and_slot_drop);
+
+async fn binary_format_values(bin: &PgBin) {
+    let (cluster, client) = blue(
+        bin,
+        "CREATE TABLE b (id int PRIMARY KEY, label text, big int8)",
+    )
+    .await;
+    let mut config = source_config(&cluster.url(), "teal_slot", "teal_pub");
+    config.binary = true;
+    let mut tap = Tap::start(config);
+    assert!(tap.connected(WAIT).await.options.binary);
+    each(&client, &["INSERT INTO b VALUES (258, 'x', NULL)"]).await;
+    let txn = tap.next_txn(WAIT).await;
+    let ChangeKind::Insert { new, .. } = &txn.changes[0].kind else {
+        panic!("insert")
+    };
+    assert_eq!(
+        new.get(0),
+        Some(Value::Binary(&258i32.to_be_bytes())),
+        "int4 send format"
+    );
+    assert_eq!(
+        new.get(1),
+        Some(Value::Binary(b"x")),
+        "text send format is its bytes"
+    );
+    assert_eq!(new.get(2), Some(Value::Null));
+    tap.stop().await.unwrap();
+}
+on_every_server!(binary_format_values);

@@ -193,11 +193,6 @@ impl Assembler {
         Arc::clone(&self.stats)
     }
 
-    /// End LSN of the last transaction released.
-    pub fn last_end_lsn(&self) -> Lsn {
-        self.last_end_lsn
-    }
-
     /// Forgets every transaction in flight: the connection was lost and blue
     /// will send them again from the start.
     pub fn reset(&mut self) {

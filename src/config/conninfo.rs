@@ -72,7 +72,8 @@ impl FromStr for SslMode {
 }
 
 impl SslMode {
-    fn as_str(self) -> &'static str {
+    /// The name libpq uses.
+    pub fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Allow => "allow",
@@ -81,11 +82,6 @@ impl SslMode {
             SslMode::VerifyCa => "verify-ca",
             SslMode::VerifyFull => "verify-full",
         }
-    }
-
-    /// Whether the server certificate's chain must verify whatever files exist.
-    pub fn verifies_chain(self) -> bool {
-        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
     }
 }
 

@@ -171,7 +171,7 @@ impl AssemblerConfig {
     /// The smallest bound accepted: below it, spilling would dominate.
     pub const MIN_MAX_MEMORY: u64 = 1024 * 1024;
 
-    /// Checks the memory bound.
+    /// Checks the memory bound and that spill files can be created.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_memory < Self::MIN_MAX_MEMORY {
             return Err(ConfigError {
@@ -179,6 +179,10 @@ impl AssemblerConfig {
                 reason: format!("must be at least {} bytes (1MiB)", Self::MIN_MAX_MEMORY),
             });
         }
+        tempfile::tempfile_in(&self.spill_dir).map_err(|e| ConfigError {
+            flag: "--spill-dir",
+            reason: format!("cannot create files in {}: {e}", self.spill_dir.display()),
+        })?;
         Ok(())
     }
 }
@@ -243,6 +247,16 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn spill_dir_must_be_writable() {
+        let config = AssemblerConfig {
+            max_memory: AssemblerConfig::DEFAULT_MAX_MEMORY,
+            spill_dir: "/nonexistent/teal".into(),
+        };
+        assert_eq!(config.validate().unwrap_err().flag, "--spill-dir");
+        assert!(AssemblerConfig::default().validate().is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use crate::config::{SourceConfig, Streaming};
 use crate::lsn::Lsn;
 
-use super::conn::{Connection, Session};
+use super::conn::Connection;
 use super::error::SourceError;
 use crate::config::ConnInfo;
 
@@ -154,7 +154,7 @@ pub struct ReplicationClient {
 impl ReplicationClient {
     /// Connects with `replication=database` and runs IDENTIFY_SYSTEM.
     pub async fn connect(conninfo: &ConnInfo) -> Result<ReplicationClient, SourceError> {
-        let mut conn = Connection::connect(conninfo, Session::Replication).await?;
+        let mut conn = Connection::connect(conninfo).await?;
         let server_version = conn
             .server_major_version()
             .ok_or_else(|| SourceError::Protocol {
@@ -214,15 +214,6 @@ impl ReplicationClient {
     /// Whether the session is encrypted.
     pub fn is_tls(&self) -> bool {
         self.conn.is_tls()
-    }
-
-    /// Runs a plain SQL statement; rows as text.
-    pub async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
-        let rows = self
-            .conn
-            .simple_query(sql, "running a query on blue")
-            .await?;
-        Ok(rows.into_iter().map(|r| r.into_values()).collect())
     }
 
     /// The slot's row in `pg_replication_slots`, if it exists.

@@ -117,15 +117,10 @@ impl Row {
     pub(crate) fn get(&self, i: usize) -> Option<&str> {
         self.0.get(i).and_then(|v| v.as_deref())
     }
-
-    /// All columns.
-    pub(crate) fn into_values(self) -> Vec<Option<String>> {
-        self.0
-    }
 }
 
 /// An open, authenticated connection.
-pub struct Connection {
+pub(crate) struct Connection {
     stream: Stream,
     read_buf: BytesMut,
     write_buf: BytesMut,
@@ -134,22 +129,13 @@ pub struct Connection {
     tls: bool,
 }
 
-/// Which session to open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Session {
-    /// A logical replication session (`replication=database`): replication
-    /// commands and plain SQL.
-    Replication,
-    /// An ordinary session.
-    Normal,
-}
-
 impl Connection {
-    /// Connects to the first host that accepts, as libpq does.
-    pub async fn connect(conninfo: &ConnInfo, session: Session) -> Result<Connection, SourceError> {
+    /// Opens a logical replication session (`replication=database`, which
+    /// also accepts plain SQL) on the first host that accepts, as libpq does.
+    pub async fn connect(conninfo: &ConnInfo) -> Result<Connection, SourceError> {
         let mut last = None;
         for host in &conninfo.hosts {
-            let attempt = connect_host(conninfo, host, session);
+            let attempt = connect_host(conninfo, host);
             let result = match conninfo.connect_timeout {
                 Some(t) => tokio::time::timeout(t, attempt).await.unwrap_or_else(|_| {
                     Err(SourceError::ConnectTimeout {
@@ -405,11 +391,7 @@ pub(crate) fn server_error(mut fields: ErrorFields<'_>) -> ServerError {
     e
 }
 
-async fn connect_host(
-    conninfo: &ConnInfo,
-    host: &Host,
-    session: Session,
-) -> Result<Connection, SourceError> {
+async fn connect_host(conninfo: &ConnInfo, host: &Host) -> Result<Connection, SourceError> {
     let name = host.to_string();
     let HostAddr::Tcp(hostname) = &host.addr else {
         // TLS is never used over Unix-domain sockets (libpq ignores sslmode there).
@@ -420,7 +402,7 @@ async fn connect_host(
                 host: name.clone(),
                 source,
             })?;
-        return startup(Stream::Unix(stream), false, conninfo, host, session).await;
+        return startup(Stream::Unix(stream), false, conninfo, host).await;
     };
     match conninfo.sslmode {
         SslMode::Disable => {
@@ -429,29 +411,28 @@ async fn connect_host(
                 false,
                 conninfo,
                 host,
-                session,
             )
             .await
         }
         SslMode::Allow => {
             let plain = tcp(hostname, host.port, &name).await?;
-            match startup(Stream::Tcp(plain), false, conninfo, host, session).await {
+            match startup(Stream::Tcp(plain), false, conninfo, host).await {
                 // pg_hba.conf may accept only TLS (hostssl): try again encrypted.
                 Err(SourceError::Server { error, .. }) if error.code == "28000" => {
-                    tls_connect(conninfo, host, hostname, &name, session).await
+                    tls_connect(conninfo, host, hostname, &name).await
                 }
                 other => other,
             }
         }
-        SslMode::Prefer => match tls_connect(conninfo, host, hostname, &name, session).await {
+        SslMode::Prefer => match tls_connect(conninfo, host, hostname, &name).await {
             Err(SourceError::TlsRefused { .. } | SourceError::TlsHandshake { .. }) => {
                 let plain = tcp(hostname, host.port, &name).await?;
-                startup(Stream::Tcp(plain), false, conninfo, host, session).await
+                startup(Stream::Tcp(plain), false, conninfo, host).await
             }
             other => other,
         },
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-            tls_connect(conninfo, host, hostname, &name, session).await
+            tls_connect(conninfo, host, hostname, &name).await
         }
     }
 }
@@ -479,7 +460,6 @@ async fn tls_connect(
     host: &Host,
     hostname: &str,
     name: &str,
-    session: Session,
 ) -> Result<Connection, SourceError> {
     let config = tls::client_config(conninfo)?;
     let mut stream = tcp(hostname, host.port, name).await?;
@@ -496,7 +476,7 @@ async fn tls_connect(
         b'N' => {
             return Err(SourceError::TlsRefused {
                 host: name.to_owned(),
-                mode: sslmode_name(conninfo.sslmode),
+                mode: conninfo.sslmode.as_str(),
             });
         }
         other => {
@@ -514,18 +494,7 @@ async fn tls_connect(
             host: name.to_owned(),
             source,
         })?;
-    startup(Stream::Tls(Box::new(tls)), true, conninfo, host, session).await
-}
-
-fn sslmode_name(mode: SslMode) -> &'static str {
-    match mode {
-        SslMode::Disable => "disable",
-        SslMode::Allow => "allow",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCa => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
-    }
+    startup(Stream::Tls(Box::new(tls)), true, conninfo, host).await
 }
 
 async fn startup(
@@ -533,7 +502,6 @@ async fn startup(
     tls: bool,
     conninfo: &ConnInfo,
     host: &Host,
-    session: Session,
 ) -> Result<Connection, SourceError> {
     let mut conn = Connection {
         stream,
@@ -550,9 +518,7 @@ async fn startup(
         ("application_name", app),
     ];
     params.extend(STARTUP_SETTINGS);
-    if session == Session::Replication {
-        params.push(("replication", "database"));
-    }
+    params.push(("replication", "database"));
     if let Some(options) = &conninfo.options {
         params.push(("options", options));
     }

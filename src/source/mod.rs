@@ -31,7 +31,6 @@ pub use commands::{
     CreatedSlot, MIN_SERVER_VERSION, ReplicationClient, SlotInfo, SnapshotAction, StreamOptions,
     SystemInfo, quote_ident, quote_sql_literal,
 };
-pub use conn::{Connection, Session};
 pub use error::{ServerError, SourceError};
 pub use tls::TlsConfigError;
 

@@ -396,10 +396,6 @@ impl Cluster {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    pub fn data_dir(&self) -> &Path {
-        &self.data
-    }
-
     /// URL for `user` on database `postgres`, with extra query parameters.
     pub fn url_for(&self, user: &str, query: &str) -> String {
         format!(

@@ -161,13 +161,6 @@ impl Tap {
         out
     }
 
-    /// Asserts that no transaction arrives for `quiet`.
-    pub async fn assert_quiet(&mut self, quiet: Duration) {
-        if let Ok(Some(t)) = tokio::time::timeout(quiet, self.txns.recv()).await {
-            panic!("unexpected transaction {:?}", t.meta);
-        }
-    }
-
     /// Stops cleanly and reports how the pipeline ended.
     pub async fn stop(self) -> Result<(), PipelineError> {
         self.shutdown.cancel();

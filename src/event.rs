@@ -65,11 +65,38 @@ pub struct QualifiedName {
     pub name: String,
 }
 
+impl QualifiedName {
+    /// `"schema"."name"`, quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!(
+            "{}.{}",
+            quote_ident(&self.namespace),
+            quote_ident(&self.name)
+        )
+    }
+}
+
+/// `"name"` with embedded double quotes doubled: an SQL identifier, whatever its case.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
 impl fmt::Display for QualifiedName {
     /// `schema.name`, unquoted: for messages and JSON, not for SQL.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.namespace, self.name)
     }
+}
+
+/// A text value is not UTF-8 (teal asks blue for UTF-8, so this means a
+/// mis-encoded value was stored on blue).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("value of column {column:?} of {table} is not valid UTF-8")]
+pub struct InvalidUtf8 {
+    /// The table.
+    pub table: QualifiedName,
+    /// The column.
+    pub column: String,
 }
 
 /// One published column of a relation.
@@ -98,6 +125,42 @@ pub struct Relation {
     pub replica_identity: ReplicaIdentity,
     /// Published columns in attribute order (dropped and generated ones excluded).
     pub columns: Vec<Column>,
+}
+
+impl Relation {
+    /// The row as a JSON object keyed by column name (only the replica
+    /// identity columns with `key_only`): text values as strings, NULL as
+    /// null, `{"unchanged_toast":true}` and `{"binary_base64":"..."}`.
+    pub fn row_json(
+        &self,
+        row: &RowImage,
+        key_only: bool,
+    ) -> Result<serde_json::Value, InvalidUtf8> {
+        use base64::Engine;
+        let mut map = serde_json::Map::new();
+        for (col, value) in self.columns.iter().zip(row.values()) {
+            if key_only && !col.is_key {
+                continue;
+            }
+            let v = match value {
+                Value::Null => serde_json::Value::Null,
+                Value::UnchangedToast => serde_json::json!({ "unchanged_toast": true }),
+                Value::Text(t) => serde_json::Value::String(
+                    std::str::from_utf8(t)
+                        .map_err(|_| InvalidUtf8 {
+                            table: self.name.clone(),
+                            column: col.name.clone(),
+                        })?
+                        .to_owned(),
+                ),
+                Value::Binary(b) => serde_json::json!({
+                    "binary_base64": base64::engine::general_purpose::STANDARD.encode(b)
+                }),
+            };
+            map.insert(col.name.clone(), v);
+        }
+        Ok(serde_json::Value::Object(map))
+    }
 }
 
 /// How one column of a row image arrived.

@@ -13,7 +13,9 @@
 //!
 //! Data flows one way; only LSNs flow back, through [`progress`].
 
+pub mod apply;
 pub mod assembler;
+mod backoff;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -23,3 +25,5 @@ pub mod pgoutput;
 pub mod pipeline;
 pub mod progress;
 pub mod source;
+pub mod store;
+pub mod tls;

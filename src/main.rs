@@ -8,9 +8,15 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use std::sync::atomic::Ordering;
+
+use teal::apply::{ApplyConfig, ConflictPolicies, ConflictPolicy};
 use teal::config::{self, AssemblerConfig, ConnInfo, SourceConfig, Streaming};
+use teal::event::QualifiedName;
 use teal::lsn::Lsn;
+use teal::ops::stream::{self, StreamConfig};
 use teal::ops::tail::{self, Format};
+use teal::store::Store;
 
 /// Logical-replication CDC streamer for PostgreSQL.
 #[derive(Parser)]
@@ -21,7 +27,12 @@ struct Cli {
     log_format: String,
 
     /// Log filter (tracing EnvFilter syntax, e.g. info or teal=debug).
-    #[arg(long, global = true, env = "TEAL_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "TEAL_LOG",
+        default_value = "info,tokio_postgres=warn"
+    )]
     log: String,
 
     #[command(subcommand)]
@@ -32,6 +43,8 @@ struct Cli {
 enum Command {
     /// Print blue's decoded change stream; confirms LSNs once stdout is flushed.
     Tail(TailArgs),
+    /// Apply blue's changes to green, exactly once, in batched transactions.
+    Stream(StreamArgs),
 }
 
 /// Where to read from and how.
@@ -48,10 +61,6 @@ struct SourceArgs {
     /// Publication(s) on blue, comma-separated.
     #[arg(long, env = "TEAL_PUBLICATION", value_delimiter = ',', required = true)]
     publication: Vec<String>,
-
-    /// Create the slot if it does not exist.
-    #[arg(long, env = "TEAL_CREATE_SLOT")]
-    create_slot: bool,
 
     /// Start at this LSN instead of the slot's confirmed position (ignored when older).
     #[arg(long, env = "TEAL_START_LSN")]
@@ -91,9 +100,81 @@ struct TailArgs {
     #[command(flatten)]
     source: SourceArgs,
 
+    /// Create the slot if it does not exist.
+    #[arg(long, env = "TEAL_CREATE_SLOT")]
+    create_slot: bool,
+
     /// Output format: json (one object per line) or text.
     #[arg(long, env = "TEAL_FORMAT", default_value = "json")]
     format: Format,
+}
+
+#[derive(Args)]
+struct StreamArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+
+    /// Green: libpq URL or key=value string (the password may also come from ~/.pgpass).
+    #[arg(long, env = "TEAL_TARGET_URL", hide_env_values = true)]
+    target: String,
+
+    /// Create the slot if it does not exist (the default).
+    #[arg(long, env = "TEAL_CREATE_SLOT", conflicts_with = "no_create_slot")]
+    create_slot: bool,
+
+    /// Fail instead of creating a missing slot.
+    #[arg(long, env = "TEAL_NO_CREATE_SLOT")]
+    no_create_slot: bool,
+
+    /// Close a batch after the source transaction that reaches this many changes.
+    #[arg(long, env = "TEAL_BATCH_MAX_CHANGES", default_value_t = ApplyConfig::DEFAULT_BATCH_MAX_CHANGES)]
+    batch_max_changes: u64,
+
+    /// Close a batch after the source transaction that ends this many ms after it began.
+    #[arg(long, env = "TEAL_BATCH_MAX_DELAY_MS", default_value_t = 50)]
+    batch_max_delay_ms: u64,
+
+    /// Conflict policy for every table: error, source-wins or target-wins.
+    #[arg(long, env = "TEAL_CONFLICT", default_value = "error")]
+    conflict: ConflictPolicy,
+
+    /// Conflict policy of one table: schema.table=POLICY (repeatable).
+    #[arg(long = "conflict-table", env = "TEAL_CONFLICT_TABLE", value_delimiter = ',', value_parser = ConflictPolicies::parse_table)]
+    conflict_table: Vec<(QualifiedName, ConflictPolicy)>,
+
+    /// teal's schema on green (progress, conflicts).
+    #[arg(long, env = "TEAL_SCHEMA", default_value = Store::DEFAULT_SCHEMA)]
+    schema: String,
+}
+
+impl StreamArgs {
+    fn config(self) -> anyhow::Result<StreamConfig> {
+        let (mut source, assembler) = self.source.configs()?;
+        source.create_slot = !self.no_create_slot;
+        let target: ConnInfo = self
+            .target
+            .parse()
+            .context("invalid --target connection string")?;
+        if self.batch_max_changes == 0 {
+            anyhow::bail!("invalid --batch-max-changes: must be at least 1");
+        }
+        let apply = ApplyConfig {
+            target,
+            slot: source.slot.clone(),
+            batch_max_changes: self.batch_max_changes,
+            batch_max_delay: Duration::from_millis(self.batch_max_delay_ms),
+            conflicts: ConflictPolicies {
+                default: self.conflict,
+                tables: self.conflict_table.into_iter().collect(),
+            },
+            store: Store::new(self.schema),
+        };
+        Ok(StreamConfig {
+            source,
+            assembler,
+            apply,
+        })
+    }
 }
 
 impl SourceArgs {
@@ -103,7 +184,6 @@ impl SourceArgs {
             .parse()
             .context("invalid --source connection string")?;
         let mut source = SourceConfig::new(conninfo, self.slot, self.publication);
-        source.create_slot = self.create_slot;
         source.start_lsn = self.start_lsn;
         source.streaming = self.streaming;
         source.binary = self.binary;
@@ -172,7 +252,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     spawn_signal_handler(shutdown.clone())?;
     match cli.command {
         Command::Tail(args) => {
-            let (source, assembler) = args.source.configs()?;
+            let (mut source, assembler) = args.source.configs()?;
+            source.create_slot = args.create_slot;
             let (summary, stats) = tail::run(
                 source,
                 assembler,
@@ -185,8 +266,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 transactions = summary.transactions,
                 changes = summary.changes,
                 confirmed_lsn = %summary.confirmed_lsn,
-                spilled_changes = stats.spilled_changes.load(std::sync::atomic::Ordering::Relaxed),
+                spilled_changes = stats.spilled_changes.load(Ordering::Relaxed),
                 "tail stopped"
+            );
+        }
+        Command::Stream(args) => {
+            let config = args.config()?;
+            let stats = stream::run(config, shutdown).await?;
+            tracing::info!(
+                transactions = stats.transactions.load(Ordering::Relaxed),
+                changes = stats.changes.load(Ordering::Relaxed),
+                batches = stats.batches.load(Ordering::Relaxed),
+                conflicts = stats.conflicts.load(Ordering::Relaxed),
+                "stream stopped"
             );
         }
     }

@@ -6,4 +6,5 @@ mod assembler;
 mod capture;
 mod connect;
 mod decoder;
+mod stream;
 mod tail_cli;

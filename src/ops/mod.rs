@@ -1,4 +1,5 @@
 //! Operator commands: each orchestrates the pipeline's stages, never
 //! re-implements them.
 
+pub mod stream;
 pub mod tail;

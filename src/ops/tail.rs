@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::assembler::AssemblerStats;
 use crate::config::{AssemblerConfig, SourceConfig};
 use crate::event::{
-    Change, ChangeKind, Event, LogicalMessage, OldRow, Relation, RowImage, TxnMeta, Value,
+    Change, ChangeKind, Event, InvalidUtf8, LogicalMessage, OldRow, Relation, RowImage, TxnMeta,
+    Value,
 };
 use crate::lsn::Lsn;
 use crate::pipeline::{PipelineError, start_capture};
@@ -65,14 +66,12 @@ pub enum TailError {
     /// Writing the output failed (e.g. the reader of a pipe went away).
     #[error("cannot write the stream to the output: {0}")]
     Output(#[source] io::Error),
-    /// A text value is not UTF-8 (teal asks blue for UTF-8, so this means a
-    /// mis-encoded value was stored).
-    #[error("value of column {column:?} of {table} at LSN {lsn} is not valid UTF-8")]
+    /// A text value is not UTF-8.
+    #[error("{error} (change at LSN {lsn})")]
     InvalidUtf8 {
-        /// The table.
-        table: String,
-        /// The column.
-        column: String,
+        /// Which value.
+        #[source]
+        error: InvalidUtf8,
         /// The change's LSN.
         lsn: Lsn,
     },
@@ -376,8 +375,10 @@ fn selected<'a>(
 
 fn utf8<'a>(rel: &Relation, column: &str, bytes: &'a [u8], lsn: Lsn) -> Result<&'a str, TailError> {
     std::str::from_utf8(bytes).map_err(|_| TailError::InvalidUtf8 {
-        table: rel.name.to_string(),
-        column: column.to_owned(),
+        error: InvalidUtf8 {
+            table: rel.name.clone(),
+            column: column.to_owned(),
+        },
         lsn,
     })
 }
@@ -389,26 +390,13 @@ fn json_row(
     which: Columns,
     lsn: Lsn,
 ) -> Result<(), TailError> {
-    let out = TailError::Output;
-    let Some(row) = row else {
-        return w.write_all(b"null").map_err(out);
+    let value = match row {
+        Some(row) => rel
+            .row_json(row, matches!(which, Columns::KeyOnly))
+            .map_err(|e| TailError::InvalidUtf8 { error: e, lsn })?,
+        None => serde_json::Value::Null,
     };
-    w.write_all(b"{").map_err(out)?;
-    for (i, (name, value)) in selected(rel, row, which).enumerate() {
-        if i > 0 {
-            w.write_all(b",").map_err(out)?;
-        }
-        json_str(w, name).map_err(out)?;
-        w.write_all(b":").map_err(out)?;
-        match value {
-            Value::Null => w.write_all(b"null"),
-            Value::UnchangedToast => w.write_all(br#"{"unchanged_toast":true}"#),
-            Value::Text(t) => json_str(w, utf8(rel, name, t, lsn)?),
-            Value::Binary(b) => write!(w, r#"{{"binary_base64":"{}"}}"#, BASE64.encode(b)),
-        }
-        .map_err(out)?;
-    }
-    w.write_all(b"}").map_err(out)
+    serde_json::to_writer(w, &value).map_err(|e| TailError::Output(e.into()))
 }
 
 fn text_row(

@@ -5,6 +5,7 @@
 //! slot and publications are inspected before streaming starts.
 
 use crate::config::{SourceConfig, Streaming};
+use crate::event::quote_ident;
 use crate::lsn::Lsn;
 
 use super::conn::Connection;
@@ -379,11 +380,6 @@ impl ReplicationClient {
     pub async fn close(self) {
         self.conn.close().await;
     }
-}
-
-/// `"name"` with embedded quotes doubled.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// A string literal for the replication command grammar (no backslash escapes).

@@ -31,7 +31,7 @@ use tokio_rustls::client::TlsStream;
 use crate::config::{ChannelBinding, ConnInfo, Host, HostAddr, Password, SslMode};
 
 use super::error::{ServerError, SourceError};
-use super::tls;
+use crate::tls;
 
 /// Bytes requested from the socket per read. Large reads let blue's walsender
 /// fill its socket buffer and send big packets instead of one per message.

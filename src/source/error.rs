@@ -5,7 +5,7 @@ use std::io;
 
 use crate::error::{ErrorClass, classify_sqlstate};
 
-use super::tls::TlsConfigError;
+use crate::tls::TlsConfigError;
 
 /// An ErrorResponse from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]

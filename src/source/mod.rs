@@ -20,19 +20,16 @@
 //! - a different system identifier after a reconnect (blue was replaced or
 //!   restored) stops teal.
 
-mod backoff;
 mod commands;
 mod conn;
 mod error;
 mod stream;
-mod tls;
 
 pub use commands::{
     CreatedSlot, MIN_SERVER_VERSION, ReplicationClient, SlotInfo, SnapshotAction, StreamOptions,
-    SystemInfo, quote_ident, quote_sql_literal,
+    SystemInfo, quote_sql_literal,
 };
 pub use error::{ServerError, SourceError};
-pub use tls::TlsConfigError;
 
 use std::sync::Arc;
 
@@ -44,7 +41,7 @@ use crate::config::SourceConfig;
 use crate::error::ErrorClass;
 use crate::lsn::{Lsn, PgTimestamp};
 
-use backoff::Backoff;
+use crate::backoff::Backoff;
 use stream::{StreamEnd, StreamLoop};
 
 /// What one (re)connection streams from.

@@ -1,4 +1,5 @@
-//! TLS for connections to PostgreSQL, with libpq's `sslmode` semantics.
+//! TLS for connections to PostgreSQL (blue's replication session and green's
+//! apply sessions), with libpq's `sslmode` semantics.
 //!
 //! | sslmode | TLS | chain verified | host name verified |
 //! |---|---|---|---|
@@ -53,7 +54,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Builds the client configuration for `conninfo`'s sslmode and files.
-pub(crate) fn client_config(conninfo: &ConnInfo) -> Result<Arc<ClientConfig>, TlsConfigError> {
+pub fn client_config(conninfo: &ConnInfo) -> Result<Arc<ClientConfig>, TlsConfigError> {
     let provider = provider();
     let roots = load_roots(conninfo.sslrootcert.as_ref())?;
     let verifier: Arc<dyn ServerCertVerifier> = match (conninfo.sslmode, roots) {
@@ -143,7 +144,7 @@ fn load_roots(root: Option<&RootCert>) -> Result<Option<RootCertStore>, TlsConfi
 }
 
 /// The name rustls sends (SNI) and, under verify-full, checks.
-pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, TlsConfigError> {
+pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsConfigError> {
     ServerName::try_from(host.to_owned()).map_err(|e| TlsConfigError::File {
         what: "server name",
         path: host.to_owned(),
@@ -255,7 +256,7 @@ impl ServerCertVerifier for Unverified {
 /// are replaced by SHA-256. `None` when the signature algorithm has no single
 /// hash (Ed25519, RSA-PSS): then SCRAM runs without channel binding, as libpq
 /// does for such certificates.
-pub(crate) fn server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
+pub fn server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
     let algorithm = match signature_algorithm_oid(cert_der)? {
         // sha256WithRSAEncryption, ecdsa-with-SHA256, and (replaced) md5/sha1 with RSA or ECDSA
         [42, 134, 72, 134, 247, 13, 1, 1, 11]
@@ -308,6 +309,126 @@ fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
         return None;
     }
     Some(rest.split_at(len))
+}
+
+/// TLS for tokio-postgres sessions (green), with the same sslmode rules and
+/// SCRAM channel binding as blue's replication session.
+#[derive(Clone)]
+pub struct MakeRustls {
+    config: Arc<ClientConfig>,
+}
+
+impl MakeRustls {
+    /// A connector for `conninfo`'s sslmode and certificate files.
+    pub fn new(conninfo: &ConnInfo) -> Result<MakeRustls, TlsConfigError> {
+        Ok(MakeRustls {
+            config: client_config(conninfo)?,
+        })
+    }
+}
+
+impl<S> tokio_postgres::tls::MakeTlsConnect<S> for MakeRustls
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type TlsConnect = RustlsConnect;
+    type Error = TlsConfigError;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, TlsConfigError> {
+        Ok(RustlsConnect {
+            config: Arc::clone(&self.config),
+            server_name: server_name(domain)?,
+        })
+    }
+}
+
+/// One TLS handshake for tokio-postgres.
+pub struct RustlsConnect {
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+impl<S> tokio_postgres::tls::TlsConnect<S> for RustlsConnect
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<RustlsStream<S>, std::io::Error>> + Send>,
+    >;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            tokio_rustls::TlsConnector::from(self.config)
+                .connect(self.server_name, stream)
+                .await
+                .map(RustlsStream)
+        })
+    }
+}
+
+/// An encrypted tokio-postgres session.
+pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S> tokio::io::AsyncRead for RustlsStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S> tokio::io::AsyncWrite for RustlsStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S> tokio_postgres::tls::TlsStream for RustlsStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
+        let hash = self
+            .0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| server_end_point(cert));
+        match hash {
+            Some(h) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(h),
+            None => tokio_postgres::tls::ChannelBinding::none(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,125 @@
+//! Sessions on green, set up the way PostgreSQL's own apply worker runs.
+//!
+//! - `session_replication_role = replica`: green's ordinary triggers and
+//!   foreign-key checks do not fire again for changes blue already checked;
+//! - the same canonical formats teal asks blue for (ISO dates, `postgres`
+//!   intervals, full float precision, UTC), so every value blue printed goes
+//!   back through green's input function unchanged in meaning.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode as PgSslMode};
+
+use crate::config::{ChannelBinding, ConnInfo, HostAddr, SslMode};
+use crate::tls::{MakeRustls, TlsConfigError};
+
+/// Settings every apply session starts with.
+pub(crate) const SESSION_OPTIONS: &str = "-c session_replication_role=replica -c DateStyle=ISO \
+     -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC -c bytea_output=hex";
+
+/// Green could not be reached or refused the session.
+#[derive(Debug, thiserror::Error)]
+pub enum GreenConnectError {
+    /// TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+    /// Connecting or logging in failed.
+    #[error("cannot open a session on green ({target}): {source}")]
+    Connect {
+        /// The target, without password.
+        target: String,
+        /// What the driver reported.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl GreenConnectError {
+    /// SQLSTATE, when green answered with an error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            GreenConnectError::Connect { source, .. } => source.code().map(|c| c.code()),
+            GreenConnectError::Tls(_) => None,
+        }
+    }
+
+    /// Whether the failure was on the way (network, server starting) rather
+    /// than a refusal.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            GreenConnectError::Connect { source, .. } => match source.code() {
+                None => true,
+                Some(code) => {
+                    crate::error::classify_sqlstate(code.code())
+                        == crate::error::ErrorClass::Transient
+                }
+            },
+            GreenConnectError::Tls(_) => false,
+        }
+    }
+}
+
+/// Opens an apply session on green.
+pub(crate) async fn connect(
+    conninfo: &ConnInfo,
+    application_name: &str,
+) -> Result<Client, GreenConnectError> {
+    let mut config = tokio_postgres::Config::new();
+    for host in &conninfo.hosts {
+        match &host.addr {
+            HostAddr::Tcp(h) => config.host(h),
+            HostAddr::Unix(dir) => config.host_path(dir),
+        };
+        config.port(host.port);
+    }
+    config
+        .user(&conninfo.user)
+        .dbname(&conninfo.dbname)
+        .application_name(
+            conninfo
+                .application_name
+                .as_deref()
+                .unwrap_or(application_name),
+        )
+        .options(match &conninfo.options {
+            Some(extra) => format!("{SESSION_OPTIONS} {extra}"),
+            None => SESSION_OPTIONS.to_owned(),
+        })
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(60))
+        .ssl_mode(match conninfo.sslmode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+        })
+        .channel_binding(match conninfo.channel_binding {
+            ChannelBinding::Disable => PgChannelBinding::Disable,
+            ChannelBinding::Prefer => PgChannelBinding::Prefer,
+            ChannelBinding::Require => PgChannelBinding::Require,
+        });
+    if let Some(password) = conninfo
+        .hosts
+        .first()
+        .and_then(|h| conninfo.password_for(h))
+    {
+        config.password(password.expose());
+    }
+    if let Some(t) = conninfo.connect_timeout {
+        config.connect_timeout(t);
+    }
+    let (client, connection) =
+        config
+            .connect(MakeRustls::new(conninfo)?)
+            .await
+            .map_err(|source| GreenConnectError::Connect {
+                target: conninfo.to_string(),
+                source,
+            })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "green session ended");
+        }
+    });
+    Ok(client)
+}

@@ -1,0 +1,504 @@
+//! The apply stage: whole source transactions into batched green transactions.
+//!
+//! ```text
+//! events ──▶ batch: source txn, txn, ... (never split one; up to --batch-max-changes
+//!            or --batch-max-delay-ms, or until no further event is ready)
+//!              │ writer: runs → COPY / pipelined prepared statements
+//!              ▼
+//!            progress row (slot, commit_lsn, end_lsn) in the same green transaction
+//!              ▼ COMMIT
+//!            confirm end_lsn ──▶ progress ──▶ blue
+//! ```
+//!
+//! Invariants:
+//! - a source transaction is applied entirely in one green transaction, or
+//!   not at all; green shows a prefix of blue's history;
+//! - the progress row commits with the changes, so after any crash green
+//!   alone says where to resume; transactions at or before it are skipped;
+//! - only what green committed is confirmed to blue;
+//! - nothing of a batch that met an error is committed.
+
+mod conflict;
+mod green;
+mod param;
+mod sql;
+mod target;
+mod writer;
+
+pub use conflict::{ConflictKind, ConflictPolicies, ConflictPolicy};
+pub use green::GreenConnectError;
+pub use target::{DriftError, MapError};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::time::Instant;
+use tokio_postgres::{Client, Statement};
+
+use crate::config::ConnInfo;
+use crate::error::{ErrorClass, classify_sqlstate};
+use crate::event::{Event, QualifiedName, TxnMeta};
+use crate::lsn::{Lsn, Xid};
+use crate::progress::Consumer;
+use crate::store::{AppliedPosition, Store, StoreError};
+
+use writer::Writer;
+
+/// A conflict, as written to the conflict log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictReport {
+    /// The slot teal streams from.
+    pub slot: String,
+    /// The table.
+    pub table: QualifiedName,
+    /// What kind of conflict.
+    pub kind: ConflictKind,
+    /// The policy in force.
+    pub policy: ConflictPolicy,
+    /// The row's key (JSON).
+    pub key: Option<String>,
+    /// The source row (JSON).
+    pub source_row: Option<String>,
+    /// Green's row (JSON), when there is one.
+    pub target_row: Option<String>,
+    /// Commit LSN of the source transaction.
+    pub commit_lsn: Lsn,
+    /// LSN of the change.
+    pub change_lsn: Lsn,
+    /// Source transaction id.
+    pub xid: Xid,
+    /// What was done.
+    pub resolution: String,
+}
+
+/// Why applying stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Green could not be reached.
+    #[error(transparent)]
+    Connect(#[from] GreenConnectError),
+    /// teal's own tables on green.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blue table does not fit green (or green's catalog could not be read).
+    #[error(transparent)]
+    Map(#[from] MapError),
+    /// A statement failed on green. The message names table and LSNs; row
+    /// values are left out on purpose (they may be sensitive).
+    #[error("{context}: {}", describe(.source))]
+    Sql {
+        /// What teal was applying.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A conflict under the `error` policy.
+    #[error(
+        "conflict {} on {} at LSN {} (transaction {}, xid {}): policy error, so teal stopped; the source and green rows are in the conflicts table",
+        .0.kind, .0.table, .0.change_lsn, .0.commit_lsn, .0.xid
+    )]
+    Conflict(Box<ConflictReport>),
+    /// An update or delete for a table blue cannot identify rows of.
+    #[error(
+        "blue sent an update or delete for {table} at LSN {lsn}, but the table has no replica identity; set REPLICA IDENTITY FULL on it or add a primary key (on blue and green)"
+    )]
+    NoIdentity {
+        /// The table.
+        table: QualifiedName,
+        /// Change LSN.
+        lsn: Lsn,
+    },
+    /// A change cannot be applied as sent.
+    #[error("cannot apply the change to {table} at LSN {lsn} (transaction {commit_lsn}): {reason}")]
+    Unresolvable {
+        /// The table.
+        table: QualifiedName,
+        /// Change LSN.
+        lsn: Lsn,
+        /// Commit LSN.
+        commit_lsn: Lsn,
+        /// Why.
+        reason: String,
+    },
+    /// The fast path met a conflict: replay up to this commit LSN one change
+    /// at a time so the conflict policy can decide (handled by `teal stream`).
+    #[error(
+        "conflict detected in a batch; replaying transactions up to {through} change by change"
+    )]
+    Replay {
+        /// Replay carefully through this commit LSN.
+        through: Lsn,
+    },
+    /// Green holds progress behind what blue's slot already confirmed: the
+    /// changes in between are gone from the slot.
+    #[error(
+        "green's progress for slot {slot:?} is at {green}, but the slot on blue already confirmed {slot_lsn}: green was restored from an older backup or its progress row was changed. The changes in between cannot be streamed again; resynchronize green (teal sync)"
+    )]
+    Behind {
+        /// The slot.
+        slot: String,
+        /// Green's applied end LSN.
+        green: Lsn,
+        /// The slot's confirmed flush LSN.
+        slot_lsn: Lsn,
+    },
+}
+
+/// The driver's error without detail (which may quote row values).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(column) = db.column() {
+                s.push_str(&format!(" (column {column})"));
+            }
+            if let Some(hint) = db.hint() {
+                s.push_str(&format!(" (hint: {hint})"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
+impl ApplyError {
+    /// Retry from green's progress (connection trouble), or stop.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ApplyError::Connect(e) if e.is_transient() => ErrorClass::Transient,
+            ApplyError::Sql { source, .. } => sql_class(source),
+            ApplyError::Store(e) => e
+                .sqlstate()
+                .map_or(ErrorClass::Transient, classify_sqlstate),
+            ApplyError::Map(MapError::Catalog { source, .. }) => sql_class(source),
+            ApplyError::Replay { .. } => ErrorClass::Transient,
+            _ => ErrorClass::Definite,
+        }
+    }
+}
+
+fn sql_class(e: &tokio_postgres::Error) -> ErrorClass {
+    match e.code() {
+        Some(code) => classify_sqlstate(code.code()),
+        // No SQLSTATE: the session broke (closed, I/O, timeout).
+        None => ErrorClass::Transient,
+    }
+}
+
+/// How the apply stage batches and resolves conflicts.
+#[derive(Debug, Clone)]
+pub struct ApplyConfig {
+    /// Green.
+    pub target: ConnInfo,
+    /// Slot name: the key of the progress row.
+    pub slot: String,
+    /// A batch closes after the source transaction that reaches this many changes.
+    pub batch_max_changes: u64,
+    /// A batch closes after the source transaction that ends this long after it began.
+    pub batch_max_delay: Duration,
+    /// Conflict policies.
+    pub conflicts: ConflictPolicies,
+    /// teal's schema on green.
+    pub store: Store,
+}
+
+impl ApplyConfig {
+    /// `--batch-max-changes` default.
+    pub const DEFAULT_BATCH_MAX_CHANGES: u64 = 10_000;
+    /// `--batch-max-delay-ms` default.
+    pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(50);
+}
+
+/// Counters of the apply stage.
+#[derive(Debug, Default)]
+pub struct ApplyStats {
+    /// Source transactions applied.
+    pub transactions: AtomicU64,
+    /// Changes applied.
+    pub changes: AtomicU64,
+    /// Green transactions committed.
+    pub batches: AtomicU64,
+    /// Source transactions skipped because green already had them.
+    pub skipped_transactions: AtomicU64,
+    /// Conflicts resolved by policy.
+    pub conflicts: AtomicU64,
+}
+
+/// The batch being built in the open green transaction.
+struct Batch {
+    started: Instant,
+    changes: u64,
+    transactions: u64,
+    last: Option<Arc<TxnMeta>>,
+    idle: Option<Lsn>,
+}
+
+/// Applies transactions to green through one session.
+pub struct Applier {
+    client: Client,
+    config: ApplyConfig,
+    writer: Writer,
+    progress_statement: Statement,
+    applied: Option<AppliedPosition>,
+    consumer: Consumer,
+    stats: Arc<ApplyStats>,
+    careful_through: Option<Lsn>,
+}
+
+impl Applier {
+    /// Opens a session on green, creates or upgrades teal's schema, and reads
+    /// where this slot stands.
+    pub async fn connect(
+        config: ApplyConfig,
+        consumer: Consumer,
+        stats: Arc<ApplyStats>,
+    ) -> Result<Applier, ApplyError> {
+        let mut client = green::connect(&config.target, "teal apply").await?;
+        config.store.migrate(&mut client).await?;
+        let applied = config.store.applied(&client, &config.slot).await?;
+        if let Some(a) = applied {
+            consumer.confirm(a.end_lsn);
+        }
+        let progress_statement = client
+            .prepare(&config.store.progress_upsert())
+            .await
+            .map_err(|source| ApplyError::Sql {
+                context: "preparing the progress statement".into(),
+                source,
+            })?;
+        let writer = Writer::new(
+            config.store.clone(),
+            config.slot.clone(),
+            config.conflicts.clone(),
+        );
+        Ok(Applier {
+            client,
+            config,
+            writer,
+            progress_statement,
+            applied,
+            consumer,
+            stats,
+            careful_through: None,
+        })
+    }
+
+    /// What green holds for this slot.
+    pub fn applied(&self) -> Option<AppliedPosition> {
+        self.applied
+    }
+
+    /// Applies transactions with commit LSN up to `through` one change at a
+    /// time, so the conflict policy decides for each (after [`ApplyError::Replay`]).
+    pub fn set_careful_through(&mut self, through: Option<Lsn>) {
+        self.careful_through = through;
+    }
+
+    /// Applies events until the channel closes (shutdown) or an error.
+    pub async fn run(&mut self, mut events: mpsc::Receiver<Vec<Event>>) -> Result<(), ApplyError> {
+        let mut batch: Option<Batch> = None;
+        let mut current: Option<Arc<TxnMeta>> = None;
+        let mut skipping = false;
+        loop {
+            let at_boundary = current.is_none();
+            let next = if batch.is_some() && at_boundary {
+                match events.try_recv() {
+                    Ok(b) => Some(b),
+                    // Nothing more is ready: commit what the batch holds now.
+                    Err(TryRecvError::Empty) => {
+                        self.commit(&mut batch).await?;
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => None,
+                }
+            } else {
+                events.recv().await
+            };
+            let Some(next) = next else {
+                if current.is_none() {
+                    self.commit(&mut batch).await?;
+                } else if batch.is_some() {
+                    // Shutdown in the middle of a transaction: blue sends it again.
+                    self.rollback().await;
+                }
+                return Ok(());
+            };
+            for event in next {
+                match event {
+                    Event::Begin(meta) => {
+                        skipping = self.applied.is_some_and(|a| meta.commit_lsn < a.end_lsn);
+                        if skipping {
+                            self.stats
+                                .skipped_transactions
+                                .fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        if batch.is_none() {
+                            self.begin().await?;
+                            batch = Some(Batch {
+                                started: Instant::now(),
+                                changes: 0,
+                                transactions: 0,
+                                last: None,
+                                idle: None,
+                            });
+                        }
+                        current = Some(meta);
+                    }
+                    Event::Changes(changes) => {
+                        if skipping {
+                            continue;
+                        }
+                        let Some(txn) = current.clone() else {
+                            continue;
+                        };
+                        let careful = self.careful_through.is_some_and(|t| txn.commit_lsn <= t);
+                        for change in changes {
+                            self.writer
+                                .push(&self.client, change, &txn, careful)
+                                .await?;
+                        }
+                    }
+                    Event::Commit(meta) => {
+                        if std::mem::take(&mut skipping) {
+                            continue;
+                        }
+                        current = None;
+                        if let Some(b) = batch.as_mut() {
+                            b.changes += meta.change_count;
+                            b.transactions += 1;
+                            b.last = Some(meta);
+                        }
+                    }
+                    Event::Message(_) => {}
+                    Event::Idle { wal_end } => match batch.as_mut() {
+                        Some(b) => b.idle = Some(wal_end),
+                        None => self.record_idle(wal_end).await?,
+                    },
+                }
+            }
+            let full = batch.as_ref().is_some_and(|b| {
+                b.changes >= self.config.batch_max_changes
+                    || b.started.elapsed() >= self.config.batch_max_delay
+            });
+            if current.is_none() && full {
+                self.commit(&mut batch).await?;
+            }
+        }
+    }
+
+    async fn begin(&mut self) -> Result<(), ApplyError> {
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|source| ApplyError::Sql {
+                context: "starting a green transaction".into(),
+                source,
+            })
+    }
+
+    async fn rollback(&mut self) {
+        self.writer.reset();
+        if let Err(e) = self.client.batch_execute("ROLLBACK").await {
+            tracing::debug!(error = %e, "rollback on green failed (the session is gone)");
+        }
+    }
+
+    /// Writes the progress row and commits the batch, then confirms it.
+    async fn commit(&mut self, batch: &mut Option<Batch>) -> Result<(), ApplyError> {
+        let Some(b) = batch.take() else {
+            return Ok(());
+        };
+        self.writer.flush(&self.client).await?;
+        if let Some(last) = &b.last {
+            let (slot, commit_lsn, end_lsn, xid, ts) = Store::progress_params(
+                &self.config.slot,
+                last.commit_lsn,
+                last.end_lsn,
+                last.xid,
+                last.commit_ts,
+            );
+            self.client
+                .execute(
+                    &self.progress_statement,
+                    &[&slot, &commit_lsn, &end_lsn, &xid, &ts],
+                )
+                .await
+                .map_err(|source| ApplyError::Sql {
+                    context: "recording progress".into(),
+                    source,
+                })?;
+        }
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|source| ApplyError::Sql {
+                context: format!(
+                    "committing a batch of {} transactions ending at {}",
+                    b.transactions,
+                    b.last.as_ref().map_or(Lsn::ZERO, |l| l.end_lsn)
+                ),
+                source,
+            })?;
+        if let Some(last) = &b.last {
+            self.applied = Some(AppliedPosition {
+                commit_lsn: Some(last.commit_lsn),
+                end_lsn: self
+                    .applied
+                    .map_or(last.end_lsn, |a| a.end_lsn.max(last.end_lsn)),
+            });
+            if self.careful_through.is_some_and(|t| last.commit_lsn >= t) {
+                self.careful_through = None;
+            }
+        }
+        if let Some(last) = &b.last {
+            self.consumer.confirm(last.end_lsn);
+        }
+        if let Some(idle) = b.idle {
+            self.record_idle(idle).await?;
+        }
+        self.stats
+            .transactions
+            .fetch_add(b.transactions, Ordering::Relaxed);
+        self.stats.changes.fetch_add(b.changes, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.conflicts.fetch_add(
+            std::mem::take(&mut self.writer.conflicts),
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    /// Blue reported `wal_end` with nothing pending: make it durable on green,
+    /// then confirm it (so the slot never gets ahead of green's progress).
+    async fn record_idle(&mut self, wal_end: Lsn) -> Result<(), ApplyError> {
+        if self.applied.is_some_and(|a| a.end_lsn >= wal_end) {
+            return Ok(());
+        }
+        self.config
+            .store
+            .record_idle(&self.client, &self.config.slot, wal_end)
+            .await?;
+        self.applied = Some(AppliedPosition {
+            end_lsn: wal_end,
+            commit_lsn: self.applied.and_then(|a| a.commit_lsn),
+        });
+        self.consumer.confirm(wal_end);
+        Ok(())
+    }
+
+    /// After an error: roll back whatever is open and, for a conflict under
+    /// the `error` policy, record it in its own transaction.
+    pub async fn abandon(&mut self, error: &ApplyError) {
+        self.rollback().await;
+        if let ApplyError::Conflict(report) = error {
+            if let Err(e) = writer::log_conflict(&self.client, &self.config.store, report).await {
+                tracing::error!(error = %e, "could not record the conflict on green");
+            }
+        }
+    }
+}

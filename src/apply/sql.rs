@@ -1,0 +1,220 @@
+//! SQL text for applying changes: pure builders, one per statement shape.
+//!
+//! Parameters are numbered in the order the caller binds them: new values
+//! first (in column order), then key values. Identifiers arrive quoted.
+
+use std::fmt::Write;
+
+/// How a key value is compared in a WHERE clause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Match {
+    /// `col = $n` (typed by the column; primary keys and replica identities).
+    Equal,
+    /// `col::text = $n::text` (whole-row identity: works for every type,
+    /// including those without an equality operator, like json or point).
+    Text,
+    /// `col IS NULL` (no parameter).
+    Null,
+}
+
+/// `INSERT INTO t (a, b) VALUES ($1, $2)`, optionally `ON CONFLICT DO NOTHING`.
+pub(crate) fn insert(table: &str, cols: &[&str], skip_conflicts: bool) -> String {
+    let mut s = format!("INSERT INTO {table} ({}) VALUES (", cols.join(", "));
+    for i in 0..cols.len() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "${}", i + 1);
+    }
+    s.push(')');
+    if skip_conflicts {
+        s.push_str(" ON CONFLICT DO NOTHING");
+    }
+    s
+}
+
+/// `COPY t (a, b) FROM STDIN`, text or binary format.
+pub(crate) fn copy_in(table: &str, cols: &[&str], binary: bool) -> String {
+    format!(
+        "COPY {table} ({}) FROM STDIN{}",
+        cols.join(", "),
+        if binary { " (FORMAT binary)" } else { "" }
+    )
+}
+
+fn where_clause(s: &mut String, key: &[(&str, Match)], mut next: usize) {
+    for (i, (col, m)) in key.iter().enumerate() {
+        s.push_str(if i == 0 { " WHERE " } else { " AND " });
+        match m {
+            Match::Equal => {
+                let _ = write!(s, "{col} = ${next}");
+                next += 1;
+            }
+            Match::Text => {
+                let _ = write!(s, "{col}::text = ${next}::text");
+                next += 1;
+            }
+            Match::Null => {
+                let _ = write!(s, "{col} IS NULL");
+            }
+        }
+    }
+}
+
+/// The row to act on: by key, or (whole-row identity) one matching row by ctid.
+fn target(s: &mut String, table: &str, key: &[(&str, Match)], first: usize, one_row: bool) {
+    if one_row {
+        let _ = write!(s, " WHERE ctid = (SELECT ctid FROM {table}");
+        where_clause(s, key, first);
+        s.push_str(" LIMIT 1)");
+    } else {
+        where_clause(s, key, first);
+    }
+}
+
+/// `UPDATE t SET a = $1, b = $2 WHERE k = $3`.
+pub(crate) fn update(table: &str, set: &[&str], key: &[(&str, Match)], one_row: bool) -> String {
+    let mut s = format!("UPDATE {table} SET ");
+    for (i, col) in set.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{col} = ${}", i + 1);
+    }
+    target(&mut s, table, key, set.len() + 1, one_row);
+    s
+}
+
+/// `DELETE FROM t WHERE k = $1`.
+pub(crate) fn delete(table: &str, key: &[(&str, Match)], one_row: bool) -> String {
+    let mut s = format!("DELETE FROM {table}");
+    target(&mut s, table, key, 1, one_row);
+    s
+}
+
+/// The row as JSON, for the conflict log.
+pub(crate) fn select_json(table: &str, key: &[(&str, Match)]) -> String {
+    let mut s = format!("SELECT row_to_json(t)::text FROM {table} t");
+    let qualified: Vec<(String, Match)> = key.iter().map(|(c, m)| (format!("t.{c}"), *m)).collect();
+    let refs: Vec<(&str, Match)> = qualified.iter().map(|(c, m)| (c.as_str(), *m)).collect();
+    where_clause(&mut s, &refs, 1);
+    s.push_str(" LIMIT 1");
+    s
+}
+
+/// `TRUNCATE a, b [RESTART IDENTITY] [CASCADE]`.
+pub(crate) fn truncate(tables: &[&str], restart_identity: bool, cascade: bool) -> String {
+    format!(
+        "TRUNCATE {}{}{}",
+        tables.join(", "),
+        if restart_identity {
+            " RESTART IDENTITY"
+        } else {
+            ""
+        },
+        if cascade { " CASCADE" } else { "" }
+    )
+}
+
+/// Appends one value to a COPY text-format row (`\N` for NULL; backslash,
+/// newline, carriage return and tab escaped).
+pub(crate) fn copy_text_value(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    let Some(v) = value else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    let mut start = 0;
+    for (i, &b) in v.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            _ => continue,
+        };
+        out.extend_from_slice(&v[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&v[start..]);
+}
+
+/// The 19-byte header of a binary COPY stream.
+pub(crate) const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// The trailer of a binary COPY stream.
+pub(crate) const COPY_BINARY_TRAILER: &[u8] = &[0xff, 0xff];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_exact() {
+        let t = "\"public\".\"Ledger\"";
+        assert_eq!(
+            insert(t, &["\"id\"", "\"memo\""], false),
+            "INSERT INTO \"public\".\"Ledger\" (\"id\", \"memo\") VALUES ($1, $2)"
+        );
+        assert_eq!(
+            insert(t, &["\"id\""], true),
+            "INSERT INTO \"public\".\"Ledger\" (\"id\") VALUES ($1) ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(
+            copy_in(t, &["\"id\"", "\"memo\""], false),
+            "COPY \"public\".\"Ledger\" (\"id\", \"memo\") FROM STDIN"
+        );
+        assert_eq!(
+            copy_in(t, &["\"id\""], true),
+            "COPY \"public\".\"Ledger\" (\"id\") FROM STDIN (FORMAT binary)"
+        );
+        assert_eq!(
+            update(t, &["\"memo\""], &[("\"id\"", Match::Equal)], false),
+            "UPDATE \"public\".\"Ledger\" SET \"memo\" = $1 WHERE \"id\" = $2"
+        );
+        assert_eq!(
+            update(
+                t,
+                &["\"a\"", "\"b\""],
+                &[
+                    ("\"a\"", Match::Text),
+                    ("\"b\"", Match::Null),
+                    ("\"c\"", Match::Text)
+                ],
+                true
+            ),
+            "UPDATE \"public\".\"Ledger\" SET \"a\" = $1, \"b\" = $2 WHERE ctid = (SELECT ctid FROM \"public\".\"Ledger\" \
+             WHERE \"a\"::text = $3::text AND \"b\" IS NULL AND \"c\"::text = $4::text LIMIT 1)"
+        );
+        assert_eq!(
+            delete(
+                t,
+                &[("\"k1\"", Match::Equal), ("\"k2\"", Match::Equal)],
+                false
+            ),
+            "DELETE FROM \"public\".\"Ledger\" WHERE \"k1\" = $1 AND \"k2\" = $2"
+        );
+        assert_eq!(
+            delete(t, &[("\"v\"", Match::Null)], true),
+            "DELETE FROM \"public\".\"Ledger\" WHERE ctid = (SELECT ctid FROM \"public\".\"Ledger\" WHERE \"v\" IS NULL LIMIT 1)"
+        );
+        assert_eq!(
+            select_json(t, &[("\"id\"", Match::Equal)]),
+            "SELECT row_to_json(t)::text FROM \"public\".\"Ledger\" t WHERE t.\"id\" = $1 LIMIT 1"
+        );
+        assert_eq!(
+            truncate(&["\"public\".\"a\"", "\"public\".\"b\""], true, true),
+            "TRUNCATE \"public\".\"a\", \"public\".\"b\" RESTART IDENTITY CASCADE"
+        );
+    }
+
+    #[test]
+    fn copy_text_escapes_exactly_what_copy_needs() {
+        let mut out = Vec::new();
+        copy_text_value(&mut out, Some(b"a\\b\tc\nd\re"));
+        out.push(b'\t');
+        copy_text_value(&mut out, None);
+        out.push(b'\t');
+        copy_text_value(&mut out, Some("grüße ✓ {x,\"y\"}".as_bytes()));
+        assert_eq!(out, "a\\\\b\\tc\\nd\\re\t\\N\tgrüße ✓ {x,\"y\"}".as_bytes());
+    }
+}

@@ -1,0 +1,368 @@
+//! Green's tables, and how each blue relation maps onto one.
+//!
+//! ```text
+//! blue Relation (columns by name, replica identity) ──map──▶ green table (by schema.name)
+//!      every blue column must exist on green, not generated, with a compatible type;
+//!      green may have extra columns (their defaults apply) and extra generated columns
+//! ```
+//!
+//! Type compatibility: the same type (same built-in OID, or the same
+//! schema-qualified name for user types; domains compare by their base type),
+//! or another type of the same category (`int4` -> `int8`, `varchar` -> `text`,
+//! `timestamp` -> `timestamptz`): values travel as text, so widening works and
+//! is logged once. Anything else stops teal before a row is written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use crate::event::{QualifiedName, Relation, ReplicaIdentity, quote_ident};
+
+/// Built-in type OIDs are below this on every server (`FirstNormalObjectId`).
+const FIRST_NORMAL_OID: u32 = 16384;
+
+/// A blue relation does not fit green.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriftError {
+    /// Green lacks the table.
+    #[error(
+        "green has no table {table}, which blue publishes; create it on green (for example from blue: pg_dump --schema-only -t '{table}' | psql <green>) and restart teal"
+    )]
+    MissingTable {
+        /// The table.
+        table: QualifiedName,
+    },
+    /// Green lacks a column blue sends.
+    #[error(
+        "green table {table} has no column {column:?}, which blue sends; run on green: ALTER TABLE {quoted} ADD COLUMN {column_quoted} {type_sql}; then restart teal"
+    )]
+    MissingColumn {
+        /// The table.
+        table: QualifiedName,
+        /// Quoted table name.
+        quoted: String,
+        /// The column.
+        column: String,
+        /// Quoted column name.
+        column_quoted: String,
+        /// Blue's type, as SQL.
+        type_sql: String,
+    },
+    /// A column is generated on green but blue sends values for it.
+    #[error(
+        "column {column:?} of green table {table} is generated, but blue sends values for it; make it an ordinary column on green or leave it out of blue's publication (column list)"
+    )]
+    GeneratedColumn {
+        /// The table.
+        table: QualifiedName,
+        /// The column.
+        column: String,
+    },
+    /// Green's column type cannot take blue's values.
+    #[error(
+        "column {column:?} of {table} is {green_type} on green but {blue_type} on blue; change green's column type (ALTER TABLE ... ALTER COLUMN ... TYPE {blue_type}) and restart teal"
+    )]
+    TypeMismatch {
+        /// The table.
+        table: QualifiedName,
+        /// The column.
+        column: String,
+        /// Blue's type.
+        blue_type: String,
+        /// Green's type.
+        green_type: String,
+    },
+}
+
+/// How rows of a table are found on green for updates and deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Key {
+    /// Equality on these blue columns (the replica identity, or green's
+    /// primary key when blue sends whole old rows).
+    Columns(Vec<usize>),
+    /// No usable key (REPLICA IDENTITY FULL, no primary key on green): the
+    /// whole old row identifies one matching row.
+    FullRow,
+    /// Blue cannot identify rows of this table (REPLICA IDENTITY NOTHING, or
+    /// DEFAULT without a primary key).
+    None,
+}
+
+/// A blue relation mapped onto its green table.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    /// Blue's definition this mapping was made for.
+    pub(crate) relation: Arc<Relation>,
+    /// `"schema"."table"`.
+    pub(crate) table: String,
+    /// Quoted green column name for each blue column, in blue's order.
+    pub(crate) columns: Vec<String>,
+    /// How to find a row.
+    pub(crate) key: Key,
+    /// Blue columns forming green's primary key, when green has one they cover.
+    pub(crate) green_pk: Option<Vec<usize>>,
+}
+
+impl Mapping {
+    /// The table's name, for messages.
+    pub(crate) fn name(&self) -> &QualifiedName {
+        &self.relation.name
+    }
+}
+
+struct GreenColumn {
+    name: String,
+    type_oid: u32,
+    type_sql: String,
+    generated: bool,
+    category: String,
+    base_type: QualifiedName,
+}
+
+/// Mappings by blue relation version (a new Relation message is a new version).
+#[derive(Default)]
+pub(crate) struct Targets {
+    mappings: HashMap<usize, Arc<Mapping>>,
+}
+
+impl Targets {
+    /// Forgets green's metadata (after green's schema may have changed).
+    pub(crate) fn clear(&mut self) {
+        self.mappings.clear();
+    }
+
+    /// The mapping for `rel`, reading green's catalog the first time.
+    pub(crate) async fn mapping(
+        &mut self,
+        client: &Client,
+        rel: &Arc<Relation>,
+    ) -> Result<Arc<Mapping>, MapError> {
+        let key = Arc::as_ptr(rel) as usize;
+        if let Some(m) = self.mappings.get(&key) {
+            return Ok(Arc::clone(m));
+        }
+        let mapping = Arc::new(map_relation(client, rel).await?);
+        self.mappings.insert(key, Arc::clone(&mapping));
+        Ok(mapping)
+    }
+}
+
+/// Reading green's catalog failed, or the table does not fit.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// Green's schema does not fit blue's.
+    #[error(transparent)]
+    Drift(Box<DriftError>),
+    /// The catalog query failed.
+    #[error("reading green's catalog for {table}: {source}")]
+    Catalog {
+        /// The table.
+        table: QualifiedName,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl From<DriftError> for MapError {
+    fn from(e: DriftError) -> Self {
+        MapError::Drift(Box::new(e))
+    }
+}
+
+async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, MapError> {
+    let catalog = |source| MapError::Catalog {
+        table: rel.name.clone(),
+        source,
+    };
+    let table = client
+        .query_opt(
+            "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&rel.name.namespace, &rel.name.name],
+        )
+        .await
+        .map_err(catalog)?
+        .ok_or_else(|| DriftError::MissingTable {
+            table: rel.name.clone(),
+        })?;
+    let oid: u32 = table.get(0);
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod), a.attgenerated <> '', \
+                    bt.typcategory::text, bn.nspname::text, bt.typname::text \
+             FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+             JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+             JOIN pg_catalog.pg_namespace bn ON bn.oid = bt.typnamespace \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(catalog)?;
+    let green: Vec<GreenColumn> = rows
+        .iter()
+        .map(|r| GreenColumn {
+            name: r.get(0),
+            type_oid: r.get(1),
+            type_sql: r.get(2),
+            generated: r.get(3),
+            category: r.get(4),
+            base_type: QualifiedName {
+                namespace: r.get(5),
+                name: r.get(6),
+            },
+        })
+        .collect();
+    let pk_rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
+            &[&oid],
+        )
+        .await
+        .map_err(catalog)?;
+    let pk: Vec<String> = pk_rows.iter().map(|r| r.get(0)).collect();
+    let blue_types = blue_type_names(client, rel).await.map_err(catalog)?;
+
+    let mut columns = Vec::with_capacity(rel.columns.len());
+    for (i, col) in rel.columns.iter().enumerate() {
+        let Some(g) = green.iter().find(|g| g.name == col.name) else {
+            return Err(DriftError::MissingColumn {
+                table: rel.name.clone(),
+                quoted: rel.name.quoted(),
+                column: col.name.clone(),
+                column_quoted: quote_ident(&col.name),
+                type_sql: blue_types[i].0.clone(),
+            }
+            .into());
+        };
+        if g.generated {
+            return Err(DriftError::GeneratedColumn {
+                table: rel.name.clone(),
+                column: col.name.clone(),
+            }
+            .into());
+        }
+        check_type(rel, i, g, &blue_types[i])?;
+        columns.push(quote_ident(&g.name));
+    }
+    let green_pk = (!pk.is_empty())
+        .then(|| {
+            pk.iter()
+                .map(|name| rel.columns.iter().position(|c| &c.name == name))
+                .collect::<Option<Vec<_>>>()
+        })
+        .flatten();
+    let identity: Vec<usize> = rel
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_key)
+        .map(|(i, _)| i)
+        .collect();
+    let key = match rel.replica_identity {
+        ReplicaIdentity::Full => match &green_pk {
+            Some(pk) => Key::Columns(pk.clone()),
+            None => Key::FullRow,
+        },
+        ReplicaIdentity::Default | ReplicaIdentity::Index if !identity.is_empty() => {
+            Key::Columns(identity)
+        }
+        _ => Key::None,
+    };
+    Ok(Mapping {
+        relation: Arc::clone(rel),
+        table: rel.name.quoted(),
+        columns,
+        key,
+        green_pk,
+    })
+}
+
+/// Blue's type of each column as (SQL text, category, base type name) seen
+/// from green: built-in OIDs are the same on every server, user types come
+/// by name from blue's Type messages.
+async fn blue_type_names(
+    client: &Client,
+    rel: &Relation,
+) -> Result<Vec<(String, Option<String>, Option<QualifiedName>)>, tokio_postgres::Error> {
+    let mut out = Vec::with_capacity(rel.columns.len());
+    for col in &rel.columns {
+        if col.type_oid < FIRST_NORMAL_OID {
+            let row = client
+                .query_opt(
+                    "SELECT format_type($1, $2), t.typcategory::text, n.nspname::text, t.typname::text \
+                     FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+                     WHERE t.oid = $1",
+                    &[&col.type_oid, &col.type_modifier],
+                )
+                .await?;
+            out.push(match row {
+                Some(r) => (
+                    r.get(0),
+                    Some(r.get(1)),
+                    Some(QualifiedName {
+                        namespace: r.get(2),
+                        name: r.get(3),
+                    }),
+                ),
+                None => (format!("type {}", col.type_oid), None, None),
+            });
+        } else {
+            let name = col.type_name.clone();
+            let sql = name
+                .as_ref()
+                .map_or_else(|| format!("type {}", col.type_oid), QualifiedName::quoted);
+            let category = match &name {
+                Some(n) => client
+                    .query_opt(
+                        "SELECT t.typcategory::text FROM pg_catalog.pg_type t \
+                         JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+                         WHERE n.nspname = $1 AND t.typname = $2",
+                        &[&n.namespace, &n.name],
+                    )
+                    .await?
+                    .map(|r| r.get(0)),
+                None => None,
+            };
+            out.push((sql, category, name));
+        }
+    }
+    Ok(out)
+}
+
+fn check_type(
+    rel: &Relation,
+    i: usize,
+    green: &GreenColumn,
+    blue: &(String, Option<String>, Option<QualifiedName>),
+) -> Result<(), MapError> {
+    let col = &rel.columns[i];
+    let same = col.type_oid == green.type_oid
+        || blue.2.as_ref() == Some(&green.base_type)
+        || (col.type_oid >= FIRST_NORMAL_OID && col.type_name.as_ref() == Some(&green.base_type));
+    if same {
+        return Ok(());
+    }
+    let compatible = blue.1.as_deref() == Some(green.category.as_str()) && green.category != "U";
+    if compatible {
+        tracing::warn!(
+            table = %rel.name,
+            column = %col.name,
+            blue_type = %blue.0,
+            green_type = %green.type_sql,
+            "column types differ within one category; values are converted by green's input function"
+        );
+        return Ok(());
+    }
+    Err(DriftError::TypeMismatch {
+        table: rel.name.clone(),
+        column: col.name.clone(),
+        blue_type: blue.0.clone(),
+        green_type: green.type_sql.clone(),
+    }
+    .into())
+}

@@ -1,0 +1,867 @@
+//! Statement shaping: changes become as few round trips to green as possible.
+//!
+//! ```text
+//! changes ──▶ runs: consecutive changes of one operation on one table (across source
+//!             transactions of the same batch, in order)
+//!   insert run  ──▶ one COPY (text, or binary in binary mode); short runs: pipelined INSERTs
+//!   update run  ──▶ pipelined prepared UPDATEs, one per row, each must touch exactly one row
+//!   delete run  ──▶ pipelined prepared DELETEs, likewise
+//!   truncate    ──▶ TRUNCATE (run boundary)
+//! ```
+//!
+//! Statements are prepared once per (table version, operation, column set)
+//! and cached. Row order is kept: a run is executed before anything after it,
+//! and pipelined statements run in order on one session.
+//!
+//! The fast path detects conflicts (a unique violation, an update or delete
+//! that found no row) and asks for the batch to be replayed carefully: then
+//! every change runs on its own with conflict-aware SQL, and the table's
+//! conflict policy decides.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio_postgres::{Client, Statement};
+
+use crate::event::{Change, ChangeKind, OldRow, RowImage, TxnMeta, Value};
+use crate::lsn::Lsn;
+use crate::store::Store;
+
+use super::conflict::{ConflictKind, ConflictPolicies, ConflictPolicy};
+use super::param::Param;
+use super::sql::{self, Match};
+use super::target::{Key, Mapping, Targets};
+use super::{ApplyError, ConflictReport};
+
+/// A run is executed once it holds this many changes...
+const RUN_MAX_CHANGES: usize = 10_000;
+/// ...or this many bytes of values.
+const RUN_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Shorter insert runs use pipelined INSERTs (COPY costs an extra round trip).
+const COPY_MIN_ROWS: usize = 16;
+/// Statements in flight at once on the session.
+const PIPELINE_DEPTH: usize = 1024;
+/// COPY data is sent in chunks of about this size.
+const COPY_CHUNK: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Op {
+    Insert,
+    InsertSkipConflict,
+    Update,
+    Delete,
+    SelectJson,
+    CopyText,
+    CopyBinary,
+}
+
+/// Identifies a prepared statement: table version, operation, shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StatementKey {
+    mapping: usize,
+    op: Op,
+    /// Columns set (update) and how each key column is matched.
+    shape: Vec<u8>,
+}
+
+struct Run {
+    mapping: Arc<Mapping>,
+    op: Op,
+    changes: Vec<(Change, Arc<TxnMeta>)>,
+    bytes: usize,
+}
+
+/// Applies changes to green, keeping prepared statements across batches.
+pub(crate) struct Writer {
+    store: Store,
+    slot: String,
+    policies: ConflictPolicies,
+    targets: Targets,
+    statements: HashMap<StatementKey, Statement>,
+    pending: Option<Run>,
+    /// Conflicts resolved in the current batch (logged with it).
+    pub(crate) conflicts: u64,
+}
+
+/// A key to find one row: columns with how they match, and the values.
+struct RowKey<'a> {
+    matches: Vec<(usize, Match)>,
+    params: Vec<Param<'a>>,
+    one_row: bool,
+}
+
+fn sql_error(context: String) -> impl FnOnce(tokio_postgres::Error) -> ApplyError {
+    move |source| ApplyError::Sql { context, source }
+}
+
+impl Writer {
+    pub(crate) fn new(store: Store, slot: String, policies: ConflictPolicies) -> Writer {
+        Writer {
+            store,
+            slot,
+            policies,
+            targets: Targets::default(),
+            statements: HashMap::new(),
+            pending: None,
+            conflicts: 0,
+        }
+    }
+
+    /// Forgets green's metadata and prepared statements (a new session).
+    pub(crate) fn reset(&mut self) {
+        self.targets.clear();
+        self.statements.clear();
+        self.pending = None;
+        self.conflicts = 0;
+    }
+
+    /// Queues (fast path) or applies (careful mode) one change.
+    pub(crate) async fn push(
+        &mut self,
+        client: &Client,
+        change: Change,
+        txn: &Arc<TxnMeta>,
+        careful: bool,
+    ) -> Result<(), ApplyError> {
+        let (relation, op) = match &change.kind {
+            ChangeKind::Insert { relation, .. } => (relation, Op::Insert),
+            ChangeKind::Update { relation, .. } => (relation, Op::Update),
+            ChangeKind::Delete { relation, .. } => (relation, Op::Delete),
+            ChangeKind::Truncate {
+                relations,
+                cascade,
+                restart_identity,
+            } => {
+                self.flush(client).await?;
+                let mut tables = Vec::with_capacity(relations.len());
+                for rel in relations {
+                    tables.push(self.targets.mapping(client, rel).await?.table.clone());
+                }
+                let refs: Vec<&str> = tables.iter().map(String::as_str).collect();
+                let statement = sql::truncate(&refs, *restart_identity, *cascade);
+                return client
+                    .batch_execute(&statement)
+                    .await
+                    .map_err(sql_error(format!(
+                        "truncating {} (change at LSN {}, transaction {})",
+                        refs.join(", "),
+                        change.lsn,
+                        txn.commit_lsn
+                    )));
+            }
+            // Logical messages are not applied to green.
+            ChangeKind::Message(_) => return Ok(()),
+        };
+        let mapping = self.targets.mapping(client, relation).await?;
+        if careful {
+            self.flush(client).await?;
+            return self.apply_carefully(client, &mapping, &change, txn).await;
+        }
+        let same_run = self
+            .pending
+            .as_ref()
+            .is_some_and(|r| r.op == op && Arc::ptr_eq(&r.mapping, &mapping));
+        if !same_run {
+            self.flush(client).await?;
+            self.pending = Some(Run {
+                mapping,
+                op,
+                changes: Vec::new(),
+                bytes: 0,
+            });
+        }
+        let full = match self.pending.as_mut() {
+            Some(run) => {
+                run.bytes += change.memory_size();
+                run.changes.push((change, Arc::clone(txn)));
+                run.changes.len() >= RUN_MAX_CHANGES || run.bytes >= RUN_MAX_BYTES
+            }
+            None => false,
+        };
+        if full {
+            self.flush(client).await?;
+        }
+        Ok(())
+    }
+
+    /// Executes the pending run.
+    pub(crate) async fn flush(&mut self, client: &Client) -> Result<(), ApplyError> {
+        let Some(run) = self.pending.take() else {
+            return Ok(());
+        };
+        match run.op {
+            Op::Insert => self.insert_run(client, &run).await,
+            Op::Update | Op::Delete => self.modify_run(client, &run).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn statement(
+        &mut self,
+        client: &Client,
+        mapping: &Arc<Mapping>,
+        op: Op,
+        shape: Vec<u8>,
+        text: impl FnOnce() -> String,
+    ) -> Result<Statement, ApplyError> {
+        let key = StatementKey {
+            mapping: Arc::as_ptr(mapping) as usize,
+            op,
+            shape,
+        };
+        if let Some(s) = self.statements.get(&key) {
+            return Ok(s.clone());
+        }
+        let text = text();
+        let statement = client.prepare(&text).await.map_err(sql_error(format!(
+            "preparing a statement for {}",
+            mapping.name()
+        )))?;
+        self.statements.insert(key, statement.clone());
+        Ok(statement)
+    }
+
+    async fn insert_run(&mut self, client: &Client, run: &Run) -> Result<(), ApplyError> {
+        let mapping = &run.mapping;
+        let cols: Vec<&str> = mapping.columns.iter().map(String::as_str).collect();
+        let rows: Vec<&RowImage> = run
+            .changes
+            .iter()
+            .filter_map(|(c, _)| match &c.kind {
+                ChangeKind::Insert { new, .. } => Some(new),
+                _ => None,
+            })
+            .collect();
+        let all_text = rows.iter().all(|r| {
+            r.values()
+                .all(|v| matches!(v, Value::Null | Value::Text(_)))
+        });
+        let all_binary = rows.iter().all(|r| {
+            r.values()
+                .all(|v| matches!(v, Value::Null | Value::Binary(_)))
+        });
+        let through = run.changes.last().map_or(Lsn::ZERO, |(_, t)| t.commit_lsn);
+        let result = if rows.len() >= COPY_MIN_ROWS && (all_text || all_binary) {
+            self.copy_rows(client, mapping, &cols, &rows, all_text)
+                .await
+        } else {
+            let statement = self
+                .statement(client, mapping, Op::Insert, Vec::new(), || {
+                    sql::insert(&mapping.table, &cols, false)
+                })
+                .await?;
+            let items: Vec<(Statement, Vec<Param<'_>>)> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        statement.clone(),
+                        r.values().filter_map(Param::from_value).collect(),
+                    )
+                })
+                .collect();
+            pipelined(client, &items).await.map(drop)
+        };
+        result.map_err(|source| {
+            if is_unique_violation(&source) {
+                ApplyError::Replay { through }
+            } else {
+                ApplyError::Sql {
+                    context: format!(
+                        "inserting {} rows into {} (transactions up to {through})",
+                        rows.len(),
+                        mapping.name()
+                    ),
+                    source,
+                }
+            }
+        })
+    }
+
+    async fn copy_rows(
+        &mut self,
+        client: &Client,
+        mapping: &Arc<Mapping>,
+        cols: &[&str],
+        rows: &[&RowImage],
+        text: bool,
+    ) -> Result<(), tokio_postgres::Error> {
+        let op = if text { Op::CopyText } else { Op::CopyBinary };
+        let key = StatementKey {
+            mapping: Arc::as_ptr(mapping) as usize,
+            op,
+            shape: Vec::new(),
+        };
+        let statement = match self.statements.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                let s = client
+                    .prepare(&sql::copy_in(&mapping.table, cols, !text))
+                    .await?;
+                self.statements.insert(key, s.clone());
+                s
+            }
+        };
+        let sink = client.copy_in::<_, Bytes>(&statement).await?;
+        futures_util::pin_mut!(sink);
+        let mut buf = Vec::with_capacity(COPY_CHUNK + 64 * 1024);
+        if !text {
+            buf.extend_from_slice(sql::COPY_BINARY_HEADER);
+        }
+        for row in rows {
+            if text {
+                for (i, v) in row.values().enumerate() {
+                    if i > 0 {
+                        buf.push(b'\t');
+                    }
+                    sql::copy_text_value(
+                        &mut buf,
+                        match v {
+                            Value::Text(t) => Some(t),
+                            _ => None,
+                        },
+                    );
+                }
+                buf.push(b'\n');
+            } else {
+                buf.extend_from_slice(&(row.len() as i16).to_be_bytes());
+                for v in row.values() {
+                    match v {
+                        Value::Binary(b) => {
+                            buf.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                            buf.extend_from_slice(b);
+                        }
+                        _ => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+                    }
+                }
+            }
+            if buf.len() >= COPY_CHUNK {
+                sink.send(Bytes::from(std::mem::take(&mut buf))).await?;
+                buf.reserve(COPY_CHUNK + 64 * 1024);
+            }
+        }
+        if !text {
+            buf.extend_from_slice(sql::COPY_BINARY_TRAILER);
+        }
+        if !buf.is_empty() {
+            sink.send(Bytes::from(buf)).await?;
+        }
+        sink.finish().await.map(drop)
+    }
+
+    async fn modify_run(&mut self, client: &Client, run: &Run) -> Result<(), ApplyError> {
+        let mapping = &run.mapping;
+        let mut items = Vec::with_capacity(run.changes.len());
+        for (change, txn) in &run.changes {
+            let (statement, params) = self.modify_statement(client, mapping, change, txn).await?;
+            items.push((statement, params));
+        }
+        let counts = pipelined(client, &items).await.map_err(|source| {
+            let through = run.changes.last().map_or(Lsn::ZERO, |(_, t)| t.commit_lsn);
+            if is_unique_violation(&source) {
+                ApplyError::Replay { through }
+            } else {
+                ApplyError::Sql {
+                    context: format!(
+                        "{} {} rows of {} (transactions up to {through})",
+                        if run.op == Op::Update {
+                            "updating"
+                        } else {
+                            "deleting"
+                        },
+                        run.changes.len(),
+                        mapping.name()
+                    ),
+                    source,
+                }
+            }
+        })?;
+        for (n, (_, txn)) in counts.iter().zip(&run.changes) {
+            if *n == 0 {
+                return Err(ApplyError::Replay {
+                    through: txn.commit_lsn,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The UPDATE or DELETE for one change, with its parameters.
+    async fn modify_statement<'c>(
+        &mut self,
+        client: &Client,
+        mapping: &Arc<Mapping>,
+        change: &'c Change,
+        txn: &TxnMeta,
+    ) -> Result<(Statement, Vec<Param<'c>>), ApplyError> {
+        match &change.kind {
+            ChangeKind::Update { old, new, .. } => {
+                let key = row_key(mapping, old.as_ref(), Some(new), change.lsn, txn)?;
+                let set: Vec<usize> = new
+                    .values()
+                    .enumerate()
+                    .filter(|(_, v)| !matches!(v, Value::UnchangedToast))
+                    .map(|(i, _)| i)
+                    .collect();
+                let shape = shape_of(&set, &key);
+                let statement = self
+                    .statement(client, mapping, Op::Update, shape, || {
+                        let set_cols: Vec<&str> =
+                            set.iter().map(|&i| mapping.columns[i].as_str()).collect();
+                        sql::update(
+                            &mapping.table,
+                            &set_cols,
+                            &key_columns(mapping, &key),
+                            key.one_row,
+                        )
+                    })
+                    .await?;
+                let mut params: Vec<Param<'c>> =
+                    new.values().filter_map(Param::from_value).collect();
+                params.extend(key.params);
+                Ok((statement, params))
+            }
+            ChangeKind::Delete { old, .. } => {
+                let key = row_key(mapping, Some(old), None, change.lsn, txn)?;
+                let shape = shape_of(&[], &key);
+                let statement = self
+                    .statement(client, mapping, Op::Delete, shape, || {
+                        sql::delete(&mapping.table, &key_columns(mapping, &key), key.one_row)
+                    })
+                    .await?;
+                Ok((statement, key.params))
+            }
+            _ => Err(ApplyError::Unresolvable {
+                table: mapping.name().clone(),
+                lsn: change.lsn,
+                commit_lsn: txn.commit_lsn,
+                reason: "only updates and deletes modify existing rows".into(),
+            }),
+        }
+    }
+
+    /// Applies one change on its own, resolving conflicts by policy.
+    async fn apply_carefully(
+        &mut self,
+        client: &Client,
+        mapping: &Arc<Mapping>,
+        change: &Change,
+        txn: &TxnMeta,
+    ) -> Result<(), ApplyError> {
+        let context = |what: &str| {
+            format!(
+                "{what} {} (change at LSN {}, transaction {})",
+                mapping.name(),
+                change.lsn,
+                txn.commit_lsn
+            )
+        };
+        let (kind, rows) = match &change.kind {
+            ChangeKind::Insert { new, .. } => {
+                let cols: Vec<&str> = mapping.columns.iter().map(String::as_str).collect();
+                let statement = self
+                    .statement(client, mapping, Op::InsertSkipConflict, Vec::new(), || {
+                        sql::insert(&mapping.table, &cols, true)
+                    })
+                    .await?;
+                let params: Vec<Param<'_>> = new.values().filter_map(Param::from_value).collect();
+                let n = client
+                    .execute_raw(&statement, params.iter().copied())
+                    .await
+                    .map_err(sql_error(context("inserting into")))?;
+                (ConflictKind::InsertExists, n)
+            }
+            ChangeKind::Update { .. } | ChangeKind::Delete { .. } => {
+                let (statement, params) =
+                    self.modify_statement(client, mapping, change, txn).await?;
+                let n = client
+                    .execute_raw(&statement, params.iter().copied())
+                    .await
+                    .map_err(sql_error(context("changing a row of")))?;
+                let kind = if matches!(change.kind, ChangeKind::Update { .. }) {
+                    ConflictKind::UpdateMissing
+                } else {
+                    ConflictKind::DeleteMissing
+                };
+                (kind, n)
+            }
+            _ => return Ok(()),
+        };
+        if rows > 0 {
+            return Ok(());
+        }
+        self.resolve(client, mapping, change, txn, kind).await
+    }
+
+    async fn resolve(
+        &mut self,
+        client: &Client,
+        mapping: &Arc<Mapping>,
+        change: &Change,
+        txn: &TxnMeta,
+        kind: ConflictKind,
+    ) -> Result<(), ApplyError> {
+        let policy = self.policies.for_table(mapping.name());
+        let rel = &mapping.relation;
+        let (old, new) = match &change.kind {
+            ChangeKind::Insert { new, .. } => (None, Some(new)),
+            ChangeKind::Update { old, new, .. } => (old.as_ref(), Some(new)),
+            ChangeKind::Delete { old, .. } => (Some(old), None),
+            _ => (None, None),
+        };
+        let key = match kind {
+            ConflictKind::InsertExists => insert_key(mapping, new),
+            _ => row_key(mapping, old, new, change.lsn, txn).ok(),
+        };
+        let target_row = match &key {
+            Some(key) => self.fetch_json(client, mapping, key).await?,
+            None => None,
+        };
+        let json = |row: Option<&RowImage>, key_only| {
+            row.and_then(|r| rel.row_json(r, key_only).ok())
+                .map(|v| v.to_string())
+        };
+        let source_row = json(new.or(old.map(OldRow::image)), false);
+        let key_json = json(new.or(old.map(OldRow::image)), true);
+        let resolution = match (policy, kind) {
+            (ConflictPolicy::Error, _) => "error: teal stopped",
+            (ConflictPolicy::TargetWins, _) => "skipped: kept green's row",
+            (ConflictPolicy::SourceWins, ConflictKind::DeleteMissing) => {
+                "skipped: row already absent"
+            }
+            (ConflictPolicy::SourceWins, ConflictKind::InsertExists) => {
+                self.overwrite(client, mapping, change, txn, key.as_ref())
+                    .await?;
+                "applied: updated green's row to the source row"
+            }
+            (ConflictPolicy::SourceWins, ConflictKind::UpdateMissing) => {
+                let Some(new) = new else {
+                    return Ok(());
+                };
+                if new.values().any(|v| matches!(v, Value::UnchangedToast)) {
+                    "skipped: row missing and blue did not send its unchanged TOAST values"
+                } else {
+                    let cols: Vec<&str> = mapping.columns.iter().map(String::as_str).collect();
+                    let statement = self
+                        .statement(client, mapping, Op::Insert, Vec::new(), || {
+                            sql::insert(&mapping.table, &cols, false)
+                        })
+                        .await?;
+                    let params: Vec<Param<'_>> =
+                        new.values().filter_map(Param::from_value).collect();
+                    client
+                        .execute_raw(&statement, params.iter().copied())
+                        .await
+                        .map_err(sql_error(format!(
+                            "inserting the missing row into {}",
+                            mapping.name()
+                        )))?;
+                    "applied: inserted the source row"
+                }
+            }
+        };
+        let report = ConflictReport {
+            slot: self.slot.clone(),
+            table: mapping.name().clone(),
+            kind,
+            policy,
+            key: key_json,
+            source_row,
+            target_row,
+            commit_lsn: txn.commit_lsn,
+            change_lsn: change.lsn,
+            xid: txn.xid,
+            resolution: resolution.to_owned(),
+        };
+        if policy == ConflictPolicy::Error {
+            return Err(ApplyError::Conflict(Box::new(report)));
+        }
+        self.conflicts += 1;
+        tracing::warn!(table = %report.table, kind = %kind, policy = %policy, lsn = %change.lsn, "conflict resolved");
+        log_conflict(client, &self.store, &report).await
+    }
+
+    /// source-wins on an existing row: set every column blue sent.
+    async fn overwrite(
+        &mut self,
+        client: &Client,
+        mapping: &Arc<Mapping>,
+        change: &Change,
+        txn: &TxnMeta,
+        key: Option<&RowKey<'_>>,
+    ) -> Result<(), ApplyError> {
+        let (ChangeKind::Insert { new, .. }, Some(key)) = (&change.kind, key) else {
+            return Err(ApplyError::Unresolvable {
+                table: mapping.name().clone(),
+                lsn: change.lsn,
+                commit_lsn: txn.commit_lsn,
+                reason: "green's conflicting row cannot be identified (no key)".into(),
+            });
+        };
+        let set: Vec<usize> = (0..mapping.columns.len()).collect();
+        let shape = shape_of(&set, key);
+        let statement = self
+            .statement(client, mapping, Op::Update, shape, || {
+                let set_cols: Vec<&str> = mapping.columns.iter().map(String::as_str).collect();
+                sql::update(
+                    &mapping.table,
+                    &set_cols,
+                    &key_columns(mapping, key),
+                    key.one_row,
+                )
+            })
+            .await?;
+        let mut params: Vec<Param<'_>> = new.values().filter_map(Param::from_value).collect();
+        params.extend(key.params.iter().copied());
+        let n = client
+            .execute_raw(&statement, params.iter().copied())
+            .await
+            .map_err(sql_error(format!(
+                "overwriting a row of {}",
+                mapping.name()
+            )))?;
+        if n == 0 {
+            return Err(ApplyError::Unresolvable {
+                table: mapping.name().clone(),
+                lsn: change.lsn,
+                commit_lsn: txn.commit_lsn,
+                reason: "the insert conflicts with green on a unique index other than the key"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn fetch_json(
+        &mut self,
+        client: &Client,
+        mapping: &Arc<Mapping>,
+        key: &RowKey<'_>,
+    ) -> Result<Option<String>, ApplyError> {
+        let shape = shape_of(&[], key);
+        let statement = self
+            .statement(client, mapping, Op::SelectJson, shape, || {
+                sql::select_json(&mapping.table, &key_columns(mapping, key))
+            })
+            .await?;
+        let rows = client
+            .query_raw(&statement, key.params.iter().copied())
+            .await
+            .map_err(sql_error(format!(
+                "reading green's row of {}",
+                mapping.name()
+            )))?;
+        futures_util::pin_mut!(rows);
+        match rows.next().await {
+            Some(row) => Ok(row
+                .map_err(sql_error(format!(
+                    "reading green's row of {}",
+                    mapping.name()
+                )))?
+                .get::<_, Option<String>>(0)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Statement shape: the columns set, then each key column and its match.
+fn shape_of(set: &[usize], key: &RowKey<'_>) -> Vec<u8> {
+    let mut shape = Vec::with_capacity(2 * set.len() + 3 * key.matches.len() + 2);
+    for &i in set {
+        shape.extend_from_slice(&(i as u16).to_le_bytes());
+    }
+    shape.extend_from_slice(&[0xff, 0xff]);
+    for (i, m) in &key.matches {
+        shape.extend_from_slice(&(*i as u16).to_le_bytes());
+        shape.push(*m as u8);
+    }
+    shape.push(u8::from(key.one_row));
+    shape
+}
+
+fn key_columns<'m>(mapping: &'m Mapping, key: &RowKey<'_>) -> Vec<(&'m str, Match)> {
+    key.matches
+        .iter()
+        .map(|(i, m)| (mapping.columns[*i].as_str(), *m))
+        .collect()
+}
+
+/// The key of the row an update or delete acts on.
+fn row_key<'a>(
+    mapping: &Mapping,
+    old: Option<&'a OldRow>,
+    new: Option<&'a RowImage>,
+    lsn: Lsn,
+    txn: &TxnMeta,
+) -> Result<RowKey<'a>, ApplyError> {
+    match &mapping.key {
+        Key::Columns(cols) => {
+            let mut key = RowKey {
+                matches: Vec::with_capacity(cols.len()),
+                params: Vec::with_capacity(cols.len()),
+                one_row: false,
+            };
+            for &i in cols {
+                let value = old
+                    .and_then(|o| o.image().get(i))
+                    .filter(|v| !matches!(v, Value::UnchangedToast))
+                    .or_else(|| new.and_then(|n| n.get(i)))
+                    .unwrap_or(Value::UnchangedToast);
+                match value {
+                    Value::Null => key.matches.push((i, Match::Null)),
+                    Value::Text(t) => {
+                        key.matches.push((i, Match::Equal));
+                        key.params.push(Param::Text(t));
+                    }
+                    Value::Binary(b) => {
+                        key.matches.push((i, Match::Equal));
+                        key.params.push(Param::Binary(b));
+                    }
+                    Value::UnchangedToast => {
+                        return Err(ApplyError::Unresolvable {
+                            table: mapping.name().clone(),
+                            lsn,
+                            commit_lsn: txn.commit_lsn,
+                            reason: format!(
+                                "blue did not send key column {:?}",
+                                mapping.relation.columns[i].name
+                            ),
+                        });
+                    }
+                }
+            }
+            Ok(key)
+        }
+        Key::FullRow => {
+            let Some(OldRow::Full(old)) = old else {
+                return Err(ApplyError::Unresolvable {
+                    table: mapping.name().clone(),
+                    lsn,
+                    commit_lsn: txn.commit_lsn,
+                    reason: "REPLICA IDENTITY FULL, but blue sent no old row".into(),
+                });
+            };
+            Ok(full_row_key(old))
+        }
+        Key::None => Err(ApplyError::NoIdentity {
+            table: mapping.name().clone(),
+            lsn,
+        }),
+    }
+}
+
+fn full_row_key(row: &RowImage) -> RowKey<'_> {
+    let mut key = RowKey {
+        matches: Vec::with_capacity(row.len()),
+        params: Vec::with_capacity(row.len()),
+        one_row: true,
+    };
+    for (i, v) in row.values().enumerate() {
+        match v {
+            Value::Null => key.matches.push((i, Match::Null)),
+            Value::Text(t) => {
+                key.matches.push((i, Match::Text));
+                key.params.push(Param::Text(t));
+            }
+            Value::Binary(b) => {
+                key.matches.push((i, Match::Equal));
+                key.params.push(Param::Binary(b));
+            }
+            Value::UnchangedToast => {}
+        }
+    }
+    key
+}
+
+/// The key of green's row an insert collides with: green's primary key when
+/// blue sends its columns, else blue's identity, else the whole row.
+fn insert_key<'a>(mapping: &Mapping, new: Option<&'a RowImage>) -> Option<RowKey<'a>> {
+    let new = new?;
+    let cols = match (&mapping.green_pk, &mapping.key) {
+        (Some(pk), _) => pk.clone(),
+        (None, Key::Columns(cols)) => cols.clone(),
+        _ => return Some(full_row_key(new)),
+    };
+    let mut key = RowKey {
+        matches: Vec::with_capacity(cols.len()),
+        params: Vec::with_capacity(cols.len()),
+        one_row: false,
+    };
+    for i in cols {
+        match new.get(i)? {
+            Value::Null => key.matches.push((i, Match::Null)),
+            Value::Text(t) => {
+                key.matches.push((i, Match::Equal));
+                key.params.push(Param::Text(t));
+            }
+            Value::Binary(b) => {
+                key.matches.push((i, Match::Equal));
+                key.params.push(Param::Binary(b));
+            }
+            Value::UnchangedToast => return None,
+        }
+    }
+    Some(key)
+}
+
+/// Runs statements pipelined on the session, in order; their row counts.
+async fn pipelined(
+    client: &Client,
+    items: &[(Statement, Vec<Param<'_>>)],
+) -> Result<Vec<u64>, tokio_postgres::Error> {
+    let mut counts = Vec::with_capacity(items.len());
+    for chunk in items.chunks(PIPELINE_DEPTH) {
+        let mut in_flight: FuturesOrdered<_> = chunk
+            .iter()
+            .map(|(statement, params)| client.execute_raw(statement, params.iter().copied()))
+            .collect();
+        let mut first_error = None;
+        while let Some(result) = in_flight.next().await {
+            match result {
+                Ok(n) => counts.push(n),
+                // After the first failure the rest fail with 25P02; keep the first.
+                Err(e) if first_error.is_none() => first_error = Some(e),
+                Err(_) => {}
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+    }
+    Ok(counts)
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code().map(|c| c.code()) == Some("23505")
+}
+
+/// Writes a conflict row (in whatever transaction is open on `client`).
+pub(crate) async fn log_conflict(
+    client: &Client,
+    store: &Store,
+    r: &ConflictReport,
+) -> Result<(), ApplyError> {
+    client
+        .execute(
+            &store.conflict_insert(),
+            &[
+                &r.slot,
+                &r.table.to_string(),
+                &r.kind.operation(),
+                &r.kind.as_str(),
+                &r.key,
+                &r.source_row,
+                &r.target_row,
+                &r.commit_lsn.to_string(),
+                &r.change_lsn.to_string(),
+                &i64::from(r.xid.0),
+                &r.policy.as_str(),
+                &r.resolution,
+            ],
+        )
+        .await
+        .map(drop)
+        .map_err(sql_error(format!("logging a conflict on {}", r.table)))
+}

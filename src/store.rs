@@ -1,0 +1,286 @@
+//! teal's schema on green: migrations, the progress row, the conflict log.
+//!
+//! ```text
+//! sql/0001_*.sql ... ──migrate (advisory lock, one transaction)──▶ <schema>.schema_migrations
+//! batch transaction: changes ... + upsert <schema>.progress(slot) ──COMMIT──▶ exactly once
+//! ```
+//!
+//! Nothing is kept only in local files: a new teal process on another host
+//! resumes from green alone.
+
+use tokio_postgres::Client;
+
+use crate::event::quote_ident;
+use crate::lsn::{Lsn, PgTimestamp, Xid};
+
+/// Versioned migrations, applied in order; never edited once released.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "teal schema: progress, conflicts",
+    include_str!("../sql/0001_teal_schema.sql"),
+)];
+
+/// Lock key for migrations (any constant; shared by all teal processes).
+const MIGRATION_LOCK: i64 = 0x7465_616c_6d69_6772; // "tealmigr"
+
+/// What went wrong with teal's own tables.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A statement on green failed.
+    #[error("{context}: {source}")]
+    Sql {
+        /// What teal was doing.
+        context: String,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The schema on green is newer than this teal knows.
+    #[error(
+        "green's {schema} schema is at version {found}, newer than this teal ({known}); upgrade teal"
+    )]
+    TooNew {
+        /// teal's schema.
+        schema: String,
+        /// Version on green.
+        found: i32,
+        /// Newest version this build knows.
+        known: i32,
+    },
+    /// A stored value does not parse.
+    #[error("{schema}.progress holds an invalid {what} for slot {slot:?}")]
+    Corrupt {
+        /// teal's schema.
+        schema: String,
+        /// The slot.
+        slot: String,
+        /// Which field.
+        what: &'static str,
+    },
+}
+
+impl StoreError {
+    /// The SQLSTATE behind the error, if the server sent one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            StoreError::Sql { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
+fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Sql { context, source }
+}
+
+/// How far green is complete for a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppliedPosition {
+    /// Everything before this is on green (the end of the last transaction
+    /// applied, or a later keepalive position): where streaming resumes and
+    /// what blue may be told.
+    pub end_lsn: Lsn,
+    /// Commit LSN of the last transaction applied, if any.
+    pub commit_lsn: Option<Lsn>,
+}
+
+/// Green-side state of one teal deployment.
+#[derive(Debug, Clone)]
+pub struct Store {
+    schema: String,
+}
+
+impl Store {
+    /// The default schema name.
+    pub const DEFAULT_SCHEMA: &'static str = "teal";
+
+    /// Teal's tables live in `schema`.
+    pub fn new(schema: impl Into<String>) -> Store {
+        Store {
+            schema: schema.into(),
+        }
+    }
+
+    fn quoted(&self) -> String {
+        quote_ident(&self.schema)
+    }
+
+    /// Creates or upgrades teal's schema; safe to run concurrently and repeatedly.
+    pub async fn migrate(&self, client: &mut Client) -> Result<(), StoreError> {
+        let schema = self.quoted();
+        let tx = client
+            .transaction()
+            .await
+            .map_err(sql("starting the migration transaction"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(sql("locking teal's migrations"))?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; \
+             CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ( \
+               version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        ))
+        .await
+        .map_err(sql(format!("creating {schema}.schema_migrations")))?;
+        let current: i32 = tx
+            .query_one(
+                &format!("SELECT COALESCE(max(version), 0) FROM {schema}.schema_migrations"),
+                &[],
+            )
+            .await
+            .map_err(sql("reading teal's schema version"))?
+            .get(0);
+        let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        if current > known {
+            return Err(StoreError::TooNew {
+                schema: self.schema.clone(),
+                found: current,
+                known,
+            });
+        }
+        for (version, name, body) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            tx.batch_execute(&body.replace("@schema@", &schema))
+                .await
+                .map_err(sql(format!("applying teal migration {version} ({name})")))?;
+            tx.execute(
+                &format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
+                &[version, name],
+            )
+            .await
+            .map_err(sql("recording a migration"))?;
+            tracing::info!(version, name, schema = %self.schema, "applied teal migration on green");
+        }
+        tx.commit()
+            .await
+            .map_err(sql("committing teal's migrations"))
+    }
+
+    /// Where `slot` stands on green, if anything was applied yet.
+    pub async fn applied(
+        &self,
+        client: &Client,
+        slot: &str,
+    ) -> Result<Option<AppliedPosition>, StoreError> {
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT end_lsn::text, commit_lsn::text FROM {}.progress WHERE slot = $1",
+                    self.quoted()
+                ),
+                &[&slot],
+            )
+            .await
+            .map_err(sql("reading teal's progress"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let corrupt = |what| StoreError::Corrupt {
+            schema: self.schema.clone(),
+            slot: slot.to_owned(),
+            what,
+        };
+        let end_lsn = row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(|_| corrupt("end_lsn"))?;
+        let commit_lsn = match row.get::<_, Option<String>>(1) {
+            Some(s) => Some(s.parse().map_err(|_| corrupt("commit_lsn"))?),
+            None => None,
+        };
+        Ok(Some(AppliedPosition {
+            end_lsn,
+            commit_lsn,
+        }))
+    }
+
+    /// Records an idle position (nothing pending before it) in its own
+    /// transaction; returns once it is durable.
+    pub async fn record_idle(
+        &self,
+        client: &Client,
+        slot: &str,
+        end_lsn: Lsn,
+    ) -> Result<(), StoreError> {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {}.progress AS p (slot, end_lsn) VALUES ($1, $2::text::pg_lsn) \
+                     ON CONFLICT (slot) DO UPDATE SET end_lsn = greatest(p.end_lsn, EXCLUDED.end_lsn), applied_at = now()",
+                    self.quoted()
+                ),
+                &[&slot, &end_lsn.to_string()],
+            )
+            .await
+            .map(drop)
+            .map_err(sql("recording an idle position"))
+    }
+
+    /// The statement that records a batch's last transaction (run inside the batch).
+    pub fn progress_upsert(&self) -> String {
+        format!(
+            "INSERT INTO {}.progress AS p (slot, commit_lsn, end_lsn, xid, commit_ts) \
+             VALUES ($1, $2::text::pg_lsn, $3::text::pg_lsn, $4, $5::text::timestamptz) \
+             ON CONFLICT (slot) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, \
+             end_lsn = greatest(p.end_lsn, EXCLUDED.end_lsn), \
+             xid = EXCLUDED.xid, commit_ts = EXCLUDED.commit_ts, applied_at = now()",
+            self.quoted()
+        )
+    }
+
+    /// Parameters for [`Store::progress_upsert`].
+    pub fn progress_params(
+        slot: &str,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        xid: Xid,
+        commit_ts: PgTimestamp,
+    ) -> (String, String, String, i64, String) {
+        (
+            slot.to_owned(),
+            commit_lsn.to_string(),
+            end_lsn.to_string(),
+            i64::from(xid.0),
+            commit_ts.to_string(),
+        )
+    }
+
+    /// The statement that logs a conflict (see `sql/0001_teal_schema.sql`).
+    pub fn conflict_insert(&self) -> String {
+        format!(
+            "INSERT INTO {}.conflicts (slot, table_name, operation, kind, key, source_row, target_row, \
+             commit_lsn, change_lsn, xid, policy, resolution) \
+             VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::jsonb, $7::text::jsonb, \
+             $8::text::pg_lsn, $9::text::pg_lsn, $10, $11, $12)",
+            self.quoted()
+        )
+    }
+
+    /// Schema name, for messages.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_exact() {
+        let s = Store::new("Teal Ops");
+        assert_eq!(
+            s.progress_upsert(),
+            "INSERT INTO \"Teal Ops\".progress AS p (slot, commit_lsn, end_lsn, xid, commit_ts) \
+             VALUES ($1, $2::text::pg_lsn, $3::text::pg_lsn, $4, $5::text::timestamptz) \
+             ON CONFLICT (slot) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, \
+             end_lsn = greatest(p.end_lsn, EXCLUDED.end_lsn), \
+             xid = EXCLUDED.xid, commit_ts = EXCLUDED.commit_ts, applied_at = now()"
+        );
+        assert!(
+            MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0),
+            "versions increase"
+        );
+        assert!(MIGRATIONS[0].2.contains("@schema@.progress"));
+    }
+}

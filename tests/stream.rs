@@ -1,0 +1,473 @@
+//! `teal stream` against real blue and green servers: green ends up equal to
+//! blue, table by table (row count and an order-independent checksum).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use teal::apply::{ApplyStats, ConflictPolicy};
+use teal::ops::stream::{self, StreamConfig, StreamError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::on_every_server;
+use crate::support::cluster::{Options, PgBin};
+use crate::support::tap::init_logging;
+use crate::support::twins::Twins;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Running {
+    task: JoinHandle<Result<Arc<ApplyStats>, StreamError>>,
+    shutdown: CancellationToken,
+}
+
+/// Starts `teal stream` and waits until it streams from the slot.
+async fn start(twins: &Twins, config: StreamConfig) -> Running {
+    init_logging();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(stream::run(config, shutdown.clone()));
+    twins.wait_streaming().await;
+    Running { task, shutdown }
+}
+
+impl Running {
+    async fn stop(self) -> Arc<ApplyStats> {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("stream stopped in time")
+            .expect("stream task")
+            .expect("stream ended without error")
+    }
+
+    /// The error the stream stopped with by itself.
+    async fn failure(self) -> StreamError {
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("stream stopped in time")
+            .expect("stream task")
+            .expect_err("stream failed")
+    }
+}
+
+async fn each(client: &tokio_postgres::Client, statements: &[&str]) {
+    for sql in statements {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+const TYPES: &str = r#"
+CREATE SCHEMA "Mixed Schema";
+CREATE TYPE "Mixed Schema".mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN "Mixed Schema".email AS text CHECK (VALUE LIKE '%@%');
+CREATE TYPE "Mixed Schema".pair AS (a int, b text);
+CREATE TABLE "Mixed Schema"."Weird Table" (
+    id bigint PRIMARY KEY,
+    "Col ""Quoted""" text,
+    i2 smallint, i4 int, i8 bigint,
+    num numeric, num_scaled numeric(12,3),
+    f4 real, f8 double precision,
+    b bool,
+    t text, vc varchar(20), ch char(5),
+    raw bytea,
+    js json, jsb jsonb,
+    u uuid,
+    d date, tm time, tmz timetz, ts timestamp, tsz timestamptz, iv interval,
+    ip inet, net cidr, mac macaddr,
+    bits bit(4), vbits varbit,
+    tsv tsvector,
+    r4 int4range, rtz tstzrange,
+    ints int[], texts text[], grid int[][],
+    m "Mixed Schema".mood, moods "Mixed Schema".mood[],
+    e "Mixed Schema".email,
+    p "Mixed Schema".pair,
+    pt point, bx box,
+    lsn pg_lsn,
+    wide text
+);
+"#;
+
+async fn every_type_round_trips(bin: &PgBin) {
+    // Blue with unusual defaults: they must not change what lands on green.
+    let twins = Twins::start_with(bin, bin, TYPES, Options::default()).await;
+    each(
+        &twins.b,
+        &[
+            "ALTER DATABASE postgres SET DateStyle = 'SQL, DMY'",
+            "ALTER DATABASE postgres SET IntervalStyle = 'sql_standard'",
+            "ALTER DATABASE postgres SET TimeZone = 'Pacific/Chatham'",
+            "ALTER DATABASE postgres SET extra_float_digits = -3",
+            "ALTER DATABASE postgres SET bytea_output = 'escape'",
+        ],
+    )
+    .await;
+    let running = start(&twins, twins.config()).await;
+    let t = r#""Mixed Schema"."Weird Table""#;
+    each(
+        &twins.b,
+        &[
+            &format!(
+                r#"INSERT INTO {t} VALUES (1, 'quoted "col"', -32768, 2147483647, -9223372036854775808,
+                  'NaN', 12345.678, 'Infinity', -0.0, true, 'grüße ✓ 日本 ''q'' \ back', 'varchar', 'ab',
+                  '\x00ff00'::bytea, '{{"a": [1, 2.50, null]}}', '{{"b": {{"c": "d"}}, "a": 1}}',
+                  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2026-02-28', '23:59:59.999999', '04:05:06+05:30',
+                  '1999-12-31 23:59:59.5', '2026-11-23 10:00:00.123456+00', '1 year 2 mons 3 days 04:05:06.5',
+                  '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03', B'1010', B'101',
+                  'the quick:1 brown fox', '[1,10)', '[2026-01-01 00:00+00, 2026-02-01 00:00+00)',
+                  '{{}}', '{{NULL,"x y",""}}', '{{{{1,2}},{{3,4}}}}', 'happy', '{{sad,ok}}',
+                  'me@example.com', ROW(7, 'seven'), '(1.5,2)', '((0,0),(1,1))', '16/B374D848',
+                  repeat('w', 100000))"#
+            ),
+            &format!("INSERT INTO {t} (id) VALUES (2)"),
+            &format!(
+                "INSERT INTO {t} (id, num, f8, t, raw, ints) VALUES (3, '-Infinity', 'NaN', '', '\\x', '{{NULL}}')"
+            ),
+            &format!(r#"UPDATE {t} SET "Col ""Quoted""" = 'changed', m = 'ok', num = 1e-20 WHERE id = 1"#),
+            &format!("UPDATE {t} SET wide = NULL, tsz = '-infinity' WHERE id = 3"),
+            &format!("DELETE FROM {t} WHERE id = 2"),
+        ],
+    )
+    .await;
+    twins.assert_converged(&[t], WAIT).await;
+    let stats = running.stop().await;
+    assert_eq!(
+        stats.conflicts.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+on_every_server!(every_type_round_trips);
+
+async fn replica_identities_toast_and_truncate_on_green(bin: &PgBin) {
+    let schema = "CREATE TABLE ri_default (id int PRIMARY KEY, v text); \
+         CREATE TABLE ri_full (id int, v text, doc text); ALTER TABLE ri_full REPLICA IDENTITY FULL; \
+         CREATE TABLE ri_index (a int NOT NULL, b int NOT NULL, v text); \
+         CREATE UNIQUE INDEX ri_index_ab ON ri_index (a, b); \
+         ALTER TABLE ri_index REPLICA IDENTITY USING INDEX ri_index_ab; \
+         CREATE TABLE docs (id int PRIMARY KEY, body text, n int); \
+         CREATE TABLE parent (id serial PRIMARY KEY); \
+         CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent); \
+         INSERT INTO ri_full VALUES (1, 'dup', NULL), (1, 'dup', NULL), (2, NULL, 'x');";
+    let twins = Twins::start(bin, schema).await;
+    // Green's own sequence moved on: RESTART IDENTITY must reset it.
+    each(&twins.g, &["SELECT setval('parent_id_seq', 100)"]).await;
+    let running = start(&twins, twins.config()).await;
+    each(
+        &twins.b,
+        &[
+            "INSERT INTO ri_default SELECT i, 'v' || i FROM generate_series(1, 100) i",
+            "UPDATE ri_default SET v = 'changed' WHERE id % 3 = 0",
+            "UPDATE ri_default SET id = id + 1000 WHERE id % 10 = 0",
+            "DELETE FROM ri_default WHERE id % 7 = 0",
+            // FULL without a key: one of two identical rows, and NULLs in the identity.
+            "UPDATE ri_full SET v = 'one' WHERE ctid = (SELECT min(ctid) FROM ri_full WHERE v = 'dup')",
+            "DELETE FROM ri_full WHERE v IS NULL",
+            "INSERT INTO ri_index VALUES (1, 1, 'x'), (1, 2, 'y')",
+            "UPDATE ri_index SET b = 3 WHERE b = 2",
+            "UPDATE ri_index SET v = 'z'",
+            "DELETE FROM ri_index WHERE b = 1",
+            "INSERT INTO docs SELECT i, string_agg(md5(i::text || g::text), ''), 0 FROM generate_series(1, 5) i, generate_series(1, 7000) g GROUP BY i",
+            // Unchanged TOAST: green must keep the value blue did not resend.
+            "UPDATE docs SET n = n + 1",
+            "UPDATE docs SET body = 'short' WHERE id = 1",
+            "INSERT INTO parent DEFAULT VALUES",
+            "INSERT INTO child VALUES (1, 1)",
+            "TRUNCATE parent RESTART IDENTITY CASCADE",
+            "INSERT INTO parent DEFAULT VALUES",
+        ],
+    )
+    .await;
+    twins
+        .assert_converged(
+            &[
+                "ri_default",
+                "ri_full",
+                "ri_index",
+                "docs",
+                "parent",
+                "child",
+            ],
+            WAIT,
+        )
+        .await;
+    let next_id: i32 = twins
+        .g
+        .query_one("SELECT nextval('parent_id_seq')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next_id, 1, "RESTART IDENTITY reset green's sequence too");
+    running.stop().await;
+}
+on_every_server!(replica_identities_toast_and_truncate_on_green);
+
+async fn big_streamed_transaction_and_schema_change(bin: &PgBin) {
+    let twins = Twins::start(bin, "CREATE TABLE big (id bigint PRIMARY KEY, payload text); CREATE TABLE s (id int PRIMARY KEY, a text)").await;
+    let mut config = twins.config();
+    config.assembler.max_memory = 16 * 1024 * 1024;
+    let running = start(&twins, config).await;
+    each(
+        &twins.b,
+        &["BEGIN; \
+           INSERT INTO big SELECT i, 'row ' || i FROM generate_series(1, 300000) i; \
+           SAVEPOINT s; INSERT INTO big SELECT i, 'rolled back' FROM generate_series(900001, 901000) i; ROLLBACK TO SAVEPOINT s; \
+           UPDATE big SET payload = 'updated' WHERE id % 1000 = 0; \
+           DELETE FROM big WHERE id % 999 = 0; \
+           COMMIT;"],
+    )
+    .await;
+    twins
+        .assert_converged(&["big"], Duration::from_secs(180))
+        .await;
+    // Schema changes as an operator makes them: a column is added on green
+    // first (green may have extra columns) and dropped on blue first (blue
+    // stops sending it), so teal keeps streaming throughout.
+    each(&twins.g, &["ALTER TABLE s ADD COLUMN b int DEFAULT 5"]).await;
+    each(
+        &twins.b,
+        &[
+            "INSERT INTO s VALUES (0, 'before')",
+            "ALTER TABLE s ADD COLUMN b int DEFAULT 5",
+        ],
+    )
+    .await;
+    each(
+        &twins.b,
+        &[
+            "INSERT INTO s VALUES (1, 'x', 7)",
+            "UPDATE s SET b = 8 WHERE id = 0",
+        ],
+    )
+    .await;
+    each(
+        &twins.b,
+        &["ALTER TABLE s DROP COLUMN a", "INSERT INTO s VALUES (2, 9)"],
+    )
+    .await;
+    twins.assert_converged(&[], WAIT).await;
+    each(&twins.g, &["ALTER TABLE s DROP COLUMN a"]).await;
+    twins.assert_converged(&["s"], WAIT).await;
+    running.stop().await;
+}
+on_every_server!(big_streamed_transaction_and_schema_change);
+
+async fn schema_drift_stops_then_resumes_after_the_fix(bin: &PgBin) {
+    let twins = Twins::start(bin, "CREATE TABLE ledger (id int PRIMARY KEY, memo text)").await;
+    each(&twins.b, &["ALTER TABLE ledger ADD COLUMN amount numeric"]).await;
+    let running = start(&twins, twins.config()).await;
+    each(
+        &twins.b,
+        &[
+            "INSERT INTO ledger VALUES (1, 'a', 1.5)",
+            "INSERT INTO ledger VALUES (2, 'b', 2.5)",
+        ],
+    )
+    .await;
+    let err = running.failure().await.to_string();
+    assert!(
+        err.contains("public.ledger")
+            && err.contains("\"amount\"")
+            && err.contains("ALTER TABLE \"public\".\"ledger\" ADD COLUMN \"amount\" numeric"),
+        "{err}"
+    );
+    let (count, _) = crate::support::twins::checksum(&twins.g, "ledger").await;
+    assert_eq!(
+        count, 0,
+        "nothing of the failing transactions was committed"
+    );
+    each(&twins.g, &["ALTER TABLE ledger ADD COLUMN amount numeric"]).await;
+    let running = start(&twins, twins.config()).await;
+    twins.assert_converged(&["ledger"], WAIT).await;
+    running.stop().await;
+
+    // A type green cannot take.
+    each(
+        &twins.g,
+        &["ALTER TABLE ledger ALTER COLUMN memo TYPE int USING 0"],
+    )
+    .await;
+    let running = start(&twins, twins.config()).await;
+    each(&twins.b, &["INSERT INTO ledger VALUES (3, 'c', 3.5)"]).await;
+    let err = running.failure().await.to_string();
+    assert!(
+        err.contains("\"memo\"") && err.contains("integer") && err.contains("text"),
+        "{err}"
+    );
+}
+on_every_server!(schema_drift_stops_then_resumes_after_the_fix);
+
+async fn conflict_policies(bin: &PgBin) {
+    let schema = "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text); \
+                  CREATE TABLE c (id int PRIMARY KEY, v text);";
+    let twins = Twins::start(bin, schema).await;
+    // Green diverged: rows blue does not have, and rows missing that blue has.
+    each(
+        &twins.b,
+        &[
+            "INSERT INTO a VALUES (2, 'blue'), (3, 'blue')",
+            "INSERT INTO b VALUES (2, 'blue'), (3, 'blue')",
+        ],
+    )
+    .await;
+    each(
+        &twins.g,
+        &[
+            "INSERT INTO a VALUES (1, 'green')",
+            "INSERT INTO b VALUES (1, 'green')",
+            "INSERT INTO c VALUES (1, 'green')",
+        ],
+    )
+    .await;
+    let mut config = twins.config();
+    config.apply.conflicts.default = ConflictPolicy::SourceWins;
+    config.apply.conflicts.tables.insert(
+        teal::event::QualifiedName {
+            namespace: "public".into(),
+            name: "b".into(),
+        },
+        ConflictPolicy::TargetWins,
+    );
+    let running = start(&twins, config).await;
+    each(
+        &twins.b,
+        &[
+            "INSERT INTO a VALUES (1, 'blue')", // exists on green: source wins
+            "INSERT INTO b VALUES (1, 'blue')", // exists on green: target wins
+            "UPDATE a SET v = 'blue2' WHERE id = 2", // missing on green: inserted
+            "UPDATE b SET v = 'blue2' WHERE id = 2", // missing on green: skipped
+            "DELETE FROM a WHERE id = 3",       // missing on green: skipped
+            "INSERT INTO a VALUES (10, 'plain')", // no conflict
+        ],
+    )
+    .await;
+    let target = twins
+        .b
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    wait_for(
+        &twins.g,
+        &format!("SELECT 1 FROM teal.progress WHERE end_lsn >= '{target}'"),
+    )
+    .await;
+    let rows = |t: &'static str| {
+        let g = &twins.g;
+        async move {
+            g.query(&format!("SELECT id, v FROM {t} ORDER BY id"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        rows("a").await,
+        [
+            (1, "blue".into()),
+            (2, "blue2".into()),
+            (10, "plain".into())
+        ]
+    );
+    assert_eq!(rows("b").await, [(1, "green".into())]);
+    let log = twins
+        .g
+        .query(
+            "SELECT table_name, kind, policy, resolution, key::text, source_row->>'v', target_row->>'v' FROM teal.conflicts ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let log: Vec<(String, String, String)> =
+        log.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(
+        log,
+        [
+            (
+                "public.a".into(),
+                "insert_exists".into(),
+                "source-wins".into()
+            ),
+            (
+                "public.b".into(),
+                "insert_exists".into(),
+                "target-wins".into()
+            ),
+            (
+                "public.a".into(),
+                "update_missing".into(),
+                "source-wins".into()
+            ),
+            (
+                "public.b".into(),
+                "update_missing".into(),
+                "target-wins".into()
+            ),
+            (
+                "public.a".into(),
+                "delete_missing".into(),
+                "source-wins".into()
+            ),
+        ]
+    );
+    let stats = running.stop().await;
+    assert_eq!(
+        stats.conflicts.load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+
+    // The default policy, error: stop, report, commit nothing of it.
+    let mut config = twins.config();
+    config.apply.conflicts.default = ConflictPolicy::Error;
+    let running = start(&twins, config).await;
+    each(&twins.b, &["INSERT INTO c VALUES (1, 'blue')"]).await;
+    let err = running.failure().await.to_string();
+    assert!(
+        err.contains("insert_exists") && err.contains("public.c") && err.contains("policy error"),
+        "{err}"
+    );
+    let row = twins
+        .g
+        .query_one(
+            "SELECT policy, resolution, source_row->>'v', target_row->>'v', key::text FROM teal.conflicts WHERE table_name = 'public.c'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, String>(2),
+            row.get::<_, String>(3),
+            row.get::<_, String>(4)
+        ),
+        (
+            "error".into(),
+            "blue".into(),
+            "green".into(),
+            r#"{"id": "1"}"#.into()
+        )
+    );
+    let v: String = twins
+        .g
+        .query_one("SELECT v FROM c WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "green");
+}
+on_every_server!(conflict_policies);
+
+async fn wait_for(client: &tokio_postgres::Client, sql: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while client.query_opt(sql, &[]).await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {sql}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

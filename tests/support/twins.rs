@@ -1,0 +1,148 @@
+//! A blue and a green cluster with the same schema, and ways to compare them.
+
+use std::time::{Duration, Instant};
+
+use teal::apply::{ApplyConfig, ConflictPolicies};
+use teal::config::{AssemblerConfig, ConnInfo};
+use teal::ops::stream::StreamConfig;
+use teal::store::Store;
+use tokio_postgres::Client;
+
+use super::cluster::{Cluster, Options, PgBin};
+use super::tap::source_config;
+
+pub struct Twins {
+    pub blue: Cluster,
+    pub green: Cluster,
+    pub b: Client,
+    pub g: Client,
+}
+
+impl Twins {
+    /// Both clusters with `schema` applied; blue publishes all tables.
+    pub async fn start(bin: &PgBin, schema: &str) -> Twins {
+        Twins::start_with(bin, bin, schema, Options::default()).await
+    }
+
+    pub async fn start_with(
+        blue_bin: &PgBin,
+        green_bin: &PgBin,
+        schema: &str,
+        blue_options: Options,
+    ) -> Twins {
+        let mut options = blue_options;
+        options
+            .settings
+            .push(("logical_decoding_work_mem".into(), "64kB".into()));
+        let blue = Cluster::start_with(blue_bin, options);
+        let green = Cluster::start(green_bin);
+        let b = blue.client().await;
+        let g = green.client().await;
+        b.batch_execute(schema).await.expect("schema on blue");
+        b.batch_execute("CREATE PUBLICATION teal_pub FOR ALL TABLES")
+            .await
+            .unwrap();
+        g.batch_execute(schema).await.expect("schema on green");
+        Twins { blue, green, b, g }
+    }
+
+    /// A `teal stream` configuration from blue to green.
+    pub fn config(&self) -> StreamConfig {
+        let source = source_config(&self.blue.url(), "teal_slot", "teal_pub");
+        let target = ConnInfo::parse_with_env(&self.green.url(), &|_| None).unwrap();
+        StreamConfig {
+            apply: ApplyConfig {
+                target,
+                slot: source.slot.clone(),
+                batch_max_changes: ApplyConfig::DEFAULT_BATCH_MAX_CHANGES,
+                batch_max_delay: ApplyConfig::DEFAULT_BATCH_MAX_DELAY,
+                conflicts: ConflictPolicies::default(),
+                store: Store::new(Store::DEFAULT_SCHEMA),
+            },
+            source,
+            assembler: AssemblerConfig::default(),
+        }
+    }
+
+    /// Waits until teal streams from the slot (writes before the slot exists
+    /// are not part of its history).
+    pub async fn wait_streaming(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let active = self
+                .b
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND active",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .is_some();
+            if active {
+                return;
+            }
+            assert!(Instant::now() < deadline, "teal never started streaming");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until green has everything blue wrote so far (green's progress
+    /// reached blue's current WAL position), then compares `tables`.
+    pub async fn assert_converged(&self, tables: &[&str], timeout: Duration) {
+        let target: String = self
+            .b
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done = self
+                .g
+                .query_opt(
+                    "SELECT 1 FROM teal.progress WHERE slot = 'teal_slot' AND end_lsn >= $1::text::pg_lsn",
+                    &[&target],
+                )
+                .await
+                .ok()
+                .flatten()
+                .is_some();
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "green did not catch up to {target} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for t in tables {
+            let (bc, bs) = checksum(&self.b, t).await;
+            let (gc, gs) = checksum(&self.g, t).await;
+            assert_eq!(bc, gc, "row count of {t}: blue {bc}, green {gc}");
+            assert_eq!(bs, gs, "contents of {t} differ (same count {bc})");
+        }
+    }
+}
+
+/// Row count and an order-independent checksum of a table's rows (as text).
+pub async fn checksum(client: &Client, table: &str) -> (i64, String) {
+    client
+        .batch_execute(
+            "SET DateStyle = ISO; SET IntervalStyle = postgres; SET TimeZone = UTC; \
+             SET extra_float_digits = 3; SET bytea_output = hex",
+        )
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(md5(string_agg(h, '' ORDER BY h)), '') \
+                 FROM (SELECT md5(t::text) AS h FROM {table} t) s"
+            ),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("checksum of {table}: {e}"));
+    (row.get(0), row.get(1))
+}

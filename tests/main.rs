@@ -5,6 +5,7 @@ mod support;
 mod assembler;
 mod capture;
 mod connect;
+mod crash;
 mod decoder;
 mod stream;
 mod tail_cli;

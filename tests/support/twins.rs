@@ -46,6 +46,12 @@ impl Twins {
         Twins { blue, green, b, g }
     }
 
+    /// New test sessions (after a server restart).
+    pub async fn reconnect(&mut self) {
+        self.b = self.blue.client().await;
+        self.g = self.green.client().await;
+    }
+
     /// A `teal stream` configuration from blue to green.
     pub fn config(&self) -> StreamConfig {
         let source = source_config(&self.blue.url(), "teal_slot", "teal_pub");

@@ -291,7 +291,10 @@ fn main() -> ExitCode {
         eprintln!("teal: {e:#}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("teal: cannot start the async runtime: {e}");

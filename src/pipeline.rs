@@ -1,7 +1,7 @@
 //! Wiring: bounded channels between the stages, and how they stop.
 //!
 //! ```text
-//! source (tokio task) ──Vec<SourceEvent>, cap 64──▶ decode+assemble (thread) ──Vec<Event>, cap 16──▶ consumer
+//! source (own thread) ──Vec<SourceEvent>, cap 64──▶ decode+assemble (thread) ──Vec<Event>, cap 16──▶ consumer
 //!        ▲                                                                                            │
 //!        └──────────────────────────── flush LSN watch (progress) ◀──── Consumer::confirm ◀──────────┘
 //! ```
@@ -18,7 +18,6 @@
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::assembler::{Assembler, AssemblerError, AssemblerStats, EventSink, SinkClosed};
@@ -65,7 +64,7 @@ impl PipelineError {
 
 /// The running source and assembler.
 pub struct CaptureHandle {
-    source: JoinHandle<Result<(), SourceError>>,
+    source: std::thread::JoinHandle<Result<(), SourceError>>,
     assembler: std::thread::JoinHandle<Result<(), PipelineError>>,
     stats: Arc<AssemblerStats>,
     session: watch::Receiver<Option<Arc<SessionInfo>>>,
@@ -90,9 +89,10 @@ impl CaptureHandle {
             .await
             .map_err(|_| PipelineError::Panicked("assembler"))?
             .map_err(|_| PipelineError::Panicked("assembler"))?;
-        let sourced = self
-            .source
+        let source = self.source;
+        let sourced = tokio::task::spawn_blocking(move || source.join())
             .await
+            .map_err(|_| PipelineError::Panicked("source"))?
             .map_err(|_| PipelineError::Panicked("source"))?;
         assembled?;
         sourced.map_err(PipelineError::from)
@@ -130,7 +130,25 @@ pub fn start_capture(
         })?;
     let flush = progress.subscribe();
     drop(progress);
-    let source = tokio::spawn(source::run(source_config, source_tx, flush, shutdown));
+    // The source owns a thread and a single-threaded runtime: it may sleep
+    // outside epoll between reads (see source::stream) without delaying
+    // anything else.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            PipelineError::Source(SourceError::Setup(format!(
+                "cannot start the source runtime: {e}"
+            )))
+        })?;
+    let source = std::thread::Builder::new()
+        .name("teal-source".into())
+        .spawn(move || runtime.block_on(source::run(source_config, source_tx, flush, shutdown)))
+        .map_err(|e| {
+            PipelineError::Source(SourceError::Setup(format!(
+                "cannot start the source thread: {e}"
+            )))
+        })?;
     Ok((
         event_rx,
         CaptureHandle {

@@ -119,24 +119,32 @@ pub(crate) fn truncate(tables: &[&str], restart_identity: bool, cascade: bool) -
 /// Appends one value to a COPY text-format row (`\N` for NULL; backslash,
 /// newline, carriage return and tab escaped).
 pub(crate) fn copy_text_value(out: &mut Vec<u8>, value: Option<&[u8]>) {
-    let Some(v) = value else {
+    let Some(mut v) = value else {
         out.extend_from_slice(b"\\N");
         return;
     };
-    let mut start = 0;
-    for (i, &b) in v.iter().enumerate() {
-        let escaped: &[u8] = match b {
+    // Most values need no escaping: find special bytes with SIMD scans.
+    loop {
+        let next = match (
+            memchr::memchr3(b'\\', b'\n', b'\t', v),
+            memchr::memchr(b'\r', v),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(i) = next else {
+            out.extend_from_slice(v);
+            return;
+        };
+        out.extend_from_slice(&v[..i]);
+        out.extend_from_slice(match v[i] {
             b'\\' => b"\\\\",
             b'\n' => b"\\n",
             b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            _ => continue,
-        };
-        out.extend_from_slice(&v[start..i]);
-        out.extend_from_slice(escaped);
-        start = i + 1;
+            _ => b"\\t",
+        });
+        v = &v[i + 1..];
     }
-    out.extend_from_slice(&v[start..]);
 }
 
 /// The 19-byte header of a binary COPY stream.

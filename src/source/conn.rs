@@ -35,7 +35,7 @@ use crate::tls;
 
 /// Bytes requested from the socket per read. Large reads let blue's walsender
 /// fill its socket buffer and send big packets instead of one per message.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = RECEIVE_BUFFER as usize;
 
 /// GUCs sent at startup so values arrive in one canonical text form.
 const STARTUP_SETTINGS: [(&str, &str); 6] = [
@@ -157,6 +157,32 @@ impl Connection {
             .unwrap_or_else(|| SourceError::Setup("the connection string lists no host".into())))
     }
 
+    /// Sets the socket's receive low-water mark: the kernel signals it
+    /// readable only once this many bytes are waiting (TCP only; a no-op on
+    /// Unix sockets). Lowering it signals at once if enough is waiting.
+    pub(crate) fn set_receive_low_water(&self, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        let fd = match &self.stream {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.get_ref().0.as_raw_fd(),
+            Stream::Unix(_) => return,
+        };
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt on an open socket with a pointer to a live c_int.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                std::ptr::addr_of!(value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "cannot set SO_RCVLOWAT");
+        }
+    }
+
     /// Host and port, for messages.
     pub fn host(&self) -> &str {
         &self.host
@@ -193,8 +219,8 @@ impl Connection {
         }
     }
 
-    /// Reads more bytes from the socket (cancel-safe).
-    pub(crate) async fn fill(&mut self) -> Result<(), SourceError> {
+    /// Reads more bytes from the socket (cancel-safe); returns how many.
+    pub(crate) async fn fill(&mut self) -> Result<usize, SourceError> {
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
             self.read_buf.reserve(READ_CHUNK);
         }
@@ -203,7 +229,7 @@ impl Connection {
                 io::ErrorKind::UnexpectedEof,
                 "server closed the connection",
             ))),
-            Ok(_) => Ok(()),
+            Ok(n) => Ok(n),
             Err(e) => Err(self.io_error(e)),
         }
     }
@@ -252,7 +278,9 @@ impl Connection {
                     }
                 }
                 Some(frame) => return Ok(frame),
-                None => self.fill().await?,
+                None => {
+                    self.fill().await?;
+                }
             }
         }
     }
@@ -437,22 +465,52 @@ async fn connect_host(conninfo: &ConnInfo, host: &Host) -> Result<Connection, So
     }
 }
 
+/// Receive buffer of replication sockets. Fixed (no autotuning to megabytes)
+/// so that blue's send window fills between our reads: blue's walsender then
+/// queues messages into big segments instead of paying for one packet per
+/// message, which on a shared machine is most of its cost per row.
+pub(crate) const RECEIVE_BUFFER: u32 = 1024 * 1024;
+
 async fn tcp(hostname: &str, port: u16, name: &str) -> Result<TcpStream, SourceError> {
-    let stream = TcpStream::connect((hostname, port))
+    let connect_error = |source| SourceError::Connect {
+        host: name.to_owned(),
+        source,
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((hostname, port))
         .await
-        .map_err(|source| SourceError::Connect {
-            host: name.to_owned(),
-            source,
-        })?;
-    // Replication streams are long-lived; let the kernel notice a dead peer
-    // (libpq's keepalives=1 default).
-    let tuned = stream
-        .set_nodelay(true)
-        .and_then(|()| socket2::SockRef::from(&stream).set_keepalive(true));
-    if let Err(e) = tuned {
-        tracing::debug!(host = %name, error = %e, "cannot set TCP_NODELAY and SO_KEEPALIVE");
+        .map_err(connect_error)?
+    {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(connect_error)?;
+        // Before connecting, so the window scale is negotiated for it.
+        if let Err(e) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
+            tracing::debug!(host = %name, error = %e, "cannot set the receive buffer size");
+        }
+        match socket.connect(addr).await {
+            Ok(stream) => {
+                // Replication streams are long-lived; let the kernel notice a dead peer
+                // (libpq's keepalives=1 default).
+                let tuned = stream
+                    .set_nodelay(true)
+                    .and_then(|()| socket2::SockRef::from(&stream).set_keepalive(true));
+                if let Err(e) = tuned {
+                    tracing::debug!(host = %name, error = %e, "cannot set TCP_NODELAY and SO_KEEPALIVE");
+                }
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
     }
-    Ok(stream)
+    Err(connect_error(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "the host name resolves to no address",
+        )
+    })))
 }
 
 async fn tls_connect(

@@ -28,6 +28,16 @@ use super::error::SourceError;
 /// Shortest gap between two status updates sent because the flush LSN moved.
 pub(crate) const MIN_STATUS_GAP: Duration = Duration::from_millis(100);
 
+/// The socket is signalled readable only when this much is waiting (about
+/// three quarters of its receive buffer, when blue's send window is nearly
+/// closed). Blue's walsender then queues messages into big segments instead
+/// of transmitting one packet per message (its main cost per row), and
+/// nothing here wakes per packet.
+const LOW_WATER: usize = super::conn::RECEIVE_BUFFER as usize * 3 / 4;
+/// Whatever is waiting is read at least this often (the low-water mark is
+/// dropped for one read), so small transactions are late by at most this.
+const FORCED_READ_INTERVAL: Duration = Duration::from_millis(5);
+
 /// On shutdown, how long consumers get to finish what they received before
 /// the final status update is sent anyway.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +62,9 @@ pub(crate) struct StreamLoop<'a> {
     received: Lsn,
     last_status: Instant,
     flush_moved: bool,
+    /// The low-water mark is dropped until the next read.
+    forced: bool,
+    next_forced_read: Instant,
 }
 
 impl<'a> StreamLoop<'a> {
@@ -72,6 +85,8 @@ impl<'a> StreamLoop<'a> {
             received: start_lsn,
             last_status: Instant::now(),
             flush_moved: false,
+            forced: false,
+            next_forced_read: Instant::now(),
         }
     }
 
@@ -96,6 +111,7 @@ impl<'a> StreamLoop<'a> {
     }
 
     async fn pump(&mut self) -> Result<StreamEnd, SourceError> {
+        self.conn.set_receive_low_water(LOW_WATER);
         loop {
             let (batch, reply_requested) = self.drain_buffered()?;
             if !batch.is_empty() && !self.send(batch).await? {
@@ -105,10 +121,18 @@ impl<'a> StreamLoop<'a> {
                 self.send_status(false).await?;
             }
             let deadline = self.next_status_at();
+            let force_at = self.next_forced_read;
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return Ok(StreamEnd::Shutdown),
-                read = self.conn.fill() => read?,
+                read = self.conn.fill() => {
+                    read?;
+                    if self.forced {
+                        self.conn.set_receive_low_water(LOW_WATER);
+                        self.forced = false;
+                    }
+                    self.next_forced_read = Instant::now() + FORCED_READ_INTERVAL;
+                }
                 changed = self.flush.changed() => {
                     if changed.is_err() {
                         return Ok(StreamEnd::ConsumerGone);
@@ -116,6 +140,10 @@ impl<'a> StreamLoop<'a> {
                     self.flush_moved = true;
                 }
                 () = tokio::time::sleep_until(deadline) => self.send_status(false).await?,
+                () = tokio::time::sleep_until(force_at), if !self.forced => {
+                    self.conn.set_receive_low_water(1);
+                    self.forced = true;
+                }
             }
         }
     }

@@ -61,6 +61,8 @@ struct Sample {
     drain_ms: f64,
     /// Blue's walsender for this subscriber (not subscriber-side; shown for context).
     walsender_us: f64,
+    /// The teal process alone (the rest of `cpu_us` is its green sessions).
+    teal_process_us: f64,
 }
 
 impl Sample {
@@ -498,6 +500,13 @@ impl Subscriber {
         }
     }
 
+    fn process_cpu_us(&self) -> f64 {
+        match self {
+            Subscriber::Teal { child, .. } => cpu_us(child.id()),
+            Subscriber::Native { .. } => 0.0,
+        }
+    }
+
     fn rss_mb(&self) -> f64 {
         match self {
             Subscriber::Teal { child, .. } => rss_mb(child.id()),
@@ -575,6 +584,7 @@ async fn drain(
         cpu_us: cpu,
         teal_rss_mb: peak_rss,
         walsender_us: walsender.map_or(0.0, |p| cpu_us(p as u32)),
+        teal_process_us: sub.process_cpu_us(),
         ..Sample::default()
     }
 }
@@ -679,9 +689,10 @@ async fn main() {
                     Mode::Backlog => {
                         for (system, s) in backlog(&bin, w, args.scale).await {
                             eprintln!(
-                                "run {run} {w:?} backlog {system:?}: {:.0} rows/s, {:.2} us/row, walsender {:.2} us/row",
+                                "run {run} {w:?} backlog {system:?}: {:.0} rows/s, {:.2} us/row (teal process {:.2}), walsender {:.2} us/row",
                                 s.rows_per_s(),
                                 s.cpu_us_per_row(),
+                                s.teal_process_us / s.rows as f64,
                                 s.walsender_us_per_row()
                             );
                             results.entry((w, mode, system)).or_default().push(s);

@@ -1,7 +1,7 @@
 //! Wiring: bounded channels between the stages, and how they stop.
 //!
 //! ```text
-//! source (own thread) ──Vec<SourceEvent>, cap 64──▶ decode+assemble (thread) ──Vec<Event>, cap 16──▶ consumer
+//! source (own thread) ──Vec<SourceEvent>, cap 16──▶ decode+assemble (thread) ──Vec<Event>, cap 16──▶ consumer
 //!        ▲                                                                                            │
 //!        └──────────────────────────── flush LSN watch (progress) ◀──── Consumer::confirm ◀──────────┘
 //! ```
@@ -13,7 +13,7 @@
 //! the source stops cleanly too; [`CaptureHandle::wait`] reports the error.
 //!
 //! Memory: besides the assembler's `max_memory`, at most the channel contents
-//! are held (64 socket reads of up to 256 KiB, and 16 event batches).
+//! are held (16 socket reads of up to 1 MiB, and 16 event batches).
 
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ use crate::pgoutput::{DecodeError, Decoder};
 use crate::progress::Progress;
 use crate::source::{self, SessionInfo, SourceError, SourceEvent};
 
-const SOURCE_CHANNEL_BATCHES: usize = 64;
+const SOURCE_CHANNEL_BATCHES: usize = 16;
 const EVENT_CHANNEL_BATCHES: usize = 16;
 /// Changes gathered before a batch goes to the consumer mid-transaction.
 const EVENT_BATCH_CHANGES: usize = 8192;

@@ -3,7 +3,9 @@
 //! ```text
 //! changes ──▶ runs: consecutive changes of one operation on one table (across source
 //!             transactions of the same batch, in order)
-//!   insert run  ──▶ one COPY (text, or binary in binary mode); short runs: pipelined INSERTs
+//!   insert run  ──▶ one COPY (text, or binary in binary mode), streamed: rows are sent in
+//!                   chunks as they arrive, so green ingests while teal decodes; runs of
+//!                   fewer than 16 rows: pipelined INSERTs
 //!   update run  ──▶ pipelined prepared UPDATEs, one per row, each must touch exactly one row
 //!   delete run  ──▶ pipelined prepared DELETEs, likewise
 //!   truncate    ──▶ TRUNCATE (run boundary)
@@ -26,7 +28,11 @@ use futures_util::SinkExt;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio_postgres::{Client, Statement};
 
-use crate::event::{Change, ChangeKind, OldRow, RowImage, TxnMeta, Value};
+use std::pin::Pin;
+
+use tokio_postgres::CopyInSink;
+
+use crate::event::{CellKind, Change, ChangeKind, OldRow, RowImage, TxnMeta, Value};
 use crate::lsn::Lsn;
 use crate::store::Store;
 
@@ -45,7 +51,7 @@ const COPY_MIN_ROWS: usize = 16;
 /// Statements in flight at once on the session.
 const PIPELINE_DEPTH: usize = 1024;
 /// COPY data is sent in chunks of about this size.
-const COPY_CHUNK: usize = 1024 * 1024;
+const COPY_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Op {
@@ -74,6 +80,93 @@ struct Run {
     bytes: usize,
 }
 
+/// COPY data formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyFormat {
+    Text,
+    Binary,
+}
+
+/// The format a row can travel in by COPY, if any (not a mix of text and binary).
+fn copy_format(row: &RowImage) -> Option<CopyFormat> {
+    let (mut text, mut binary) = (false, false);
+    for c in row.cells() {
+        match c.kind {
+            CellKind::Text => text = true,
+            CellKind::Binary => binary = true,
+            CellKind::Null => {}
+            CellKind::UnchangedToast => return None,
+        }
+    }
+    match (text, binary) {
+        (_, false) => Some(CopyFormat::Text),
+        (false, true) => Some(CopyFormat::Binary),
+        (true, true) => None,
+    }
+}
+
+/// An insert run being streamed into green through COPY.
+struct Copying {
+    mapping: Arc<Mapping>,
+    format: CopyFormat,
+    sink: Pin<Box<CopyInSink<Bytes>>>,
+    buf: Vec<u8>,
+    rows: u64,
+    /// Commit LSN of the last transaction with rows in this COPY.
+    through: Lsn,
+}
+
+impl Copying {
+    fn encode(&mut self, row: &RowImage) {
+        match self.format {
+            CopyFormat::Text => {
+                for (i, v) in row.values().enumerate() {
+                    if i > 0 {
+                        self.buf.push(b'\t');
+                    }
+                    sql::copy_text_value(
+                        &mut self.buf,
+                        match v {
+                            Value::Text(t) => Some(t),
+                            _ => None,
+                        },
+                    );
+                }
+                self.buf.push(b'\n');
+            }
+            CopyFormat::Binary => {
+                self.buf
+                    .extend_from_slice(&(row.len() as i16).to_be_bytes());
+                for v in row.values() {
+                    match v {
+                        Value::Binary(b) => {
+                            self.buf.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                            self.buf.extend_from_slice(b);
+                        }
+                        _ => self.buf.extend_from_slice(&(-1i32).to_be_bytes()),
+                    }
+                }
+            }
+        }
+        self.rows += 1;
+    }
+
+    async fn send_chunk(&mut self) -> Result<(), tokio_postgres::Error> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(COPY_CHUNK + 64 * 1024));
+        self.sink.send(Bytes::from(chunk)).await
+    }
+
+    async fn finish(mut self) -> Result<u64, tokio_postgres::Error> {
+        if self.format == CopyFormat::Binary {
+            self.buf.extend_from_slice(sql::COPY_BINARY_TRAILER);
+        }
+        if !self.buf.is_empty() {
+            self.send_chunk().await?;
+        }
+        self.sink.as_mut().finish().await
+    }
+}
+
 /// Applies changes to green, keeping prepared statements across batches.
 pub(crate) struct Writer {
     store: Store,
@@ -82,6 +175,9 @@ pub(crate) struct Writer {
     targets: Targets,
     statements: HashMap<StatementKey, Statement>,
     pending: Option<Run>,
+    copying: Option<Copying>,
+    /// The mapping of the previous change (most changes hit the same table).
+    last_mapping: Option<Arc<Mapping>>,
     /// Conflicts resolved in the current batch (logged with it).
     pub(crate) conflicts: u64,
 }
@@ -106,6 +202,8 @@ impl Writer {
             targets: Targets::default(),
             statements: HashMap::new(),
             pending: None,
+            copying: None,
+            last_mapping: None,
             conflicts: 0,
         }
     }
@@ -115,6 +213,8 @@ impl Writer {
         self.targets.clear();
         self.statements.clear();
         self.pending = None;
+        self.copying = None;
+        self.last_mapping = None;
         self.conflicts = 0;
     }
 
@@ -155,10 +255,20 @@ impl Writer {
             // Logical messages are not applied to green.
             ChangeKind::Message(_) => return Ok(()),
         };
-        let mapping = self.targets.mapping(client, relation).await?;
+        let mapping = match &self.last_mapping {
+            Some(m) if Arc::ptr_eq(&m.relation, relation) => Arc::clone(m),
+            _ => {
+                let m = self.targets.mapping(client, relation).await?;
+                self.last_mapping = Some(Arc::clone(&m));
+                m
+            }
+        };
         if careful {
             self.flush(client).await?;
             return self.apply_carefully(client, &mapping, &change, txn).await;
+        }
+        if op == Op::Insert && self.stream_insert(client, &mapping, &change, txn).await? {
+            return Ok(());
         }
         let same_run = self
             .pending
@@ -167,28 +277,139 @@ impl Writer {
         if !same_run {
             self.flush(client).await?;
             self.pending = Some(Run {
-                mapping,
+                mapping: Arc::clone(&mapping),
                 op,
                 changes: Vec::new(),
                 bytes: 0,
             });
         }
-        let full = match self.pending.as_mut() {
+        let (full, start_copy) = match self.pending.as_mut() {
             Some(run) => {
                 run.bytes += change.memory_size();
                 run.changes.push((change, Arc::clone(txn)));
-                run.changes.len() >= RUN_MAX_CHANGES || run.bytes >= RUN_MAX_BYTES
+                (
+                    run.changes.len() >= RUN_MAX_CHANGES || run.bytes >= RUN_MAX_BYTES,
+                    op == Op::Insert && run.changes.len() >= COPY_MIN_ROWS,
+                )
             }
-            None => false,
+            None => (false, false),
         };
-        if full {
+        if start_copy {
+            self.start_copy(client, &mapping).await?;
+        } else if full {
             self.flush(client).await?;
         }
         Ok(())
     }
 
-    /// Executes the pending run.
+    /// Adds an insert to the COPY streaming into its table, if one is open
+    /// and the row fits its format; returns whether it did.
+    async fn stream_insert(
+        &mut self,
+        client: &Client,
+        mapping: &Arc<Mapping>,
+        change: &Change,
+        txn: &TxnMeta,
+    ) -> Result<bool, ApplyError> {
+        let ChangeKind::Insert { new, .. } = &change.kind else {
+            return Ok(false);
+        };
+        let fits = self.copying.as_ref().is_some_and(|c| {
+            Arc::ptr_eq(&c.mapping, mapping) && copy_format(new) == Some(c.format)
+        });
+        if !fits {
+            if self.copying.is_some() {
+                self.flush(client).await?;
+            }
+            return Ok(false);
+        }
+        let Some(copying) = self.copying.as_mut() else {
+            return Ok(false);
+        };
+        copying.encode(new);
+        copying.through = txn.commit_lsn;
+        if copying.buf.len() >= COPY_CHUNK {
+            let through = copying.through;
+            let rows = copying.rows;
+            if let Err(e) = copying.send_chunk().await {
+                self.copying = None;
+                return Err(copy_error(mapping, rows, through, e));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Turns the pending insert run into a streaming COPY, when its rows can
+    /// travel by COPY.
+    async fn start_copy(
+        &mut self,
+        client: &Client,
+        mapping: &Arc<Mapping>,
+    ) -> Result<(), ApplyError> {
+        let Some(run) = self.pending.as_ref() else {
+            return Ok(());
+        };
+        let formats: Vec<Option<CopyFormat>> = run
+            .changes
+            .iter()
+            .map(|(c, _)| match &c.kind {
+                ChangeKind::Insert { new, .. } => copy_format(new),
+                _ => None,
+            })
+            .collect();
+        let format = match formats.first().copied().flatten() {
+            Some(f) if formats.iter().all(|x| *x == Some(f)) => f,
+            // Mixed text and binary values: statements, not COPY.
+            _ => return Ok(()),
+        };
+        let cols: Vec<&str> = mapping.columns.iter().map(String::as_str).collect();
+        let op = match format {
+            CopyFormat::Text => Op::CopyText,
+            CopyFormat::Binary => Op::CopyBinary,
+        };
+        let statement = self
+            .statement(client, mapping, op, Vec::new(), || {
+                sql::copy_in(&mapping.table, &cols, format == CopyFormat::Binary)
+            })
+            .await?;
+        let Some(run) = self.pending.take() else {
+            return Ok(());
+        };
+        let through = run.changes.last().map_or(Lsn::ZERO, |(_, t)| t.commit_lsn);
+        let sink = client
+            .copy_in::<_, Bytes>(&statement)
+            .await
+            .map_err(|e| copy_error(mapping, 0, through, e))?;
+        let mut copying = Copying {
+            mapping: Arc::clone(mapping),
+            format,
+            sink: Box::pin(sink),
+            buf: Vec::with_capacity(COPY_CHUNK + 64 * 1024),
+            rows: 0,
+            through,
+        };
+        if format == CopyFormat::Binary {
+            copying.buf.extend_from_slice(sql::COPY_BINARY_HEADER);
+        }
+        for (change, _) in &run.changes {
+            if let ChangeKind::Insert { new, .. } = &change.kind {
+                copying.encode(new);
+            }
+        }
+        self.copying = Some(copying);
+        Ok(())
+    }
+
+    /// Executes the pending run, or finishes the COPY being streamed.
     pub(crate) async fn flush(&mut self, client: &Client) -> Result<(), ApplyError> {
+        if let Some(copying) = self.copying.take() {
+            let (mapping, through) = (Arc::clone(&copying.mapping), copying.through);
+            let rows = copying.rows;
+            copying
+                .finish()
+                .await
+                .map_err(|e| copy_error(&mapping, rows, through, e))?;
+        }
         let Some(run) = self.pending.take() else {
             return Ok(());
         };
@@ -224,131 +445,34 @@ impl Writer {
         Ok(statement)
     }
 
+    /// A short insert run: pipelined INSERTs.
     async fn insert_run(&mut self, client: &Client, run: &Run) -> Result<(), ApplyError> {
         let mapping = &run.mapping;
         let cols: Vec<&str> = mapping.columns.iter().map(String::as_str).collect();
-        let rows: Vec<&RowImage> = run
+        let statement = self
+            .statement(client, mapping, Op::Insert, Vec::new(), || {
+                sql::insert(&mapping.table, &cols, false)
+            })
+            .await?;
+        let items: Vec<(Statement, Vec<Param<'_>>)> = run
             .changes
             .iter()
             .filter_map(|(c, _)| match &c.kind {
                 ChangeKind::Insert { new, .. } => Some(new),
                 _ => None,
             })
+            .map(|r| {
+                (
+                    statement.clone(),
+                    r.values().filter_map(Param::from_value).collect(),
+                )
+            })
             .collect();
-        let all_text = rows.iter().all(|r| {
-            r.values()
-                .all(|v| matches!(v, Value::Null | Value::Text(_)))
-        });
-        let all_binary = rows.iter().all(|r| {
-            r.values()
-                .all(|v| matches!(v, Value::Null | Value::Binary(_)))
-        });
         let through = run.changes.last().map_or(Lsn::ZERO, |(_, t)| t.commit_lsn);
-        let result = if rows.len() >= COPY_MIN_ROWS && (all_text || all_binary) {
-            self.copy_rows(client, mapping, &cols, &rows, all_text)
-                .await
-        } else {
-            let statement = self
-                .statement(client, mapping, Op::Insert, Vec::new(), || {
-                    sql::insert(&mapping.table, &cols, false)
-                })
-                .await?;
-            let items: Vec<(Statement, Vec<Param<'_>>)> = rows
-                .iter()
-                .map(|r| {
-                    (
-                        statement.clone(),
-                        r.values().filter_map(Param::from_value).collect(),
-                    )
-                })
-                .collect();
-            pipelined(client, &items).await.map(drop)
-        };
-        result.map_err(|source| {
-            if is_unique_violation(&source) {
-                ApplyError::Replay { through }
-            } else {
-                ApplyError::Sql {
-                    context: format!(
-                        "inserting {} rows into {} (transactions up to {through})",
-                        rows.len(),
-                        mapping.name()
-                    ),
-                    source,
-                }
-            }
-        })
-    }
-
-    async fn copy_rows(
-        &mut self,
-        client: &Client,
-        mapping: &Arc<Mapping>,
-        cols: &[&str],
-        rows: &[&RowImage],
-        text: bool,
-    ) -> Result<(), tokio_postgres::Error> {
-        let op = if text { Op::CopyText } else { Op::CopyBinary };
-        let key = StatementKey {
-            mapping: Arc::as_ptr(mapping) as usize,
-            op,
-            shape: Vec::new(),
-        };
-        let statement = match self.statements.get(&key) {
-            Some(s) => s.clone(),
-            None => {
-                let s = client
-                    .prepare(&sql::copy_in(&mapping.table, cols, !text))
-                    .await?;
-                self.statements.insert(key, s.clone());
-                s
-            }
-        };
-        let sink = client.copy_in::<_, Bytes>(&statement).await?;
-        futures_util::pin_mut!(sink);
-        let mut buf = Vec::with_capacity(COPY_CHUNK + 64 * 1024);
-        if !text {
-            buf.extend_from_slice(sql::COPY_BINARY_HEADER);
-        }
-        for row in rows {
-            if text {
-                for (i, v) in row.values().enumerate() {
-                    if i > 0 {
-                        buf.push(b'\t');
-                    }
-                    sql::copy_text_value(
-                        &mut buf,
-                        match v {
-                            Value::Text(t) => Some(t),
-                            _ => None,
-                        },
-                    );
-                }
-                buf.push(b'\n');
-            } else {
-                buf.extend_from_slice(&(row.len() as i16).to_be_bytes());
-                for v in row.values() {
-                    match v {
-                        Value::Binary(b) => {
-                            buf.extend_from_slice(&(b.len() as i32).to_be_bytes());
-                            buf.extend_from_slice(b);
-                        }
-                        _ => buf.extend_from_slice(&(-1i32).to_be_bytes()),
-                    }
-                }
-            }
-            if buf.len() >= COPY_CHUNK {
-                sink.send(Bytes::from(std::mem::take(&mut buf))).await?;
-                buf.reserve(COPY_CHUNK + 64 * 1024);
-            }
-        }
-        if !text {
-            buf.extend_from_slice(sql::COPY_BINARY_TRAILER);
-        }
-        if !buf.is_empty() {
-            sink.send(Bytes::from(buf)).await?;
-        }
-        sink.finish().await.map(drop)
+        pipelined(client, &items)
+            .await
+            .map(drop)
+            .map_err(|e| copy_error(mapping, items.len() as u64, through, e))
     }
 
     async fn modify_run(&mut self, client: &Client, run: &Run) -> Result<(), ApplyError> {
@@ -831,6 +955,26 @@ async fn pipelined(
         }
     }
     Ok(counts)
+}
+
+/// A failed insert: a unique violation asks for a careful replay.
+fn copy_error(
+    mapping: &Mapping,
+    rows: u64,
+    through: Lsn,
+    source: tokio_postgres::Error,
+) -> ApplyError {
+    if is_unique_violation(&source) {
+        ApplyError::Replay { through }
+    } else {
+        ApplyError::Sql {
+            context: format!(
+                "inserting {rows} rows into {} (transactions up to {through})",
+                mapping.name()
+            ),
+            source,
+        }
+    }
 }
 
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {

@@ -8,8 +8,9 @@
 //! catalog local to the transaction and reach the shared one only when it
 //! commits — the same rule PostgreSQL's apply worker follows.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use crate::event::{Column, QualifiedName, Relation, ReplicaIdentity};
 use crate::pgoutput;
@@ -17,8 +18,8 @@ use crate::pgoutput;
 /// Relations and types by blue's OIDs.
 #[derive(Default)]
 pub(crate) struct Catalog {
-    relations: HashMap<u32, Arc<Relation>>,
-    types: HashMap<u32, QualifiedName>,
+    relations: FxHashMap<u32, Arc<Relation>>,
+    types: FxHashMap<u32, QualifiedName>,
 }
 
 impl Catalog {

@@ -27,7 +27,6 @@ mod spill;
 
 pub use spill::SpillError;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -164,7 +163,7 @@ pub struct Assembler {
     config: AssemblerConfig,
     catalog: Catalog,
     open: Option<OpenTxn>,
-    streams: HashMap<Xid, StreamTxn>,
+    streams: rustc_hash::FxHashMap<Xid, StreamTxn>,
     current_stream: Option<Xid>,
     memory: usize,
     last_end_lsn: Lsn,
@@ -179,7 +178,7 @@ impl Assembler {
             config,
             catalog: Catalog::default(),
             open: None,
-            streams: HashMap::new(),
+            streams: Default::default(),
             current_stream: None,
             memory: 0,
             last_end_lsn: Lsn::ZERO,

@@ -248,6 +248,18 @@ async fn big_streamed_transaction_and_schema_change(bin: &PgBin) {
     .await;
     twins.assert_converged(&[], WAIT).await;
     each(&twins.g, &["ALTER TABLE s DROP COLUMN a"]).await;
+    // A new definition of the table in the middle of a run of inserts (which
+    // travels by COPY): the COPY must end before green's catalog is read.
+    each(&twins.g, &["ALTER TABLE s ADD COLUMN c text"]).await;
+    each(
+        &twins.b,
+        &[
+            "BEGIN; INSERT INTO s SELECT i, i FROM generate_series(100, 199) i; \
+           ALTER TABLE s ADD COLUMN c text; \
+           INSERT INTO s SELECT i, i, 'c' || i FROM generate_series(200, 299) i; COMMIT;",
+        ],
+    )
+    .await;
     twins.assert_converged(&["s"], WAIT).await;
     running.stop().await;
 }

@@ -258,6 +258,10 @@ impl Writer {
         let mapping = match &self.last_mapping {
             Some(m) if Arc::ptr_eq(&m.relation, relation) => Arc::clone(m),
             _ => {
+                // Another table, or a new definition of this one: whatever is
+                // pending ends here, and an open COPY must finish before the
+                // session can read green's catalog.
+                self.flush(client).await?;
                 let m = self.targets.mapping(client, relation).await?;
                 self.last_mapping = Some(Arc::clone(&m));
                 m

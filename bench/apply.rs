@@ -16,7 +16,7 @@
 //! /proc/<pid>/stat), teal's peak resident memory, and for W2 the replay lag
 //! p50/p99 (blue's pg_stat_replication) and the drain time after pgbench stops.
 //!
-//! Run: `cargo bench --bench apply -- [--runs 3] [--scale 1.0] [--workloads w1,w2,w3,w4] [--modes backlog,live]`
+//! Run: `cargo bench --bench apply -- [--runs 3] [--scale 1.0] [--workloads w1,w2,w3,w4] [--modes backlog,live] [--teal-arg --binary]...`
 //! A JSON report is written to target/bench-apply.json.
 
 #[path = "../tests/support/cluster.rs"]
@@ -77,11 +77,16 @@ impl Sample {
     }
 }
 
+/// Extra `teal stream` arguments from `--teal-arg` (set once in main).
+static TEAL_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
 struct Args {
     runs: usize,
     scale: f64,
     workloads: Vec<Workload>,
     modes: Vec<Mode>,
+    /// Extra arguments for `teal stream` (`--teal-arg --binary`).
+    teal_args: Vec<String>,
 }
 
 fn parse_args() -> Args {
@@ -90,6 +95,7 @@ fn parse_args() -> Args {
         scale: 1.0,
         workloads: vec![Workload::W1, Workload::W2, Workload::W3, Workload::W4],
         modes: vec![Mode::Backlog, Mode::Live],
+        teal_args: Vec::new(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -97,6 +103,7 @@ fn parse_args() -> Args {
         let value = argv.get(i + 1).cloned().unwrap_or_default();
         match argv[i].as_str() {
             "--runs" => args.runs = value.parse().expect("--runs N"),
+            "--teal-arg" => args.teal_args.push(value.clone()),
             "--scale" => args.scale = value.parse().expect("--scale F"),
             "--workloads" => {
                 args.workloads = value
@@ -462,6 +469,7 @@ impl Subscriber {
                 if !create_slot {
                     cmd.arg("--no-create-slot");
                 }
+                cmd.args(TEAL_ARGS.get().into_iter().flatten());
                 let child = cmd.spawn().expect("teal runs");
                 Subscriber::Teal { child, green }
             }
@@ -676,6 +684,7 @@ fn median(xs: &mut [f64]) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = parse_args();
+    TEAL_ARGS.set(args.teal_args.clone()).expect("set once");
     let bin = cluster::default_bin();
     println!(
         "teal vs built-in subscriber: PostgreSQL {}, scale {}, {} runs",

@@ -157,29 +157,26 @@ impl Connection {
             .unwrap_or_else(|| SourceError::Setup("the connection string lists no host".into())))
     }
 
-    /// Sets the socket's receive low-water mark: the kernel signals it
-    /// readable only once this many bytes are waiting (TCP only; a no-op on
-    /// Unix sockets). Lowering it signals at once if enough is waiting.
-    pub(crate) fn set_receive_low_water(&self, bytes: usize) {
+    /// Whether the session runs over TCP (with or without TLS).
+    pub(crate) fn is_tcp(&self) -> bool {
+        !matches!(self.stream, Stream::Unix(_))
+    }
+
+    /// Bytes waiting unread in the socket's receive queue (TCP only).
+    pub(crate) fn unread(&self) -> usize {
         use std::os::fd::AsRawFd;
         let fd = match &self.stream {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Tls(s) => s.get_ref().0.as_raw_fd(),
-            Stream::Unix(_) => return,
+            Stream::Unix(_) => return 0,
         };
-        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        // SAFETY: setsockopt on an open socket with a pointer to a live c_int.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                std::ptr::addr_of!(value).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        let mut value: libc::c_int = 0;
+        // SAFETY: FIONREAD on an open socket writes one c_int.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, std::ptr::addr_of_mut!(value)) };
         if rc != 0 {
-            tracing::debug!(error = %io::Error::last_os_error(), "cannot set SO_RCVLOWAT");
+            0
+        } else {
+            usize::try_from(value).unwrap_or(0)
         }
     }
 
@@ -221,10 +218,16 @@ impl Connection {
 
     /// Reads more bytes from the socket (cancel-safe); returns how many.
     pub(crate) async fn fill(&mut self) -> Result<usize, SourceError> {
+        self.fill_at_most(usize::MAX).await
+    }
+
+    /// Like [`fill`](Self::fill), reading at most `limit` bytes.
+    pub(crate) async fn fill_at_most(&mut self, limit: usize) -> Result<usize, SourceError> {
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
             self.read_buf.reserve(READ_CHUNK);
         }
-        match self.stream.read_buf(&mut self.read_buf).await {
+        let mut buf = bytes::BufMut::limit(&mut self.read_buf, limit);
+        match self.stream.read_buf(&mut buf).await {
             Ok(0) => Err(self.io_error(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "server closed the connection",
@@ -232,6 +235,31 @@ impl Connection {
             Ok(n) => Ok(n),
             Err(e) => Err(self.io_error(e)),
         }
+    }
+
+    /// Reads whatever more the socket holds right now, without waiting, up
+    /// to about `limit` bytes; returns how many were read.
+    pub(crate) fn drain_ready(&mut self, limit: usize) -> Result<usize, SourceError> {
+        use futures_util::FutureExt;
+        let mut total = 0;
+        while total < limit {
+            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+                self.read_buf.reserve(READ_CHUNK);
+            }
+            let mut buf = bytes::BufMut::limit(&mut self.read_buf, limit - total);
+            match self.stream.read_buf(&mut buf).now_or_never() {
+                None => break,
+                Some(Ok(0)) => {
+                    return Err(self.io_error(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    )));
+                }
+                Some(Ok(n)) => total += n,
+                Some(Err(e)) => return Err(self.io_error(e)),
+            }
+        }
+        Ok(total)
     }
 
     /// The next complete frame already buffered, without I/O.
@@ -465,10 +493,9 @@ async fn connect_host(conninfo: &ConnInfo, host: &Host) -> Result<Connection, So
     }
 }
 
-/// Receive buffer of replication sockets. Fixed (no autotuning to megabytes)
-/// so that blue's send window fills between our reads: blue's walsender then
-/// queues messages into big segments instead of paying for one packet per
-/// message, which on a shared machine is most of its cost per row.
+/// Receive buffer of replication sockets. Fixed (no autotuning to tens of
+/// megabytes): the read pacer in `stream.rs` keeps this queue near full so
+/// that blue's walsender coalesces its messages (see `READ_PACE`).
 pub(crate) const RECEIVE_BUFFER: u32 = 1024 * 1024;
 
 async fn tcp(hostname: &str, port: u16, name: &str) -> Result<TcpStream, SourceError> {

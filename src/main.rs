@@ -35,6 +35,11 @@ struct Cli {
     )]
     log: String,
 
+    /// Settings from a TOML file: keys are long flag names (`source`,
+    /// `batch-max-changes`, ...); flags and environment variables win over it.
+    #[arg(long, global = true, env = "TEAL_CONFIG")]
+    config: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -285,7 +290,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Loads `--config FILE` (or `TEAL_CONFIG`) into the environment variables
+/// of the flags it names, unless set already: flag > environment > file.
+fn load_config_file() -> Result<(), String> {
+    use clap::CommandFactory;
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let from_args = args.iter().enumerate().find_map(|(i, a)| {
+        if a == "--config" {
+            args.get(i + 1).cloned()
+        } else {
+            a.strip_prefix("--config=").map(str::to_owned)
+        }
+    });
+    let Some(path) = from_args.or_else(|| std::env::var("TEAL_CONFIG").ok()) else {
+        return Ok(());
+    };
+    let cli = Cli::command();
+    let mut flags: Vec<(String, String)> = Vec::new();
+    let mut add = |cmd: &clap::Command| {
+        for arg in cmd.get_arguments() {
+            if let (Some(long), Some(env)) = (arg.get_long(), arg.get_env())
+                && long != "config"
+            {
+                flags.push((long.to_owned(), env.to_string_lossy().into_owned()));
+            }
+        }
+    };
+    add(&cli);
+    if let Some(sub) = args.iter().skip(1).find_map(|a| cli.find_subcommand(a)) {
+        add(sub);
+    }
+    let pairs = teal::config::env_from_file(std::path::Path::new(&path), &flags)
+        .map_err(|e| e.to_string())?;
+    for (key, value) in pairs {
+        if std::env::var_os(&key).is_none() {
+            // SAFETY: single-threaded here: no runtime or other thread exists yet.
+            unsafe { std::env::set_var(key, value) };
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    if let Err(e) = load_config_file() {
+        eprintln!("teal: {e}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     if let Err(e) = init_logging(&cli.log_format, &cli.log) {
         eprintln!("teal: {e:#}");

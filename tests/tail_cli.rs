@@ -297,4 +297,38 @@ async fn text_format_and_bad_flags() {
         String::from_utf8_lossy(&out.stderr).contains("--create-slot"),
         "{out:?}"
     );
+
+    // --config: the file's settings are used; environment and flags win over it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("teal.toml");
+    std::fs::write(
+        &file,
+        format!("source = \"{url}\"\nslot = \"missing\"\npublication = [\"p\"]\n"),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let out = run(&["tail", "--config", file]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--create-slot"),
+        "the file's source, slot and publication reach blue: {out:?}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_teal"))
+        .env_clear()
+        .env("TEAL_SLOT", "Bad-Name")
+        .args(["tail", "--config", file])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--slot"),
+        "the environment wins over the file: {out:?}"
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "slott = \"s\"\n").unwrap();
+    let out = run(&["tail", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown key \"slott\""),
+        "{out:?}"
+    );
 }

@@ -4,11 +4,13 @@
 //! `validate()` returns errors that name the command-line flag to fix.
 
 mod conninfo;
+mod file;
 mod pgpass;
 
 pub use conninfo::{
     ChannelBinding, ConnInfo, ConnInfoError, EnvLookup, Host, HostAddr, Password, RootCert, SslMode,
 };
+pub use file::{ConfigFileError, env_from_file, env_from_toml};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,0 +1,157 @@
+//! `--config teal.toml`: settings from a file, below flags and environment.
+//!
+//! Keys are the long flag names (`source`, `batch-max-changes`,
+//! `conflict-table`, ...; `_` may stand for `-`). A value becomes the
+//! flag's environment variable unless that variable is already set, so the
+//! precedence is: command-line flag, then environment, then the file, then
+//! the built-in default. Arrays are joined with commas (repeatable flags).
+
+use std::path::Path;
+
+/// A config file that cannot be used; the message names the file and key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config file {path} is not valid TOML: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error(
+        "config file {path}: unknown key {key:?} (keys are the long flag names of this command: {known})"
+    )]
+    UnknownKey {
+        path: String,
+        key: String,
+        known: String,
+    },
+    #[error("config file {path}: key {key:?} must be a string, number, boolean or array of those")]
+    BadValue { path: String, key: String },
+}
+
+/// The environment assignments `text` asks for. `flags` maps each long flag
+/// name of the command to its environment variable.
+pub fn env_from_toml(
+    path: &Path,
+    text: &str,
+    flags: &[(String, String)],
+) -> Result<Vec<(String, String)>, ConfigFileError> {
+    let shown = path.display().to_string();
+    let table: toml::Table =
+        text.parse()
+            .map_err(|e: toml::de::Error| ConfigFileError::Syntax {
+                path: shown.clone(),
+                reason: e.to_string().trim().to_owned(),
+            })?;
+    let mut out = Vec::with_capacity(table.len());
+    for (key, value) in &table {
+        let wanted = key.replace('_', "-");
+        let Some((_, env)) = flags.iter().find(|(flag, _)| *flag == wanted) else {
+            let mut known: Vec<&str> = flags.iter().map(|(f, _)| f.as_str()).collect();
+            known.sort_unstable();
+            return Err(ConfigFileError::UnknownKey {
+                path: shown,
+                key: key.clone(),
+                known: known.join(", "),
+            });
+        };
+        let bad = || ConfigFileError::BadValue {
+            path: shown.clone(),
+            key: key.clone(),
+        };
+        let text = match value {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| scalar(v).ok_or_else(bad))
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            other => scalar(other).ok_or_else(bad)?,
+        };
+        out.push((env.clone(), text));
+    }
+    Ok(out)
+}
+
+/// Reads `path` and returns the assignments, as [`env_from_toml`].
+pub fn env_from_file(
+    path: &Path,
+    flags: &[(String, String)],
+) -> Result<Vec<(String, String)>, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigFileError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    env_from_toml(path, &text, flags)
+}
+
+fn scalar(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> Vec<(String, String)> {
+        [
+            ("source", "TEAL_SOURCE_URL"),
+            ("batch-max-changes", "TEAL_BATCH_MAX_CHANGES"),
+            ("conflict-table", "TEAL_CONFLICT_TABLE"),
+            ("create-slot", "TEAL_CREATE_SLOT"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+    }
+
+    #[test]
+    fn keys_become_environment_assignments() {
+        let text = r#"
+source = "postgresql://blue/db"
+batch_max_changes = 500
+conflict-table = ["public.a=source-wins", "public.b=target-wins"]
+create-slot = true
+"#;
+        let mut got = env_from_toml(Path::new("t.toml"), text, &flags()).unwrap();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("TEAL_BATCH_MAX_CHANGES".to_owned(), "500".to_owned()),
+                (
+                    "TEAL_CONFLICT_TABLE".to_owned(),
+                    "public.a=source-wins,public.b=target-wins".to_owned()
+                ),
+                ("TEAL_CREATE_SLOT".to_owned(), "true".to_owned()),
+                (
+                    "TEAL_SOURCE_URL".to_owned(),
+                    "postgresql://blue/db".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_bad_values_and_syntax_are_named() {
+        let e = env_from_toml(Path::new("t.toml"), "sorce = \"x\"", &flags()).unwrap_err();
+        assert!(e.to_string().contains("unknown key \"sorce\""), "{e}");
+        assert!(e.to_string().contains("batch-max-changes"), "{e}");
+        let e = env_from_toml(Path::new("t.toml"), "[source]\nx = 1", &flags()).unwrap_err();
+        assert!(
+            matches!(e, ConfigFileError::BadValue { ref key, .. } if key == "source"),
+            "{e}"
+        );
+        let e = env_from_toml(Path::new("t.toml"), "source = ", &flags()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config file t.toml is not valid TOML"),
+            "{e}"
+        );
+        let e = env_from_file(Path::new("/nonexistent/teal.toml"), &flags()).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/teal.toml"), "{e}");
+    }
+}

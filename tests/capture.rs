@@ -621,21 +621,10 @@ async fn reconnects_after_a_server_restart_without_loss_or_repeats(bin: &PgBin) 
         let mut n = 1;
         let mut client: Option<tokio_postgres::Client> = None;
         while n <= total {
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
-                match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-                    Ok((c, conn)) => {
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                        });
-                        client = Some(c);
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                }
-            }
-            let c = client.as_ref().unwrap();
+            let Some(c) = crate::support::cluster::reconnect(&url, &mut client).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
             // ON CONFLICT: a commit whose acknowledgement was lost is not applied twice.
             match c
                 .execute("INSERT INTO seqs VALUES ($1) ON CONFLICT DO NOTHING", &[&n])

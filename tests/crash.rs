@@ -42,20 +42,11 @@ fn workload(
                 let mut client: Option<tokio_postgres::Client> = None;
                 let mut n: u64 = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-                            Ok((c, conn)) => {
-                                tokio::spawn(async move {
-                                    let _ = conn.await;
-                                });
-                                client = Some(c);
-                            }
-                            Err(_) => {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                continue;
-                            }
-                        }
-                    }
+                    let Some(c) = crate::support::cluster::reconnect(&url, &mut client).await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
                     n += 1;
                     let a = 1 + (n * 7 + w as u64 * 13) % 200;
                     let b = 1 + (a + 1 + n % 150) % 200;
@@ -77,16 +68,11 @@ fn workload(
                             ""
                         }
                     );
-                    let ok = match client.as_ref() {
-                        Some(c) => c.batch_execute(&sql).await.is_ok(),
-                        None => false,
-                    };
+                    let ok = c.batch_execute(&sql).await.is_ok();
                     if ok {
                         done.fetch_add(1, Ordering::Relaxed);
                     } else {
-                        if let Some(c) = client.as_ref() {
-                            let _ = c.batch_execute("ROLLBACK").await;
-                        }
+                        let _ = c.batch_execute("ROLLBACK").await;
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }

@@ -189,6 +189,34 @@ struct RowKey<'a> {
     one_row: bool,
 }
 
+impl<'a> RowKey<'a> {
+    fn with_capacity(n: usize, one_row: bool) -> Self {
+        RowKey {
+            matches: Vec::with_capacity(n),
+            params: Vec::with_capacity(n),
+            one_row,
+        }
+    }
+
+    /// Adds column `i` matching `value` (text values compared with `text`);
+    /// false, adding nothing, for an unchanged-TOAST value blue did not send.
+    fn push(&mut self, i: usize, value: Value<'a>, text: Match) -> bool {
+        match value {
+            Value::Null => self.matches.push((i, Match::Null)),
+            Value::Text(t) => {
+                self.matches.push((i, text));
+                self.params.push(Param::Text(t));
+            }
+            Value::Binary(b) => {
+                self.matches.push((i, Match::Equal));
+                self.params.push(Param::Binary(b));
+            }
+            Value::UnchangedToast => return false,
+        }
+        true
+    }
+}
+
 fn sql_error(context: String) -> impl FnOnce(tokio_postgres::Error) -> ApplyError {
     move |source| ApplyError::Sql { context, source }
 }
@@ -826,38 +854,23 @@ fn row_key<'a>(
 ) -> Result<RowKey<'a>, ApplyError> {
     match &mapping.key {
         Key::Columns(cols) => {
-            let mut key = RowKey {
-                matches: Vec::with_capacity(cols.len()),
-                params: Vec::with_capacity(cols.len()),
-                one_row: false,
-            };
+            let mut key = RowKey::with_capacity(cols.len(), false);
             for &i in cols {
                 let value = old
                     .and_then(|o| o.image().get(i))
                     .filter(|v| !matches!(v, Value::UnchangedToast))
                     .or_else(|| new.and_then(|n| n.get(i)))
                     .unwrap_or(Value::UnchangedToast);
-                match value {
-                    Value::Null => key.matches.push((i, Match::Null)),
-                    Value::Text(t) => {
-                        key.matches.push((i, Match::Equal));
-                        key.params.push(Param::Text(t));
-                    }
-                    Value::Binary(b) => {
-                        key.matches.push((i, Match::Equal));
-                        key.params.push(Param::Binary(b));
-                    }
-                    Value::UnchangedToast => {
-                        return Err(ApplyError::Unresolvable {
-                            table: mapping.name().clone(),
-                            lsn,
-                            commit_lsn: txn.commit_lsn,
-                            reason: format!(
-                                "blue did not send key column {:?}",
-                                mapping.relation.columns[i].name
-                            ),
-                        });
-                    }
+                if !key.push(i, value, Match::Equal) {
+                    return Err(ApplyError::Unresolvable {
+                        table: mapping.name().clone(),
+                        lsn,
+                        commit_lsn: txn.commit_lsn,
+                        reason: format!(
+                            "blue did not send key column {:?}",
+                            mapping.relation.columns[i].name
+                        ),
+                    });
                 }
             }
             Ok(key)
@@ -881,24 +894,10 @@ fn row_key<'a>(
 }
 
 fn full_row_key(row: &RowImage) -> RowKey<'_> {
-    let mut key = RowKey {
-        matches: Vec::with_capacity(row.len()),
-        params: Vec::with_capacity(row.len()),
-        one_row: true,
-    };
+    let mut key = RowKey::with_capacity(row.len(), true);
     for (i, v) in row.values().enumerate() {
-        match v {
-            Value::Null => key.matches.push((i, Match::Null)),
-            Value::Text(t) => {
-                key.matches.push((i, Match::Text));
-                key.params.push(Param::Text(t));
-            }
-            Value::Binary(b) => {
-                key.matches.push((i, Match::Equal));
-                key.params.push(Param::Binary(b));
-            }
-            Value::UnchangedToast => {}
-        }
+        // Unchanged-TOAST values are left out of the match.
+        key.push(i, v, Match::Text);
     }
     key
 }
@@ -912,23 +911,10 @@ fn insert_key<'a>(mapping: &Mapping, new: Option<&'a RowImage>) -> Option<RowKey
         (None, Key::Columns(cols)) => cols.clone(),
         _ => return Some(full_row_key(new)),
     };
-    let mut key = RowKey {
-        matches: Vec::with_capacity(cols.len()),
-        params: Vec::with_capacity(cols.len()),
-        one_row: false,
-    };
+    let mut key = RowKey::with_capacity(cols.len(), false);
     for i in cols {
-        match new.get(i)? {
-            Value::Null => key.matches.push((i, Match::Null)),
-            Value::Text(t) => {
-                key.matches.push((i, Match::Equal));
-                key.params.push(Param::Text(t));
-            }
-            Value::Binary(b) => {
-                key.matches.push((i, Match::Equal));
-                key.params.push(Param::Binary(b));
-            }
-            Value::UnchangedToast => return None,
+        if !key.push(i, new.get(i)?, Match::Equal) {
+            return None;
         }
     }
     Some(key)

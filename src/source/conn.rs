@@ -243,20 +243,9 @@ impl Connection {
         use futures_util::FutureExt;
         let mut total = 0;
         while total < limit {
-            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
-                self.read_buf.reserve(READ_CHUNK);
-            }
-            let mut buf = bytes::BufMut::limit(&mut self.read_buf, limit - total);
-            match self.stream.read_buf(&mut buf).now_or_never() {
+            match self.fill_at_most(limit - total).now_or_never() {
                 None => break,
-                Some(Ok(0)) => {
-                    return Err(self.io_error(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "server closed the connection",
-                    )));
-                }
-                Some(Ok(n)) => total += n,
-                Some(Err(e)) => return Err(self.io_error(e)),
+                Some(read) => total += read?,
             }
         }
         Ok(total)

@@ -113,7 +113,6 @@ impl<'a> StreamLoop<'a> {
     async fn pump(&mut self) -> Result<StreamEnd, SourceError> {
         let paced = self.conn.is_tcp();
         let mut next_read_at = Instant::now();
-        let mut read_due = true;
         loop {
             let (batch, reply_requested) = self.drain_buffered()?;
             if !batch.is_empty() && !self.send(batch).await? {
@@ -127,17 +126,18 @@ impl<'a> StreamLoop<'a> {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return Ok(StreamEnd::Shutdown),
-                read = self.conn.fill_at_most(budget), if read_due => {
+                read = async {
+                    tokio::time::sleep_until(next_read_at).await;
+                    self.conn.fill_at_most(budget).await
+                } => {
                     let n = read?;
                     if paced {
                         let waiting = n + self.conn.unread();
                         self.conn.drain_ready(budget - n)?;
                         self.pacer.observe(waiting);
                         next_read_at = Instant::now() + READ_PACE;
-                        read_due = false;
                     }
                 }
-                () = tokio::time::sleep_until(next_read_at), if !read_due => read_due = true,
                 changed = self.flush.changed() => {
                     if changed.is_err() {
                         return Ok(StreamEnd::ConsumerGone);

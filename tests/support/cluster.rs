@@ -52,6 +52,20 @@ fn newest_bin_under(root: &Path) -> Option<PathBuf> {
 }
 
 /// The default server build (PostgreSQL 15 from Debian here).
+/// The client in `slot`, connecting anew when there is none or it closed
+/// (a writer that outlives server restarts); None while the server cannot be
+/// reached, so the caller waits and retries.
+pub async fn reconnect<'a>(url: &str, slot: &'a mut Option<Client>) -> Option<&'a Client> {
+    if slot.as_ref().is_none_or(|c| c.is_closed()) {
+        let (client, conn) = tokio_postgres::connect(url, NoTls).await.ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        *slot = Some(client);
+    }
+    slot.as_ref()
+}
+
 pub fn default_bin() -> PgBin {
     static BIN: OnceLock<PgBin> = OnceLock::new();
     BIN.get_or_init(|| {

@@ -128,6 +128,18 @@ async fn every_type_round_trips(bin: &PgBin) {
             &format!(r#"UPDATE {t} SET "Col ""Quoted""" = 'changed', m = 'ok', num = 1e-20 WHERE id = 1"#),
             &format!("UPDATE {t} SET wide = NULL, tsz = '-infinity' WHERE id = 3"),
             &format!("DELETE FROM {t} WHERE id = 2"),
+            // Many rows of every type: set-based UPDATE and DELETE statements,
+            // with the same row updated twice in one transaction.
+            &format!(
+                "INSERT INTO {t} SELECT id * 1000 + g, \"Col \"\"Quoted\"\"\", i2, i4, i8, num, num_scaled, f4, f8, b, t, vc, ch, raw, js, jsb, u, \
+                 d, tm, tmz, ts, tsz, iv, ip, net, mac, bits, vbits, tsv, r4, rtz, ints, texts, grid, m, moods, e, p, pt, bx, lsn, wide \
+                 FROM {t}, generate_series(1, 40) g WHERE id IN (1, 3)"
+            ),
+            &format!(r#"UPDATE {t} SET i4 = i4 - 1, "Col ""Quoted""" = "Col ""Quoted""" || ' ✓' WHERE id > 100"#),
+            &format!(
+                "BEGIN; UPDATE {t} SET num = num * 2 WHERE id > 100; UPDATE {t} SET f8 = f8 / 2 WHERE id > 100; COMMIT"
+            ),
+            &format!("DELETE FROM {t} WHERE id > 100 AND id % 3 = 0"),
         ],
     )
     .await;
@@ -136,6 +148,13 @@ async fn every_type_round_trips(bin: &PgBin) {
     assert_eq!(
         stats.conflicts.load(std::sync::atomic::Ordering::Relaxed),
         0
+    );
+    // 80 rows updated three times, 26 deleted: set-based, not row by row.
+    assert_eq!(
+        stats
+            .set_based_rows
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3 * 80 + 26
     );
 }
 on_every_server!(every_type_round_trips);
@@ -168,7 +187,10 @@ async fn replica_identities_toast_and_truncate_on_green(bin: &PgBin) {
             "UPDATE ri_index SET b = 3 WHERE b = 2",
             "UPDATE ri_index SET v = 'z'",
             "DELETE FROM ri_index WHERE b = 1",
-            "INSERT INTO docs SELECT i, string_agg(md5(i::text || g::text), ''), 0 FROM generate_series(1, 5) i, generate_series(1, 7000) g GROUP BY i",
+            "INSERT INTO ri_index SELECT i, 10, 'm' FROM generate_series(100, 140) i",
+            "UPDATE ri_index SET v = 'n' WHERE b = 10",
+            "DELETE FROM ri_index WHERE b = 10 AND a % 2 = 0",
+            "INSERT INTO docs SELECT i, string_agg(md5(i::text || g::text), ''), 0 FROM generate_series(1, 20) i, generate_series(1, 7000) g GROUP BY i",
             // Unchanged TOAST: green must keep the value blue did not resend.
             "UPDATE docs SET n = n + 1",
             "UPDATE docs SET body = 'short' WHERE id = 1",
@@ -199,7 +221,15 @@ async fn replica_identities_toast_and_truncate_on_green(bin: &PgBin) {
         .unwrap()
         .get(0);
     assert_eq!(next_id, 1, "RESTART IDENTITY reset green's sequence too");
-    running.stop().await;
+    let stats = running.stop().await;
+    // Set-based: ri_default's 33 updates, ri_index's 41 updates (two-column
+    // key) and 21 deletes, docs' 20 updates leaving TOASTed bodies alone.
+    assert_eq!(
+        stats
+            .set_based_rows
+            .load(std::sync::atomic::Ordering::Relaxed),
+        33 + 41 + 21 + 20
+    );
 }
 on_every_server!(replica_identities_toast_and_truncate_on_green);
 
@@ -320,7 +350,13 @@ async fn conflict_policies(bin: &PgBin) {
         &[
             "INSERT INTO a VALUES (2, 'blue'), (3, 'blue')",
             "INSERT INTO b VALUES (2, 'blue'), (3, 'blue')",
+            "INSERT INTO a SELECT i, 'blue' FROM generate_series(100, 139) i",
         ],
+    )
+    .await;
+    each(
+        &twins.g,
+        &["INSERT INTO a SELECT i, 'green' FROM generate_series(100, 139) i WHERE i <> 120"],
     )
     .await;
     each(
@@ -351,6 +387,8 @@ async fn conflict_policies(bin: &PgBin) {
             "UPDATE b SET v = 'blue2' WHERE id = 2", // missing on green: skipped
             "DELETE FROM a WHERE id = 3",       // missing on green: skipped
             "INSERT INTO a VALUES (10, 'plain')", // no conflict
+            // One set-based statement for 40 rows finds 39: row 120 is inserted.
+            "UPDATE a SET v = 'blue3' WHERE id >= 100",
         ],
     )
     .await;
@@ -368,12 +406,15 @@ async fn conflict_policies(bin: &PgBin) {
     let rows = |t: &'static str| {
         let g = &twins.g;
         async move {
-            g.query(&format!("SELECT id, v FROM {t} ORDER BY id"), &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)))
-                .collect::<Vec<_>>()
+            g.query(
+                &format!("SELECT id, v FROM {t} WHERE id < 100 ORDER BY id"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
         }
     };
     assert_eq!(
@@ -423,12 +464,27 @@ async fn conflict_policies(bin: &PgBin) {
                 "delete_missing".into(),
                 "source-wins".into()
             ),
+            (
+                "public.a".into(),
+                "update_missing".into(),
+                "source-wins".into()
+            ),
         ]
     );
+    let updated: i64 = twins
+        .g
+        .query_one(
+            "SELECT count(*) FROM a WHERE id >= 100 AND v = 'blue3'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(updated, 40);
     let stats = running.stop().await;
     assert_eq!(
         stats.conflicts.load(std::sync::atomic::Ordering::Relaxed),
-        5
+        6
     );
 
     // The default policy, error: stop, report, commit nothing of it.

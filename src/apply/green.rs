@@ -16,7 +16,8 @@ use crate::tls::{MakeRustls, TlsConfigError};
 
 /// Settings every apply session starts with.
 pub(crate) const SESSION_OPTIONS: &str = "-c session_replication_role=replica -c DateStyle=ISO \
-     -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC -c bytea_output=hex";
+     -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC -c bytea_output=hex \
+     -c plan_cache_mode=force_generic_plan";
 
 /// Green could not be reached or refused the session.
 #[derive(Debug, thiserror::Error)]

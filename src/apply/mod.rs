@@ -226,6 +226,8 @@ pub struct ApplyStats {
     pub skipped_transactions: AtomicU64,
     /// Conflicts resolved by policy.
     pub conflicts: AtomicU64,
+    /// Updates and deletes applied by set-based statements (many rows each).
+    pub set_based_rows: AtomicU64,
 }
 
 /// The batch being built in the open green transaction.
@@ -468,6 +470,10 @@ impl Applier {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.conflicts.fetch_add(
             std::mem::take(&mut self.writer.conflicts),
+            Ordering::Relaxed,
+        );
+        self.stats.set_based_rows.fetch_add(
+            std::mem::take(&mut self.writer.set_based_rows),
             Ordering::Relaxed,
         );
         Ok(())

@@ -33,6 +33,35 @@ impl<'a> Param<'a> {
     }
 }
 
+/// `text` in `pg_type`.
+const TEXT_OID: u32 = 25;
+
+/// A one-dimensional `text[]` in binary format (`array_recv`): `None` is NULL.
+/// Binary needs no quoting or escaping of the elements, whatever they hold.
+pub(crate) fn text_array<'v>(
+    values: impl ExactSizeIterator<Item = Option<&'v [u8]>> + Clone,
+) -> Vec<u8> {
+    let len = values.len();
+    let has_null = values.clone().any(|v| v.is_none());
+    let bytes: usize = values.clone().map(|v| v.map_or(0, <[u8]>::len)).sum();
+    let mut out = Vec::with_capacity(20 + 4 * len + bytes);
+    out.extend_from_slice(&1i32.to_be_bytes()); // dimensions
+    out.extend_from_slice(&i32::from(has_null).to_be_bytes());
+    out.extend_from_slice(&TEXT_OID.to_be_bytes());
+    out.extend_from_slice(&(len as i32).to_be_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+    for v in values {
+        match v {
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    out
+}
+
 impl ToSql for Param<'_> {
     fn to_sql(
         &self,
@@ -60,4 +89,24 @@ impl ToSql for Param<'_> {
     }
 
     to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_array_is_array_recv_format() {
+        let values: [Option<&[u8]>; 3] = [Some(b"a\"{,}"), None, Some(b"")];
+        let mut expected = Vec::new();
+        for word in [1i32, 1, 25, 3, 1, 5] {
+            expected.extend_from_slice(&word.to_be_bytes());
+        }
+        expected.extend_from_slice(b"a\"{,}");
+        expected.extend_from_slice(&(-1i32).to_be_bytes());
+        expected.extend_from_slice(&0i32.to_be_bytes());
+        assert_eq!(text_array(values.iter().copied()), expected);
+        // No NULL: the flag is clear.
+        assert_eq!(text_array([Some(&b"x"[..])].into_iter())[4..8], [0, 0, 0, 0]);
+    }
 }

@@ -92,6 +92,63 @@ pub(crate) fn delete(table: &str, key: &[(&str, Match)], one_row: bool) -> Strin
     s
 }
 
+/// Set-based statements take one `text[]` parameter per column, element `i`
+/// holding row `i`'s value; green's input function of each column's type
+/// converts the elements (`__v.cN::type`).
+fn unnest_columns(s: &mut String, n: usize) {
+    s.push_str("unnest(");
+    for i in 1..=n {
+        if i > 1 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "${i}::pg_catalog.text[]");
+    }
+    s.push_str(") AS __v(");
+    for i in 1..=n {
+        if i > 1 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "c{i}");
+    }
+    s.push(')');
+}
+
+/// `__t.k = __v.cN::type AND ...`, `key` indexing into the parameter columns.
+fn unnest_match(s: &mut String, cols: &[(&str, &str)], key: &[usize]) {
+    for (n, &k) in key.iter().enumerate() {
+        s.push_str(if n == 0 { " WHERE " } else { " AND " });
+        let (col, ty) = cols[k];
+        let _ = write!(s, "__t.{col} = __v.c{}::{ty}", k + 1);
+    }
+}
+
+/// Updates of many rows, found by key, in one statement:
+/// `UPDATE t AS __t SET a = __v.c1::int4, b = __v.c2::text FROM unnest($1::text[], $2::text[]) AS __v(c1, c2) WHERE __t.a = __v.c1::int4`.
+/// `set` holds (column, type) pairs; `key` indexes into it.
+pub(crate) fn update_many(table: &str, set: &[(&str, &str)], key: &[usize]) -> String {
+    let mut s = format!("UPDATE {table} AS __t SET ");
+    for (i, (col, ty)) in set.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{col} = __v.c{}::{ty}", i + 1);
+    }
+    s.push_str(" FROM ");
+    unnest_columns(&mut s, set.len());
+    unnest_match(&mut s, set, key);
+    s
+}
+
+/// Deletes of many rows, found by key, in one statement:
+/// `DELETE FROM t AS __t USING unnest($1::text[]) AS __v(c1) WHERE __t.k = __v.c1::int4`.
+pub(crate) fn delete_many(table: &str, key: &[(&str, &str)]) -> String {
+    let mut s = format!("DELETE FROM {table} AS __t USING ");
+    unnest_columns(&mut s, key.len());
+    let all: Vec<usize> = (0..key.len()).collect();
+    unnest_match(&mut s, key, &all);
+    s
+}
+
 /// The row as JSON, for the conflict log.
 pub(crate) fn select_json(table: &str, key: &[(&str, Match)]) -> String {
     let mut s = format!("SELECT row_to_json(t)::text FROM {table} t");
@@ -204,6 +261,25 @@ mod tests {
         assert_eq!(
             delete(t, &[("\"v\"", Match::Null)], true),
             "DELETE FROM \"public\".\"Ledger\" WHERE ctid = (SELECT ctid FROM \"public\".\"Ledger\" WHERE \"v\" IS NULL LIMIT 1)"
+        );
+        assert_eq!(
+            update_many(
+                t,
+                &[
+                    ("\"Id\"", "integer"),
+                    ("\"memo\"", "text"),
+                    ("\"k2\"", "\"s\".\"e\"")
+                ],
+                &[0, 2]
+            ),
+            "UPDATE \"public\".\"Ledger\" AS __t SET \"Id\" = __v.c1::integer, \"memo\" = __v.c2::text, \"k2\" = __v.c3::\"s\".\"e\" \
+             FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[]) AS __v(c1, c2, c3) \
+             WHERE __t.\"Id\" = __v.c1::integer AND __t.\"k2\" = __v.c3::\"s\".\"e\""
+        );
+        assert_eq!(
+            delete_many(t, &[("\"id\"", "bigint")]),
+            "DELETE FROM \"public\".\"Ledger\" AS __t USING unnest($1::pg_catalog.text[]) AS __v(c1) \
+             WHERE __t.\"id\" = __v.c1::bigint"
         );
         assert_eq!(
             select_json(t, &[("\"id\"", Match::Equal)]),

@@ -102,6 +102,11 @@ pub(crate) struct Mapping {
     pub(crate) key: Key,
     /// Blue columns forming green's primary key, when green has one they cover.
     pub(crate) green_pk: Option<Vec<usize>>,
+    /// For each blue column, green's type without modifier when a text value
+    /// cast to it goes through the type's input function (`'v'::text::T`);
+    /// `None` when a cast function from text exists instead (`name`,
+    /// `"char"`, `regclass`, `xml`...), whose result may differ.
+    pub(crate) text_casts: Vec<Option<String>>,
 }
 
 impl Mapping {
@@ -118,6 +123,7 @@ struct GreenColumn {
     generated: bool,
     category: String,
     base_type: QualifiedName,
+    text_cast: Option<String>,
 }
 
 /// Mappings by blue relation version (a new Relation message is a new version).
@@ -191,7 +197,11 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
     let rows = client
         .query(
             "SELECT a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod), a.attgenerated <> '', \
-                    bt.typcategory::text, bn.nspname::text, bt.typname::text \
+                    bt.typcategory::text, bn.nspname::text, bt.typname::text, \
+                    CASE WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_cast c \
+                                          WHERE c.castsource = 'pg_catalog.text'::pg_catalog.regtype \
+                                            AND c.casttarget IN (t.oid, bt.oid) AND c.castmethod = 'f') \
+                         THEN format_type(a.atttypid, -1) END \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
              JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
@@ -213,6 +223,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
                 namespace: r.get(5),
                 name: r.get(6),
             },
+            text_cast: r.get(7),
         })
         .collect();
     let pk_rows = client
@@ -228,6 +239,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
     let blue_types = blue_type_names(client, rel).await.map_err(catalog)?;
 
     let mut columns = Vec::with_capacity(rel.columns.len());
+    let mut text_casts = Vec::with_capacity(rel.columns.len());
     for (i, col) in rel.columns.iter().enumerate() {
         let Some(g) = green.iter().find(|g| g.name == col.name) else {
             return Err(DriftError::MissingColumn {
@@ -248,6 +260,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         }
         check_type(rel, i, g, &blue_types[i])?;
         columns.push(quote_ident(&g.name));
+        text_casts.push(g.text_cast.clone());
     }
     let green_pk = (!pk.is_empty())
         .then(|| {
@@ -279,6 +292,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         columns,
         key,
         green_pk,
+        text_casts,
     })
 }
 

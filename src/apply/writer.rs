@@ -6,8 +6,11 @@
 //!   insert run  ──▶ one COPY (text, or binary in binary mode), streamed: rows are sent in
 //!                   chunks as they arrive, so green ingests while teal decodes; runs of
 //!                   fewer than 16 rows: pipelined INSERTs
-//!   update run  ──▶ pipelined prepared UPDATEs, one per row, each must touch exactly one row
-//!   delete run  ──▶ pipelined prepared DELETEs, likewise
+//!   update run  ──▶ stretches of >= 16 updates to distinct rows found by key, setting the
+//!                   same columns, values in text: one UPDATE ... FROM unnest(text[], ..)
+//!                   that must touch exactly that many rows; other updates: pipelined
+//!                   prepared UPDATEs, one per row, each must touch a row
+//!   delete run  ──▶ likewise: DELETE ... USING unnest(..), or one DELETE per row
 //!   truncate    ──▶ TRUNCATE (run boundary)
 //! ```
 //!
@@ -21,11 +24,13 @@
 //! conflict policy decides.
 
 use std::collections::HashMap;
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use rustc_hash::{FxHashSet, FxHasher};
 use tokio_postgres::{Client, Statement};
 
 use std::pin::Pin;
@@ -37,7 +42,7 @@ use crate::lsn::Lsn;
 use crate::store::Store;
 
 use super::conflict::{ConflictKind, ConflictPolicies, ConflictPolicy};
-use super::param::Param;
+use super::param::{Param, text_array};
 use super::sql::{self, Match};
 use super::target::{Key, Mapping, Targets};
 use super::{ApplyError, ConflictReport};
@@ -48,6 +53,9 @@ const RUN_MAX_CHANGES: usize = 10_000;
 const RUN_MAX_BYTES: usize = 8 * 1024 * 1024;
 /// Shorter insert runs use pipelined INSERTs (COPY costs an extra round trip).
 const COPY_MIN_ROWS: usize = 16;
+/// Updates or deletes of at least this many distinct rows go in one
+/// set-based statement.
+const SET_MIN_ROWS: usize = 16;
 /// Statements in flight at once on the session.
 const PIPELINE_DEPTH: usize = 1024;
 /// COPY data is sent in chunks of about this size.
@@ -59,6 +67,8 @@ enum Op {
     InsertSkipConflict,
     Update,
     Delete,
+    UpdateMany,
+    DeleteMany,
     SelectJson,
     CopyText,
     CopyBinary,
@@ -180,6 +190,8 @@ pub(crate) struct Writer {
     last_mapping: Option<Arc<Mapping>>,
     /// Conflicts resolved in the current batch (logged with it).
     pub(crate) conflicts: u64,
+    /// Rows changed by set-based statements in the current batch.
+    pub(crate) set_based_rows: u64,
 }
 
 /// A key to find one row: columns with how they match, and the values.
@@ -233,6 +245,7 @@ impl Writer {
             copying: None,
             last_mapping: None,
             conflicts: 0,
+            set_based_rows: 0,
         }
     }
 
@@ -244,6 +257,7 @@ impl Writer {
         self.copying = None;
         self.last_mapping = None;
         self.conflicts = 0;
+        self.set_based_rows = 0;
     }
 
     /// Queues (fast path) or applies (careful mode) one change.
@@ -507,15 +521,56 @@ impl Writer {
             .map_err(|e| copy_error(mapping, items.len() as u64, through, e))
     }
 
+    /// An update or delete run: set-based statements for stretches of
+    /// distinct rows, one statement per row otherwise; all pipelined, in order.
     async fn modify_run(&mut self, client: &Client, run: &Run) -> Result<(), ApplyError> {
         let mapping = &run.mapping;
-        let mut items = Vec::with_capacity(run.changes.len());
-        for (change, txn) in &run.changes {
-            let (statement, params) = self.modify_statement(client, mapping, change, txn).await?;
-            items.push((statement, params));
+        let changes = &run.changes;
+        // Plan: which stretches go set-based, with their parameter arrays.
+        let mut stretches: Vec<(usize, usize, Statement, Vec<Vec<u8>>)> = Vec::new();
+        let mut i = 0;
+        while i < changes.len() {
+            let (len, cols) = set_stretch(mapping, &changes[i..]);
+            if let Some(cols) = cols {
+                let rows = &changes[i..i + len];
+                let statement = self.many_statement(client, mapping, run.op, &cols).await?;
+                let arrays =
+                    cols.iter()
+                        .map(|&c| {
+                            text_array(rows.iter().map(
+                                |(change, _)| match set_image(change)?.get(c) {
+                                    Some(Value::Text(t)) => Some(t),
+                                    _ => None,
+                                },
+                            ))
+                        })
+                        .collect();
+                stretches.push((i, i + len, statement, arrays));
+            }
+            i += len;
+        }
+        // Statements, each with the rows it must change and its last commit LSN.
+        let mut items = Vec::with_capacity(changes.len());
+        let mut expect = Vec::with_capacity(changes.len());
+        let mut next = stretches.iter().peekable();
+        let mut i = 0;
+        while i < changes.len() {
+            if let Some((_, end, statement, arrays)) = next.next_if(|s| s.0 == i) {
+                items.push((
+                    statement.clone(),
+                    arrays.iter().map(|a| Param::Binary(a)).collect(),
+                ));
+                expect.push((Some((end - i) as u64), changes[end - 1].1.commit_lsn));
+                i = *end;
+                continue;
+            }
+            let (change, txn) = &changes[i];
+            items.push(self.modify_statement(client, mapping, change, txn).await?);
+            expect.push((None, txn.commit_lsn));
+            i += 1;
         }
         let counts = pipelined(client, &items).await.map_err(|source| {
-            let through = run.changes.last().map_or(Lsn::ZERO, |(_, t)| t.commit_lsn);
+            let through = changes.last().map_or(Lsn::ZERO, |(_, t)| t.commit_lsn);
             if is_unique_violation(&source) {
                 ApplyError::Replay { through }
             } else {
@@ -527,21 +582,70 @@ impl Writer {
                         } else {
                             "deleting"
                         },
-                        run.changes.len(),
+                        changes.len(),
                         mapping.name()
                     ),
                     source,
                 }
             }
         })?;
-        for (n, (_, txn)) in counts.iter().zip(&run.changes) {
-            if *n == 0 {
-                return Err(ApplyError::Replay {
-                    through: txn.commit_lsn,
-                });
+        // A row missing on green (or a key green holds twice): replay carefully.
+        for (n, (rows, through)) in counts.iter().zip(&expect) {
+            let ok = match rows {
+                Some(rows) => n == rows,
+                None => *n > 0,
+            };
+            if !ok {
+                return Err(ApplyError::Replay { through: *through });
             }
         }
+        self.set_based_rows += stretches.iter().map(|s| (s.1 - s.0) as u64).sum::<u64>();
         Ok(())
+    }
+
+    /// The set-based UPDATE or DELETE carrying columns `cols`.
+    async fn many_statement(
+        &mut self,
+        client: &Client,
+        mapping: &Arc<Mapping>,
+        op: Op,
+        cols: &[usize],
+    ) -> Result<Statement, ApplyError> {
+        let Key::Columns(key) = &mapping.key else {
+            unreachable!("set_stretch only plans tables with key columns");
+        };
+        let shape: Vec<u8> = cols
+            .iter()
+            .flat_map(|&c| (c as u16).to_le_bytes())
+            .collect();
+        let many_op = if op == Op::Update {
+            Op::UpdateMany
+        } else {
+            Op::DeleteMany
+        };
+        self.statement(client, mapping, many_op, shape, || {
+            let typed: Vec<(&str, &str)> = cols
+                .iter()
+                .map(|&c| {
+                    (
+                        mapping.columns[c].as_str(),
+                        mapping.text_casts[c]
+                            .as_deref()
+                            .unwrap_or("pg_catalog.text"),
+                    )
+                })
+                .collect();
+            if many_op == Op::UpdateMany {
+                let key_at: Vec<usize> = key
+                    .iter()
+                    .filter_map(|k| cols.iter().position(|c| c == k))
+                    .collect();
+                sql::update_many(&mapping.table, &typed, &key_at)
+            } else {
+                sql::delete_many(&mapping.table, &typed)
+            }
+        })
+        .await
     }
 
     /// The UPDATE or DELETE for one change, with its parameters.
@@ -820,6 +924,113 @@ impl Writer {
             None => Ok(None),
         }
     }
+}
+
+/// The image whose values a set-based statement carries: an update's new
+/// row, a delete's old row.
+fn set_image(change: &Change) -> Option<&RowImage> {
+    match &change.kind {
+        ChangeKind::Update { new, .. } => Some(new),
+        ChangeKind::Delete { old, .. } => Some(old.image()),
+        _ => None,
+    }
+}
+
+/// How many changes from the start of `changes` to take together, and the
+/// columns their set-based statement carries when there are enough of them:
+/// updates or deletes of distinct rows found by key columns, whose key blue
+/// sent and did not change, all carrying the same columns (an update: those
+/// blue sent), every value text or NULL, every column's type one a text cast
+/// converts with its input function.
+fn set_stretch(
+    mapping: &Mapping,
+    changes: &[(Change, Arc<TxnMeta>)],
+) -> (usize, Option<Vec<usize>>) {
+    let (Key::Columns(key), Some((first, _))) = (&mapping.key, changes.first()) else {
+        return (1, None);
+    };
+    let cols: Vec<usize> = match &first.kind {
+        ChangeKind::Update { new, .. } => new
+            .values()
+            .enumerate()
+            .filter(|(_, v)| !matches!(v, Value::UnchangedToast))
+            .map(|(i, _)| i)
+            .collect(),
+        ChangeKind::Delete { .. } => key.clone(),
+        _ => return (1, None),
+    };
+    let castable = cols
+        .iter()
+        .all(|&c| matches!(mapping.text_casts.get(c), Some(Some(_))));
+    if !castable || !key.iter().all(|k| cols.contains(k)) {
+        return (1, None);
+    }
+    // Keys by hash: a collision only ends the stretch early.
+    let mut seen = FxHashSet::with_capacity_and_hasher(changes.len(), Default::default());
+    let mut n = 0;
+    for (change, _) in changes {
+        let Some(k) = set_row_key(key, &cols, change) else {
+            break;
+        };
+        if !seen.insert(k) {
+            break;
+        }
+        n += 1;
+    }
+    (n.max(1), (n >= SET_MIN_ROWS).then_some(cols))
+}
+
+/// The hash of the key of a change that fits a set-based statement carrying `cols`.
+fn set_row_key(key: &[usize], cols: &[usize], change: &Change) -> Option<u64> {
+    fn text(v: Option<Value<'_>>) -> Option<&[u8]> {
+        match v {
+            Some(Value::Text(t)) => Some(t),
+            _ => None,
+        }
+    }
+    let mut hash = FxHasher::default();
+    match &change.kind {
+        ChangeKind::Update { old, new, .. } => {
+            let mut sent = 0;
+            for (i, v) in new.values().enumerate() {
+                match v {
+                    Value::UnchangedToast => {}
+                    Value::Binary(_) => return None,
+                    Value::Text(_) | Value::Null => {
+                        if cols.get(sent) != Some(&i) {
+                            return None;
+                        }
+                        sent += 1;
+                    }
+                }
+            }
+            if sent != cols.len() {
+                return None;
+            }
+            for &k in key {
+                let t = text(new.get(k))?;
+                // The key did not change (blue sends an old key only when it
+                // did, or whole old rows).
+                if old
+                    .as_ref()
+                    .is_some_and(|o| text(o.image().get(k)) != Some(t))
+                {
+                    return None;
+                }
+                hash.write_usize(t.len());
+                hash.write(t);
+            }
+        }
+        ChangeKind::Delete { old, .. } => {
+            for &k in key {
+                let t = text(old.image().get(k))?;
+                hash.write_usize(t.len());
+                hash.write(t);
+            }
+        }
+        _ => return None,
+    }
+    Some(hash.finish())
 }
 
 /// Statement shape: the columns set, then each key column and its match.

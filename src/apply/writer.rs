@@ -83,6 +83,24 @@ struct StatementKey {
     shape: Vec<u8>,
 }
 
+/// Stretch `start..end` of a run, applied by one set-based statement.
+struct Stretch {
+    start: usize,
+    end: usize,
+    statement: Statement,
+    /// One `text[]` per column the statement carries.
+    arrays: Vec<Vec<u8>>,
+}
+
+/// What a pipelined statement must do: change exactly `rows` rows (set-based)
+/// or at least one; `through` is the commit LSN of its last transaction.
+struct Expect {
+    rows: Option<u64>,
+    through: Lsn,
+    /// Index of its run.
+    run: usize,
+}
+
 struct Run {
     mapping: Arc<Mapping>,
     op: Op,
@@ -184,7 +202,12 @@ pub(crate) struct Writer {
     policies: ConflictPolicies,
     targets: Targets,
     statements: HashMap<StatementKey, Statement>,
+    /// The run changes are being added to.
     pending: Option<Run>,
+    /// Runs complete but not yet sent: executed together, in one pipeline.
+    closed: Vec<Run>,
+    /// Changes in `closed`.
+    closed_changes: usize,
     copying: Option<Copying>,
     /// The mapping of the previous change (most changes hit the same table).
     last_mapping: Option<Arc<Mapping>>,
@@ -242,6 +265,8 @@ impl Writer {
             targets: Targets::default(),
             statements: HashMap::new(),
             pending: None,
+            closed: Vec::new(),
+            closed_changes: 0,
             copying: None,
             last_mapping: None,
             conflicts: 0,
@@ -254,6 +279,8 @@ impl Writer {
         self.targets.clear();
         self.statements.clear();
         self.pending = None;
+        self.closed.clear();
+        self.closed_changes = 0;
         self.copying = None;
         self.last_mapping = None;
         self.conflicts = 0;
@@ -300,10 +327,11 @@ impl Writer {
         let mapping = match &self.last_mapping {
             Some(m) if Arc::ptr_eq(&m.relation, relation) => Arc::clone(m),
             _ => {
-                // Another table, or a new definition of this one: whatever is
-                // pending ends here, and an open COPY must finish before the
+                // Another table, or a new definition of this one: the pending
+                // run ends here, and an open COPY must finish before the
                 // session can read green's catalog.
-                self.flush(client).await?;
+                self.finish_copy().await?;
+                self.close_run(client).await?;
                 let m = self.targets.mapping(client, relation).await?;
                 self.last_mapping = Some(Arc::clone(&m));
                 m
@@ -321,7 +349,7 @@ impl Writer {
             .as_ref()
             .is_some_and(|r| r.op == op && Arc::ptr_eq(&r.mapping, &mapping));
         if !same_run {
-            self.flush(client).await?;
+            self.close_run(client).await?;
             self.pending = Some(Run {
                 mapping: Arc::clone(&mapping),
                 op,
@@ -343,7 +371,32 @@ impl Writer {
         if start_copy {
             self.start_copy(client, &mapping).await?;
         } else if full {
-            self.flush(client).await?;
+            self.close_run(client).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the pending run; sends the closed runs once they are many.
+    async fn close_run(&mut self, client: &Client) -> Result<(), ApplyError> {
+        if let Some(run) = self.pending.take() {
+            self.closed_changes += run.changes.len();
+            self.closed.push(run);
+        }
+        if self.closed_changes >= RUN_MAX_CHANGES {
+            self.execute_closed(client).await?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the COPY being streamed, if any.
+    async fn finish_copy(&mut self) -> Result<(), ApplyError> {
+        if let Some(copying) = self.copying.take() {
+            let (mapping, through) = (Arc::clone(&copying.mapping), copying.through);
+            let rows = copying.rows;
+            copying
+                .finish()
+                .await
+                .map_err(|e| copy_error(&mapping, rows, through, e))?;
         }
         Ok(())
     }
@@ -421,6 +474,8 @@ impl Writer {
         let Some(run) = self.pending.take() else {
             return Ok(());
         };
+        // Everything before this run goes first.
+        self.execute_closed(client).await?;
         let through = run.changes.last().map_or(Lsn::ZERO, |(_, t)| t.commit_lsn);
         let sink = client
             .copy_in::<_, Bytes>(&statement)
@@ -446,24 +501,83 @@ impl Writer {
         Ok(())
     }
 
-    /// Executes the pending run, or finishes the COPY being streamed.
+    /// Sends everything queued: finishes the COPY being streamed, or executes
+    /// the pending and closed runs.
     pub(crate) async fn flush(&mut self, client: &Client) -> Result<(), ApplyError> {
-        if let Some(copying) = self.copying.take() {
-            let (mapping, through) = (Arc::clone(&copying.mapping), copying.through);
-            let rows = copying.rows;
-            copying
-                .finish()
-                .await
-                .map_err(|e| copy_error(&mapping, rows, through, e))?;
+        self.finish_copy().await?;
+        if let Some(run) = self.pending.take() {
+            self.closed_changes += run.changes.len();
+            self.closed.push(run);
         }
-        let Some(run) = self.pending.take() else {
+        self.execute_closed(client).await
+    }
+
+    /// Executes the closed runs as one pipeline, in order, and checks that
+    /// each statement changed the rows it had to.
+    async fn execute_closed(&mut self, client: &Client) -> Result<(), ApplyError> {
+        let runs = std::mem::take(&mut self.closed);
+        self.closed_changes = 0;
+        if runs.is_empty() {
             return Ok(());
-        };
-        match run.op {
-            Op::Insert => self.insert_run(client, &run).await,
-            Op::Update | Op::Delete => self.modify_run(client, &run).await,
-            _ => Ok(()),
         }
+        let mut stretches = Vec::with_capacity(runs.len());
+        for run in &runs {
+            stretches.push(match run.op {
+                Op::Update | Op::Delete => self.plan_stretches(client, run).await?,
+                _ => Vec::new(),
+            });
+        }
+        let mut items = Vec::new();
+        let mut expect = Vec::new();
+        for (i, (run, stretches)) in runs.iter().zip(&stretches).enumerate() {
+            match run.op {
+                Op::Insert => {
+                    self.insert_items(client, run, i, &mut items, &mut expect)
+                        .await?
+                }
+                _ => {
+                    self.modify_items(client, run, i, stretches, &mut items, &mut expect)
+                        .await?;
+                }
+            }
+        }
+        let counts = pipelined(client, &items).await.map_err(|(at, source)| {
+            // Careful replay through the end of what was sent.
+            let through = expect.last().map_or(Lsn::ZERO, |e| e.through);
+            if is_unique_violation(&source) {
+                return ApplyError::Replay { through };
+            }
+            let run = &runs[expect[at].run];
+            ApplyError::Sql {
+                context: format!(
+                    "{} {} rows of {} (transactions up to {through})",
+                    match run.op {
+                        Op::Insert => "inserting",
+                        Op::Update => "updating",
+                        _ => "deleting",
+                    },
+                    run.changes.len(),
+                    run.mapping.name()
+                ),
+                source,
+            }
+        })?;
+        // A row missing on green (or a key green holds twice): replay carefully.
+        for (n, e) in counts.iter().zip(&expect) {
+            let ok = match e.rows {
+                Some(rows) => *n == rows,
+                None => *n > 0,
+            };
+            if !ok {
+                return Err(ApplyError::Replay { through: e.through });
+            }
+        }
+        self.set_based_rows += stretches
+            .iter()
+            .flatten()
+            .map(|s| (s.end - s.start) as u64)
+            .sum::<u64>();
+        Ok(())
     }
 
     async fn statement(
@@ -491,8 +605,15 @@ impl Writer {
         Ok(statement)
     }
 
-    /// A short insert run: pipelined INSERTs.
-    async fn insert_run(&mut self, client: &Client, run: &Run) -> Result<(), ApplyError> {
+    /// A short insert run: one INSERT per row.
+    async fn insert_items<'r>(
+        &mut self,
+        client: &Client,
+        run: &'r Run,
+        run_index: usize,
+        items: &mut Vec<(Statement, Vec<Param<'r>>)>,
+        expect: &mut Vec<Expect>,
+    ) -> Result<(), ApplyError> {
         let mapping = &run.mapping;
         let cols: Vec<&str> = mapping.columns.iter().map(String::as_str).collect();
         let statement = self
@@ -500,34 +621,31 @@ impl Writer {
                 sql::insert(&mapping.table, &cols, false)
             })
             .await?;
-        let items: Vec<(Statement, Vec<Param<'_>>)> = run
-            .changes
-            .iter()
-            .filter_map(|(c, _)| match &c.kind {
-                ChangeKind::Insert { new, .. } => Some(new),
-                _ => None,
-            })
-            .map(|r| {
-                (
+        for (change, txn) in &run.changes {
+            if let ChangeKind::Insert { new, .. } = &change.kind {
+                items.push((
                     statement.clone(),
-                    r.values().filter_map(Param::from_value).collect(),
-                )
-            })
-            .collect();
-        let through = run.changes.last().map_or(Lsn::ZERO, |(_, t)| t.commit_lsn);
-        pipelined(client, &items)
-            .await
-            .map(drop)
-            .map_err(|e| copy_error(mapping, items.len() as u64, through, e))
+                    new.values().filter_map(Param::from_value).collect(),
+                ));
+                expect.push(Expect {
+                    rows: None,
+                    through: txn.commit_lsn,
+                    run: run_index,
+                });
+            }
+        }
+        Ok(())
     }
 
-    /// An update or delete run: set-based statements for stretches of
-    /// distinct rows, one statement per row otherwise; all pipelined, in order.
-    async fn modify_run(&mut self, client: &Client, run: &Run) -> Result<(), ApplyError> {
-        let mapping = &run.mapping;
-        let changes = &run.changes;
-        // Plan: which stretches go set-based, with their parameter arrays.
-        let mut stretches: Vec<(usize, usize, Statement, Vec<Vec<u8>>)> = Vec::new();
+    /// The stretches of an update or delete run that go set-based, with
+    /// their statements and parameter arrays.
+    async fn plan_stretches(
+        &mut self,
+        client: &Client,
+        run: &Run,
+    ) -> Result<Vec<Stretch>, ApplyError> {
+        let (mapping, changes) = (&run.mapping, &run.changes);
+        let mut stretches = Vec::new();
         let mut i = 0;
         while i < changes.len() {
             let (len, cols) = set_stretch(mapping, &changes[i..]);
@@ -545,61 +663,58 @@ impl Writer {
                             ))
                         })
                         .collect();
-                stretches.push((i, i + len, statement, arrays));
+                stretches.push(Stretch {
+                    start: i,
+                    end: i + len,
+                    statement,
+                    arrays,
+                });
             }
             i += len;
         }
-        // Statements, each with the rows it must change and its last commit LSN.
-        let mut items = Vec::with_capacity(changes.len());
-        let mut expect = Vec::with_capacity(changes.len());
+        Ok(stretches)
+    }
+
+    /// An update or delete run: a set-based statement per stretch, one
+    /// statement per row otherwise.
+    async fn modify_items<'r>(
+        &mut self,
+        client: &Client,
+        run: &'r Run,
+        run_index: usize,
+        stretches: &'r [Stretch],
+        items: &mut Vec<(Statement, Vec<Param<'r>>)>,
+        expect: &mut Vec<Expect>,
+    ) -> Result<(), ApplyError> {
+        let changes = &run.changes;
         let mut next = stretches.iter().peekable();
         let mut i = 0;
         while i < changes.len() {
-            if let Some((_, end, statement, arrays)) = next.next_if(|s| s.0 == i) {
+            if let Some(s) = next.next_if(|s| s.start == i) {
                 items.push((
-                    statement.clone(),
-                    arrays.iter().map(|a| Param::Binary(a)).collect(),
+                    s.statement.clone(),
+                    s.arrays.iter().map(|a| Param::Binary(a)).collect(),
                 ));
-                expect.push((Some((end - i) as u64), changes[end - 1].1.commit_lsn));
-                i = *end;
+                expect.push(Expect {
+                    rows: Some((s.end - s.start) as u64),
+                    through: changes[s.end - 1].1.commit_lsn,
+                    run: run_index,
+                });
+                i = s.end;
                 continue;
             }
             let (change, txn) = &changes[i];
-            items.push(self.modify_statement(client, mapping, change, txn).await?);
-            expect.push((None, txn.commit_lsn));
+            items.push(
+                self.modify_statement(client, &run.mapping, change, txn)
+                    .await?,
+            );
+            expect.push(Expect {
+                rows: None,
+                through: txn.commit_lsn,
+                run: run_index,
+            });
             i += 1;
         }
-        let counts = pipelined(client, &items).await.map_err(|source| {
-            let through = changes.last().map_or(Lsn::ZERO, |(_, t)| t.commit_lsn);
-            if is_unique_violation(&source) {
-                ApplyError::Replay { through }
-            } else {
-                ApplyError::Sql {
-                    context: format!(
-                        "{} {} rows of {} (transactions up to {through})",
-                        if run.op == Op::Update {
-                            "updating"
-                        } else {
-                            "deleting"
-                        },
-                        changes.len(),
-                        mapping.name()
-                    ),
-                    source,
-                }
-            }
-        })?;
-        // A row missing on green (or a key green holds twice): replay carefully.
-        for (n, (rows, through)) in counts.iter().zip(&expect) {
-            let ok = match rows {
-                Some(rows) => n == rows,
-                None => *n > 0,
-            };
-            if !ok {
-                return Err(ApplyError::Replay { through: *through });
-            }
-        }
-        self.set_based_rows += stretches.iter().map(|s| (s.1 - s.0) as u64).sum::<u64>();
         Ok(())
     }
 
@@ -1131,25 +1246,28 @@ fn insert_key<'a>(mapping: &Mapping, new: Option<&'a RowImage>) -> Option<RowKey
     Some(key)
 }
 
-/// Runs statements pipelined on the session, in order; their row counts.
+/// Runs statements pipelined on the session, in order; their row counts, or
+/// the first failure and its index.
 async fn pipelined(
     client: &Client,
     items: &[(Statement, Vec<Param<'_>>)],
-) -> Result<Vec<u64>, tokio_postgres::Error> {
+) -> Result<Vec<u64>, (usize, tokio_postgres::Error)> {
     let mut counts = Vec::with_capacity(items.len());
-    for chunk in items.chunks(PIPELINE_DEPTH) {
+    for (c, chunk) in items.chunks(PIPELINE_DEPTH).enumerate() {
         let mut in_flight: FuturesOrdered<_> = chunk
             .iter()
             .map(|(statement, params)| client.execute_raw(statement, params.iter().copied()))
             .collect();
         let mut first_error = None;
+        let mut at = c * PIPELINE_DEPTH;
         while let Some(result) = in_flight.next().await {
             match result {
                 Ok(n) => counts.push(n),
                 // After the first failure the rest fail with 25P02; keep the first.
-                Err(e) if first_error.is_none() => first_error = Some(e),
+                Err(e) if first_error.is_none() => first_error = Some((at, e)),
                 Err(_) => {}
             }
+            at += 1;
         }
         if let Some(e) = first_error {
             return Err(e);

@@ -14,6 +14,7 @@ use teal::apply::{ApplyConfig, ConflictPolicies, ConflictPolicy};
 use teal::config::{self, AssemblerConfig, ConnInfo, SourceConfig, Streaming};
 use teal::event::QualifiedName;
 use teal::lsn::Lsn;
+use teal::ops::demo::{self, DemoConfig};
 use teal::ops::stream::{self, StreamConfig};
 use teal::ops::tail::{self, Format};
 use teal::store::Store;
@@ -50,6 +51,24 @@ enum Command {
     Tail(TailArgs),
     /// Apply blue's changes to green, exactly once, in batched transactions.
     Stream(StreamArgs),
+    /// Throwaway blue and green clusters, a banking workload on blue streamed
+    /// to green with live lag, then verification; everything removed at exit.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// How long the writers make transfers on blue (e.g. 20s, 2m).
+    #[arg(long, env = "TEAL_DEMO_DURATION", default_value = "20s", value_parser = config::parse_duration)]
+    duration: Duration,
+
+    /// Concurrent writers on blue.
+    #[arg(long, env = "TEAL_DEMO_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    writers: u16,
+
+    /// PostgreSQL server binaries (default: the newest /usr/lib/postgresql/*/bin).
+    #[arg(long, env = "TEAL_PG_BIN")]
+    pg_bin: Option<PathBuf>,
 }
 
 /// Where to read from and how.
@@ -220,9 +239,13 @@ fn init_logging(format: &str, filter: &str) -> anyhow::Result<()> {
 }
 
 /// Cancels `token` on SIGINT or SIGTERM. Another signal at least a second
-/// later exits at once (a signal sent to the process and its group at the
-/// same time, as `timeout` and some supervisors do, counts once).
-fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
+/// later cancels `abort` when given, else exits at once (a signal sent to the
+/// process and its group at the same time, as `timeout` and some supervisors
+/// do, counts once).
+fn spawn_signal_handler(
+    token: CancellationToken,
+    abort: Option<CancellationToken>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -241,10 +264,13 @@ fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
                     );
                     token.cancel();
                 }
-                Some(at) if at.elapsed() >= Duration::from_secs(1) => {
-                    eprintln!("teal: second signal, exiting without a clean stop");
-                    std::process::exit(130);
-                }
+                Some(at) if at.elapsed() >= Duration::from_secs(1) => match &abort {
+                    Some(abort) => abort.cancel(),
+                    None => {
+                        eprintln!("teal: second signal, exiting without a clean stop");
+                        std::process::exit(130);
+                    }
+                },
                 Some(_) => {}
             }
         }
@@ -254,7 +280,9 @@ fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    let abort = CancellationToken::new();
+    let is_demo = matches!(cli.command, Command::Demo(_));
+    spawn_signal_handler(shutdown.clone(), is_demo.then(|| abort.clone()))?;
     match cli.command {
         Command::Tail(args) => {
             let (mut source, assembler) = args.source.configs()?;
@@ -285,6 +313,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 conflicts = stats.conflicts.load(Ordering::Relaxed),
                 "stream stopped"
             );
+        }
+        Command::Demo(args) => {
+            let config = DemoConfig {
+                pg_bin: args.pg_bin,
+                duration: args.duration,
+                writers: usize::from(args.writers),
+                report_interval: Duration::from_secs(1),
+            };
+            let mut out = std::io::stdout();
+            // A second Ctrl-C drops the demo, whose clusters stop and are removed.
+            tokio::select! {
+                result = demo::run(config, &mut out, shutdown) => { result?; }
+                () = abort.cancelled() => anyhow::bail!("interrupted twice: stopped without verifying"),
+            }
         }
     }
     Ok(())

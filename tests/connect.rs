@@ -98,6 +98,7 @@ async fn tls_cluster(bin: &PgBin, pki: &Pki) -> Cluster {
                 ),
                 ("ca.crt".into(), pki.ca_cert.clone().into_bytes(), 0o600),
             ],
+            ..Options::default()
         },
     );
     cluster

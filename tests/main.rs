@@ -7,5 +7,6 @@ mod capture;
 mod connect;
 mod crash;
 mod decoder;
+mod demo_cli;
 mod stream;
 mod tail_cli;

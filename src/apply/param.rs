@@ -107,6 +107,9 @@ mod tests {
         expected.extend_from_slice(&0i32.to_be_bytes());
         assert_eq!(text_array(values.iter().copied()), expected);
         // No NULL: the flag is clear.
-        assert_eq!(text_array([Some(&b"x"[..])].into_iter())[4..8], [0, 0, 0, 0]);
+        assert_eq!(
+            text_array([Some(&b"x"[..])].into_iter())[4..8],
+            [0, 0, 0, 0]
+        );
     }
 }

@@ -133,22 +133,8 @@ impl Twins {
 
 /// Row count and an order-independent checksum of a table's rows (as text).
 pub async fn checksum(client: &Client, table: &str) -> (i64, String) {
-    client
-        .batch_execute(
-            "SET DateStyle = ISO; SET IntervalStyle = postgres; SET TimeZone = UTC; \
-             SET extra_float_digits = 3; SET bytea_output = hex",
-        )
-        .await
-        .unwrap();
-    let row = client
-        .query_one(
-            &format!(
-                "SELECT count(*), coalesce(md5(string_agg(h, '' ORDER BY h)), '') \
-                 FROM (SELECT md5(t::text) AS h FROM {table} t) s"
-            ),
-            &[],
-        )
+    let sum = teal::ops::verify::table_sum(client, table)
         .await
         .unwrap_or_else(|e| panic!("checksum of {table}: {e}"));
-    (row.get(0), row.get(1))
+    (sum.rows, sum.checksum)
 }

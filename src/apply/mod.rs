@@ -211,6 +211,19 @@ impl ApplyConfig {
     pub const DEFAULT_BATCH_MAX_CHANGES: u64 = 10_000;
     /// `--batch-max-delay-ms` default.
     pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(50);
+
+    /// Defaults for everything but green and the slot: batches of 10,000
+    /// changes or 50 ms, conflicts stop teal, teal's schema is `teal`.
+    pub fn new(target: ConnInfo, slot: impl Into<String>) -> ApplyConfig {
+        ApplyConfig {
+            target,
+            slot: slot.into(),
+            batch_max_changes: Self::DEFAULT_BATCH_MAX_CHANGES,
+            batch_max_delay: Self::DEFAULT_BATCH_MAX_DELAY,
+            conflicts: ConflictPolicies::default(),
+            store: Store::new(Store::DEFAULT_SCHEMA),
+        }
+    }
 }
 
 /// Counters of the apply stage.

@@ -21,7 +21,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{ApplyConfig, ApplyStats, ConflictPolicies};
+use crate::apply::{ApplyConfig, ApplyStats};
 use crate::config::{AssemblerConfig, ConnInfo, ConnInfoError, SourceConfig};
 use crate::local::{Cluster, LocalError, Options, PgBin};
 use crate::ops::stream::{self, StreamConfig, StreamError};
@@ -197,14 +197,7 @@ fn stream_config(blue: &Cluster, green: &Cluster) -> Result<StreamConfig, DemoEr
     source.create_slot = true;
     source.status_interval = Duration::from_secs(1);
     Ok(StreamConfig {
-        apply: ApplyConfig {
-            target: ConnInfo::parse_with_env(&green.url(), &none)?,
-            slot: SLOT.to_owned(),
-            batch_max_changes: ApplyConfig::DEFAULT_BATCH_MAX_CHANGES,
-            batch_max_delay: ApplyConfig::DEFAULT_BATCH_MAX_DELAY,
-            conflicts: ConflictPolicies::default(),
-            store: Store::new(Store::DEFAULT_SCHEMA),
-        },
+        apply: ApplyConfig::new(ConnInfo::parse_with_env(&green.url(), &none)?, SLOT),
         source,
         assembler: AssemblerConfig::default(),
     })

@@ -2,10 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use teal::apply::{ApplyConfig, ConflictPolicies};
+use teal::apply::ApplyConfig;
 use teal::config::{AssemblerConfig, ConnInfo};
 use teal::ops::stream::StreamConfig;
-use teal::store::Store;
 use tokio_postgres::Client;
 
 use super::cluster::{Cluster, Options, PgBin};
@@ -57,14 +56,7 @@ impl Twins {
         let source = source_config(&self.blue.url(), "teal_slot", "teal_pub");
         let target = ConnInfo::parse_with_env(&self.green.url(), &|_| None).unwrap();
         StreamConfig {
-            apply: ApplyConfig {
-                target,
-                slot: source.slot.clone(),
-                batch_max_changes: ApplyConfig::DEFAULT_BATCH_MAX_CHANGES,
-                batch_max_delay: ApplyConfig::DEFAULT_BATCH_MAX_DELAY,
-                conflicts: ConflictPolicies::default(),
-                store: Store::new(Store::DEFAULT_SCHEMA),
-            },
+            apply: ApplyConfig::new(target, source.slot.clone()),
             source,
             assembler: AssemblerConfig::default(),
         }

@@ -224,6 +224,12 @@ async fn pgbench_init(bin: &PgBin, cluster: &Cluster, scale: u32) {
     );
 }
 
+/// CPU so far (microseconds) of the server processes `pids_sql` lists.
+async fn backend_cpu_us(client: &Client, pids_sql: &str) -> f64 {
+    let rows = client.query(pids_sql, &[]).await.unwrap();
+    rows.iter().map(|r| cpu_us(r.get::<_, i32>(0) as u32)).sum()
+}
+
 impl Env {
     async fn start(bin: &PgBin, w: Workload, systems: &[System], scale: f64) -> Env {
         let blue = Cluster::start_with(
@@ -480,30 +486,19 @@ impl Subscriber {
     async fn cpu_us(&self) -> f64 {
         match self {
             Subscriber::Native { green } => {
-                let pids: Vec<i32> = green
-                    .query(
-                        "SELECT pid FROM pg_stat_subscription WHERE pid IS NOT NULL",
-                        &[],
-                    )
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                pids.iter().map(|p| cpu_us(*p as u32)).sum()
+                backend_cpu_us(
+                    green,
+                    "SELECT pid FROM pg_stat_subscription WHERE pid IS NOT NULL",
+                )
+                .await
             }
             Subscriber::Teal { child, green } => {
-                let pids: Vec<i32> = green
-                    .query(
+                cpu_us(child.id())
+                    + backend_cpu_us(
+                        green,
                         "SELECT pid FROM pg_stat_activity WHERE application_name = 'teal apply'",
-                        &[],
                     )
                     .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                cpu_us(child.id()) + pids.iter().map(|p| cpu_us(*p as u32)).sum::<f64>()
             }
         }
     }

@@ -110,6 +110,11 @@ pub(crate) struct Mapping {
 }
 
 impl Mapping {
+    /// Green's column names, quoted, in blue's order (for statement text).
+    pub(crate) fn column_list(&self) -> Vec<&str> {
+        self.columns.iter().map(String::as_str).collect()
+    }
+
     /// The table's name, for messages.
     pub(crate) fn name(&self) -> &QualifiedName {
         &self.relation.name

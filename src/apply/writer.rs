@@ -376,12 +376,17 @@ impl Writer {
         Ok(())
     }
 
-    /// Ends the pending run; sends the closed runs once they are many.
-    async fn close_run(&mut self, client: &Client) -> Result<(), ApplyError> {
+    /// Moves the pending run to the closed ones.
+    fn queue_pending(&mut self) {
         if let Some(run) = self.pending.take() {
             self.closed_changes += run.changes.len();
             self.closed.push(run);
         }
+    }
+
+    /// Ends the pending run; sends the closed runs once they are many.
+    async fn close_run(&mut self, client: &Client) -> Result<(), ApplyError> {
+        self.queue_pending();
         if self.closed_changes >= RUN_MAX_CHANGES {
             self.execute_closed(client).await?;
         }
@@ -461,14 +466,17 @@ impl Writer {
             // Mixed text and binary values: statements, not COPY.
             _ => return Ok(()),
         };
-        let cols: Vec<&str> = mapping.columns.iter().map(String::as_str).collect();
         let op = match format {
             CopyFormat::Text => Op::CopyText,
             CopyFormat::Binary => Op::CopyBinary,
         };
         let statement = self
             .statement(client, mapping, op, Vec::new(), || {
-                sql::copy_in(&mapping.table, &cols, format == CopyFormat::Binary)
+                sql::copy_in(
+                    &mapping.table,
+                    &mapping.column_list(),
+                    format == CopyFormat::Binary,
+                )
             })
             .await?;
         let Some(run) = self.pending.take() else {
@@ -505,10 +513,7 @@ impl Writer {
     /// the pending and closed runs.
     pub(crate) async fn flush(&mut self, client: &Client) -> Result<(), ApplyError> {
         self.finish_copy().await?;
-        if let Some(run) = self.pending.take() {
-            self.closed_changes += run.changes.len();
-            self.closed.push(run);
-        }
+        self.queue_pending();
         self.execute_closed(client).await
     }
 
@@ -605,6 +610,24 @@ impl Writer {
         Ok(statement)
     }
 
+    /// The INSERT of every column (`ON CONFLICT DO NOTHING` when asked).
+    async fn insert_statement(
+        &mut self,
+        client: &Client,
+        mapping: &Arc<Mapping>,
+        skip_conflicts: bool,
+    ) -> Result<Statement, ApplyError> {
+        let op = if skip_conflicts {
+            Op::InsertSkipConflict
+        } else {
+            Op::Insert
+        };
+        self.statement(client, mapping, op, Vec::new(), || {
+            sql::insert(&mapping.table, &mapping.column_list(), skip_conflicts)
+        })
+        .await
+    }
+
     /// A short insert run: one INSERT per row.
     async fn insert_items<'r>(
         &mut self,
@@ -614,13 +637,7 @@ impl Writer {
         items: &mut Vec<(Statement, Vec<Param<'r>>)>,
         expect: &mut Vec<Expect>,
     ) -> Result<(), ApplyError> {
-        let mapping = &run.mapping;
-        let cols: Vec<&str> = mapping.columns.iter().map(String::as_str).collect();
-        let statement = self
-            .statement(client, mapping, Op::Insert, Vec::new(), || {
-                sql::insert(&mapping.table, &cols, false)
-            })
-            .await?;
+        let statement = self.insert_statement(client, &run.mapping, false).await?;
         for (change, txn) in &run.changes {
             if let ChangeKind::Insert { new, .. } = &change.kind {
                 items.push((
@@ -835,12 +852,7 @@ impl Writer {
         };
         let (kind, rows) = match &change.kind {
             ChangeKind::Insert { new, .. } => {
-                let cols: Vec<&str> = mapping.columns.iter().map(String::as_str).collect();
-                let statement = self
-                    .statement(client, mapping, Op::InsertSkipConflict, Vec::new(), || {
-                        sql::insert(&mapping.table, &cols, true)
-                    })
-                    .await?;
+                let statement = self.insert_statement(client, mapping, true).await?;
                 let params: Vec<Param<'_>> = new.values().filter_map(Param::from_value).collect();
                 let n = client
                     .execute_raw(&statement, params.iter().copied())
@@ -918,12 +930,7 @@ impl Writer {
                 if new.values().any(|v| matches!(v, Value::UnchangedToast)) {
                     "skipped: row missing and blue did not send its unchanged TOAST values"
                 } else {
-                    let cols: Vec<&str> = mapping.columns.iter().map(String::as_str).collect();
-                    let statement = self
-                        .statement(client, mapping, Op::Insert, Vec::new(), || {
-                            sql::insert(&mapping.table, &cols, false)
-                        })
-                        .await?;
+                    let statement = self.insert_statement(client, mapping, false).await?;
                     let params: Vec<Param<'_>> =
                         new.values().filter_map(Param::from_value).collect();
                     client
@@ -979,10 +986,9 @@ impl Writer {
         let shape = shape_of(&set, key);
         let statement = self
             .statement(client, mapping, Op::Update, shape, || {
-                let set_cols: Vec<&str> = mapping.columns.iter().map(String::as_str).collect();
                 sql::update(
                     &mapping.table,
-                    &set_cols,
+                    &mapping.column_list(),
                     &key_columns(mapping, key),
                     key.one_row,
                 )
@@ -1080,10 +1086,15 @@ fn set_stretch(
     if !castable || !key.iter().all(|k| cols.contains(k)) {
         return (1, None);
     }
+    // Most changes that do not fit stop here, before anything is allocated.
+    let Some(first_key) = set_row_key(key, &cols, first) else {
+        return (1, None);
+    };
     // Keys by hash: a collision only ends the stretch early.
-    let mut seen = FxHashSet::with_capacity_and_hasher(changes.len(), Default::default());
-    let mut n = 0;
-    for (change, _) in changes {
+    let mut seen = FxHashSet::default();
+    seen.insert(first_key);
+    let mut n = 1;
+    for (change, _) in &changes[1..] {
         let Some(k) = set_row_key(key, &cols, change) else {
             break;
         };

@@ -92,7 +92,7 @@ CREATE TABLE "Mixed Schema"."Weird Table" (
 
 async fn every_type_round_trips(bin: &PgBin) {
     // Blue with unusual defaults: they must not change what lands on green.
-    let twins = Twins::start_with(bin, bin, TYPES, Options::default()).await;
+    let twins = Twins::start_with(bin, bin, TYPES, Options::default(), Options::default()).await;
     each(
         &twins.b,
         &[
@@ -528,6 +528,101 @@ async fn conflict_policies(bin: &PgBin) {
     assert_eq!(v, "green");
 }
 on_every_server!(conflict_policies);
+
+/// Commit origin (roident, 0 = local) of each row of `acct`, by id.
+async fn commit_origins(g: &tokio_postgres::Client) -> Vec<(i32, i64)> {
+    g.query(
+        "SELECT id, (pg_xact_commit_timestamp_origin(xmin)).roident::bigint FROM acct ORDER BY id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+async fn replication_origin_marks_green_commits(bin: &PgBin) {
+    let mut green = Options::default();
+    green
+        .settings
+        .push(("track_commit_timestamp".into(), "on".into()));
+    let twins = Twins::start_with(
+        bin,
+        bin,
+        "CREATE TABLE acct (id int PRIMARY KEY, v int)",
+        Options::default(),
+        green,
+    )
+    .await;
+    // A role that may apply (session_replication_role) but not use origins.
+    each(
+        &twins.g,
+        &[
+            "CREATE ROLE applier LOGIN",
+            "GRANT SET ON PARAMETER session_replication_role TO applier",
+            "GRANT CREATE ON DATABASE postgres TO applier",
+            "GRANT ALL ON acct TO applier",
+        ],
+    )
+    .await;
+    let mut config = twins.config();
+    config.apply.target = teal::config::ConnInfo::parse_with_env(
+        &twins.green.url_for("applier", "sslmode=disable"),
+        &|_| None,
+    )
+    .unwrap();
+    let running = start(&twins, config).await;
+    each(
+        &twins.b,
+        &["INSERT INTO acct SELECT i, i FROM generate_series(1, 3) i"],
+    )
+    .await;
+    twins.assert_converged(&["acct"], WAIT).await;
+    running.stop().await;
+    let origins: i64 = twins
+        .g
+        .query_one("SELECT count(*) FROM pg_replication_origin", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(origins, 0, "the unprivileged role created no origin");
+    assert_eq!(commit_origins(&twins.g).await, vec![(1, 0), (2, 0), (3, 0)]);
+
+    // A superuser: the origin is created and every teal commit carries it.
+    let running = start(&twins, twins.config()).await;
+    each(
+        &twins.b,
+        &[
+            "INSERT INTO acct SELECT i, i FROM generate_series(4, 5) i",
+            "UPDATE acct SET v = v + 10 WHERE id = 1",
+        ],
+    )
+    .await;
+    twins.assert_converged(&["acct"], WAIT).await;
+    running.stop().await;
+    let row = twins
+        .g
+        .query_one(
+            "SELECT o.roident::bigint, s.remote_lsn::text, p.commit_lsn::text, p.end_lsn::text,                     s.remote_lsn > p.commit_lsn AND s.remote_lsn <= p.end_lsn                FROM pg_replication_origin o                JOIN pg_replication_origin_status s ON s.local_id = o.roident                CROSS JOIN teal.progress p               WHERE o.roname = $1 AND p.slot = 'teal_slot'",
+            &[&teal::apply::origin_name("teal_slot")],
+        )
+        .await
+        .expect("origin teal_teal_slot exists with progress");
+    let ident: i64 = row.get(0);
+    assert!(
+        row.get::<_, bool>(4),
+        "origin's remote_lsn {} is the end of the last applied transaction (commit {}, progress end {})",
+        row.get::<_, String>(1),
+        row.get::<_, String>(2),
+        row.get::<_, String>(3)
+    );
+    assert_eq!(
+        commit_origins(&twins.g).await,
+        vec![(1, ident), (2, 0), (3, 0), (4, ident), (5, ident)]
+    );
+}
+on_every_server!(replication_origin_marks_green_commits);
 
 async fn wait_for(client: &tokio_postgres::Client, sql: &str) {
     let deadline = std::time::Instant::now() + WAIT;

@@ -20,6 +20,7 @@
 
 mod conflict;
 mod green;
+mod origin;
 mod param;
 mod sql;
 mod target;
@@ -27,6 +28,7 @@ mod writer;
 
 pub use conflict::{ConflictKind, ConflictPolicies, ConflictPolicy};
 pub use green::GreenConnectError;
+pub use origin::origin_name;
 pub use target::{DriftError, MapError};
 
 use std::sync::Arc;
@@ -45,6 +47,7 @@ use crate::lsn::{Lsn, Xid};
 use crate::progress::Consumer;
 use crate::store::{AppliedPosition, Store, StoreError};
 
+use origin::Origin;
 use writer::Writer;
 
 /// A conflict, as written to the conflict log.
@@ -258,6 +261,7 @@ pub struct Applier {
     config: ApplyConfig,
     writer: Writer,
     progress_statement: Statement,
+    origin: Option<Origin>,
     applied: Option<AppliedPosition>,
     consumer: Consumer,
     stats: Arc<ApplyStats>,
@@ -285,6 +289,7 @@ impl Applier {
                 context: "preparing the progress statement".into(),
                 source,
             })?;
+        let origin = Origin::setup(&client, &config.slot).await?;
         let writer = Writer::new(
             config.store.clone(),
             config.slot.clone(),
@@ -295,6 +300,7 @@ impl Applier {
             config,
             writer,
             progress_statement,
+            origin,
             applied,
             consumer,
             stats,
@@ -437,16 +443,31 @@ impl Applier {
                 last.xid,
                 last.commit_ts,
             );
-            self.client
-                .execute(
-                    &self.progress_statement,
-                    &[&slot, &commit_lsn, &end_lsn, &xid, &ts],
-                )
-                .await
-                .map_err(|source| ApplyError::Sql {
-                    context: "recording progress".into(),
-                    source,
-                })?;
+            let progress = async {
+                self.client
+                    .execute(
+                        &self.progress_statement,
+                        &[&slot, &commit_lsn, &end_lsn, &xid, &ts],
+                    )
+                    .await
+                    .map_err(|source| ApplyError::Sql {
+                        context: "recording progress".into(),
+                        source,
+                    })
+            };
+            // Both in one round trip (tokio-postgres pipelines concurrent queries).
+            match &self.origin {
+                Some(origin) => {
+                    futures_util::future::try_join(
+                        origin.xact_setup(&self.client, last.end_lsn, last.commit_ts),
+                        progress,
+                    )
+                    .await?;
+                }
+                None => {
+                    progress.await?;
+                }
+            }
         }
         self.client
             .batch_execute("COMMIT")

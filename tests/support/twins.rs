@@ -20,7 +20,7 @@ pub struct Twins {
 impl Twins {
     /// Both clusters with `schema` applied; blue publishes all tables.
     pub async fn start(bin: &PgBin, schema: &str) -> Twins {
-        Twins::start_with(bin, bin, schema, Options::default()).await
+        Twins::start_with(bin, bin, schema, Options::default(), Options::default()).await
     }
 
     pub async fn start_with(
@@ -28,13 +28,14 @@ impl Twins {
         green_bin: &PgBin,
         schema: &str,
         blue_options: Options,
+        green_options: Options,
     ) -> Twins {
         let mut options = blue_options;
         options
             .settings
             .push(("logical_decoding_work_mem".into(), "64kB".into()));
         let blue = Cluster::start_with(blue_bin, options);
-        let green = Cluster::start(green_bin);
+        let green = Cluster::start_with(green_bin, green_options);
         let b = blue.client().await;
         let g = green.client().await;
         b.batch_execute(schema).await.expect("schema on blue");

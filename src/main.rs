@@ -102,7 +102,9 @@ struct SourceArgs {
     #[arg(long, env = "TEAL_NO_MESSAGES")]
     no_messages: bool,
 
-    /// Buffered changes above this size spill to disk (e.g. 256MiB, 16MiB).
+    /// Memory for change data (e.g. 256MiB, 16MiB): up to 48 MiB (a quarter of a
+    /// small bound) in flight between stages, buffered transactions past the
+    /// rest spill to disk.
     #[arg(long, env = "TEAL_MAX_MEMORY", default_value = "256MiB", value_parser = config::parse_byte_size)]
     max_memory: u64,
 

@@ -1,7 +1,7 @@
 //! Wiring: bounded channels between the stages, and how they stop.
 //!
 //! ```text
-//! source (own thread) ──Vec<SourceEvent>, cap 16──▶ decode+assemble (thread) ──Vec<Event>, cap 16──▶ consumer
+//! source (own thread) ──Vec<SourceEvent>, cap 8──▶ decode+assemble (thread) ──Vec<Event>, cap 16──▶ consumer
 //!        ▲                                                                                            │
 //!        └──────────────────────────── flush LSN watch (progress) ◀──── Consumer::confirm ◀──────────┘
 //! ```
@@ -12,8 +12,11 @@
 //! status update. A decode or assembly error closes the assembler's input, so
 //! the source stops cleanly too; [`CaptureHandle::wait`] reports the error.
 //!
-//! Memory: besides the assembler's `max_memory`, at most the channel contents
-//! are held (16 socket reads of up to 1 MiB, and 16 event batches).
+//! Memory: `max_memory` covers all change data. The channels hold at most 8
+//! socket reads (up to 4 MiB each, the read pacer's largest budget) and 16
+//! event batches of about 1 MiB (`EVENT_BATCH_BYTES`; one change more at
+//! most), [`AssemblerConfig::IN_FLIGHT_BYTES`] in all; the assembler spills
+//! past the rest.
 
 use std::sync::Arc;
 
@@ -23,15 +26,17 @@ use tokio_util::sync::CancellationToken;
 use crate::assembler::{Assembler, AssemblerError, AssemblerStats, EventSink, SinkClosed};
 use crate::config::{AssemblerConfig, SourceConfig};
 use crate::error::ErrorClass;
-use crate::event::Event;
+use crate::event::{Change, Event};
 use crate::pgoutput::{DecodeError, Decoder};
 use crate::progress::Progress;
 use crate::source::{self, SessionInfo, SourceError, SourceEvent};
 
-const SOURCE_CHANNEL_BATCHES: usize = 16;
+const SOURCE_CHANNEL_BATCHES: usize = 8;
 const EVENT_CHANNEL_BATCHES: usize = 16;
 /// Changes gathered before a batch goes to the consumer mid-transaction.
 const EVENT_BATCH_CHANGES: usize = 8192;
+/// Bytes of changes (their heap size) gathered before a batch goes to the consumer.
+const EVENT_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Why the capture pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +177,7 @@ fn assemble(
         tx: output,
         pending: Vec::new(),
         pending_changes: 0,
+        pending_bytes: 0,
     };
     while let Some(batch) = input.blocking_recv() {
         for event in batch {
@@ -210,6 +216,7 @@ struct ChannelSink {
     tx: mpsc::Sender<Vec<Event>>,
     pending: Vec<Event>,
     pending_changes: usize,
+    pending_bytes: usize,
 }
 
 impl ChannelSink {
@@ -218,6 +225,7 @@ impl ChannelSink {
             return Ok(());
         }
         self.pending_changes = 0;
+        self.pending_bytes = 0;
         self.tx
             .blocking_send(std::mem::take(&mut self.pending))
             .map_err(|_| SinkClosed)
@@ -228,9 +236,10 @@ impl EventSink for ChannelSink {
     fn emit(&mut self, event: Event) -> Result<(), SinkClosed> {
         if let Event::Changes(changes) = &event {
             self.pending_changes += changes.len();
+            self.pending_bytes += changes.iter().map(Change::heap_size).sum::<usize>();
         }
         self.pending.push(event);
-        if self.pending_changes >= EVENT_BATCH_CHANGES {
+        if self.pending_changes >= EVENT_BATCH_CHANGES || self.pending_bytes >= EVENT_BATCH_BYTES {
             self.flush()?;
         }
         Ok(())

@@ -11,7 +11,8 @@
 //! - a transaction is released only when its commit arrived, all at once and
 //!   in commit order, so consumers never see a partial or aborted transaction;
 //! - a Stream Abort drops exactly the aborted (sub)transaction's changes;
-//! - memory held by buffered changes stays under `max_memory`: past it the
+//! - memory held by buffered changes stays under `max_memory` minus what
+//!   the stage channels may hold ([`AssemblerConfig::buffer_budget`]): past it the
 //!   largest buffered transaction spills to a temporary file and is read back
 //!   in order at commit;
 //! - after a reconnect ([`Assembler::reset`]) transactions whose commit lies
@@ -43,9 +44,9 @@ use buffer::TxnBuffer;
 use catalog::{Catalog, View};
 
 /// Changes per `Event::Changes` when replaying a spilled transaction.
-const REPLAY_CHUNK_CHANGES: usize = 4096;
+const REPLAY_CHUNK_CHANGES: usize = buffer::SEGMENT_MAX;
 /// Bytes per `Event::Changes` when replaying a spilled transaction.
-const REPLAY_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+const REPLAY_CHUNK_BYTES: usize = buffer::SEGMENT_MAX_BYTES;
 
 /// The consumer of assembled events went away (teal is shutting down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -166,6 +167,8 @@ pub struct Assembler {
     streams: rustc_hash::FxHashMap<Xid, StreamTxn>,
     current_stream: Option<Xid>,
     memory: usize,
+    /// [`AssemblerConfig::buffer_budget`].
+    budget: usize,
     last_end_lsn: Lsn,
     last_idle: Lsn,
     stats: Arc<AssemblerStats>,
@@ -175,6 +178,7 @@ impl Assembler {
     /// A fresh assembler.
     pub fn new(config: AssemblerConfig) -> Assembler {
         Assembler {
+            budget: usize::try_from(config.buffer_budget()).unwrap_or(usize::MAX),
             config,
             catalog: Catalog::default(),
             open: None,
@@ -443,14 +447,14 @@ impl Assembler {
         let size = buffer.push(top, xid.unwrap_or(top), Change { lsn, kind });
         let memory = self.memory + size;
         self.set_memory(memory);
-        if self.memory > self.config.max_memory as usize {
+        if self.memory > self.budget {
             self.spill_until_under_bound()?;
         }
         Ok(())
     }
 
     fn spill_until_under_bound(&mut self) -> Result<(), AssemblerError> {
-        while self.memory > self.config.max_memory as usize {
+        while self.memory > self.budget {
             let largest = self
                 .open
                 .as_mut()
@@ -529,8 +533,8 @@ impl Assembler {
                 sink.emit(Event::Changes(chunk))?;
             }
         }
-        if !replay.memory.is_empty() {
-            sink.emit(Event::Changes(replay.memory))?;
+        for segment in replay.memory {
+            sink.emit(Event::Changes(segment))?;
         }
         sink.emit(Event::Commit(Arc::clone(&meta)))?;
         self.last_end_lsn = self.last_end_lsn.max(meta.end_lsn);

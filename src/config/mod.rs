@@ -172,6 +172,17 @@ impl AssemblerConfig {
     pub const DEFAULT_MAX_MEMORY: u64 = 256 * 1024 * 1024;
     /// The smallest bound accepted: below it, spilling would dominate.
     pub const MIN_MAX_MEMORY: u64 = 1024 * 1024;
+    /// What the channels between the stages may hold at most (see
+    /// `pipeline.rs`): 8 socket reads of up to 4 MiB and 16 event batches of
+    /// about 1 MiB.
+    pub const IN_FLIGHT_BYTES: u64 = 48 * 1024 * 1024;
+
+    /// Bytes of buffered transactions the assembler keeps in memory before
+    /// spilling: `max_memory` covers all change data teal holds, so the
+    /// channels' share is taken off (at most a quarter of a small bound).
+    pub fn buffer_budget(&self) -> u64 {
+        self.max_memory - (self.max_memory / 4).min(Self::IN_FLIGHT_BYTES)
+    }
 
     /// Checks the memory bound and that spill files can be created.
     pub fn validate(&self) -> Result<(), ConfigError> {

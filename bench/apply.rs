@@ -463,6 +463,9 @@ impl Subscriber {
                         "p",
                         "--log",
                         "warn",
+                        // Metrics served as in production, on any free port.
+                        "--metrics-addr",
+                        "127.0.0.1:0",
                     ])
                     .args([
                         "--source",

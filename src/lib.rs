@@ -19,6 +19,7 @@ mod backoff;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod http;
 pub mod local;
 pub mod lsn;
 pub mod ops;

@@ -15,7 +15,7 @@ use teal::config::{self, AssemblerConfig, ConnInfo, SourceConfig, Streaming};
 use teal::event::QualifiedName;
 use teal::lsn::Lsn;
 use teal::ops::demo::{self, DemoConfig};
-use teal::ops::stream::{self, StreamConfig};
+use teal::ops::stream::{self, MonitorConfig, StreamConfig};
 use teal::ops::tail::{self, Format};
 use teal::store::Store;
 
@@ -171,6 +171,42 @@ struct StreamArgs {
     /// teal's schema on green (progress, conflicts).
     #[arg(long, env = "TEAL_SCHEMA", default_value = Store::DEFAULT_SCHEMA)]
     schema: String,
+
+    /// Serve /metrics, /status, /healthz and /readyz here ("off": not at all).
+    #[arg(long, env = "TEAL_METRICS_ADDR", default_value = "127.0.0.1:9187", value_parser = parse_listen_addr)]
+    metrics_addr: OrOff<std::net::SocketAddr>,
+
+    /// Bearer token required for /metrics and /status.
+    #[arg(long, env = "TEAL_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+
+    /// Write a heartbeat message on blue this often ("off": never), e.g. 10s.
+    #[arg(long, env = "TEAL_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_optional_duration)]
+    heartbeat_interval: OrOff<Duration>,
+}
+
+/// A flag value that may be `off` (clap treats a field of type `Option`
+/// as "flag absent", so "off" needs its own type).
+#[derive(Debug, Clone, Copy)]
+struct OrOff<T>(Option<T>);
+
+fn parse_listen_addr(s: &str) -> Result<OrOff<std::net::SocketAddr>, String> {
+    if s == "off" {
+        return Ok(OrOff(None));
+    }
+    s.parse()
+        .map(|a| OrOff(Some(a)))
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9187 (or off)"))
+}
+
+fn parse_optional_duration(s: &str) -> Result<OrOff<Duration>, String> {
+    match s {
+        "off" => Ok(OrOff(None)),
+        _ => match config::parse_duration(s)? {
+            d if d.is_zero() => Err("must be more than 0 (or off)".into()),
+            d => Ok(OrOff(Some(d))),
+        },
+    }
 }
 
 impl StreamArgs {
@@ -199,6 +235,12 @@ impl StreamArgs {
             source,
             assembler,
             apply,
+            monitor: MonitorConfig {
+                metrics_addr: self.metrics_addr.0,
+                metrics_token: self.metrics_token,
+                heartbeat_interval: self.heartbeat_interval.0,
+                ..MonitorConfig::default()
+            },
         })
     }
 }

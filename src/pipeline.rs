@@ -27,8 +27,9 @@ use crate::assembler::{Assembler, AssemblerError, AssemblerStats, EventSink, Sin
 use crate::config::{AssemblerConfig, SourceConfig};
 use crate::error::ErrorClass;
 use crate::event::{Change, Event};
+use crate::lsn::Lsn;
 use crate::pgoutput::{DecodeError, Decoder};
-use crate::progress::Progress;
+use crate::progress::{Lag, Progress};
 use crate::source::{self, SessionInfo, SourceError, SourceEvent};
 
 const SOURCE_CHANNEL_BATCHES: usize = 8;
@@ -108,10 +109,12 @@ impl CaptureHandle {
 /// receiver and confirm what they made durable through the [`Progress`]
 /// consumers registered before this call (this takes the `Progress` itself,
 /// so that the source sees the flush watch close when they are all done).
+/// `lag` learns blue's WAL end and each commit received.
 pub fn start_capture(
     source_config: SourceConfig,
     assembler_config: AssemblerConfig,
     progress: Progress,
+    lag: Arc<Lag>,
     shutdown: CancellationToken,
 ) -> Result<(mpsc::Receiver<Vec<Event>>, CaptureHandle), PipelineError> {
     let (source_tx, source_rx) = mpsc::channel(SOURCE_CHANNEL_BATCHES);
@@ -122,7 +125,7 @@ pub fn start_capture(
     let thread = std::thread::Builder::new()
         .name("teal-assembler".into())
         .spawn(move || {
-            let result = assemble(assembler, source_rx, event_tx, session_tx);
+            let result = assemble(assembler, source_rx, event_tx, session_tx, lag);
             if let Err(e) = &result {
                 tracing::error!(error = %e, "decoding stopped");
             }
@@ -171,6 +174,7 @@ fn assemble(
     mut input: mpsc::Receiver<Vec<SourceEvent>>,
     output: mpsc::Sender<Vec<Event>>,
     session: watch::Sender<Option<Arc<SessionInfo>>>,
+    lag: Arc<Lag>,
 ) -> Result<(), PipelineError> {
     let mut decoder = Decoder::new();
     let mut sink = ChannelSink {
@@ -178,8 +182,24 @@ fn assemble(
         pending: Vec::new(),
         pending_changes: 0,
         pending_bytes: 0,
+        lag: Arc::clone(&lag),
     };
     while let Some(batch) = input.blocking_recv() {
+        // Blue's WAL end and the bytes received, once per batch.
+        let (mut wal_end, mut bytes) = (Lsn::ZERO, 0u64);
+        for event in &batch {
+            match event {
+                SourceEvent::XLogData {
+                    wal_end: end, data, ..
+                } => {
+                    wal_end = wal_end.max(*end);
+                    bytes += data.len() as u64;
+                }
+                SourceEvent::Keepalive { wal_end: end, .. } => wal_end = wal_end.max(*end),
+                SourceEvent::Connected(_) => lag.restart(),
+            }
+        }
+        lag.received(wal_end, bytes);
         for event in batch {
             match event {
                 SourceEvent::Connected(info) => {
@@ -217,6 +237,7 @@ struct ChannelSink {
     pending: Vec<Event>,
     pending_changes: usize,
     pending_bytes: usize,
+    lag: Arc<Lag>,
 }
 
 impl ChannelSink {
@@ -234,9 +255,13 @@ impl ChannelSink {
 
 impl EventSink for ChannelSink {
     fn emit(&mut self, event: Event) -> Result<(), SinkClosed> {
-        if let Event::Changes(changes) = &event {
-            self.pending_changes += changes.len();
-            self.pending_bytes += changes.iter().map(Change::heap_size).sum::<usize>();
+        match &event {
+            Event::Changes(changes) => {
+                self.pending_changes += changes.len();
+                self.pending_bytes += changes.iter().map(Change::heap_size).sum::<usize>();
+            }
+            Event::Commit(meta) => self.lag.commit_received(meta.end_lsn, meta.commit_ts),
+            _ => {}
         }
         self.pending.push(event);
         if self.pending_changes >= EVENT_BATCH_CHANGES || self.pending_bytes >= EVENT_BATCH_BYTES {

@@ -92,6 +92,13 @@ fn teal_stream(twins: &Twins) -> Child {
             &twins.green.url(),
         ])
         .args(["--status-interval", "1s", "--log", "warn"])
+        // Any free port: several tests run teal at once.
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--heartbeat-interval",
+            "1s",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -8,5 +8,6 @@ mod connect;
 mod crash;
 mod decoder;
 mod demo_cli;
+mod monitor;
 mod stream;
 mod tail_cli;

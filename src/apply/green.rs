@@ -66,6 +66,23 @@ pub(crate) async fn connect(
     conninfo: &ConnInfo,
     application_name: &str,
 ) -> Result<Client, GreenConnectError> {
+    connect_with(conninfo, application_name, Some(SESSION_OPTIONS)).await
+}
+
+/// Opens an ordinary session (no apply settings), e.g. on blue to watch
+/// the slot and write heartbeats.
+pub async fn connect_plain(
+    conninfo: &ConnInfo,
+    application_name: &str,
+) -> Result<Client, GreenConnectError> {
+    connect_with(conninfo, application_name, None).await
+}
+
+async fn connect_with(
+    conninfo: &ConnInfo,
+    application_name: &str,
+    session_options: Option<&str>,
+) -> Result<Client, GreenConnectError> {
     let mut config = tokio_postgres::Config::new();
     for host in &conninfo.hosts {
         match &host.addr {
@@ -83,10 +100,13 @@ pub(crate) async fn connect(
                 .as_deref()
                 .unwrap_or(application_name),
         )
-        .options(match &conninfo.options {
-            Some(extra) => format!("{SESSION_OPTIONS} {extra}"),
-            None => SESSION_OPTIONS.to_owned(),
-        })
+        .options(
+            [session_options, conninfo.options.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(60))
         .ssl_mode(match conninfo.sslmode {

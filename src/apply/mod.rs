@@ -27,12 +27,13 @@ mod target;
 mod writer;
 
 pub use conflict::{ConflictKind, ConflictPolicies, ConflictPolicy};
-pub use green::GreenConnectError;
+pub use green::{GreenConnectError, connect_plain};
 pub use origin::origin_name;
 pub use target::{DriftError, MapError};
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -43,8 +44,8 @@ use tokio_postgres::{Client, Statement};
 use crate::config::ConnInfo;
 use crate::error::{ErrorClass, classify_sqlstate};
 use crate::event::{Event, QualifiedName, TxnMeta};
-use crate::lsn::{Lsn, Xid};
-use crate::progress::Consumer;
+use crate::lsn::{Lsn, PgTimestamp, Xid};
+use crate::progress::{Consumer, Lag};
 use crate::store::{AppliedPosition, Store, StoreError};
 
 use origin::Origin;
@@ -244,6 +245,31 @@ pub struct ApplyStats {
     pub conflicts: AtomicU64,
     /// Updates and deletes applied by set-based statements (many rows each).
     pub set_based_rows: AtomicU64,
+    /// Changes committed per table (`schema.table`).
+    pub tables: Mutex<BTreeMap<String, TableCounts>>,
+}
+
+/// Changes committed to one green table, by operation.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TableCounts {
+    /// Rows inserted.
+    pub insert: u64,
+    /// Rows updated.
+    pub update: u64,
+    /// Rows deleted.
+    pub delete: u64,
+    /// TRUNCATEs.
+    pub truncate: u64,
+}
+
+impl ApplyStats {
+    /// A snapshot of the per-table counters.
+    pub fn tables(&self) -> BTreeMap<String, TableCounts> {
+        self.tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// The batch being built in the open green transaction.
@@ -265,22 +291,26 @@ pub struct Applier {
     applied: Option<AppliedPosition>,
     consumer: Consumer,
     stats: Arc<ApplyStats>,
+    lag: Arc<Lag>,
     careful_through: Option<Lsn>,
 }
 
 impl Applier {
     /// Opens a session on green, creates or upgrades teal's schema, and reads
     /// where this slot stands.
+    /// Counters go to `stats`; what green committed is reported to `lag`.
     pub async fn connect(
         config: ApplyConfig,
         consumer: Consumer,
         stats: Arc<ApplyStats>,
+        lag: Arc<Lag>,
     ) -> Result<Applier, ApplyError> {
         let mut client = green::connect(&config.target, "teal apply").await?;
         config.store.migrate(&mut client).await?;
         let applied = config.store.applied(&client, &config.slot).await?;
         if let Some(a) = applied {
             consumer.confirm(a.end_lsn);
+            lag.applied(a.end_lsn, PgTimestamp::now(), false);
         }
         let progress_statement = client
             .prepare(&config.store.progress_upsert())
@@ -304,6 +334,7 @@ impl Applier {
             applied,
             consumer,
             stats,
+            lag,
             careful_through: None,
         })
     }
@@ -386,6 +417,10 @@ impl Applier {
                     }
                     Event::Commit(meta) => {
                         if std::mem::take(&mut skipping) {
+                            // Green has it: no longer pending.
+                            if let Some(a) = self.applied {
+                                self.lag.applied(a.end_lsn, PgTimestamp::now(), false);
+                            }
                             continue;
                         }
                         current = None;
@@ -493,6 +528,7 @@ impl Applier {
         }
         if let Some(last) = &b.last {
             self.consumer.confirm(last.end_lsn);
+            self.lag.applied(last.end_lsn, PgTimestamp::now(), true);
         }
         if let Some(idle) = b.idle {
             self.record_idle(idle).await?;
@@ -510,6 +546,21 @@ impl Applier {
             std::mem::take(&mut self.writer.set_based_rows),
             Ordering::Relaxed,
         );
+        let counts = self.writer.take_counts();
+        if !counts.is_empty() {
+            let mut tables = self
+                .stats
+                .tables
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (name, [insert, update, delete, truncate]) in counts {
+                let t = tables.entry(name).or_default();
+                t.insert += insert;
+                t.update += update;
+                t.delete += delete;
+                t.truncate += truncate;
+            }
+        }
         Ok(())
     }
 
@@ -528,6 +579,7 @@ impl Applier {
             commit_lsn: self.applied.and_then(|a| a.commit_lsn),
         });
         self.consumer.confirm(wal_end);
+        self.lag.applied(wal_end, PgTimestamp::now(), false);
         Ok(())
     }
 

@@ -37,7 +37,7 @@ use std::pin::Pin;
 
 use tokio_postgres::CopyInSink;
 
-use crate::event::{CellKind, Change, ChangeKind, OldRow, RowImage, TxnMeta, Value};
+use crate::event::{CellKind, Change, ChangeKind, OldRow, Relation, RowImage, TxnMeta, Value};
 use crate::lsn::Lsn;
 use crate::store::Store;
 
@@ -215,6 +215,8 @@ pub(crate) struct Writer {
     pub(crate) conflicts: u64,
     /// Rows changed by set-based statements in the current batch.
     pub(crate) set_based_rows: u64,
+    /// Changes per table in the current batch: insert, update, delete, truncate.
+    counts: Vec<(Arc<Relation>, [u64; 4])>,
 }
 
 /// A key to find one row: columns with how they match, and the values.
@@ -271,6 +273,7 @@ impl Writer {
             last_mapping: None,
             conflicts: 0,
             set_based_rows: 0,
+            counts: Vec::new(),
         }
     }
 
@@ -285,6 +288,38 @@ impl Writer {
         self.last_mapping = None;
         self.conflicts = 0;
         self.set_based_rows = 0;
+        self.counts.clear();
+    }
+
+    /// Counts one change of `relation` (`op`: 0 insert, 1 update, 2 delete,
+    /// 3 truncate); consecutive changes of one table cost one pointer compare.
+    fn count(&mut self, relation: &Arc<Relation>, op: usize) {
+        if let Some((r, c)) = self.counts.last_mut() {
+            if Arc::ptr_eq(r, relation) {
+                c[op] += 1;
+                return;
+            }
+        }
+        match self
+            .counts
+            .iter_mut()
+            .find(|(r, _)| Arc::ptr_eq(r, relation))
+        {
+            Some((_, c)) => c[op] += 1,
+            None => {
+                let mut c = [0; 4];
+                c[op] = 1;
+                self.counts.push((Arc::clone(relation), c));
+            }
+        }
+    }
+
+    /// The batch's changes per table, by name (after its commit).
+    pub(crate) fn take_counts(&mut self) -> Vec<(String, [u64; 4])> {
+        self.counts
+            .drain(..)
+            .map(|(r, c)| (r.name.to_string(), c))
+            .collect()
     }
 
     /// Queues (fast path) or applies (careful mode) one change.
@@ -304,6 +339,9 @@ impl Writer {
                 cascade,
                 restart_identity,
             } => {
+                for rel in relations {
+                    self.count(rel, 3);
+                }
                 self.flush(client).await?;
                 let mut tables = Vec::with_capacity(relations.len());
                 for rel in relations {
@@ -324,6 +362,14 @@ impl Writer {
             // Logical messages are not applied to green.
             ChangeKind::Message(_) => return Ok(()),
         };
+        self.count(
+            relation,
+            match op {
+                Op::Insert => 0,
+                Op::Update => 1,
+                _ => 2,
+            },
+        );
         let mapping = match &self.last_mapping {
             Some(m) if Arc::ptr_eq(&m.relation, relation) => Arc::clone(m),
             _ => {

@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ApplyConfig, ApplyStats};
 use crate::config::{AssemblerConfig, ConnInfo, ConnInfoError, SourceConfig};
+use crate::http::Monitor;
 use crate::local::{Cluster, LocalError, Options, PgBin};
-use crate::ops::stream::{self, StreamConfig, StreamError};
+use crate::ops::stream::{self, MonitorConfig, StreamConfig, StreamError};
 use crate::ops::verify::{self, TableSum};
 use crate::store::Store;
 
@@ -144,10 +145,24 @@ pub async fn run(
         .map_err(sql("creating the banking schema on green"))?;
 
     let stream_stop = CancellationToken::new();
-    let mut teal = tokio::spawn(stream::run(
+    let monitor = Arc::new(Monitor::new(SLOT));
+    let mut teal = tokio::spawn(stream::run_monitored(
         stream_config(&blue, &green)?,
         stream_stop.clone(),
+        Arc::clone(&monitor),
     ));
+    for _ in 0..100 {
+        if monitor.addr().is_some() || teal.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(addr) = monitor.addr() {
+        writeln!(
+            out,
+            "== teal's metrics: http://{addr}/metrics, status: http://{addr}/status"
+        )?;
+    }
     let result = drive(&config, out, &shutdown, &blue.url(), (&b, &g), &mut teal).await;
     stream_stop.cancel();
     let stats = match tokio::time::timeout(WAIT, &mut teal).await {
@@ -200,6 +215,11 @@ fn stream_config(blue: &Cluster, green: &Cluster) -> Result<StreamConfig, DemoEr
         apply: ApplyConfig::new(ConnInfo::parse_with_env(&green.url(), &none)?, SLOT),
         source,
         assembler: AssemblerConfig::default(),
+        monitor: MonitorConfig {
+            metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            heartbeat_interval: Some(Duration::from_secs(1)),
+            ..MonitorConfig::default()
+        },
     })
 }
 

@@ -11,7 +11,9 @@
 //! Restarting from green's progress is what makes any failure safe: the
 //! open batch was never committed, so it is streamed and applied again.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +21,7 @@ use crate::apply::{Applier, ApplyConfig, ApplyError, ApplyStats};
 use crate::backoff::Backoff;
 use crate::config::{AssemblerConfig, SourceConfig};
 use crate::error::ErrorClass;
+use crate::http::{HttpError, Monitor, RunState, SlotHealth};
 use crate::lsn::Lsn;
 use crate::pipeline::{PipelineError, start_capture};
 use crate::progress::Progress;
@@ -32,6 +35,9 @@ pub enum StreamError {
     /// Capturing from blue failed for good.
     #[error(transparent)]
     Capture(#[from] PipelineError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 /// Everything `teal stream` needs.
@@ -43,6 +49,42 @@ pub struct StreamConfig {
     pub assembler: AssemblerConfig,
     /// Green, batching, conflicts.
     pub apply: ApplyConfig,
+    /// Metrics endpoint and heartbeats.
+    pub monitor: MonitorConfig,
+}
+
+/// How `teal stream` shows itself: the HTTP endpoint and blue-side checks.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// `--metrics-addr`; `None` serves nothing.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `--metrics-token`: bearer token for `/metrics` and `/status`.
+    pub metrics_token: Option<String>,
+    /// `--heartbeat-interval`: a `pg_logical_emit_message` on blue this
+    /// often (`None`: never), so lag is measured end to end and the slot
+    /// advances while published tables are idle.
+    pub heartbeat_interval: Option<Duration>,
+    /// How often the slot's WAL retention is read from blue.
+    pub slot_poll_interval: Duration,
+}
+
+impl MonitorConfig {
+    /// `--heartbeat-interval` default.
+    pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+    /// The prefix of heartbeat messages.
+    pub const HEARTBEAT_PREFIX: &'static str = "teal.heartbeat";
+}
+
+impl Default for MonitorConfig {
+    /// No endpoint, heartbeats every 10 s, slot polled every 5 s.
+    fn default() -> Self {
+        MonitorConfig {
+            metrics_addr: None,
+            metrics_token: None,
+            heartbeat_interval: Some(Self::DEFAULT_HEARTBEAT_INTERVAL),
+            slot_poll_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Streams until `shutdown`, restarting from green's progress after
@@ -51,7 +93,49 @@ pub async fn run(
     config: StreamConfig,
     shutdown: CancellationToken,
 ) -> Result<Arc<ApplyStats>, StreamError> {
-    let stats = Arc::new(ApplyStats::default());
+    let monitor = Arc::new(Monitor::new(config.apply.slot.clone()));
+    run_monitored(config, shutdown, monitor).await
+}
+
+/// [`run`], reporting into `monitor` (which the caller may read meanwhile).
+pub async fn run_monitored(
+    config: StreamConfig,
+    shutdown: CancellationToken,
+    monitor: Arc<Monitor>,
+) -> Result<Arc<ApplyStats>, StreamError> {
+    let stopped = shutdown.child_token();
+    let _stop_helpers = stopped.clone().drop_guard();
+    if let Some(addr) = config.monitor.metrics_addr {
+        crate::http::serve(
+            addr,
+            Arc::clone(&monitor),
+            config.monitor.metrics_token.clone(),
+            stopped.clone(),
+        )
+        .await?;
+    }
+    tokio::spawn(watch_blue(
+        config.clone(),
+        Arc::clone(&monitor),
+        stopped.clone(),
+    ));
+    let result = stream(&config, &shutdown, &monitor).await;
+    monitor.set_state(match &result {
+        Ok(_) => RunState::Stopping,
+        Err(e) => {
+            monitor.record_error(e.to_string());
+            RunState::Failed
+        }
+    });
+    result
+}
+
+async fn stream(
+    config: &StreamConfig,
+    shutdown: &CancellationToken,
+    monitor: &Arc<Monitor>,
+) -> Result<Arc<ApplyStats>, StreamError> {
+    let stats = Arc::clone(&monitor.apply);
     let mut backoff = Backoff::new(
         config.source.reconnect_min_delay,
         config.source.reconnect_max_delay,
@@ -62,10 +146,11 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return Ok(stats);
         }
+        monitor.set_state(RunState::Starting);
         let result = attempt(
-            &config,
-            &shutdown,
-            &stats,
+            config,
+            shutdown,
+            monitor,
             careful_through,
             &mut may_create_slot,
         )
@@ -77,6 +162,11 @@ pub async fn run(
                 careful_through = careful_through.max(Some(through));
             }
             Err(e) if is_transient(&e) && !shutdown.is_cancelled() => {
+                monitor.record_error(e.to_string());
+                monitor
+                    .retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                monitor.set_state(RunState::Retrying);
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "streaming interrupted; resuming from green's progress");
                 tokio::select! {
@@ -93,6 +183,7 @@ fn is_transient(e: &StreamError) -> bool {
     match e {
         StreamError::Apply(e) => e.class() == ErrorClass::Transient,
         StreamError::Capture(e) => e.class() == ErrorClass::Transient,
+        StreamError::Http(_) => false,
     }
 }
 
@@ -100,13 +191,19 @@ fn is_transient(e: &StreamError) -> bool {
 async fn attempt(
     config: &StreamConfig,
     shutdown: &CancellationToken,
-    stats: &Arc<ApplyStats>,
+    monitor: &Monitor,
     careful_through: Option<Lsn>,
     may_create_slot: &mut bool,
 ) -> Result<(), StreamError> {
     let progress = Progress::new();
     let consumer = progress.register();
-    let mut applier = Applier::connect(config.apply.clone(), consumer, Arc::clone(stats)).await?;
+    let mut applier = Applier::connect(
+        config.apply.clone(),
+        consumer,
+        Arc::clone(&monitor.apply),
+        Arc::clone(&monitor.lag),
+    )
+    .await?;
     applier.set_careful_through(careful_through);
     let applied = applier.applied();
     let mut source = config.source.clone();
@@ -117,7 +214,13 @@ async fn attempt(
     // changes green never saw: only create it for a green that starts empty.
     source.create_slot = *may_create_slot && applied.is_none();
     let run = shutdown.child_token();
-    let (events, capture) = start_capture(source, config.assembler.clone(), progress, run.clone())?;
+    let (events, capture) = start_capture(
+        source,
+        config.assembler.clone(),
+        progress,
+        Arc::clone(&monitor.lag),
+        run.clone(),
+    )?;
     let mut session = capture.session();
     let applying = async {
         // Before applying anything: is green behind what the slot already confirmed?
@@ -126,7 +229,7 @@ async fn attempt(
                 r = session.wait_for(Option::is_some) => r.ok().and_then(|s| s.clone()),
                 () = run.cancelled() => None,
             };
-            if let Some(info) = connected {
+            if let Some(info) = &connected {
                 if let Some(slot_lsn) = info.slot_confirmed_flush_lsn.filter(|l| *l > a.end_lsn) {
                     return Err(ApplyError::Behind {
                         slot: config.apply.slot.clone(),
@@ -136,6 +239,7 @@ async fn attempt(
                 }
             }
         }
+        monitor.set_state(RunState::Streaming);
         applier.run(events).await
     };
     let applied_result = applying.await;
@@ -151,4 +255,88 @@ async fn attempt(
     applied_result?;
     captured?;
     Ok(())
+}
+
+/// Reads the slot's WAL retention from blue and writes heartbeats, on an
+/// ordinary session, until `stop`. Failures are logged and retried at the
+/// next tick: watching must never stop streaming.
+async fn watch_blue(config: StreamConfig, monitor: Arc<Monitor>, stop: CancellationToken) {
+    let heartbeat = config.monitor.heartbeat_interval;
+    let poll = config.monitor.slot_poll_interval;
+    let tick = heartbeat
+        .map_or(poll, |h| h.min(poll))
+        .max(Duration::from_millis(50));
+    let mut client: Option<tokio_postgres::Client> = None;
+    let (mut next_poll, mut next_heartbeat) =
+        (tokio::time::Instant::now(), tokio::time::Instant::now());
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(tick) => {}
+            () = stop.cancelled() => return,
+        }
+        if client
+            .as_ref()
+            .is_none_or(tokio_postgres::Client::is_closed)
+        {
+            client = match crate::apply::connect_plain(&config.source.conninfo, "teal monitor")
+                .await
+            {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot reach blue to watch the slot; trying again");
+                    continue;
+                }
+            };
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let now = tokio::time::Instant::now();
+        if now >= next_poll {
+            next_poll = now + poll;
+            match slot_health(c, &config.source.slot).await {
+                Ok(h) => monitor.set_slot_health(h),
+                Err(e) => tracing::debug!(error = %e, "cannot read the slot's state on blue"),
+            }
+        }
+        if let Some(interval) = heartbeat.filter(|_| now >= next_heartbeat) {
+            next_heartbeat = now + interval;
+            let sent = c
+                .execute(
+                    "SELECT pg_catalog.pg_logical_emit_message(false, $1, now()::text)",
+                    &[&MonitorConfig::HEARTBEAT_PREFIX],
+                )
+                .await;
+            match sent {
+                Ok(_) => {
+                    monitor
+                        .heartbeats
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "cannot write heartbeats on blue (pg_logical_emit_message); lag is measured from changes only");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+async fn slot_health(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Option<SlotHealth>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::float8, \
+                    wal_status, confirmed_flush_lsn::text \
+               FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(row.map(|r| SlotHealth {
+        retained_bytes: r.get::<_, Option<f64>>(0).unwrap_or(0.0).max(0.0) as u64,
+        wal_status: r.get(1),
+        confirmed_flush_lsn: r.get(2),
+    }))
 }

@@ -100,7 +100,13 @@ pub async fn run(
 ) -> Result<(TailSummary, Arc<AssemblerStats>), TailError> {
     let progress = Progress::new();
     let consumer = progress.register();
-    let (events, capture) = start_capture(source, assembler, progress, shutdown.clone())?;
+    let (events, capture) = start_capture(
+        source,
+        assembler,
+        progress,
+        Arc::default(),
+        shutdown.clone(),
+    )?;
     let stats = capture.stats();
     let printer = tokio::task::spawn_blocking(move || print(events, out, consumer, format));
     let printed = printer

@@ -63,8 +63,14 @@ impl Tap {
         let progress = Progress::new();
         let consumer = progress.register();
         let shutdown = CancellationToken::new();
-        let (mut events, capture) =
-            start_capture(source, assembler, progress, shutdown.clone()).expect("capture starts");
+        let (mut events, capture) = start_capture(
+            source,
+            assembler,
+            progress,
+            Default::default(),
+            shutdown.clone(),
+        )
+        .expect("capture starts");
         let (tx, txns) = mpsc::unbounded_channel();
         let messages = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&messages);

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use teal::apply::ApplyConfig;
 use teal::config::{AssemblerConfig, ConnInfo};
-use teal::ops::stream::StreamConfig;
+use teal::ops::stream::{MonitorConfig, StreamConfig};
 use tokio_postgres::Client;
 
 use super::cluster::{Cluster, Options, PgBin};
@@ -60,6 +60,10 @@ impl Twins {
             apply: ApplyConfig::new(target, source.slot.clone()),
             source,
             assembler: AssemblerConfig::default(),
+            monitor: MonitorConfig {
+                heartbeat_interval: None,
+                ..MonitorConfig::default()
+            },
         }
     }
 

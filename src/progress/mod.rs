@@ -10,6 +10,10 @@
 //! This is the only path from the later stages back to the source, and it
 //! carries nothing but an LSN.
 
+mod lag;
+
+pub use lag::{Lag, LatencySummary};
+
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;

@@ -1,0 +1,511 @@
+//! The HTTP endpoint of `teal stream`: `/metrics` (Prometheus text format),
+//! `/status` (JSON), `/healthz`, `/readyz`.
+//!
+//! ```text
+//! Monitor (lag, apply counters, state, slot health) ──render on request──▶ GET /metrics, /status
+//! ```
+//!
+//! With a bearer token, `/metrics` and `/status` need `Authorization: Bearer
+//! <token>`; the probes stay open (they reveal nothing). Rendering reads
+//! atomics and takes short locks: a scrape never waits on green or blue.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::ApplyStats;
+use crate::lsn::PgTimestamp;
+use crate::progress::Lag;
+
+/// What `teal stream` is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Connecting to green and blue.
+    Starting,
+    /// Applying blue's changes.
+    Streaming,
+    /// Waiting to retry after a transient error.
+    Retrying,
+    /// Shutting down.
+    Stopping,
+    /// Stopped on a definite error.
+    Failed,
+}
+
+/// The slot as blue sees it (polled on an ordinary session).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SlotHealth {
+    /// WAL the slot keeps on blue, in bytes (current WAL LSN minus restart_lsn).
+    pub retained_bytes: u64,
+    /// `pg_replication_slots.wal_status` (reserved, extended, unreserved, lost).
+    pub wal_status: Option<String>,
+    /// The slot's confirmed flush LSN.
+    pub confirmed_flush_lsn: Option<String>,
+}
+
+/// Everything the endpoint shows about one stream.
+pub struct Monitor {
+    /// The slot.
+    pub slot: String,
+    /// Lag in bytes and seconds, apply latency.
+    pub lag: Arc<Lag>,
+    /// Apply counters.
+    pub apply: Arc<ApplyStats>,
+    /// Streaming attempts that ended in a transient error and were retried.
+    pub retries: AtomicU64,
+    /// Errors of any kind (transient and definite).
+    pub errors: AtomicU64,
+    /// Heartbeats written on blue.
+    pub heartbeats: AtomicU64,
+    state: Mutex<(RunState, Option<String>)>,
+    slot_health: Mutex<Option<SlotHealth>>,
+    addr: OnceLock<SocketAddr>,
+}
+
+impl Monitor {
+    /// A monitor for `slot`, starting.
+    pub fn new(slot: impl Into<String>) -> Monitor {
+        Monitor {
+            slot: slot.into(),
+            lag: Arc::new(Lag::new()),
+            apply: Arc::new(ApplyStats::default()),
+            retries: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            heartbeats: AtomicU64::new(0),
+            state: Mutex::new((RunState::Starting, None)),
+            slot_health: Mutex::new(None),
+            addr: OnceLock::new(),
+        }
+    }
+
+    /// Sets the state.
+    pub fn set_state(&self, state: RunState) {
+        lock(&self.state).0 = state;
+    }
+
+    /// The state now.
+    pub fn state(&self) -> RunState {
+        lock(&self.state).0
+    }
+
+    /// Records an error (its message, which never holds row values or passwords).
+    pub fn record_error(&self, message: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        lock(&self.state).1 = Some(message);
+    }
+
+    /// Stores what blue said about the slot.
+    pub fn set_slot_health(&self, health: Option<SlotHealth>) {
+        *lock(&self.slot_health) = health;
+    }
+
+    /// Where the endpoint listens, once it does.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr.get().copied()
+    }
+
+    /// `/status` as JSON.
+    pub fn status_json(&self) -> serde_json::Value {
+        let now = PgTimestamp::now();
+        let (state, last_error) = lock(&self.state).clone();
+        let a = &self.apply;
+        serde_json::json!({
+            "state": state,
+            "slot": self.slot,
+            "received_wal_end": self.lag.received_wal_end().to_string(),
+            "applied_lsn": self.lag.applied_lsn().to_string(),
+            "lag_bytes": self.lag.lag_bytes(),
+            "lag_seconds": self.lag.lag_seconds(now),
+            "pending_transactions": self.lag.pending_transactions(),
+            "apply_latency_seconds": self.lag.latency(),
+            "received_bytes": self.lag.received_bytes(),
+            "transactions": a.transactions.load(Ordering::Relaxed),
+            "changes": a.changes.load(Ordering::Relaxed),
+            "batches": a.batches.load(Ordering::Relaxed),
+            "conflicts": a.conflicts.load(Ordering::Relaxed),
+            "retries": self.retries.load(Ordering::Relaxed),
+            "errors": self.errors.load(Ordering::Relaxed),
+            "heartbeats": self.heartbeats.load(Ordering::Relaxed),
+            "slot_health": *lock(&self.slot_health),
+            "tables": a.tables(),
+            "last_error": last_error,
+            "time": now.to_string(),
+        })
+    }
+
+    /// `/metrics` in the Prometheus text exposition format (version 0.0.4).
+    pub fn metrics_text(&self) -> String {
+        let now = PgTimestamp::now();
+        let mut out = Metrics::default();
+        let slot = [("slot", self.slot.as_str())];
+        let a = &self.apply;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        out.family(
+            "teal_lag_bytes",
+            "gauge",
+            "Blue's latest WAL end minus the end LSN green committed (0 when caught up).",
+        );
+        out.sample("teal_lag_bytes", &slot, self.lag.lag_bytes() as f64);
+        out.family("teal_lag_seconds", "gauge", "Age of the oldest source commit received but not yet committed on green (0 when none is pending).");
+        out.sample("teal_lag_seconds", &slot, self.lag.lag_seconds(now));
+        out.family(
+            "teal_received_wal_end_lsn",
+            "gauge",
+            "Blue's latest WAL end (from XLogData or keepalive), as a 64-bit LSN.",
+        );
+        out.sample(
+            "teal_received_wal_end_lsn",
+            &slot,
+            self.lag.received_wal_end().0 as f64,
+        );
+        out.family(
+            "teal_applied_lsn",
+            "gauge",
+            "End LSN committed on green, as a 64-bit LSN.",
+        );
+        out.sample("teal_applied_lsn", &slot, self.lag.applied_lsn().0 as f64);
+        out.family(
+            "teal_pending_transactions",
+            "gauge",
+            "Source transactions received and not yet committed on green.",
+        );
+        out.sample(
+            "teal_pending_transactions",
+            &slot,
+            self.lag.pending_transactions() as f64,
+        );
+
+        let l = self.lag.latency();
+        out.family("teal_apply_latency_seconds", "summary", "Green commit time minus blue commit timestamp per transaction; quantiles over the last minute.");
+        for (q, v) in [
+            ("0.5", l.p50),
+            ("0.9", l.p90),
+            ("0.99", l.p99),
+            ("0.999", l.p999),
+            ("1", l.max),
+        ] {
+            out.sample(
+                "teal_apply_latency_seconds",
+                &[("slot", &self.slot), ("quantile", q)],
+                v,
+            );
+        }
+        out.sample("teal_apply_latency_seconds_sum", &slot, l.sum);
+        out.sample("teal_apply_latency_seconds_count", &slot, l.count as f64);
+
+        for (name, help, value) in [
+            (
+                "teal_transactions_total",
+                "Source transactions applied to green.",
+                load(&a.transactions),
+            ),
+            (
+                "teal_changes_total",
+                "Changes applied to green.",
+                load(&a.changes),
+            ),
+            (
+                "teal_batches_total",
+                "Green transactions committed.",
+                load(&a.batches),
+            ),
+            (
+                "teal_skipped_transactions_total",
+                "Source transactions skipped because green already had them.",
+                load(&a.skipped_transactions),
+            ),
+            (
+                "teal_conflicts_total",
+                "Conflicts resolved by policy.",
+                load(&a.conflicts),
+            ),
+            (
+                "teal_set_based_rows_total",
+                "Updates and deletes applied by set-based statements.",
+                load(&a.set_based_rows),
+            ),
+            (
+                "teal_retries_total",
+                "Streaming attempts retried after a transient error.",
+                load(&self.retries),
+            ),
+            (
+                "teal_errors_total",
+                "Errors (transient and definite).",
+                load(&self.errors),
+            ),
+            (
+                "teal_heartbeats_total",
+                "Heartbeat messages written on blue.",
+                load(&self.heartbeats),
+            ),
+            (
+                "teal_received_bytes_total",
+                "Bytes of replication data received from blue.",
+                self.lag.received_bytes() as f64,
+            ),
+        ] {
+            out.family(name, "counter", help);
+            out.sample(name, &slot, value);
+        }
+        let batches = load(&a.batches);
+        out.family(
+            "teal_batch_size_changes",
+            "gauge",
+            "Average changes per green transaction since start.",
+        );
+        out.sample(
+            "teal_batch_size_changes",
+            &slot,
+            if batches > 0.0 {
+                load(&a.changes) / batches
+            } else {
+                0.0
+            },
+        );
+
+        out.family(
+            "teal_table_changes_total",
+            "counter",
+            "Changes applied to green per table and operation.",
+        );
+        for (table, c) in a.tables() {
+            for (op, n) in [
+                ("insert", c.insert),
+                ("update", c.update),
+                ("delete", c.delete),
+                ("truncate", c.truncate),
+            ] {
+                out.sample(
+                    "teal_table_changes_total",
+                    &[("slot", &self.slot), ("table", &table), ("operation", op)],
+                    n as f64,
+                );
+            }
+        }
+
+        let health = lock(&self.slot_health).clone();
+        out.family(
+            "teal_slot_retained_wal_bytes",
+            "gauge",
+            "WAL blue keeps for the slot (current WAL LSN minus restart_lsn).",
+        );
+        out.family(
+            "teal_slot_wal_status",
+            "gauge",
+            "1 for the slot's wal_status on blue (reserved, extended, unreserved, lost).",
+        );
+        if let Some(h) = health {
+            out.sample(
+                "teal_slot_retained_wal_bytes",
+                &slot,
+                h.retained_bytes as f64,
+            );
+            if let Some(status) = &h.wal_status {
+                out.sample(
+                    "teal_slot_wal_status",
+                    &[("slot", &self.slot), ("status", status)],
+                    1.0,
+                );
+            }
+        }
+
+        out.family(
+            "teal_up",
+            "gauge",
+            "1 while teal is streaming, 0 otherwise.",
+        );
+        out.sample(
+            "teal_up",
+            &slot,
+            f64::from(u8::from(self.state() == RunState::Streaming)),
+        );
+        out.text
+    }
+}
+
+/// Builds the exposition text: a family header, then its samples.
+#[derive(Default)]
+struct Metrics {
+    text: String,
+}
+
+impl Metrics {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(
+            self.text,
+            "# HELP {name} {}",
+            help.replace('\\', "\\\\").replace('\n', "\\n")
+        );
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = write!(self.text, "{k}=\"{v}\"");
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {}", format_value(value));
+    }
+}
+
+fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (--metrics-addr): {source}")]
+pub struct HttpError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+#[derive(Clone)]
+struct AppState {
+    monitor: Arc<Monitor>,
+    token: Option<Arc<str>>,
+}
+
+/// Listens on `addr` (port 0: any free port; see [`Monitor::addr`]) until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    monitor: Arc<Monitor>,
+    token: Option<String>,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, HttpError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| HttpError { addr, source })?;
+    let _ = monitor.addr.set(bound);
+    tracing::info!(addr = %bound, "metrics and status on http://{bound}/metrics");
+    let state = AppState {
+        monitor,
+        token: token.map(Arc::from),
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
+        }
+    }))
+}
+
+/// Whether the request carries the token (when one is set).
+fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant time in the token's length: no early exit on the first difference.
+    given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    })
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "a bearer token is required (--metrics-token)\n",
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.monitor.metrics_text(),
+    )
+        .into_response()
+}
+
+async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.monitor.status_json().to_string(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.monitor.state() {
+        RunState::Failed => (StatusCode::SERVICE_UNAVAILABLE, "failed\n").into_response(),
+        _ => (StatusCode::OK, "ok\n").into_response(),
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.monitor.state() {
+        RunState::Streaming => (StatusCode::OK, "streaming\n").into_response(),
+        other => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", serde_json::to_string(&other).unwrap_or_default()),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,405 @@
+//! `teal stream`'s HTTP endpoint read over HTTP during real runs: lag in
+//! bytes and seconds while green is blocked, heartbeats, the exposition
+//! format, the bearer token and the probes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use teal::http::Monitor;
+use teal::ops::stream::{self, StreamConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::cluster::default_bin;
+use crate::support::tap::init_logging;
+use crate::support::twins::Twins;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Status code and body of `GET path`, with an optional bearer token.
+async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to teal's endpoint");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: teal\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    (status, body.to_owned())
+}
+
+/// Samples of the exposition text: `name{labels}` -> value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("sample line");
+            (name.to_owned(), value.parse().expect("numeric value"))
+        })
+        .collect()
+}
+
+/// Checks the text exposition format (what `promtool check metrics` checks
+/// that matters here): HELP and TYPE once per family, before its samples;
+/// sample names belong to their family; counters end in `_total`; names and
+/// label names are valid; label values are quoted; values are numbers.
+fn check_exposition(text: &str) {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut helped = BTreeSet::new();
+    let mut typed = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').expect("HELP name text");
+            assert!(valid_name(name) && !help.is_empty(), "{line}");
+            assert!(helped.insert(name.to_owned()), "HELP twice for {name}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(
+                ["counter", "gauge", "summary", "histogram", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(helped.contains(name), "HELP before TYPE for {name}");
+            assert!(
+                typed.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "TYPE twice for {name}"
+            );
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counter {name} ends in _total");
+            }
+            assert!(name.starts_with("teal_"), "{name} is teal's");
+            current = Some((name.to_owned(), kind.to_owned()));
+        } else {
+            assert!(!line.starts_with('#'), "unknown comment {line}");
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("value of {line}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (n, Some(l.strip_suffix('}').expect("closing brace"))),
+                None => (series, None),
+            };
+            let (family, kind) = current.as_ref().expect("a sample after its TYPE");
+            let belongs = name == family
+                || (kind == "summary"
+                    && [format!("{family}_sum"), format!("{family}_count")]
+                        .iter()
+                        .any(|n| n == name));
+            assert!(belongs, "sample {name} outside its family {family}");
+            if let Some(labels) = labels {
+                // label="value" pairs; values may hold escaped quotes.
+                let mut rest = labels;
+                while !rest.is_empty() {
+                    let (label, after) = rest.split_once("=\"").expect("label=\"value\"");
+                    assert!(valid_name(label), "label {label} in {line}");
+                    let mut end = None;
+                    let mut escaped = false;
+                    for (i, c) in after.char_indices() {
+                        match (escaped, c) {
+                            (true, _) => escaped = false,
+                            (false, '\\') => escaped = true,
+                            (false, '"') => {
+                                end = Some(i);
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    let end = end.expect("closing quote");
+                    rest = after[end + 1..]
+                        .strip_prefix(',')
+                        .unwrap_or(&after[end + 1..]);
+                }
+            }
+        }
+    }
+    assert!(typed.len() >= 15, "all families present: {typed:?}");
+}
+
+struct Running {
+    task: tokio::task::JoinHandle<Result<Arc<teal::apply::ApplyStats>, stream::StreamError>>,
+    shutdown: CancellationToken,
+    monitor: Arc<Monitor>,
+}
+
+impl Running {
+    async fn start(twins: &Twins, mut config: StreamConfig) -> Running {
+        init_logging();
+        config.monitor.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let monitor = Arc::new(Monitor::new(config.apply.slot.clone()));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(stream::run_monitored(
+            config,
+            shutdown.clone(),
+            Arc::clone(&monitor),
+        ));
+        twins.wait_streaming().await;
+        Running {
+            task,
+            shutdown,
+            monitor,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.monitor.addr().expect("the endpoint listens")
+    }
+
+    /// Polls `/metrics` until `done` holds for its samples.
+    async fn wait_metrics(
+        &self,
+        what: &str,
+        done: impl Fn(&BTreeMap<String, f64>) -> bool,
+    ) -> BTreeMap<String, f64> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, body) = get(self.addr(), "/metrics", None).await;
+            assert_eq!(status, 200);
+            let s = samples(&body);
+            if done(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}; last metrics:\n{body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("stream stopped in time")
+            .expect("stream task")
+            .expect("stream ended without error");
+    }
+}
+
+const LAG_BYTES: &str = "teal_lag_bytes{slot=\"teal_slot\"}";
+const LAG_SECONDS: &str = "teal_lag_seconds{slot=\"teal_slot\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_rises_while_green_is_blocked_and_returns_to_zero() {
+    let bin = default_bin();
+    let twins = Twins::start(&bin, "CREATE TABLE acct (id int PRIMARY KEY, v int)").await;
+    let running = Running::start(&twins, twins.config()).await;
+    twins
+        .b
+        .batch_execute("INSERT INTO acct SELECT i, i FROM generate_series(1, 100) i")
+        .await
+        .unwrap();
+    running
+        .wait_metrics("caught up after the first rows", |s| {
+            s[LAG_BYTES] == 0.0
+                && s[LAG_SECONDS] == 0.0
+                && s["teal_transactions_total{slot=\"teal_slot\"}"] >= 1.0
+        })
+        .await;
+
+    // Green is blocked: a lock teal's batch has to wait for.
+    let locker = twins.green.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE acct IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let blocked_at = Instant::now();
+    twins
+        .b
+        .batch_execute("INSERT INTO acct SELECT i, i FROM generate_series(101, 150) i")
+        .await
+        .unwrap();
+    let first = running
+        .wait_metrics("lag rises while green is blocked", |s| {
+            s[LAG_BYTES] > 0.0 && s[LAG_SECONDS] > 0.5
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, body) = get(running.addr(), "/metrics", None).await;
+    let second = samples(&body);
+    assert!(
+        second[LAG_SECONDS] > first[LAG_SECONDS] + 0.3,
+        "lag_seconds keeps growing while blocked: {} then {}",
+        first[LAG_SECONDS],
+        second[LAG_SECONDS]
+    );
+    assert!(second[LAG_BYTES] >= first[LAG_BYTES]);
+    let (_, status) = get(running.addr(), "/status", None).await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["state"], "streaming");
+    assert!(
+        status["pending_transactions"].as_u64() >= Some(1),
+        "{status}"
+    );
+
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let blocked_for = blocked_at.elapsed().as_secs_f64();
+    let after = running
+        .wait_metrics("lag back to 0 after green is unblocked", |s| {
+            s[LAG_BYTES] == 0.0 && s[LAG_SECONDS] == 0.0
+        })
+        .await;
+    let max_latency = after["teal_apply_latency_seconds{slot=\"teal_slot\",quantile=\"1\"}"];
+    assert!(
+        max_latency > 1.0 && max_latency < blocked_for + 5.0,
+        "the blocked transaction's apply latency ({max_latency} s) shows the block ({blocked_for:.1} s)"
+    );
+    assert_eq!(
+        after["teal_table_changes_total{slot=\"teal_slot\",table=\"public.acct\",operation=\"insert\"}"],
+        150.0
+    );
+    assert_eq!(
+        after["teal_apply_latency_seconds_count{slot=\"teal_slot\"}"],
+        2.0
+    );
+    twins.assert_converged(&["acct"], WAIT).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_advance_the_slot_while_published_tables_are_idle() {
+    let bin = default_bin();
+    let twins = Twins::start(
+        &bin,
+        "CREATE TABLE acct (id int PRIMARY KEY, v int); CREATE TABLE other (id int)",
+    )
+    .await;
+    twins
+        .b
+        .batch_execute("CREATE PUBLICATION only_acct FOR TABLE acct")
+        .await
+        .unwrap();
+    let mut config = twins.config();
+    config.source.publications = vec!["only_acct".into()];
+    config.monitor.heartbeat_interval = Some(Duration::from_millis(200));
+    config.monitor.slot_poll_interval = Duration::from_millis(200);
+    let running = Running::start(&twins, config).await;
+    // Blue writes only to a table teal does not receive.
+    twins
+        .b
+        .batch_execute("INSERT INTO other SELECT generate_series(1, 1000)")
+        .await
+        .unwrap();
+    let written: String = twins
+        .b
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let confirmed: bool = twins
+            .b
+            .query_one(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = 'teal_slot'",
+                &[&written],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if confirmed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot never confirmed past {written}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = running
+        .wait_metrics("heartbeats counted, slot health read", |s| {
+            s["teal_heartbeats_total{slot=\"teal_slot\"}"] >= 2.0
+                && s.contains_key("teal_slot_retained_wal_bytes{slot=\"teal_slot\"}")
+        })
+        .await;
+    assert_eq!(
+        s["teal_slot_wal_status{slot=\"teal_slot\",status=\"reserved\"}"],
+        1.0
+    );
+    assert_eq!(
+        s["teal_changes_total{slot=\"teal_slot\"}"], 0.0,
+        "heartbeats apply nothing"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposition_format_token_and_probes() {
+    let bin = default_bin();
+    let twins = Twins::start(
+        &bin,
+        "CREATE TABLE \"Odd \"\"Name\"\" \\ t\" (id int PRIMARY KEY)",
+    )
+    .await;
+    let mut config = twins.config();
+    config.monitor.metrics_token = Some("s3cret-token".into());
+    let running = Running::start(&twins, config).await;
+    twins.b.batch_execute("INSERT INTO \"Odd \"\"Name\"\" \\ t\" VALUES (1), (2); TRUNCATE \"Odd \"\"Name\"\" \\ t\"").await.unwrap();
+    let addr = running.addr();
+    assert_eq!(get(addr, "/metrics", None).await.0, 401, "no token");
+    assert_eq!(
+        get(addr, "/metrics", Some("wrong-token!")).await.0,
+        401,
+        "wrong token"
+    );
+    assert_eq!(get(addr, "/status", None).await.0, 401);
+    assert_eq!(get(addr, "/healthz", None).await, (200, "ok\n".into()));
+    assert_eq!(
+        get(addr, "/readyz", None).await,
+        (200, "streaming\n".into())
+    );
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        let (status, body) = get(addr, "/metrics", Some("s3cret-token")).await;
+        assert_eq!(status, 200);
+        if body.contains("operation=\"truncate\"} 1") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the truncate never showed:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    check_exposition(&body);
+    // The table name's quote and backslash are escaped in the label value.
+    assert!(
+        body.contains(r#"table="public.Odd \"Name\" \\ t",operation="insert"} 2"#),
+        "escaped table label:\n{body}"
+    );
+    running.stop().await;
+    // A stopped stream is not ready.
+    assert!(running_addr_refuses(addr).await);
+}
+
+/// After shutdown the endpoint is gone.
+async fn running_addr_refuses(addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::ApplyStats;
 use crate::lsn::PgTimestamp;
-use crate::progress::Lag;
+use crate::progress::{Lag, lock};
 
 /// What `teal stream` is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -381,10 +381,6 @@ fn format_value(v: f64) -> String {
     } else {
         format!("{v}")
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The endpoint could not start.

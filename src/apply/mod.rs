@@ -45,7 +45,7 @@ use crate::config::ConnInfo;
 use crate::error::{ErrorClass, classify_sqlstate};
 use crate::event::{Event, QualifiedName, TxnMeta};
 use crate::lsn::{Lsn, PgTimestamp, Xid};
-use crate::progress::{Consumer, Lag};
+use crate::progress::{Consumer, Lag, lock};
 use crate::store::{AppliedPosition, Store, StoreError};
 
 use origin::Origin;
@@ -265,10 +265,7 @@ pub struct TableCounts {
 impl ApplyStats {
     /// A snapshot of the per-table counters.
     pub fn tables(&self) -> BTreeMap<String, TableCounts> {
-        self.tables
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock(&self.tables).clone()
     }
 }
 
@@ -548,11 +545,7 @@ impl Applier {
         );
         let counts = self.writer.take_counts();
         if !counts.is_empty() {
-            let mut tables = self
-                .stats
-                .tables
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut tables = lock(&self.stats.tables);
             for (name, [insert, update, delete, truncate]) in counts {
                 let t = tables.entry(name).or_default();
                 t.insert += insert;

@@ -27,6 +27,8 @@ use hdrhistogram::Histogram;
 
 use crate::lsn::{Lsn, PgTimestamp};
 
+use super::lock;
+
 /// Width of one slot of the latency window.
 const WINDOW_SLOT: Duration = Duration::from_secs(10);
 /// Slots in the window: quantiles cover the last minute.
@@ -232,11 +234,6 @@ impl Lag {
             sum: window.sum_us as f64 / 1e6,
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Only whole updates happen under these locks; a poisoned one is usable.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -96,9 +96,10 @@ impl Consumer {
     }
 }
 
-fn lock(m: &Mutex<Vec<Lsn>>) -> std::sync::MutexGuard<'_, Vec<Lsn>> {
-    // A panic while holding this lock cannot leave the Vec inconsistent (only
-    // whole-element stores happen under it), so a poisoned lock is still usable.
+/// Locks a mutex whose holders only ever store whole values (positions,
+/// counters, a state): a panic under it cannot leave it inconsistent, so a
+/// poisoned lock is still usable. Shared by the metrics and the apply counters.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

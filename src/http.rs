@@ -149,40 +149,35 @@ impl Monitor {
         let slot = [("slot", self.slot.as_str())];
         let a = &self.apply;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
-        out.family(
-            "teal_lag_bytes",
-            "gauge",
-            "Blue's latest WAL end minus the end LSN green committed (0 when caught up).",
-        );
-        out.sample("teal_lag_bytes", &slot, self.lag.lag_bytes() as f64);
-        out.family("teal_lag_seconds", "gauge", "Age of the oldest source commit received but not yet committed on green (0 when none is pending).");
-        out.sample("teal_lag_seconds", &slot, self.lag.lag_seconds(now));
-        out.family(
-            "teal_received_wal_end_lsn",
-            "gauge",
-            "Blue's latest WAL end (from XLogData or keepalive), as a 64-bit LSN.",
-        );
-        out.sample(
-            "teal_received_wal_end_lsn",
-            &slot,
-            self.lag.received_wal_end().0 as f64,
-        );
-        out.family(
-            "teal_applied_lsn",
-            "gauge",
-            "End LSN committed on green, as a 64-bit LSN.",
-        );
-        out.sample("teal_applied_lsn", &slot, self.lag.applied_lsn().0 as f64);
-        out.family(
-            "teal_pending_transactions",
-            "gauge",
-            "Source transactions received and not yet committed on green.",
-        );
-        out.sample(
-            "teal_pending_transactions",
-            &slot,
-            self.lag.pending_transactions() as f64,
-        );
+        for (name, help, value) in [
+            (
+                "teal_lag_bytes",
+                "Blue's latest WAL end minus the end LSN green committed (0 when caught up).",
+                self.lag.lag_bytes() as f64,
+            ),
+            (
+                "teal_lag_seconds",
+                "Age of the oldest source commit received but not yet committed on green (0 when none is pending).",
+                self.lag.lag_seconds(now),
+            ),
+            (
+                "teal_received_wal_end_lsn",
+                "Blue's latest WAL end (from XLogData or keepalive), as a 64-bit LSN.",
+                self.lag.received_wal_end().0 as f64,
+            ),
+            (
+                "teal_applied_lsn",
+                "End LSN committed on green, as a 64-bit LSN.",
+                self.lag.applied_lsn().0 as f64,
+            ),
+            (
+                "teal_pending_transactions",
+                "Source transactions received and not yet committed on green.",
+                self.lag.pending_transactions() as f64,
+            ),
+        ] {
+            out.single(name, "gauge", help, &slot, value);
+        }
 
         let l = self.lag.latency();
         out.family("teal_apply_latency_seconds", "summary", "Green commit time minus blue commit timestamp per transaction; quantiles over the last minute.");
@@ -254,17 +249,13 @@ impl Monitor {
                 self.lag.received_bytes() as f64,
             ),
         ] {
-            out.family(name, "counter", help);
-            out.sample(name, &slot, value);
+            out.single(name, "counter", help, &slot, value);
         }
         let batches = load(&a.batches);
-        out.family(
+        out.single(
             "teal_batch_size_changes",
             "gauge",
             "Average changes per green transaction since start.",
-        );
-        out.sample(
-            "teal_batch_size_changes",
             &slot,
             if batches > 0.0 {
                 load(&a.changes) / batches
@@ -319,13 +310,10 @@ impl Monitor {
             }
         }
 
-        out.family(
+        out.single(
             "teal_up",
             "gauge",
             "1 while teal is streaming, 0 otherwise.",
-        );
-        out.sample(
-            "teal_up",
             &slot,
             f64::from(u8::from(self.state() == RunState::Streaming)),
         );
@@ -347,6 +335,12 @@ impl Metrics {
             help.replace('\\', "\\\\").replace('\n', "\\n")
         );
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    /// A family of one sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, labels, value);
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {

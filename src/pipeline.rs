@@ -185,31 +185,24 @@ fn assemble(
         lag: Arc::clone(&lag),
     };
     while let Some(batch) = input.blocking_recv() {
-        // Blue's WAL end and the bytes received, once per batch.
+        // Blue's WAL end and the bytes received go to `lag` once per batch.
         let (mut wal_end, mut bytes) = (Lsn::ZERO, 0u64);
-        for event in &batch {
-            match event {
-                SourceEvent::XLogData {
-                    wal_end: end, data, ..
-                } => {
-                    wal_end = wal_end.max(*end);
-                    bytes += data.len() as u64;
-                }
-                SourceEvent::Keepalive { wal_end: end, .. } => wal_end = wal_end.max(*end),
-                SourceEvent::Connected(_) => lag.restart(),
-            }
-        }
-        lag.received(wal_end, bytes);
         for event in batch {
             match event {
                 SourceEvent::Connected(info) => {
                     decoder.reset();
                     assembler.reset();
+                    lag.restart();
                     session.send_replace(Some(info));
                 }
                 SourceEvent::XLogData {
-                    wal_start, data, ..
+                    wal_start,
+                    wal_end: end,
+                    data,
+                    ..
                 } => {
+                    wal_end = wal_end.max(end);
+                    bytes += data.len() as u64;
                     let msg = decoder.decode(wal_start, &data)?;
                     tracing::trace!(lsn = %wal_start, tag = %char::from(data.first().copied().unwrap_or(b'?')), "decoded message");
                     match assembler.handle(wal_start, msg, &mut sink) {
@@ -217,13 +210,15 @@ fn assemble(
                         other => other?,
                     }
                 }
-                SourceEvent::Keepalive { wal_end, .. } => {
-                    if assembler.keepalive(wal_end, &mut sink).is_err() {
+                SourceEvent::Keepalive { wal_end: end, .. } => {
+                    wal_end = wal_end.max(end);
+                    if assembler.keepalive(end, &mut sink).is_err() {
                         return Ok(());
                     }
                 }
             }
         }
+        lag.received(wal_end, bytes);
         if sink.flush().is_err() {
             return Ok(());
         }

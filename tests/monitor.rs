@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::support::cluster::default_bin;
 use crate::support::tap::init_logging;
 use crate::support::twins::Twins;
+use crate::support::wait::until_row;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -304,26 +305,14 @@ async fn heartbeats_advance_the_slot_while_published_tables_are_idle() {
         .await
         .unwrap()
         .get(0);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let confirmed: bool = twins
-            .b
-            .query_one(
-                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = 'teal_slot'",
-                &[&written],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if confirmed {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slot never confirmed past {written}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_row(
+        &twins.b,
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND confirmed_flush_lsn >= $1::text::pg_lsn",
+        &[&written],
+        WAIT,
+        &format!("the slot never confirmed past {written}"),
+    )
+    .await;
     let s = running
         .wait_metrics("heartbeats counted, slot health read", |s| {
             s["teal_heartbeats_total{slot=\"teal_slot\"}"] >= 2.0

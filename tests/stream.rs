@@ -13,6 +13,7 @@ use crate::on_every_server;
 use crate::support::cluster::{Options, PgBin};
 use crate::support::tap::init_logging;
 use crate::support::twins::Twins;
+use crate::support::wait::until_row;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -398,9 +399,12 @@ async fn conflict_policies(bin: &PgBin) {
         .await
         .unwrap()
         .get::<_, String>(0);
-    wait_for(
+    until_row(
         &twins.g,
-        &format!("SELECT 1 FROM teal.progress WHERE end_lsn >= '{target}'"),
+        "SELECT 1 FROM teal.progress WHERE end_lsn >= $1::text::pg_lsn",
+        &[&target],
+        WAIT,
+        &format!("green's progress reached {target}"),
     )
     .await;
     let rows = |t: &'static str| {
@@ -623,14 +627,3 @@ async fn replication_origin_marks_green_commits(bin: &PgBin) {
     );
 }
 on_every_server!(replication_origin_marks_green_commits);
-
-async fn wait_for(client: &tokio_postgres::Client, sql: &str) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while client.query_opt(sql, &[]).await.unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {sql}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use teal::lsn::Lsn;
 
 use crate::support::cluster::{Cluster, default_bin};
+use crate::support::wait::until_row;
 
 struct Tail {
     child: Child,
@@ -77,24 +78,14 @@ impl Tail {
 }
 
 async fn wait_slot_active(client: &tokio_postgres::Client, active: bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let rows = client
-            .query(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = 'tail_slot'",
-                &[],
-            )
-            .await
-            .unwrap();
-        if rows.first().map(|r| r.get::<_, bool>(0)) == Some(active) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slot never became active={active}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_row(
+        client,
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'tail_slot' AND active = $1",
+        &[&active],
+        Duration::from_secs(30),
+        &format!("slot never became active={active}"),
+    )
+    .await;
 }
 
 async fn confirmed(client: &tokio_postgres::Client) -> Lsn {

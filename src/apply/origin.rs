@@ -148,7 +148,7 @@ impl Origin {
 /// `max_replication_slots`, say): go on without it, saying why. A broken
 /// session is an error (retried), not a reason to go without.
 fn unusable(name: &str, e: tokio_postgres::Error) -> Result<Option<Origin>, ApplyError> {
-    if super::sql_class(&e) == crate::error::ErrorClass::Transient && e.code().is_none() {
+    if e.code().is_none() {
         return Err(ApplyError::Sql {
             context: format!("setting up replication origin {name}"),
             source: e,

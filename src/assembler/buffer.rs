@@ -188,7 +188,8 @@ impl TxnBuffer {
                 segments += 1;
                 continue;
             }
-            let cut = keep - before.min(keep);
+            // Segments before this one summed to at most `keep`.
+            let cut = keep - before;
             freed += segment[cut..].iter().map(Change::heap_size).sum::<usize>();
             segment.truncate(cut);
             if cut > 0 {

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod encoder;
 pub mod tap;
 pub mod twins;
+pub mod wait;
 
 /// Runs an async scenario against the default server build and a 16+ build.
 #[macro_export]

@@ -1,6 +1,6 @@
 //! A blue and a green cluster with the same schema, and ways to compare them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use teal::apply::ApplyConfig;
 use teal::config::{AssemblerConfig, ConnInfo};
@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 
 use super::cluster::{Cluster, Options, PgBin};
 use super::tap::source_config;
+use super::wait::until_row;
 
 pub struct Twins {
     pub blue: Cluster,
@@ -70,23 +71,14 @@ impl Twins {
     /// Waits until teal streams from the slot (writes before the slot exists
     /// are not part of its history).
     pub async fn wait_streaming(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let active = self
-                .b
-                .query_opt(
-                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND active",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .is_some();
-            if active {
-                return;
-            }
-            assert!(Instant::now() < deadline, "teal never started streaming");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_row(
+            &self.b,
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND active",
+            &[],
+            Duration::from_secs(60),
+            "teal never started streaming",
+        )
+        .await;
     }
 
     /// Waits until green has everything blue wrote so far (green's progress
@@ -98,27 +90,14 @@ impl Twins {
             .await
             .unwrap()
             .get(0);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let done = self
-                .g
-                .query_opt(
-                    "SELECT 1 FROM teal.progress WHERE slot = 'teal_slot' AND end_lsn >= $1::text::pg_lsn",
-                    &[&target],
-                )
-                .await
-                .ok()
-                .flatten()
-                .is_some();
-            if done {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "green did not catch up to {target} within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_row(
+            &self.g,
+            "SELECT 1 FROM teal.progress WHERE slot = 'teal_slot' AND end_lsn >= $1::text::pg_lsn",
+            &[&target],
+            timeout,
+            &format!("green did not catch up to {target}"),
+        )
+        .await;
         for t in tables {
             let (bc, bs) = checksum(&self.b, t).await;
             let (gc, gs) = checksum(&self.g, t).await;

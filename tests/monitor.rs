@@ -141,6 +141,7 @@ struct Running {
     task: tokio::task::JoinHandle<Result<Arc<teal::apply::ApplyStats>, stream::StreamError>>,
     shutdown: CancellationToken,
     monitor: Arc<Monitor>,
+    token: Option<String>,
 }
 
 impl Running {
@@ -148,6 +149,7 @@ impl Running {
         init_logging();
         config.monitor.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         let monitor = Arc::new(Monitor::new(config.apply.slot.clone()));
+        let token = config.monitor.metrics_token.clone();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(stream::run_monitored(
             config,
@@ -159,6 +161,7 @@ impl Running {
             task,
             shutdown,
             monitor,
+            token,
         }
     }
 
@@ -174,7 +177,7 @@ impl Running {
     ) -> BTreeMap<String, f64> {
         let deadline = Instant::now() + WAIT;
         loop {
-            let (status, body) = get(self.addr(), "/metrics", None).await;
+            let (status, body) = get(self.addr(), "/metrics", self.token.as_deref()).await;
             assert_eq!(status, 200);
             let s = samples(&body);
             if done(&s) {
@@ -391,4 +394,149 @@ async fn running_addr_refuses(addr: SocketAddr) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The headless browser the dashboard test drives (scripts/test-deps installs Debian's `chromium`).
+fn chromium() -> std::path::PathBuf {
+    let candidates = ["chromium", "chromium-browser", "google-chrome"];
+    std::env::var_os("TEAL_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            std::env::split_paths(&path)
+                .flat_map(|dir| candidates.iter().map(move |c| dir.join(c)))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!("no headless browser: install Debian's chromium (scripts/test-deps does) or set TEAL_CHROMIUM")
+        })
+}
+
+/// Runs headless Chromium on `url` with `args`; its stdout.
+fn headless(url: &str, args: &[&str]) -> String {
+    let profile = tempfile_dir("teal-chromium-");
+    let out = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1280,1500",
+            "--virtual-time-budget=4000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium runs");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        out.status.success(),
+        "chromium failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh directory under the system temp dir.
+fn tempfile_dir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_draws_real_samples_in_headless_chromium() {
+    let bin = default_bin();
+    let twins = Twins::start(&bin, "CREATE TABLE ledger (id int PRIMARY KEY, memo text)").await;
+    let mut config = twins.config();
+    config.monitor.metrics_token = Some("dash-token".into());
+    let running = Running::start(&twins, config).await;
+    // Writes spread over a few seconds: several one-second samples with changes.
+    for i in 0..5 {
+        twins
+            .b
+            .batch_execute(&format!(
+                "INSERT INTO ledger SELECT g, 'memo ' || g FROM generate_series({}, {}) g",
+                i * 100 + 1,
+                i * 100 + 100
+            ))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    running
+        .wait_metrics("all 500 rows applied", |s| {
+            s.get("teal_changes_total{slot=\"teal_slot\"}") == Some(&500.0)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let addr = running.addr();
+    // The page is open; its data needs the token.
+    let (status, page) = get(addr, "/", None).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<canvas id=\"lag-chart\""), "{page}");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no external assets"
+    );
+    assert_eq!(get(addr, "/history", None).await.0, 401);
+    let (status, history) = get(addr, "/history?since=0", Some("dash-token")).await;
+    assert_eq!(status, 200);
+    let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+    let changes = history["changes"].as_array().unwrap();
+    assert!(changes.len() >= 3, "one sample a second: {history}");
+    assert_eq!(changes.last().unwrap(), 500, "{history}");
+
+    let url = format!("http://{addr}/#token=dash-token");
+    let dom = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || headless(&url, &["--dump-dom"])
+    })
+    .await
+    .unwrap();
+    let points: usize = dom
+        .split("data-chart-points=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the chart never drew samples:\n{dom}"));
+    assert!(points >= 3, "{points} points");
+    assert!(
+        dom.contains("data-changes=\"500\""),
+        "latest sample shown:\n{dom}"
+    );
+    assert!(
+        dom.contains("<td>public.ledger</td><td>500</td>"),
+        "table counters:\n{dom}"
+    );
+    assert!(dom.contains("class=\"state streaming\""), "state:\n{dom}");
+
+    // The screenshot is kept as a test artifact.
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let arg = format!("--screenshot={}", shot.display());
+    tokio::task::spawn_blocking(move || headless(&url, &[&arg]))
+        .await
+        .unwrap();
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a real screenshot: {} bytes",
+        png.len()
+    );
+    eprintln!("dashboard screenshot: {}", shot.display());
+    running.stop().await;
 }

@@ -1,13 +1,21 @@
-//! The HTTP endpoint of `teal stream`: `/metrics` (Prometheus text format),
-//! `/status` (JSON), `/healthz`, `/readyz`.
+//! The HTTP endpoint of `teal stream`: the dashboard at `/`, `/metrics`
+//! (Prometheus text format), `/status` (JSON), `/history` (the last hour,
+//! JSON), `/healthz`, `/readyz`.
 //!
 //! ```text
 //! Monitor (lag, apply counters, state, slot health) ──render on request──▶ GET /metrics, /status
+//!        └──sample every second──▶ History ──▶ GET /history?since=ms ──▶ dashboard (/)
 //! ```
 //!
-//! With a bearer token, `/metrics` and `/status` need `Authorization: Bearer
-//! <token>`; the probes stay open (they reveal nothing). Rendering reads
-//! atomics and takes short locks: a scrape never waits on green or blue.
+//! With a bearer token, `/metrics`, `/status` and `/history` need
+//! `Authorization: Bearer <token>` (the dashboard takes it from the page's
+//! `#token=` fragment, which browsers never send); the page itself and the
+//! probes stay open (they reveal nothing). Rendering reads atomics and takes
+//! short locks: a scrape never waits on green or blue.
+
+mod history;
+
+pub use history::{HISTORY_LEN, History, Point};
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -15,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -69,6 +77,8 @@ pub struct Monitor {
     state: Mutex<(RunState, Option<String>)>,
     slot_health: Mutex<Option<SlotHealth>>,
     addr: OnceLock<SocketAddr>,
+    /// The last hour, sampled while the endpoint runs.
+    pub history: History,
 }
 
 impl Monitor {
@@ -84,6 +94,7 @@ impl Monitor {
             state: Mutex::new((RunState::Starting, None)),
             slot_health: Mutex::new(None),
             addr: OnceLock::new(),
+            history: History::default(),
         }
     }
 
@@ -111,6 +122,21 @@ impl Monitor {
     /// Where the endpoint listens, once it does.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addr.get().copied()
+    }
+
+    /// Adds the current lags and counters to [`Monitor::history`].
+    pub fn sample(&self) {
+        let now = PgTimestamp::now();
+        let a = &self.apply;
+        self.history.push(Point {
+            t_ms: u64::try_from(now.unix_micros() / 1000).unwrap_or(0),
+            lag_bytes: self.lag.lag_bytes(),
+            lag_seconds: self.lag.lag_seconds(now),
+            changes: a.changes.load(Ordering::Relaxed),
+            transactions: a.transactions.load(Ordering::Relaxed),
+            conflicts: a.conflicts.load(Ordering::Relaxed),
+            retained_bytes: lock(&self.slot_health).as_ref().map(|h| h.retained_bytes),
+        });
     }
 
     /// `/status` as JSON.
@@ -413,13 +439,29 @@ pub async fn serve(
         monitor,
         token: token.map(Arc::from),
     };
+    let sampler = {
+        let (monitor, shutdown) = (Arc::clone(&state.monitor), shutdown.clone());
+        async move {
+            let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => monitor.sample(),
+                }
+            }
+        }
+    };
     let app = Router::new()
+        .route("/", get(dashboard))
+        .route("/history", get(history))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
     Ok(tokio::spawn(async move {
+        tokio::spawn(sampler);
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
@@ -428,6 +470,12 @@ pub async fn serve(
         }
     }))
 }
+
+/// How often [`Monitor::history`] gets a sample.
+const SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The dashboard: one page, scripts and styles inline (works offline).
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Whether the request carries the token (when one is set).
 fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
@@ -478,6 +526,39 @@ async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         state.monitor.status_json().to_string(),
+    )
+        .into_response()
+}
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    /// Only samples taken after this Unix time in milliseconds.
+    #[serde(default)]
+    since: u64,
+}
+
+async fn history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.monitor.history.since_json(q.since).to_string(),
     )
         .into_response()
 }

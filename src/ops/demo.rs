@@ -160,7 +160,7 @@ pub async fn run(
     if let Some(addr) = monitor.addr() {
         writeln!(
             out,
-            "== teal's metrics: http://{addr}/metrics, status: http://{addr}/status"
+            "== dashboard: http://{addr}/  (metrics: http://{addr}/metrics, status: http://{addr}/status)"
         )?;
     }
     let result = drive(&config, out, &shutdown, &blue.url(), (&b, &g), &mut teal).await;

@@ -13,5 +13,6 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/teal /usr/local/bin/teal
+EXPOSE 9187
 USER nobody
 ENTRYPOINT ["/usr/local/bin/teal"]

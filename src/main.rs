@@ -15,6 +15,7 @@ use teal::config::{self, AssemblerConfig, ConnInfo, SourceConfig, Streaming};
 use teal::event::QualifiedName;
 use teal::lsn::Lsn;
 use teal::ops::demo::{self, DemoConfig};
+use teal::ops::status::{self, StatusConfig};
 use teal::ops::stream::{self, MonitorConfig, StreamConfig};
 use teal::ops::tail::{self, Format};
 use teal::store::Store;
@@ -54,6 +55,40 @@ enum Command {
     /// Throwaway blue and green clusters, a banking workload on blue streamed
     /// to green with live lag, then verification; everything removed at exit.
     Demo(DemoArgs),
+    /// One screen about a stream: from the running teal's /status, or from
+    /// green's tables (progress, conflicts, audit) when it is not running.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The running stream's --metrics-addr.
+    #[arg(long, env = "TEAL_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    metrics_addr: std::net::SocketAddr,
+
+    /// Its bearer token, if it has one.
+    #[arg(long, env = "TEAL_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+
+    /// Green, read when teal does not answer (libpq URL or key=value string).
+    #[arg(long, env = "TEAL_TARGET_URL", hide_env_values = true)]
+    target: Option<String>,
+
+    /// Only this slot's rows on green.
+    #[arg(long, env = "TEAL_SLOT")]
+    slot: Option<String>,
+
+    /// teal's schema on green.
+    #[arg(long, env = "TEAL_SCHEMA", default_value = Store::DEFAULT_SCHEMA)]
+    schema: String,
+
+    /// Redraw the screen every --interval until interrupted.
+    #[arg(long)]
+    watch: bool,
+
+    /// How often --watch redraws, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = config::parse_duration)]
+    interval: Duration,
 }
 
 #[derive(Args)]
@@ -357,6 +392,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 conflicts = stats.conflicts.load(Ordering::Relaxed),
                 "stream stopped"
             );
+        }
+        Command::Status(args) => {
+            if args.interval.is_zero() {
+                anyhow::bail!("invalid --interval: must be more than 0");
+            }
+            let target = match &args.target {
+                Some(t) => Some(
+                    t.parse::<ConnInfo>()
+                        .context("invalid --target connection string")?,
+                ),
+                None => None,
+            };
+            let config = StatusConfig {
+                addr: args.metrics_addr,
+                token: args.metrics_token,
+                target,
+                slot: args.slot,
+                schema: args.schema,
+                watch: args.watch.then_some(args.interval),
+            };
+            status::run(&config, &mut std::io::stdout(), shutdown).await?;
         }
         Command::Demo(args) => {
             let config = DemoConfig {

@@ -122,9 +122,13 @@ pub fn start_capture(
     let (session_tx, session_rx) = watch::channel(None);
     let assembler = Assembler::new(assembler_config);
     let stats = assembler.stats();
+    // The threads log inside the caller's span (the run's correlation id).
+    let span = tracing::Span::current();
+    let assembler_span = span.clone();
     let thread = std::thread::Builder::new()
         .name("teal-assembler".into())
         .spawn(move || {
+            let _in_run = assembler_span.enter();
             let result = assemble(assembler, source_rx, event_tx, session_tx, lag);
             if let Err(e) = &result {
                 tracing::error!(error = %e, "decoding stopped");
@@ -151,7 +155,10 @@ pub fn start_capture(
         })?;
     let source = std::thread::Builder::new()
         .name("teal-source".into())
-        .spawn(move || runtime.block_on(source::run(source_config, source_tx, flush, shutdown)))
+        .spawn(move || {
+            let _in_run = span.enter();
+            runtime.block_on(source::run(source_config, source_tx, flush, shutdown))
+        })
         .map_err(|e| {
             PipelineError::Source(SourceError::Setup(format!(
                 "cannot start the source thread: {e}"

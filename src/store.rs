@@ -1,4 +1,5 @@
-//! teal's schema on green: migrations, the progress row, the conflict log.
+//! teal's schema on green: migrations, the progress row, the conflict log,
+//! the audit trail.
 //!
 //! ```text
 //! sql/0001_*.sql ... ──migrate (advisory lock, one transaction)──▶ <schema>.schema_migrations
@@ -14,11 +15,14 @@ use crate::event::quote_ident;
 use crate::lsn::{Lsn, PgTimestamp, Xid};
 
 /// Versioned migrations, applied in order; never edited once released.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "teal schema: progress, conflicts",
-    include_str!("../sql/0001_teal_schema.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "teal schema: progress, conflicts",
+        include_str!("../sql/0001_teal_schema.sql"),
+    ),
+    (2, "audit trail", include_str!("../sql/0002_audit.sql")),
+];
 
 /// Lock key for migrations (any constant; shared by all teal processes).
 const MIGRATION_LOCK: i64 = 0x7465_616c_6d69_6772; // "tealmigr"
@@ -256,10 +260,92 @@ impl Store {
         )
     }
 
+    /// Writes an audit row, or updates it (same operation id) while it is
+    /// still `running`: status, end, duration and details. Both the start
+    /// and the end of an operation use it, so an end recorded without its
+    /// start still leaves a row, and a late start never undoes an end.
+    pub async fn audit(&self, client: &Client, record: &AuditRecord) -> Result<(), StoreError> {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {}.audit AS a (operation_id, correlation_id, operation, status, slot,                      started_at, ended_at, duration_ms, source, target, performed_by, details)                      VALUES ($1::text::uuid, $2::text::uuid, $3, $4, $5, $6::text::timestamptz,                      $7::text::timestamptz, $8, $9, $10, $11, $12::text::jsonb)                      ON CONFLICT (operation_id) DO UPDATE SET status = EXCLUDED.status,                      ended_at = EXCLUDED.ended_at, duration_ms = EXCLUDED.duration_ms,                      details = EXCLUDED.details",
+                    self.quoted()
+                ),
+                &[
+                    &record.operation_id,
+                    &record.correlation_id,
+                    &record.operation,
+                    &record.status,
+                    &record.slot,
+                    &record.started_at.to_string(),
+                    &record.ended_at.map(|t| t.to_string()),
+                    &record.duration_ms,
+                    &record.source,
+                    &record.target,
+                    &record.performed_by,
+                    &record.details.to_string(),
+                ],
+            )
+            .await
+            .map(drop)
+            .map_err(sql("writing teal's audit trail"))
+    }
+
+    /// Marks `operation` rows of `slot` still `running` from other runs as
+    /// `interrupted` (their process died without recording an end); call
+    /// once this run holds the slot, so no other run can still be live.
+    pub async fn audit_interrupted(
+        &self,
+        client: &Client,
+        operation: &str,
+        slot: &str,
+        correlation_id: &str,
+    ) -> Result<u64, StoreError> {
+        client
+            .execute(
+                &format!(
+                    "UPDATE {}.audit SET status = 'interrupted'                      WHERE operation = $1 AND slot = $2 AND status = 'running'                      AND correlation_id <> $3::text::uuid",
+                    self.quoted()
+                ),
+                &[&operation, &slot, &correlation_id],
+            )
+            .await
+            .map_err(sql("updating teal's audit trail"))
+    }
+
     /// Schema name, for messages.
     pub fn schema(&self) -> &str {
         &self.schema
     }
+}
+
+/// One row of `<schema>.audit`.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    /// This operation.
+    pub operation_id: String,
+    /// The run it belongs to (in every log line of the run).
+    pub correlation_id: String,
+    /// stream, schema_error, snapshot, verify, cutover, rollback.
+    pub operation: &'static str,
+    /// running, succeeded, failed, stopped, interrupted.
+    pub status: &'static str,
+    /// The slot, when the operation has one.
+    pub slot: Option<String>,
+    /// When it started.
+    pub started_at: PgTimestamp,
+    /// When it ended, once it has.
+    pub ended_at: Option<PgTimestamp>,
+    /// `ended_at - started_at` in milliseconds, once ended.
+    pub duration_ms: Option<i64>,
+    /// Blue, without password.
+    pub source: Option<String>,
+    /// Green, without password.
+    pub target: Option<String>,
+    /// OS user and host that ran teal (`user@host`).
+    pub performed_by: String,
+    /// What happened, as JSON.
+    pub details: serde_json::Value,
 }
 
 #[cfg(test)]

@@ -9,5 +9,6 @@ mod crash;
 mod decoder;
 mod demo_cli;
 mod monitor;
+mod monitoring_files;
 mod stream;
 mod tail_cli;

@@ -540,3 +540,289 @@ async fn dashboard_draws_real_samples_in_headless_chromium() {
     eprintln!("dashboard screenshot: {}", shot.display());
     running.stop().await;
 }
+
+/// `teal status` (the binary) with `args`: exit success, stdout, stderr.
+fn teal_status(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .arg("status")
+        .args(args)
+        .env_remove("TEAL_METRICS_TOKEN")
+        .env_remove("TEAL_TARGET_URL")
+        .output()
+        .expect("teal status runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Audit rows of green, oldest first: (operation, status, correlation id, ended, duration, details).
+async fn audit_rows(
+    g: &tokio_postgres::Client,
+) -> Vec<(String, String, String, bool, Option<i64>, serde_json::Value)> {
+    g.query(
+        "SELECT operation, status, correlation_id::text, ended_at IS NOT NULL, duration_ms, details::text \
+         FROM teal.audit ORDER BY started_at, operation",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.get(0),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            serde_json::from_str(r.get::<_, &str>(5)).unwrap(),
+        )
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_command_and_audit_trail() {
+    let bin = default_bin();
+    let twins = Twins::start(&bin, "CREATE TABLE acct (id int PRIMARY KEY, n int)").await;
+    let mut config = twins.config();
+    config.monitor.metrics_token = Some("st-token".into());
+    let running = Running::start(&twins, config.clone()).await;
+    let run1 = running.monitor.correlation_id.clone();
+    twins
+        .b
+        .batch_execute("INSERT INTO acct SELECT g, g FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    running
+        .wait_metrics("100 rows applied", |s| {
+            s.get("teal_changes_total{slot=\"teal_slot\"}") == Some(&100.0)
+        })
+        .await;
+    let addr = running.addr().to_string();
+
+    // Live: from /status (the token is needed).
+    let (ok, _, err) = teal_status(&["--metrics-addr", &addr]);
+    assert!(
+        !ok && err.contains("401") && err.contains("--target"),
+        "{err}"
+    );
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || teal_status(&["--metrics-addr", &addr, "--metrics-token", "st-token"])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("(run {run1})")), "{out}");
+    assert!(out.contains("state           streaming"), "{out}");
+    assert!(
+        out.contains("public.acct: 100 inserts · 0 updates"),
+        "{out}"
+    );
+    assert!(
+        out.contains("applied         1 transactions · 100 changes"),
+        "{out}"
+    );
+
+    // The session is in the audit trail while it runs, without secrets.
+    until_row(
+        &twins.g,
+        "SELECT 1 FROM teal.audit WHERE operation = 'stream' AND status = 'running'",
+        &[],
+        WAIT,
+        "the session start in the audit trail",
+    )
+    .await;
+    let row = twins
+        .g
+        .query_one(
+            "SELECT correlation_id::text, performed_by, source, target FROM teal.audit",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), run1);
+    assert!(row.get::<_, String>(1).contains('@'), "user@host");
+    let (source, target): (String, String) = (row.get(2), row.get(3));
+    assert!(
+        source.starts_with("postgresql://postgres@127.0.0.1:"),
+        "{source}"
+    );
+    assert_eq!(target, config.apply.target.to_string());
+    running.stop().await;
+    let rows = audit_rows(&twins.g).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (op, status, id, ended, duration, details) = &rows[0];
+    assert_eq!(
+        (op.as_str(), status.as_str(), id),
+        ("stream", "stopped", &run1)
+    );
+    assert!(*ended && duration.is_some_and(|d| d > 0), "{rows:?}");
+    assert_eq!(details["changes"], 100, "{details}");
+    assert_eq!(details["error"], serde_json::Value::Null, "{details}");
+
+    // Stopped: from green's tables.
+    let green_url = twins.green.url();
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let (addr, url) = (addr.clone(), green_url.clone());
+        move || {
+            teal_status(&[
+                "--metrics-addr",
+                &addr,
+                "--target",
+                &url,
+                "--slot",
+                "teal_slot",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let end_lsn: String = twins
+        .g
+        .query_one(
+            "SELECT end_lsn::text FROM teal.progress WHERE slot = 'teal_slot'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(out.contains("teal is not answering"), "{out}");
+    assert!(
+        out.contains(&format!("slot teal_slot: applied through {end_lsn} ")),
+        "{out}"
+    );
+    assert!(out.contains("0 conflicts logged"), "{out}");
+    assert!(
+        out.contains("stream stopped started") && out.contains(&run1),
+        "{out}"
+    );
+
+    // A session that never recorded its end is marked interrupted once the
+    // next one holds the slot; a schema error is its own audit row.
+    twins
+        .g
+        .batch_execute("UPDATE teal.audit SET status = 'running', ended_at = NULL")
+        .await
+        .unwrap();
+    let running = Running::start(&twins, config).await;
+    let run2 = running.monitor.correlation_id.clone();
+    assert_ne!(run1, run2);
+    until_row(
+        &twins.g,
+        "SELECT 1 FROM teal.audit WHERE status = 'interrupted'",
+        &[],
+        WAIT,
+        "the earlier session marked interrupted",
+    )
+    .await;
+    twins
+        .b
+        .batch_execute("ALTER TABLE acct ADD COLUMN extra int; INSERT INTO acct VALUES (101, 1, 7)")
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(WAIT, running.task)
+        .await
+        .expect("the stream stops on the schema error")
+        .unwrap();
+    let e = ended
+        .expect_err("schema drift stops the stream")
+        .to_string();
+    assert!(e.contains("extra"), "{e}");
+    running.shutdown.cancel();
+    let rows = audit_rows(&twins.g).await;
+    let summary: Vec<(&str, &str, bool)> = rows
+        .iter()
+        .map(|r| (r.0.as_str(), r.1.as_str(), r.2 == run2))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("stream", "interrupted", false),
+            ("stream", "failed", true),
+            ("schema_error", "failed", true)
+        ],
+        "{rows:?}"
+    );
+    assert!(
+        rows[2].5["error"].as_str().unwrap().contains("extra"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].5["error"].as_str().unwrap().contains("extra"),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_runs_correlation_id() {
+    let bin = default_bin();
+    let twins = Twins::start(&bin, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let log_dir = tempfile_dir("teal-json-log-");
+    let log_path = log_dir.join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .env_clear()
+        .args(["stream", "--slot", "teal_slot", "--publication", "teal_pub"])
+        .args([
+            "--source",
+            &twins.blue.url(),
+            "--target",
+            &twins.green.url(),
+        ])
+        .args([
+            "--metrics-addr",
+            "off",
+            "--log-format",
+            "json",
+            "--log",
+            "info",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("teal runs");
+    // The same id names the session in the audit trail and its log lines.
+    until_row(
+        &twins.g,
+        "SELECT 1 FROM pg_tables WHERE schemaname = 'teal' AND tablename = 'audit'",
+        &[],
+        WAIT,
+        "teal's schema on green",
+    )
+    .await;
+    until_row(
+        &twins.g,
+        "SELECT 1 FROM teal.audit WHERE operation = 'stream'",
+        &[],
+        WAIT,
+        "the session's audit row",
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let id: String = twins
+        .g
+        .query_one("SELECT correlation_id::text FROM teal.audit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let start = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "stream session started")
+        .unwrap_or_else(|| panic!("no session start in:\n{log}"));
+    assert_eq!(start["span"]["correlation_id"], id.as_str(), "{start}");
+    assert_eq!(start["fields"]["slot"], "teal_slot", "{start}");
+    // Every line carries it, the driver's sessions on green included.
+    for l in &lines {
+        assert_eq!(l["span"]["correlation_id"], id.as_str(), "{l}");
+    }
+}

@@ -144,10 +144,10 @@ async fn connect_with(
                 target: conninfo.to_string(),
                 source,
             })?;
-    tokio::spawn(async move {
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "green session ended");
         }
-    });
+    }));
     Ok(client)
 }

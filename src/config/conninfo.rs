@@ -596,7 +596,8 @@ fn default_socket_dir() -> String {
     }
 }
 
-fn os_user_name() -> Option<String> {
+/// The name of the effective OS user (getpwuid), as libpq defaults the user.
+pub fn os_user_name() -> Option<String> {
     // SAFETY: getpwuid returns a pointer to static storage or null; we copy the
     // name out before any other call could overwrite it.
     unsafe {

@@ -8,7 +8,8 @@ mod file;
 mod pgpass;
 
 pub use conninfo::{
-    ChannelBinding, ConnInfo, ConnInfoError, EnvLookup, Host, HostAddr, Password, RootCert, SslMode,
+    ChannelBinding, ConnInfo, ConnInfoError, EnvLookup, Host, HostAddr, Password, RootCert,
+    SslMode, os_user_name,
 };
 pub use file::{ConfigFileError, env_from_file, env_from_toml};
 

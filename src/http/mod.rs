@@ -79,6 +79,8 @@ pub struct Monitor {
     addr: OnceLock<SocketAddr>,
     /// The last hour, sampled while the endpoint runs.
     pub history: History,
+    /// This run's id, in its log lines and audit rows.
+    pub correlation_id: String,
 }
 
 impl Monitor {
@@ -95,6 +97,7 @@ impl Monitor {
             slot_health: Mutex::new(None),
             addr: OnceLock::new(),
             history: History::default(),
+            correlation_id: crate::ops::audit::new_id(),
         }
     }
 
@@ -147,6 +150,7 @@ impl Monitor {
         serde_json::json!({
             "state": state,
             "slot": self.slot,
+            "correlation_id": self.correlation_id,
             "received_wal_end": self.lag.received_wal_end().to_string(),
             "applied_lsn": self.lag.applied_lsn().to_string(),
             "lag_bytes": self.lag.lag_bytes(),

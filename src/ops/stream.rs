@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::apply::{Applier, ApplyConfig, ApplyError, ApplyStats};
 use crate::backoff::Backoff;
@@ -23,6 +24,7 @@ use crate::config::{AssemblerConfig, SourceConfig};
 use crate::error::ErrorClass;
 use crate::http::{HttpError, Monitor, RunState, SlotHealth};
 use crate::lsn::Lsn;
+use crate::ops::audit::StreamAudit;
 use crate::pipeline::{PipelineError, start_capture};
 use crate::progress::Progress;
 
@@ -98,7 +100,20 @@ pub async fn run(
 }
 
 /// [`run`], reporting into `monitor` (which the caller may read meanwhile).
+/// Every log line of the run carries its correlation id (`run`), which
+/// `/status` and the audit trail on green show too.
 pub async fn run_monitored(
+    config: StreamConfig,
+    shutdown: CancellationToken,
+    monitor: Arc<Monitor>,
+) -> Result<Arc<ApplyStats>, StreamError> {
+    let span = tracing::info_span!("run", correlation_id = %monitor.correlation_id);
+    run_session(config, shutdown, monitor)
+        .instrument(span)
+        .await
+}
+
+async fn run_session(
     config: StreamConfig,
     shutdown: CancellationToken,
     monitor: Arc<Monitor>,
@@ -114,11 +129,22 @@ pub async fn run_monitored(
         )
         .await?;
     }
-    tokio::spawn(watch_blue(
-        config.clone(),
-        Arc::clone(&monitor),
-        stopped.clone(),
+    tokio::spawn(
+        watch_blue(config.clone(), Arc::clone(&monitor), stopped.clone()).in_current_span(),
+    );
+    let audit = Arc::new(StreamAudit::new(
+        config.apply.store.clone(),
+        &monitor.correlation_id,
+        &config.apply.slot,
+        &config.source.conninfo,
+        &config.apply.target,
     ));
+    let audit_start = tokio::spawn(
+        Arc::clone(&audit)
+            .start(Arc::clone(&monitor), stopped.clone())
+            .in_current_span(),
+    );
+    tracing::info!(slot = %config.apply.slot, "stream session started");
     let result = stream(&config, &shutdown, &monitor).await;
     monitor.set_state(match &result {
         Ok(_) => RunState::Stopping,
@@ -127,6 +153,9 @@ pub async fn run_monitored(
             RunState::Failed
         }
     });
+    stopped.cancel();
+    let _ = audit_start.await;
+    audit.end(&monitor, result.as_ref().err()).await;
     result
 }
 

@@ -2,7 +2,7 @@
 //! moments, and green or blue restarting, under a continuous mixed workload.
 //! Afterwards green equals blue table by table and nothing was a conflict.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -82,15 +82,8 @@ fn workload(
 }
 
 fn teal_stream(twins: &Twins) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_teal"))
-        .env_clear()
-        .args(["stream", "--slot", "teal_slot", "--publication", "teal_pub"])
-        .args([
-            "--source",
-            &twins.blue.url(),
-            "--target",
-            &twins.green.url(),
-        ])
+    twins
+        .teal_stream_command()
         .args(["--status-interval", "1s", "--log", "warn"])
         // Any free port: several tests run teal at once.
         .args([

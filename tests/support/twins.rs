@@ -68,6 +68,16 @@ impl Twins {
         }
     }
 
+    /// The `teal stream` binary from blue to green (slot `teal_slot`,
+    /// publication `teal_pub`), with an empty environment; callers add flags.
+    pub fn teal_stream_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_teal"));
+        cmd.env_clear()
+            .args(["stream", "--slot", "teal_slot", "--publication", "teal_pub"])
+            .args(["--source", &self.blue.url(), "--target", &self.green.url()]);
+        cmd
+    }
+
     /// Waits until teal streams from the slot (writes before the slot exists
     /// are not part of its history).
     pub async fn wait_streaming(&self) {

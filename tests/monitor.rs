@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use teal::http::Monitor;
 use teal::ops::stream::{self, StreamConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::cluster::default_bin;
@@ -21,25 +20,9 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Status code and body of `GET path`, with an optional bearer token.
 async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut conn = tokio::net::TcpStream::connect(addr)
+    teal::http::get(addr, path, token)
         .await
-        .expect("connect to teal's endpoint");
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: teal\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).expect("utf-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    (status, body.to_owned())
+        .unwrap_or_else(|e| panic!("GET {path} from teal's endpoint: {e}"))
 }
 
 /// Samples of the exposition text: `name{labels}` -> value.
@@ -414,7 +397,10 @@ fn chromium() -> std::path::PathBuf {
 
 /// Runs headless Chromium on `url` with `args`; its stdout.
 fn headless(url: &str, args: &[&str]) -> String {
-    let profile = tempfile_dir("teal-chromium-");
+    let profile = tempfile::Builder::new()
+        .prefix("teal-chromium-")
+        .tempdir()
+        .unwrap();
     let out = std::process::Command::new(chromium())
         .args([
             "--headless",
@@ -426,12 +412,11 @@ fn headless(url: &str, args: &[&str]) -> String {
             "--window-size=1280,1500",
             "--virtual-time-budget=4000",
         ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(args)
         .arg(url)
         .output()
         .expect("chromium runs");
-    let _ = std::fs::remove_dir_all(&profile);
     assert!(
         out.status.success(),
         "chromium failed ({}): {}",
@@ -439,20 +424,6 @@ fn headless(url: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A fresh directory under the system temp dir.
-fn tempfile_dir(prefix: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "{prefix}{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -761,8 +732,11 @@ async fn status_command_and_audit_trail() {
 async fn json_logs_carry_the_runs_correlation_id() {
     let bin = default_bin();
     let twins = Twins::start(&bin, "CREATE TABLE t (id int PRIMARY KEY)").await;
-    let log_dir = tempfile_dir("teal-json-log-");
-    let log_path = log_dir.join("stderr.log");
+    let log_dir = tempfile::Builder::new()
+        .prefix("teal-json-log-")
+        .tempdir()
+        .unwrap();
+    let log_path = log_dir.path().join("stderr.log");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
         .env_clear()
         .args(["stream", "--slot", "teal_slot", "--publication", "teal_pub"])
@@ -810,7 +784,6 @@ async fn json_logs_carry_the_runs_correlation_id() {
         .unwrap()
         .get(0);
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let _ = std::fs::remove_dir_all(&log_dir);
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

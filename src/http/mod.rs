@@ -11,7 +11,8 @@
 //! `Authorization: Bearer <token>` (the dashboard takes it from the page's
 //! `#token=` fragment, which browsers never send); the page itself and the
 //! probes stay open (they reveal nothing). Rendering reads atomics and takes
-//! short locks: a scrape never waits on green or blue.
+//! short locks: a scrape never waits on green or blue. [`get`] is the
+//! matching client (`teal status`, the tests).
 
 mod history;
 
@@ -26,7 +27,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::ApplyStats;
@@ -457,12 +458,12 @@ pub async fn serve(
         }
     };
     let app = Router::new()
-        .route("/", get(dashboard))
-        .route("/history", get(history))
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/", routing::get(dashboard))
+        .route("/history", routing::get(history))
+        .route("/metrics", routing::get(metrics))
+        .route("/status", routing::get(status))
+        .route("/healthz", routing::get(healthz))
+        .route("/readyz", routing::get(readyz))
         .with_state(state);
     Ok(tokio::spawn(async move {
         tokio::spawn(sampler);
@@ -473,6 +474,45 @@ pub async fn serve(
             tracing::warn!(error = %e, "the metrics endpoint stopped");
         }
     }))
+}
+
+/// `GET path` from a teal endpoint at `addr` (with a bearer token when
+/// given): the status code and body. Used by `teal status` and the tests.
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut request = hyper::Request::get(path).header(header::HOST, addr.to_string());
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    String::from_utf8(body.to_vec())
+        .map(|text| (status, text))
+        .map_err(|e| format!("the body is not UTF-8: {e}"))
 }
 
 /// How often [`Monitor::history`] gets a sample.

@@ -25,6 +25,7 @@ use crate::apply::{ApplyConfig, ApplyStats};
 use crate::config::{AssemblerConfig, ConnInfo, ConnInfoError, SourceConfig};
 use crate::http::Monitor;
 use crate::local::{Cluster, LocalError, Options, PgBin};
+use crate::ops::format_bytes;
 use crate::ops::stream::{self, MonitorConfig, StreamConfig, StreamError};
 use crate::ops::verify::{self, TableSum};
 use crate::store::Store;
@@ -411,14 +412,6 @@ async fn lag_bytes(b: &Client, g: &Client) -> Result<Option<u64>, DemoError> {
         .await
         .map_err(sql("reading green's progress"))?;
     Ok(row.map(|r| r.get::<_, i64>(0).unsigned_abs()))
-}
-
-fn format_bytes(n: u64) -> String {
-    match n {
-        0..1024 => format!("{n} B"),
-        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
-        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-    }
 }
 
 /// Compares each table on both sides, and checks the books on both.

@@ -10,12 +10,12 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::connect_plain;
 use crate::config::ConnInfo;
 use crate::event::quote_ident;
+use crate::ops::format_bytes;
 
 /// What `teal status` reads.
 #[derive(Debug, Clone)]
@@ -108,57 +108,16 @@ pub async fn summary(config: &StatusConfig) -> Result<String, StatusError> {
 
 /// `GET /status` as JSON.
 async fn fetch_status(config: &StatusConfig) -> Result<serde_json::Value, String> {
-    let work = async {
-        let stream = tokio::net::TcpStream::connect(config.addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let mut request = hyper::Request::get("/status").header("host", config.addr.to_string());
-        if let Some(token) = &config.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let request = request
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if status == hyper::StatusCode::UNAUTHORIZED {
-            return Err("HTTP 401: pass its token with --metrics-token".into());
-        }
-        if !status.is_success() {
-            return Err(format!("HTTP {status}"));
-        }
-        serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))
-    };
-    tokio::time::timeout(Duration::from_secs(5), work)
-        .await
-        .unwrap_or_else(|_| Err("no answer within 5 s".into()))
-}
-
-fn bytes_text(n: f64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut v, mut i) = (n, 0);
-    while v >= 1024.0 && i < units.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{v:.0} B")
-    } else {
-        format!("{v:.1} {}", units[i])
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::http::get(config.addr, "/status", config.token.as_deref()),
+    )
+    .await
+    .unwrap_or_else(|_| Err("no answer within 5 s".into()))?;
+    match answer {
+        (401, _) => Err("HTTP 401: pass its token with --metrics-token".into()),
+        (200..=299, body) => serde_json::from_str(&body).map_err(|e| format!("not JSON: {e}")),
+        (status, _) => Err(format!("HTTP {status}")),
     }
 }
 
@@ -188,7 +147,7 @@ pub fn live_summary(addr: SocketAddr, s: &serde_json::Value) -> String {
         "lag",
         format!(
             "{} · {} · {} transactions pending",
-            bytes_text(num(&s["lag_bytes"])),
+            format_bytes(num(&s["lag_bytes"]) as u64),
             seconds_text(num(&s["lag_seconds"])),
             num(&s["pending_transactions"])
         ),
@@ -240,7 +199,7 @@ pub fn live_summary(addr: SocketAddr, s: &serde_json::Value) -> String {
         } else {
             format!(
                 "{} WAL retained ({})",
-                bytes_text(num(&h["retained_bytes"])),
+                format_bytes(num(&h["retained_bytes"]) as u64),
                 h["wal_status"].as_str().unwrap_or("?")
             )
         },

@@ -19,6 +19,7 @@
 //! past the rest.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -190,8 +191,10 @@ fn assemble(
         pending_changes: 0,
         pending_bytes: 0,
         lag: Arc::clone(&lag),
+        blocked: Duration::ZERO,
     };
     while let Some(batch) = input.blocking_recv() {
+        let started = Instant::now();
         // Blue's WAL end and the bytes received go to `lag` once per batch.
         let (mut wal_end, mut bytes) = (Lsn::ZERO, 0u64);
         for event in batch {
@@ -226,7 +229,14 @@ fn assemble(
             }
         }
         lag.received(wal_end, bytes);
-        if sink.flush().is_err() {
+        let flushed = sink.flush();
+        // Busy time leaves out waiting for the consumer (backpressure).
+        lag.decode_busy(
+            started
+                .elapsed()
+                .saturating_sub(std::mem::take(&mut sink.blocked)),
+        );
+        if flushed.is_err() {
             return Ok(());
         }
     }
@@ -240,6 +250,8 @@ struct ChannelSink {
     pending_changes: usize,
     pending_bytes: usize,
     lag: Arc<Lag>,
+    /// Time spent waiting for room in the consumer channel.
+    blocked: Duration,
 }
 
 impl ChannelSink {
@@ -249,9 +261,13 @@ impl ChannelSink {
         }
         self.pending_changes = 0;
         self.pending_bytes = 0;
-        self.tx
+        let started = Instant::now();
+        let sent = self
+            .tx
             .blocking_send(std::mem::take(&mut self.pending))
-            .map_err(|_| SinkClosed)
+            .map_err(|_| SinkClosed);
+        self.blocked += started.elapsed();
+        sent
     }
 }
 

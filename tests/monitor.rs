@@ -52,6 +52,9 @@ fn check_exposition(text: &str) {
     let mut helped = BTreeSet::new();
     let mut typed = BTreeMap::new();
     let mut current: Option<(String, String)> = None;
+    // Histograms (one series each here): (le, cumulative count) and _count.
+    let mut buckets: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut counts = BTreeMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').expect("HELP name text");
@@ -84,12 +87,30 @@ fn check_exposition(text: &str) {
                 None => (series, None),
             };
             let (family, kind) = current.as_ref().expect("a sample after its TYPE");
-            let belongs = name == family
-                || (kind == "summary"
+            let belongs = name == family && kind != "histogram"
+                || (kind == "summary" || kind == "histogram")
                     && [format!("{family}_sum"), format!("{family}_count")]
                         .iter()
-                        .any(|n| n == name));
+                        .any(|n| n == name)
+                || kind == "histogram" && name == format!("{family}_bucket");
             assert!(belongs, "sample {name} outside its family {family}");
+            if kind == "histogram" && name.ends_with("_bucket") {
+                let le = labels
+                    .and_then(|l| l.split("le=\"").nth(1))
+                    .and_then(|v| v.split('"').next())
+                    .unwrap_or_else(|| panic!("bucket without le: {line}"));
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or_else(|_| panic!("le of {line}"))
+                };
+                buckets
+                    .entry(family.clone())
+                    .or_default()
+                    .push((bound, value.parse::<f64>().unwrap()));
+            } else if kind == "histogram" && name.ends_with("_count") {
+                counts.insert(family.clone(), value.parse::<f64>().unwrap());
+            }
             if let Some(labels) = labels {
                 // label="value" pairs; values may hold escaped quotes.
                 let mut rest = labels;
@@ -118,6 +139,27 @@ fn check_exposition(text: &str) {
         }
     }
     assert!(typed.len() >= 15, "all families present: {typed:?}");
+    for (family, b) in &buckets {
+        assert!(
+            b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{family}: bounds increase and counts are cumulative: {b:?}"
+        );
+        assert_eq!(
+            b.last().map(|l| l.0),
+            Some(f64::INFINITY),
+            "{family} has +Inf"
+        );
+        assert_eq!(
+            b.last().map(|l| l.1),
+            counts.get(family).copied(),
+            "{family}: +Inf = _count"
+        );
+    }
+    for (family, kind) in &typed {
+        if kind == "histogram" {
+            assert!(buckets.contains_key(family), "{family} has buckets");
+        }
+    }
 }
 
 struct Running {
@@ -256,6 +298,31 @@ async fn lag_rises_while_green_is_blocked_and_returns_to_zero() {
     assert_eq!(
         after["teal_apply_latency_seconds_count{slot=\"teal_slot\"}"],
         2.0
+    );
+    // Busy time: the apply stage waited on green's lock while applying; the
+    // decoder worked, but far less than the test ran.
+    let apply_busy = after["teal_apply_busy_seconds_total{slot=\"teal_slot\"}"];
+    assert!(
+        apply_busy > second[LAG_SECONDS] - 0.5 && apply_busy < blocked_for + 5.0,
+        "apply busy {apply_busy} s covers most of the wait (lag was {} s; locked {blocked_for:.1} s)",
+        second[LAG_SECONDS]
+    );
+    let decode_busy = after["teal_decode_busy_seconds_total{slot=\"teal_slot\"}"];
+    assert!(
+        decode_busy > 0.0 && decode_busy < 1.0,
+        "decoder busy {decode_busy} s: some, and not the idle time"
+    );
+    // Batch sizes: every batch holds at most 100 changes; two held more than 10.
+    let batches = after["teal_batches_total{slot=\"teal_slot\"}"];
+    let bucket = |le: &str| {
+        after[&format!("teal_batch_size_changes_bucket{{slot=\"teal_slot\",le=\"{le}\"}}")]
+    };
+    assert_eq!(bucket("+Inf"), batches);
+    assert_eq!(bucket("100"), batches);
+    assert!(bucket("10") <= batches - 2.0, "the 100- and 50-row batches");
+    assert_eq!(
+        after["teal_batch_size_changes_sum{slot=\"teal_slot\"}"],
+        after["teal_changes_total{slot=\"teal_slot\"}"]
     );
     twins.assert_converged(&["acct"], WAIT).await;
     running.stop().await;

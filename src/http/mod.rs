@@ -282,17 +282,45 @@ impl Monitor {
         ] {
             out.single(name, "counter", help, &slot, value);
         }
-        let batches = load(&a.batches);
-        out.single(
+        for (name, help, value) in [
+            (
+                "teal_decode_busy_seconds_total",
+                "Time the decoder spent decoding and assembling (not waiting for blue or for apply).",
+                self.lag.decode_busy_seconds(),
+            ),
+            (
+                "teal_apply_busy_seconds_total",
+                "Time the apply stage spent applying and committing, including waiting for green (not waiting for input).",
+                a.busy_seconds(),
+            ),
+        ] {
+            out.single(name, "counter", help, &slot, value);
+        }
+
+        out.family(
             "teal_batch_size_changes",
-            "gauge",
-            "Average changes per green transaction since start.",
+            "histogram",
+            "Changes per green transaction.",
+        );
+        let cumulative = a.batch_size_cumulative();
+        let bounds = ApplyStats::BATCH_SIZE_BOUNDS.map(|b| b.to_string());
+        for (le, count) in bounds
+            .iter()
+            .map(String::as_str)
+            .chain(["+Inf"])
+            .zip(&cumulative)
+        {
+            out.sample(
+                "teal_batch_size_changes_bucket",
+                &[("slot", &self.slot), ("le", le)],
+                *count as f64,
+            );
+        }
+        out.sample("teal_batch_size_changes_sum", &slot, load(&a.changes));
+        out.sample(
+            "teal_batch_size_changes_count",
             &slot,
-            if batches > 0.0 {
-                load(&a.changes) / batches
-            } else {
-                0.0
-            },
+            cumulative.last().copied().unwrap_or(0) as f64,
         );
 
         out.family(

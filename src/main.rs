@@ -8,15 +8,18 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use teal::apply::{ApplyConfig, ConflictPolicies, ConflictPolicy};
 use teal::config::{self, AssemblerConfig, ConnInfo, SourceConfig, Streaming};
 use teal::event::QualifiedName;
+use teal::http::Monitor;
 use teal::lsn::Lsn;
 use teal::ops::demo::{self, DemoConfig};
 use teal::ops::status::{self, StatusConfig};
 use teal::ops::stream::{self, MonitorConfig, StreamConfig};
+use teal::ops::sync::{self, OnExistingData, SyncConfig};
 use teal::ops::tail::{self, Format};
 use teal::store::Store;
 
@@ -52,6 +55,9 @@ enum Command {
     Tail(TailArgs),
     /// Apply blue's changes to green, exactly once, in batched transactions.
     Stream(StreamArgs),
+    /// Copy the published tables from a snapshot consistent with a new slot,
+    /// in parallel chunks, then stream from that point (no gap, no overlap).
+    Sync(SyncArgs),
     /// Throwaway blue and green clusters, a banking workload on blue streamed
     /// to green with live lag, then verification; everything removed at exit.
     Demo(DemoArgs),
@@ -218,6 +224,38 @@ struct StreamArgs {
     /// Write a heartbeat message on blue this often ("off": never), e.g. 10s.
     #[arg(long, env = "TEAL_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_optional_duration)]
     heartbeat_interval: OrOff<Duration>,
+}
+
+#[derive(Args)]
+struct SyncArgs {
+    #[command(flatten)]
+    stream: StreamArgs,
+
+    /// Parallel copy workers (each a session on blue and one on green).
+    #[arg(long, env = "TEAL_COPY_WORKERS", default_value_t = SyncConfig::DEFAULT_COPY_WORKERS as u16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    copy_workers: u16,
+
+    /// Rows per chunk (about: chunks are ranges of pages); big tables copy
+    /// in parallel chunks.
+    #[arg(long, env = "TEAL_CHUNK_ROWS", default_value_t = SyncConfig::DEFAULT_CHUNK_ROWS, value_parser = clap::value_parser!(u64).range(1..))]
+    chunk_rows: u64,
+
+    /// Only these published tables (schema.table or table), comma-separated.
+    #[arg(long, env = "TEAL_TABLES", value_delimiter = ',')]
+    tables: Vec<String>,
+
+    /// Not these tables, comma-separated.
+    #[arg(long, env = "TEAL_EXCLUDE_TABLES", value_delimiter = ',')]
+    exclude_tables: Vec<String>,
+
+    /// Green tables that already hold rows: error (stop, naming them),
+    /// truncate (empty them) or skip-table (copy nothing into them).
+    #[arg(long, env = "TEAL_ON_EXISTING_DATA", default_value = "error")]
+    on_existing_data: OnExistingData,
+
+    /// Exit after the copy instead of streaming (teal stream continues later).
+    #[arg(long, env = "TEAL_COPY_ONLY")]
+    copy_only: bool,
 }
 
 /// A flag value that may be `off` (clap treats a field of type `Option`
@@ -391,6 +429,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 batches = stats.batches.load(Ordering::Relaxed),
                 conflicts = stats.conflicts.load(Ordering::Relaxed),
                 "stream stopped"
+            );
+        }
+        Command::Sync(args) => {
+            let mut config = SyncConfig::new(args.stream.config()?);
+            config.copy_workers = usize::from(args.copy_workers);
+            config.chunk_rows = args.chunk_rows;
+            config.tables = args.tables;
+            config.exclude_tables = args.exclude_tables;
+            config.on_existing_data = args.on_existing_data;
+            config.copy_only = args.copy_only;
+            let monitor = Arc::new(Monitor::new(config.stream.apply.slot.clone()));
+            let (copied, stats) = sync::run(config, shutdown, monitor).await?;
+            tracing::info!(
+                copied_rows = copied.rows,
+                consistent_point = %copied.consistent_point,
+                transactions = stats.transactions.load(Ordering::Relaxed),
+                changes = stats.changes.load(Ordering::Relaxed),
+                "sync stopped"
             );
         }
         Command::Status(args) => {

@@ -9,7 +9,7 @@
 //! Nothing is kept only in local files: a new teal process on another host
 //! resumes from green alone.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use crate::event::quote_ident;
 use crate::lsn::{Lsn, PgTimestamp, Xid};
@@ -22,6 +22,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../sql/0001_teal_schema.sql"),
     ),
     (2, "audit trail", include_str!("../sql/0002_audit.sql")),
+    (
+        3,
+        "initial sync state",
+        include_str!("../sql/0003_sync.sql"),
+    ),
 ];
 
 /// Lock key for migrations (any constant; shared by all teal processes).
@@ -202,7 +207,7 @@ impl Store {
     /// transaction; returns once it is durable.
     pub async fn record_idle(
         &self,
-        client: &Client,
+        client: &impl GenericClient,
         slot: &str,
         end_lsn: Lsn,
     ) -> Result<(), StoreError> {
@@ -313,10 +318,190 @@ impl Store {
             .map_err(sql("updating teal's audit trail"))
     }
 
+    /// The initial copy recorded for `slot`, if one started.
+    pub async fn sync_state(
+        &self,
+        client: &Client,
+        slot: &str,
+    ) -> Result<Option<SyncState>, StoreError> {
+        let schema = self.quoted();
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT consistent_point::text, finished_at IS NOT NULL, \
+                     (SELECT count(*) FROM {schema}.sync_chunks c WHERE c.slot = s.slot), \
+                     (SELECT count(*) FROM {schema}.sync_chunks c WHERE c.slot = s.slot AND copied_at IS NOT NULL) \
+                     FROM {schema}.sync s WHERE slot = $1"
+                ),
+                &[&slot],
+            )
+            .await
+            .map_err(sql("reading teal's sync state"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let consistent_point =
+            row.get::<_, String>(0)
+                .parse()
+                .map_err(|_| StoreError::Corrupt {
+                    schema: self.schema.clone(),
+                    slot: slot.to_owned(),
+                    what: "sync consistent_point",
+                })?;
+        Ok(Some(SyncState {
+            consistent_point,
+            finished: row.get(1),
+            chunks: row.get::<_, i64>(2) as u64,
+            copied_chunks: row.get::<_, i64>(3) as u64,
+        }))
+    }
+
+    /// Tables with at least one copied chunk of `slot`'s sync (quoted names).
+    pub async fn sync_copied_tables(
+        &self,
+        client: &Client,
+        slot: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT DISTINCT table_name FROM {}.sync_chunks \
+                     WHERE slot = $1 AND copied_at IS NOT NULL ORDER BY 1",
+                    self.quoted()
+                ),
+                &[&slot],
+            )
+            .await
+            .map_err(sql("reading teal's sync chunks"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Forgets `slot`'s sync (its chunks too), in `client`'s transaction.
+    pub async fn sync_forget(
+        &self,
+        client: &impl GenericClient,
+        slot: &str,
+    ) -> Result<(), StoreError> {
+        client
+            .execute(
+                &format!("DELETE FROM {}.sync WHERE slot = $1", self.quoted()),
+                &[&slot],
+            )
+            .await
+            .map(drop)
+            .map_err(sql("clearing teal's sync state"))
+    }
+
+    /// Records a new sync of `slot` and its chunks (none copied yet), in
+    /// `client`'s transaction.
+    pub async fn sync_plan(
+        &self,
+        client: &impl GenericClient,
+        slot: &str,
+        consistent_point: Lsn,
+        snapshot_name: Option<&str>,
+        chunks: &[SyncChunk],
+    ) -> Result<(), StoreError> {
+        let schema = self.quoted();
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.sync (slot, consistent_point, snapshot_name) \
+                     VALUES ($1, $2::text::pg_lsn, $3)"
+                ),
+                &[&slot, &consistent_point.to_string(), &snapshot_name],
+            )
+            .await
+            .map_err(sql("recording the sync"))?;
+        let insert = client
+            .prepare(&format!(
+                "INSERT INTO {schema}.sync_chunks (slot, table_name, chunk, source, first_page, last_page) \
+                 VALUES ($1, $2, $3, $4, $5, $6)"
+            ))
+            .await
+            .map_err(sql("recording the sync's chunks"))?;
+        for c in chunks {
+            client
+                .execute(
+                    &insert,
+                    &[
+                        &slot,
+                        &c.table,
+                        &c.chunk,
+                        &c.source,
+                        &c.first_page,
+                        &c.last_page,
+                    ],
+                )
+                .await
+                .map_err(sql("recording the sync's chunks"))?;
+        }
+        Ok(())
+    }
+
+    /// The statement that marks a chunk copied (run in the chunk's transaction):
+    /// `$1` slot, `$2` table, `$3` chunk, `$4` rows, `$5` bytes.
+    pub fn sync_chunk_done(&self) -> String {
+        format!(
+            "UPDATE {}.sync_chunks SET rows = $4, bytes = $5, copied_at = now() \
+             WHERE slot = $1 AND table_name = $2 AND chunk = $3 AND copied_at IS NULL",
+            self.quoted()
+        )
+    }
+
+    /// Marks `slot`'s sync finished and records green as complete up to the
+    /// consistent point, in `client`'s transaction.
+    pub async fn sync_finish(
+        &self,
+        client: &impl GenericClient,
+        slot: &str,
+        consistent_point: Lsn,
+    ) -> Result<(), StoreError> {
+        client
+            .execute(
+                &format!(
+                    "UPDATE {}.sync SET finished_at = now() WHERE slot = $1",
+                    self.quoted()
+                ),
+                &[&slot],
+            )
+            .await
+            .map_err(sql("marking the sync finished"))?;
+        self.record_idle(client, slot, consistent_point).await
+    }
+
     /// Schema name, for messages.
     pub fn schema(&self) -> &str {
         &self.schema
     }
+}
+
+/// What green records about a slot's initial copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncState {
+    /// Where the slot's stream starts; the copy is consistent with it.
+    pub consistent_point: Lsn,
+    /// Every chunk and the sequences are copied.
+    pub finished: bool,
+    /// Chunks planned.
+    pub chunks: u64,
+    /// Chunks whose rows are committed on green.
+    pub copied_chunks: u64,
+}
+
+/// One planned chunk of a sync (a row of `<schema>.sync_chunks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncChunk {
+    /// Green's table, quoted.
+    pub table: String,
+    /// Number within the table, from 0.
+    pub chunk: i32,
+    /// Blue relation read, quoted.
+    pub source: String,
+    /// First ctid page, `None` from the start.
+    pub first_page: Option<i64>,
+    /// Page after the last, `None` to the end.
+    pub last_page: Option<i64>,
 }
 
 /// One row of `<schema>.audit`.

@@ -11,4 +11,5 @@ mod demo_cli;
 mod monitor;
 mod monitoring_files;
 mod stream;
+mod sync;
 mod tail_cli;

@@ -27,6 +27,7 @@ mod target;
 mod writer;
 
 pub use conflict::{ConflictKind, ConflictPolicies, ConflictPolicy};
+pub(crate) use green::connect as green_session;
 pub use green::{GreenConnectError, connect_plain};
 pub use origin::origin_name;
 pub use target::{DriftError, MapError};

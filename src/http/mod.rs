@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::ApplyStats;
 use crate::lsn::PgTimestamp;
-use crate::progress::{Lag, lock};
+use crate::progress::{CopyProgress, Lag, lock};
 
 /// What `teal stream` is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -40,6 +40,8 @@ use crate::progress::{Lag, lock};
 pub enum RunState {
     /// Connecting to green and blue.
     Starting,
+    /// Copying the published tables (`teal sync`).
+    Copying,
     /// Applying blue's changes.
     Streaming,
     /// Waiting to retry after a transient error.
@@ -82,6 +84,8 @@ pub struct Monitor {
     pub history: History,
     /// This run's id, in its log lines and audit rows.
     pub correlation_id: String,
+    /// The initial copy, while `teal sync` runs one.
+    copy: OnceLock<Arc<CopyProgress>>,
 }
 
 impl Monitor {
@@ -99,7 +103,13 @@ impl Monitor {
             addr: OnceLock::new(),
             history: History::default(),
             correlation_id: crate::ops::audit::new_id(),
+            copy: OnceLock::new(),
         }
+    }
+
+    /// Shows `progress` in `/status` and `/metrics` from now on.
+    pub fn set_copy(&self, progress: Arc<CopyProgress>) {
+        let _ = self.copy.set(progress);
     }
 
     /// Sets the state.
@@ -169,6 +179,15 @@ impl Monitor {
             "slot_health": *lock(&self.slot_health),
             "tables": a.tables(),
             "last_error": last_error,
+            "copy": self.copy.get().map(|c| {
+                let tables = c.snapshot();
+                serde_json::json!({
+                    "finished": c.is_finished(),
+                    "fraction": c.overall_fraction(&tables),
+                    "elapsed_seconds": c.elapsed_seconds(),
+                    "tables": tables,
+                })
+            }),
             "time": now.to_string(),
         })
     }
@@ -366,6 +385,52 @@ impl Monitor {
                     &[("slot", &self.slot), ("status", status)],
                     1.0,
                 );
+            }
+        }
+
+        if let Some(copy) = self.copy.get() {
+            let tables = copy.snapshot();
+            out.single(
+                "teal_copy_progress_ratio",
+                "gauge",
+                "Share of the initial copy done (0 to 1, weighted by table size).",
+                &slot,
+                copy.overall_fraction(&tables),
+            );
+            for (name, kind, help, value) in [
+                (
+                    "teal_copy_rows_total",
+                    "counter",
+                    "Rows of the initial copy committed on green, per table.",
+                    (|t: &crate::progress::TableCopySnapshot| t.rows) as fn(&_) -> u64,
+                ),
+                (
+                    "teal_copy_bytes_total",
+                    "counter",
+                    "COPY bytes of the initial copy read from blue, per table.",
+                    |t| t.bytes,
+                ),
+                (
+                    "teal_copy_chunks_done_total",
+                    "counter",
+                    "Chunks of the initial copy committed on green, per table.",
+                    |t| t.chunks_done,
+                ),
+                (
+                    "teal_copy_chunks",
+                    "gauge",
+                    "Chunks of the initial copy planned, per table.",
+                    |t| t.chunks,
+                ),
+            ] {
+                out.family(name, kind, help);
+                for t in &tables {
+                    out.sample(
+                        name,
+                        &[("slot", &self.slot), ("table", &t.table)],
+                        value(t) as f64,
+                    );
+                }
             }
         }
 

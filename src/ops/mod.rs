@@ -5,6 +5,7 @@ pub mod audit;
 pub mod demo;
 pub mod status;
 pub mod stream;
+pub mod sync;
 pub mod tail;
 pub mod verify;
 

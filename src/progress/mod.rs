@@ -10,8 +10,10 @@
 //! This is the only path from the later stages back to the source, and it
 //! carries nothing but an LSN.
 
+mod copy;
 mod lag;
 
+pub use copy::{CopyProgress, TableCopy, TableCopySnapshot};
 pub use lag::{Lag, LatencySummary};
 
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,188 @@
+//! The copy workers: each imports the exported snapshot on its own blue
+//! session and pipes chunks into green, one green transaction per chunk
+//! (its rows and its `copied_at` together).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures_util::{SinkExt, TryStreamExt};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::apply::connect_plain;
+use crate::config::ConnInfo;
+use crate::progress::{CopyProgress, lock};
+use crate::store::{Store, SyncChunk};
+
+use super::SyncError;
+use super::plan::TablePlan;
+
+/// Blue's output formats while copying in text: the same canonical forms
+/// the apply sessions use on green, so every value reads back unchanged.
+const TEXT_FORMATS: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; \
+     SET extra_float_digits = 3; SET TimeZone = 'UTC'; SET bytea_output = hex";
+
+/// What the workers share.
+pub struct Work {
+    /// Blue.
+    pub source: ConnInfo,
+    /// Green.
+    pub target: ConnInfo,
+    /// teal's schema on green.
+    pub store: Store,
+    /// The slot (the chunk rows' key).
+    pub slot: String,
+    /// The exported snapshot.
+    pub snapshot: String,
+    /// The tables, in the order of `chunks`.
+    pub plans: Arc<Vec<TablePlan>>,
+    /// Each table's chunks.
+    pub chunks: Vec<Vec<SyncChunk>>,
+    /// Counters.
+    pub progress: Arc<CopyProgress>,
+}
+
+/// Runs `workers` workers over every chunk. `Ok(true)` when all are on
+/// green, `Ok(false)` when `shutdown` stopped them first (open chunks are
+/// rolled back).
+pub async fn run_workers(
+    work: Work,
+    workers: usize,
+    shutdown: &CancellationToken,
+) -> Result<bool, SyncError> {
+    let queue: VecDeque<(usize, SyncChunk)> = work
+        .chunks
+        .iter()
+        .enumerate()
+        .flat_map(|(t, chunks)| chunks.iter().cloned().map(move |c| (t, c)))
+        .collect();
+    let workers = workers.min(queue.len()).max(1);
+    let queue = Arc::new(std::sync::Mutex::new(queue));
+    let work = Arc::new(work);
+    let stop = shutdown.child_token();
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in 0..workers {
+        let (work, queue, stop) = (Arc::clone(&work), Arc::clone(&queue), stop.clone());
+        tasks.spawn(
+            async move { worker(id, &work, &queue, &stop).await }
+                .instrument(tracing::info_span!("copy_worker", id)),
+        );
+    }
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.unwrap_or_else(|e| {
+            Err(SyncError::Setup(format!(
+                "a copy worker panicked (a bug: please report it with the log): {e}"
+            )))
+        });
+        if let Err(e) = result {
+            // One failure stops the others: their open chunks roll back.
+            stop.cancel();
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(!shutdown.is_cancelled() && lock(&queue).is_empty())
+}
+
+async fn worker(
+    id: usize,
+    work: &Work,
+    queue: &std::sync::Mutex<VecDeque<(usize, SyncChunk)>>,
+    stop: &CancellationToken,
+) -> Result<(), SyncError> {
+    let blue = connect_plain(&work.source, "teal-sync-copy").await?;
+    blue.batch_execute(&format!(
+        "{TEXT_FORMATS}; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        crate::source::quote_sql_literal(&work.snapshot)
+    ))
+    .await
+    .map_err(SyncError::blue("importing the exported snapshot"))?;
+    let mut green = crate::apply::green_session(&work.target, "teal-sync-copy").await?;
+    let done = green
+        .prepare(&work.store.sync_chunk_done())
+        .await
+        .map_err(SyncError::green("preparing the chunk record"))?;
+    tracing::debug!(id, "copy worker ready");
+    loop {
+        let next = lock(queue).pop_front();
+        let Some((t, chunk)) = next else {
+            break;
+        };
+        let plan = &work.plans[t];
+        let copied = tokio::select! {
+            r = copy_chunk(&blue, &mut green, &done, work, t, plan, &chunk) => r?,
+            () = stop.cancelled() => {
+                // Dropping the chunk's transaction rolls it back.
+                lock(queue).push_front((t, chunk));
+                return Ok(());
+            }
+        };
+        tracing::debug!(table = %plan.display(), chunk = chunk.chunk, rows = copied, "chunk copied");
+    }
+    blue.batch_execute("COMMIT")
+        .await
+        .map_err(SyncError::blue("ending the snapshot transaction"))?;
+    Ok(())
+}
+
+/// Pipes one chunk blue -> green and records it, in one green transaction.
+async fn copy_chunk(
+    blue: &Client,
+    green: &mut Client,
+    done: &tokio_postgres::Statement,
+    work: &Work,
+    t: usize,
+    plan: &TablePlan,
+    chunk: &SyncChunk,
+) -> Result<u64, SyncError> {
+    let failed = |source| SyncError::Copy {
+        table: plan.display(),
+        chunk: chunk.chunk,
+        source_relation: chunk.source.clone(),
+        source,
+    };
+    let counters = &work.progress.tables[t];
+    let tx = green.transaction().await.map_err(failed)?;
+    let sink = tx.copy_in(&plan.copy_in()).await.map_err(failed)?;
+    let mut sink = std::pin::pin!(sink);
+    let rows_out = blue.copy_out(&plan.copy_out(chunk)).await.map_err(failed)?;
+    let mut bytes = 0u64;
+    {
+        let mut counted = std::pin::pin!(rows_out.inspect_ok(|b| {
+            bytes += b.len() as u64;
+            counters.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }));
+        sink.send_all(&mut counted).await.map_err(failed)?;
+    }
+    let rows = sink.as_mut().finish().await.map_err(failed)?;
+    let recorded = tx
+        .execute(
+            done,
+            &[
+                &work.slot,
+                &chunk.table,
+                &chunk.chunk,
+                &(rows as i64),
+                &(bytes as i64),
+            ],
+        )
+        .await
+        .map_err(failed)?;
+    if recorded != 1 {
+        return Err(SyncError::Setup(format!(
+            "chunk {} of {} was recorded as copied by someone else meanwhile: is another teal sync running for slot {:?}?",
+            chunk.chunk,
+            plan.display(),
+            work.slot
+        )));
+    }
+    tx.commit().await.map_err(failed)?;
+    counters.rows.fetch_add(rows, Ordering::Relaxed);
+    counters.chunks_done.fetch_add(1, Ordering::Relaxed);
+    Ok(rows)
+}

@@ -1,0 +1,569 @@
+//! `teal sync`: copy the published tables from a snapshot consistent with
+//! the slot's start, then stream from that point: no gap, no overlap.
+//!
+//! ```text
+//! green: migrate, read sync state ──▶ blue: plan tables, check green
+//!   ──▶ CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')   [connection kept open]
+//!   ──▶ green: sync row + chunk rows
+//!   ──▶ N workers: blue  BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT
+//!                  green BEGIN; COPY FROM STDIN ◀── COPY (SELECT .. ctid range) TO STDOUT
+//!                        UPDATE sync_chunks (copied); COMMIT      one chunk at a time
+//!   ──▶ sequences ──▶ green: sync finished + progress = consistent point
+//!   ──▶ teal stream from the consistent point
+//! ```
+//!
+//! Every copied row is in the snapshot, and the slot streams exactly the
+//! transactions that commit after it, so each change lands once.
+//!
+//! An interrupted copy cannot continue where it stopped yet: its snapshot
+//! died with the exporting connection, and chunks copied from a later
+//! snapshot would not line up with the slot. Until chunk-level resume
+//! exists, `teal sync` starts such a copy again: it empties the tables it
+//! had copied, drops the slot it created and copies everything anew.
+
+mod copy;
+mod display;
+mod plan;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::apply::{ApplyStats, GreenConnectError, connect_plain};
+use crate::http::{HttpError, Monitor, RunState};
+use crate::lsn::{Lsn, PgTimestamp};
+use crate::ops::audit::{new_id, performed_by};
+use crate::ops::stream::{self, StreamConfig, StreamError};
+use crate::progress::{CopyProgress, TableCopy};
+use crate::source::{ReplicationClient, SnapshotAction, SourceError};
+use crate::store::{AuditRecord, Store, StoreError};
+
+pub use plan::{Identity, TablePlan};
+
+/// Why `teal sync` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Something to fix before syncing (the message says what).
+    #[error("{0}")]
+    Setup(String),
+    /// A statement on blue failed.
+    #[error("{context} on blue: {source}")]
+    Blue {
+        /// What teal was doing.
+        context: String,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A statement on green failed.
+    #[error("{context} on green: {source}")]
+    Green {
+        /// What teal was doing.
+        context: String,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Copying one chunk failed (blue's COPY or green's).
+    #[error("copying chunk {chunk} of {table} ({source_relation}): {source}")]
+    Copy {
+        /// Green's table.
+        table: String,
+        /// Chunk number.
+        chunk: i32,
+        /// Blue relation read.
+        source_relation: String,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A session could not be opened.
+    #[error(transparent)]
+    Connect(#[from] GreenConnectError),
+    /// teal's tables on green.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The replication connection to blue.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// Streaming after the copy.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+impl SyncError {
+    fn blue(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SyncError {
+        let context = context.into();
+        move |source| SyncError::Blue { context, source }
+    }
+
+    fn green(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SyncError {
+        let context = context.into();
+        move |source| SyncError::Green { context, source }
+    }
+}
+
+/// What to do with a green table that already holds rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnExistingData {
+    /// Stop before copying anything, naming the tables.
+    #[default]
+    Error,
+    /// Empty them first.
+    Truncate,
+    /// Copy nothing into them (their changes are still streamed).
+    SkipTable,
+}
+
+/// Everything `teal sync` needs.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Blue, green, the slot and everything about streaming afterwards.
+    pub stream: StreamConfig,
+    /// Parallel copy workers.
+    pub copy_workers: usize,
+    /// Rows per chunk (about: chunks are page ranges).
+    pub chunk_rows: u64,
+    /// Only these tables (`schema.name` or `name`); empty: all published.
+    pub tables: Vec<String>,
+    /// Not these.
+    pub exclude_tables: Vec<String>,
+    /// Green tables that hold rows.
+    pub on_existing_data: OnExistingData,
+    /// Copy only; do not stream afterwards.
+    pub copy_only: bool,
+}
+
+impl SyncConfig {
+    /// `--copy-workers` default.
+    pub const DEFAULT_COPY_WORKERS: usize = 4;
+    /// `--chunk-rows` default.
+    pub const DEFAULT_CHUNK_ROWS: u64 = 500_000;
+
+    /// Defaults around a stream configuration.
+    pub fn new(stream: StreamConfig) -> SyncConfig {
+        SyncConfig {
+            stream,
+            copy_workers: Self::DEFAULT_COPY_WORKERS,
+            chunk_rows: Self::DEFAULT_CHUNK_ROWS,
+            tables: Vec::new(),
+            exclude_tables: Vec::new(),
+            on_existing_data: OnExistingData::Error,
+            copy_only: false,
+        }
+    }
+}
+
+/// What the copy did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopySummary {
+    /// Where streaming starts.
+    pub consistent_point: Lsn,
+    /// Tables copied.
+    pub tables: usize,
+    /// Chunks copied in this run.
+    pub chunks: u64,
+    /// Rows copied in this run.
+    pub rows: u64,
+    /// COPY bytes moved in this run.
+    pub bytes: u64,
+    /// The copy had finished before (nothing copied in this run).
+    pub already_done: bool,
+}
+
+/// Copies (unless green already has the copy) and then streams until
+/// `shutdown`. `out` receives the progress display and the table notes.
+pub async fn run(
+    config: SyncConfig,
+    shutdown: CancellationToken,
+    monitor: Arc<Monitor>,
+) -> Result<(CopySummary, Arc<ApplyStats>), SyncError> {
+    let stopped = shutdown.child_token();
+    let _stop_server = stopped.clone().drop_guard();
+    if let Some(addr) = config.stream.monitor.metrics_addr {
+        crate::http::serve(
+            addr,
+            Arc::clone(&monitor),
+            config.stream.monitor.metrics_token.clone(),
+            stopped.clone(),
+        )
+        .await?;
+    }
+    let span = tracing::info_span!("run", correlation_id = %monitor.correlation_id);
+    let summary = copy(&config, &shutdown, &monitor)
+        .instrument(span)
+        .await
+        .inspect_err(|e| {
+            monitor.record_error(e.to_string());
+            monitor.set_state(RunState::Failed);
+        })?;
+    if config.copy_only || shutdown.is_cancelled() {
+        monitor.set_state(RunState::Stopping);
+        return Ok((summary, Arc::clone(&monitor.apply)));
+    }
+    let mut stream_config = config.stream.clone();
+    // The endpoint is up already; the slot exists.
+    stream_config.monitor.metrics_addr = None;
+    stream_config.source.create_slot = false;
+    let stats = stream::run_monitored(stream_config, shutdown, monitor).await?;
+    Ok((summary, stats))
+}
+
+/// The copy phase: everything before streaming.
+pub async fn copy(
+    config: &SyncConfig,
+    shutdown: &CancellationToken,
+    monitor: &Arc<Monitor>,
+) -> Result<CopySummary, SyncError> {
+    monitor.set_state(RunState::Starting);
+    let source = &config.stream.source;
+    let apply = &config.stream.apply;
+    let store = &apply.store;
+    let slot = &source.slot;
+    let mut green = connect_plain(&apply.target, "teal-sync").await?;
+    store.migrate(&mut green).await?;
+    let mut repl = ReplicationClient::connect(&source.conninfo).await?;
+    let existing_slot = repl.check_slot(slot, &source.conninfo.dbname).await?;
+    let state = store.sync_state(&green, slot).await?;
+    match (&existing_slot, state) {
+        (Some(_), Some(s)) if s.finished => {
+            tracing::info!(slot = %slot, consistent_point = %s.consistent_point, "green holds a finished copy for this slot; streaming");
+            repl.close().await;
+            return Ok(CopySummary {
+                consistent_point: s.consistent_point,
+                already_done: true,
+                ..CopySummary::default()
+            });
+        }
+        (Some(info), Some(s)) => {
+            if let Some(pid) = info.active_pid {
+                return Err(SyncError::Setup(format!(
+                    "slot {slot:?} is in use by process {pid} on blue; stop that teal before running teal sync again"
+                )));
+            }
+            let tables = store.sync_copied_tables(&green, slot).await?;
+            tracing::warn!(
+                slot = %slot,
+                copied_chunks = s.copied_chunks,
+                chunks = s.chunks,
+                tables = ?tables,
+                "an earlier copy was interrupted; its snapshot is gone, so the copy starts again from a new one (emptying the tables it had copied)"
+            );
+            let tx = green
+                .transaction()
+                .await
+                .map_err(SyncError::green("starting a transaction"))?;
+            if !tables.is_empty() {
+                tx.batch_execute(&format!("TRUNCATE {}", tables.join(", ")))
+                    .await
+                    .map_err(SyncError::green(
+                        "emptying the tables of the interrupted copy",
+                    ))?;
+            }
+            store.sync_forget(&tx, slot).await?;
+            tx.commit()
+                .await
+                .map_err(SyncError::green("clearing the interrupted copy"))?;
+            repl.drop_slot(slot).await?;
+        }
+        (Some(_), None) => {
+            return Err(SyncError::Setup(format!(
+                "slot {slot:?} already exists on blue, but green ({}) holds no finished copy for it: teal sync cannot know what green is missing. If green already has blue's data, use teal stream; otherwise drop the slot on blue (SELECT pg_drop_replication_slot('{slot}')) and run teal sync again",
+                apply.target
+            )));
+        }
+        (None, Some(_)) => {
+            tracing::warn!(slot = %slot, "green records a copy for a slot blue no longer has; copying anew");
+            store.sync_forget(&green, slot).await?;
+        }
+        (None, None) => {}
+    }
+    if !source.create_slot {
+        return Err(SyncError::Setup(format!(
+            "slot {slot:?} does not exist on blue and --no-create-slot was given: teal sync creates the slot together with the snapshot it copies"
+        )));
+    }
+
+    // Plan on blue, check on green.
+    let blue = connect_plain(&source.conninfo, "teal-sync").await?;
+    let mut plans = plan::published_tables(
+        &blue,
+        &source.publications,
+        &config.tables,
+        &config.exclude_tables,
+    )
+    .await?;
+    if plans.is_empty() {
+        return Err(SyncError::Setup(format!(
+            "the publication(s) {} publish no tables (after --tables/--exclude-tables)",
+            source.publications.join(",")
+        )));
+    }
+    let mut with_rows = Vec::new();
+    for p in &mut plans {
+        if plan::check_green(&green, p).await?.has_rows {
+            with_rows.push(p.quoted());
+        }
+    }
+    for p in &plans {
+        match p.identity {
+            Identity::Key => {}
+            Identity::FullWithoutKey => tracing::warn!(
+                table = %p.display(),
+                "no primary key (replica identity FULL): each update or delete changes one green row equal to the old row in every column"
+            ),
+            Identity::None => tracing::warn!(
+                table = %p.display(),
+                "no primary key or replica identity: blue rejects UPDATE and DELETE on it while it is published; add a primary key or ALTER TABLE ... REPLICA IDENTITY FULL"
+            ),
+        }
+    }
+    if !with_rows.is_empty() {
+        match config.on_existing_data {
+            OnExistingData::Error => {
+                return Err(SyncError::Setup(format!(
+                    "green already holds rows in {}: empty them, or run with --on-existing-data truncate (empties them) or skip-table (copies nothing into them)",
+                    with_rows.join(", ")
+                )));
+            }
+            OnExistingData::Truncate => {
+                tracing::info!(tables = ?with_rows, "emptying green tables before the copy");
+                green
+                    .batch_execute(&format!("TRUNCATE {}", with_rows.join(", ")))
+                    .await
+                    .map_err(SyncError::green("emptying tables before the copy"))?;
+            }
+            OnExistingData::SkipTable => {
+                tracing::warn!(tables = ?with_rows, "green already holds rows: not copying these tables (their changes are still streamed)");
+                plans.retain(|p| !with_rows.contains(&p.quoted()));
+            }
+        }
+    }
+
+    // The slot and its snapshot; the exporting connection stays open until
+    // every worker has imported the snapshot.
+    let created = repl.create_slot(slot, SnapshotAction::Export).await?;
+    let snapshot = created
+        .snapshot_name
+        .clone()
+        .ok_or_else(|| SyncError::Setup("blue exported no snapshot with the new slot".into()))?;
+    tracing::info!(slot = %slot, consistent_point = %created.consistent_point, snapshot = %snapshot, "created the slot with an exported snapshot");
+    let version: i32 = blue
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(SyncError::blue("reading blue's version"))?
+        .get(0);
+    // Largest tables first, so the long chunks start early.
+    plans.sort_by_key(|p| std::cmp::Reverse(p.heap_bytes));
+    let per_table: Vec<_> = plans
+        .iter()
+        .map(|p| p.chunks(config.chunk_rows, version >= 140000))
+        .collect();
+    let tx = green
+        .transaction()
+        .await
+        .map_err(SyncError::green("starting a transaction"))?;
+    store
+        .sync_plan(
+            &tx,
+            slot,
+            created.consistent_point,
+            Some(&snapshot),
+            &per_table.iter().flatten().cloned().collect::<Vec<_>>(),
+        )
+        .await?;
+    tx.commit()
+        .await
+        .map_err(SyncError::green("recording the sync plan"))?;
+
+    let progress = Arc::new(CopyProgress::new(
+        plans
+            .iter()
+            .zip(&per_table)
+            .map(|(p, chunks)| TableCopy {
+                name: p.display(),
+                estimated_bytes: p.heap_bytes,
+                estimated_rows: p.estimated_rows,
+                chunks: chunks.len() as u64,
+                chunks_done: Default::default(),
+                rows: Default::default(),
+                bytes: Default::default(),
+            })
+            .collect(),
+    ));
+    monitor.set_copy(Arc::clone(&progress));
+    monitor.set_state(RunState::Copying);
+    let mut audit = SyncAudit::start(store, &green, monitor, config).await;
+    let plans = Arc::new(plans);
+    let started = Instant::now();
+    let display = tokio::spawn(
+        display::show(Arc::clone(&progress), shutdown.child_token()).in_current_span(),
+    );
+    let copied = copy::run_workers(
+        copy::Work {
+            source: source.conninfo.clone(),
+            target: apply.target.clone(),
+            store: store.clone(),
+            slot: slot.clone(),
+            snapshot,
+            plans: Arc::clone(&plans),
+            chunks: per_table,
+            progress: Arc::clone(&progress),
+        },
+        config.copy_workers.max(1),
+        shutdown,
+    )
+    .await;
+    // Every worker has its snapshot (or has failed): the exporter may go.
+    repl.close().await;
+    let result = match copied {
+        Ok(true) => {
+            copy_sequences(&blue, &green, &plans).await?;
+            let tx = green
+                .transaction()
+                .await
+                .map_err(SyncError::green("starting a transaction"))?;
+            store
+                .sync_finish(&tx, slot, created.consistent_point)
+                .await?;
+            tx.commit()
+                .await
+                .map_err(SyncError::green("marking the copy finished"))?;
+            progress.finish();
+            Ok(true)
+        }
+        other => other,
+    };
+    display.abort();
+    let _ = display.await;
+    let snapshot_now = progress.snapshot();
+    let summary = CopySummary {
+        consistent_point: created.consistent_point,
+        tables: snapshot_now.len(),
+        chunks: snapshot_now.iter().map(|t| t.chunks_done).sum(),
+        rows: snapshot_now.iter().map(|t| t.rows).sum(),
+        bytes: snapshot_now.iter().map(|t| t.bytes).sum(),
+        already_done: false,
+    };
+    audit.end(&green, &summary, started, &result).await;
+    display::finished(&progress, &summary, started.elapsed(), &result);
+    result.map(|_| summary)
+}
+
+/// Sets green's sequences owned by the copied tables to blue's values
+/// (read after the copy, so they are at least as far as every copied row).
+async fn copy_sequences(
+    blue: &tokio_postgres::Client,
+    green: &tokio_postgres::Client,
+    plans: &[TablePlan],
+) -> Result<(), SyncError> {
+    for t in plans {
+        let quoted = t.quoted();
+        let owned = plan::owned_sequences(blue, &quoted)
+            .await
+            .map_err(SyncError::blue(format!(
+                "finding the sequences of {}",
+                t.display()
+            )))?;
+        for (column, seq) in owned {
+            let row = blue
+                .query_one(&format!("SELECT last_value, is_called FROM {seq}"), &[])
+                .await
+                .map_err(SyncError::blue(format!("reading sequence {seq}")))?;
+            let (value, called): (i64, bool) = (row.get(0), row.get(1));
+            let green_seq: Option<String> = green
+                .query_one("SELECT pg_get_serial_sequence($1, $2)", &[&quoted, &column])
+                .await
+                .map_err(SyncError::green(format!(
+                    "finding the sequence of {}.{column}",
+                    t.display()
+                )))?
+                .get(0);
+            let Some(green_seq) = green_seq else {
+                tracing::warn!(table = %t.display(), column = %column, "blue's column has a sequence, green's has none: not set");
+                continue;
+            };
+            green
+                .execute(
+                    "SELECT setval($1::text::regclass, $2, $3)",
+                    &[&green_seq, &value, &called],
+                )
+                .await
+                .map_err(SyncError::green(format!("setting sequence {green_seq}")))?;
+            tracing::info!(sequence = %green_seq, value, "set green's sequence to blue's value");
+        }
+    }
+    Ok(())
+}
+
+/// The `snapshot` audit row of a copy.
+struct SyncAudit {
+    record: Option<AuditRecord>,
+    store: Store,
+}
+
+impl SyncAudit {
+    async fn start(
+        store: &Store,
+        green: &tokio_postgres::Client,
+        monitor: &Monitor,
+        config: &SyncConfig,
+    ) -> SyncAudit {
+        let record = AuditRecord {
+            operation_id: new_id(),
+            correlation_id: monitor.correlation_id.clone(),
+            operation: "snapshot",
+            status: "running",
+            slot: Some(config.stream.source.slot.clone()),
+            started_at: PgTimestamp::now(),
+            ended_at: None,
+            duration_ms: None,
+            source: Some(config.stream.source.conninfo.to_string()),
+            target: Some(config.stream.apply.target.to_string()),
+            performed_by: performed_by(),
+            details: serde_json::json!({ "copy_workers": config.copy_workers, "chunk_rows": config.chunk_rows }),
+        };
+        if let Err(e) = store.audit(green, &record).await {
+            tracing::warn!(error = %e, "could not write the copy's audit row");
+        }
+        SyncAudit {
+            record: Some(record),
+            store: store.clone(),
+        }
+    }
+
+    async fn end(
+        &mut self,
+        green: &tokio_postgres::Client,
+        summary: &CopySummary,
+        started: Instant,
+        result: &Result<bool, SyncError>,
+    ) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        record.status = match result {
+            Ok(true) => "succeeded",
+            Ok(false) => "stopped",
+            Err(_) => "failed",
+        };
+        record.ended_at = Some(PgTimestamp::now());
+        record.duration_ms = Some(started.elapsed().as_millis() as i64);
+        record.details = serde_json::json!({
+            "consistent_point": summary.consistent_point.to_string(),
+            "tables": summary.tables,
+            "chunks": summary.chunks,
+            "rows": summary.rows,
+            "bytes": summary.bytes,
+            "error": result.as_ref().err().map(ToString::to_string),
+        });
+        if let Err(e) = self.store.audit(green, &record).await {
+            tracing::warn!(error = %e, "could not write the copy's audit row");
+        }
+    }
+}

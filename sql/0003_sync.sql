@@ -5,11 +5,14 @@
 -- transaction, so a chunk is either wholly on green or not at all.
 -- finished_at is set, with the progress row at consistent_point, once every
 -- chunk and the sequences are copied; from then on `teal stream` (or a new
--- `teal sync`) streams from the slot.
+-- `teal sync`) streams from the slot. While the snapshot is still held
+-- (holder_pid on holder_host), an interrupted copy resumes with it.
 CREATE TABLE @schema@.sync (
     slot              text PRIMARY KEY,
     consistent_point  pg_lsn NOT NULL,
     snapshot_name     text,
+    holder_pid        int,            -- the process keeping the snapshot (teal snapshot-holder)
+    holder_host       text,
     started_at        timestamptz NOT NULL DEFAULT now(),
     finished_at       timestamptz
 );

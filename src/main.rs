@@ -19,7 +19,7 @@ use teal::lsn::Lsn;
 use teal::ops::demo::{self, DemoConfig};
 use teal::ops::status::{self, StatusConfig};
 use teal::ops::stream::{self, MonitorConfig, StreamConfig};
-use teal::ops::sync::{self, OnExistingData, SyncConfig};
+use teal::ops::sync::{self, HolderCommand, OnExistingData, SyncConfig};
 use teal::ops::tail::{self, Format};
 use teal::store::Store;
 
@@ -58,6 +58,10 @@ enum Command {
     /// Copy the published tables from a snapshot consistent with a new slot,
     /// in parallel chunks, then stream from that point (no gap, no overlap).
     Sync(SyncArgs),
+    /// (Internal, started by teal sync) Create the slot, export its
+    /// snapshot and hold it while the copy runs.
+    #[command(hide = true)]
+    SnapshotHolder(HolderArgs),
     /// Throwaway blue and green clusters, a banking workload on blue streamed
     /// to green with live lag, then verification; everything removed at exit.
     Demo(DemoArgs),
@@ -256,6 +260,32 @@ struct SyncArgs {
     /// Exit after the copy instead of streaming (teal stream continues later).
     #[arg(long, env = "TEAL_COPY_ONLY")]
     copy_only: bool,
+
+    /// If teal sync dies mid-copy, its snapshot stays held this long (e.g.
+    /// 10m) so that the next teal sync resumes it; a held snapshot keeps
+    /// blue's VACUUM from removing old rows.
+    #[arg(long, env = "TEAL_SNAPSHOT_HOLD", default_value = "10m", value_parser = config::parse_duration)]
+    snapshot_hold: Duration,
+}
+
+#[derive(Args)]
+struct HolderArgs {
+    /// Blue (from the environment only, so it never shows in ps).
+    #[arg(
+        long = "source-from-env",
+        env = "TEAL_SOURCE_URL",
+        hide_env_values = true,
+        hide = true
+    )]
+    source: String,
+
+    /// The slot to create.
+    #[arg(long)]
+    slot: String,
+
+    /// How long to hold the snapshot once teal sync is gone.
+    #[arg(long, value_parser = config::parse_duration)]
+    orphan_timeout: Duration,
 }
 
 /// A flag value that may be `off` (clap treats a field of type `Option`
@@ -432,7 +462,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Sync(args) => {
+            let source_url = args.stream.source.source.clone();
             let mut config = SyncConfig::new(args.stream.config()?);
+            config.holder = Some(HolderCommand {
+                program: std::env::current_exe()
+                    .context("cannot find teal's own binary to start the snapshot holder")?,
+                source_url,
+                orphan_timeout: args.snapshot_hold,
+            });
             config.copy_workers = usize::from(args.copy_workers);
             config.chunk_rows = args.chunk_rows;
             config.tables = args.tables;
@@ -448,6 +485,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 changes = stats.changes.load(Ordering::Relaxed),
                 "sync stopped"
             );
+        }
+        Command::SnapshotHolder(args) => {
+            let source: ConnInfo = args
+                .source
+                .parse()
+                .context("invalid TEAL_SOURCE_URL connection string")?;
+            sync::hold(&source, &args.slot, args.orphan_timeout, shutdown).await?;
         }
         Command::Status(args) => {
             if args.interval.is_zero() {

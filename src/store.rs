@@ -330,7 +330,8 @@ impl Store {
                 &format!(
                     "SELECT consistent_point::text, finished_at IS NOT NULL, \
                      (SELECT count(*) FROM {schema}.sync_chunks c WHERE c.slot = s.slot), \
-                     (SELECT count(*) FROM {schema}.sync_chunks c WHERE c.slot = s.slot AND copied_at IS NOT NULL) \
+                     (SELECT count(*) FROM {schema}.sync_chunks c WHERE c.slot = s.slot AND copied_at IS NOT NULL), \
+                     snapshot_name, holder_pid, holder_host \
                      FROM {schema}.sync s WHERE slot = $1"
                 ),
                 &[&slot],
@@ -353,6 +354,11 @@ impl Store {
             finished: row.get(1),
             chunks: row.get::<_, i64>(2) as u64,
             copied_chunks: row.get::<_, i64>(3) as u64,
+            snapshot_name: row.get(4),
+            holder_pid: row
+                .get::<_, Option<i32>>(5)
+                .and_then(|p| u32::try_from(p).ok()),
+            holder_host: row.get(6),
         }))
     }
 
@@ -400,16 +406,25 @@ impl Store {
         slot: &str,
         consistent_point: Lsn,
         snapshot_name: Option<&str>,
+        holder: Option<(u32, &str)>,
         chunks: &[SyncChunk],
     ) -> Result<(), StoreError> {
         let schema = self.quoted();
+        let holder_pid = holder.and_then(|h| i32::try_from(h.0).ok());
+        let holder_host = holder.map(|h| h.1);
         client
             .execute(
                 &format!(
-                    "INSERT INTO {schema}.sync (slot, consistent_point, snapshot_name) \
-                     VALUES ($1, $2::text::pg_lsn, $3)"
+                    "INSERT INTO {schema}.sync (slot, consistent_point, snapshot_name, holder_pid, holder_host) \
+                     VALUES ($1, $2::text::pg_lsn, $3, $4, $5)"
                 ),
-                &[&slot, &consistent_point.to_string(), &snapshot_name],
+                &[
+                    &slot,
+                    &consistent_point.to_string(),
+                    &snapshot_name,
+                    &holder_pid,
+                    &holder_host,
+                ],
             )
             .await
             .map_err(sql("recording the sync"))?;
@@ -437,6 +452,51 @@ impl Store {
                 .map_err(sql("recording the sync's chunks"))?;
         }
         Ok(())
+    }
+
+    /// `slot`'s chunks: those not copied yet, and the rows already copied
+    /// per table.
+    pub async fn sync_chunks(
+        &self,
+        client: &Client,
+        slot: &str,
+    ) -> Result<(Vec<SyncChunk>, Vec<(String, u64, u64)>), StoreError> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT table_name, chunk, source, first_page, last_page, rows, copied_at IS NOT NULL \
+                     FROM {}.sync_chunks WHERE slot = $1 ORDER BY table_name, chunk",
+                    self.quoted()
+                ),
+                &[&slot],
+            )
+            .await
+            .map_err(sql("reading teal's sync chunks"))?;
+        let mut missing = Vec::new();
+        // (table, rows copied, chunks copied)
+        let mut copied: Vec<(String, u64, u64)> = Vec::new();
+        for r in &rows {
+            let table: String = r.get(0);
+            if r.get::<_, bool>(6) {
+                let n = r.get::<_, Option<i64>>(5).unwrap_or(0).max(0) as u64;
+                match copied.iter_mut().find(|c| c.0 == table) {
+                    Some(c) => {
+                        c.1 += n;
+                        c.2 += 1;
+                    }
+                    None => copied.push((table, n, 1)),
+                }
+            } else {
+                missing.push(SyncChunk {
+                    table,
+                    chunk: r.get(1),
+                    source: r.get(2),
+                    first_page: r.get(3),
+                    last_page: r.get(4),
+                });
+            }
+        }
+        Ok((missing, copied))
     }
 
     /// The statement that marks a chunk copied (run in the chunk's transaction):
@@ -477,7 +537,7 @@ impl Store {
 }
 
 /// What green records about a slot's initial copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncState {
     /// Where the slot's stream starts; the copy is consistent with it.
     pub consistent_point: Lsn,
@@ -487,6 +547,12 @@ pub struct SyncState {
     pub chunks: u64,
     /// Chunks whose rows are committed on green.
     pub copied_chunks: u64,
+    /// The exported snapshot.
+    pub snapshot_name: Option<String>,
+    /// The process holding it.
+    pub holder_pid: Option<u32>,
+    /// The host that process runs on.
+    pub holder_host: Option<String>,
 }
 
 /// One planned chunk of a sync (a row of `<schema>.sync_chunks`).

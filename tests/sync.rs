@@ -397,7 +397,7 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_sync_starts_again_and_ends_equal() {
+async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
     init_logging();
     let bin = default_bin();
     let twins = Twins::start(&bin, SCHEMA).await;
@@ -465,6 +465,19 @@ async fn killed_sync_starts_again_and_ends_equal() {
     };
     assert_eq!(recorded, present, "no half-copied chunk on green");
 
+    // The snapshot outlived the killed process: its holder still runs.
+    let holder: i32 = twins
+        .g
+        .query_one("SELECT holder_pid FROM teal.sync", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        alive(holder),
+        "the snapshot holder {holder} survived kill -9 of teal sync"
+    );
+    let before: Vec<(String, i32, String)> = copied_chunks(&twins.g).await;
+
     let mut second = sync_command().spawn().expect("teal sync starts again");
     until_row(
         &twins.g,
@@ -474,6 +487,34 @@ async fn killed_sync_starts_again_and_ends_equal() {
         "the second run never finished the copy",
     )
     .await;
+    // Resumed, not restarted: the chunks copied before the kill were not
+    // copied again (same copied_at), and every other chunk was copied now.
+    let after = copied_chunks(&twins.g).await;
+    assert_eq!(after.len() as i64, total, "every chunk copied once");
+    for chunk in &before {
+        assert!(after.contains(chunk), "{chunk:?} kept from the first run");
+    }
+    let recopied = after.iter().filter(|c| !before.contains(c)).count() as i64;
+    assert_eq!(
+        recopied,
+        total - copied,
+        "only the unfinished chunks were copied"
+    );
+    let slots: i64 = twins
+        .b
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 1, "the same slot, not a new one");
+    let gone = async {
+        while alive(holder) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), gone)
+        .await
+        .expect("the holder exits once the copy is done");
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     writing.await.unwrap();
@@ -486,4 +527,30 @@ async fn killed_sync_starts_again_and_ends_equal() {
     }
     let status = second.wait().unwrap();
     assert!(status.success(), "teal sync stopped cleanly: {status}");
+}
+
+/// Whether process `pid` runs (a zombie does not count).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+/// (table, chunk, copied_at) of every copied chunk.
+async fn copied_chunks(green: &tokio_postgres::Client) -> Vec<(String, i32, String)> {
+    green
+        .query(
+            "SELECT table_name, chunk, copied_at::text FROM teal.sync_chunks WHERE copied_at IS NOT NULL ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
 }

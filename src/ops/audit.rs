@@ -35,12 +35,16 @@ pub fn performed_by() -> String {
     let user = crate::config::os_user_name()
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{user}@{}", host_name())
+}
+
+/// This machine's host name (`unknown` when it cannot be read).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".into());
-    format!("{user}@{host}")
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The audit row of one `teal stream` session.

@@ -15,14 +15,16 @@
 //! Every copied row is in the snapshot, and the slot streams exactly the
 //! transactions that commit after it, so each change lands once.
 //!
-//! An interrupted copy cannot continue where it stopped yet: its snapshot
-//! died with the exporting connection, and chunks copied from a later
-//! snapshot would not line up with the slot. Until chunk-level resume
-//! exists, `teal sync` starts such a copy again: it empties the tables it
-//! had copied, drops the slot it created and copies everything anew.
+//! The snapshot is exported by the connection that created the slot, which
+//! `teal sync` keeps in a separate process ([`holder`]): when `teal sync` is
+//! killed, the snapshot lives on (for `--snapshot-hold`), and the next
+//! `teal sync` imports the same snapshot and copies only the chunks green
+//! lacks. When the snapshot is gone too, the copy starts over: the tables it
+//! had copied are emptied, the slot is dropped and created again.
 
 mod copy;
 mod display;
+mod holder;
 mod plan;
 
 use std::sync::Arc;
@@ -34,12 +36,17 @@ use tracing::Instrument;
 use crate::apply::{ApplyStats, GreenConnectError, connect_plain};
 use crate::http::{HttpError, Monitor, RunState};
 use crate::lsn::{Lsn, PgTimestamp};
-use crate::ops::audit::{new_id, performed_by};
+use crate::ops::audit::{host_name, new_id, performed_by};
 use crate::ops::stream::{self, StreamConfig, StreamError};
+use std::sync::atomic::AtomicU64;
+
 use crate::progress::{CopyProgress, TableCopy};
-use crate::source::{ReplicationClient, SnapshotAction, SourceError};
+use holder::{Held, Holder};
+
+use crate::source::{ReplicationClient, SourceError};
 use crate::store::{AuditRecord, Store, StoreError};
 
+pub use holder::{HolderCommand, hold};
 pub use plan::{Identity, TablePlan};
 
 /// Why `teal sync` stopped.
@@ -137,6 +144,9 @@ pub struct SyncConfig {
     pub on_existing_data: OnExistingData,
     /// Copy only; do not stream afterwards.
     pub copy_only: bool,
+    /// Hold the snapshot in a separate process, so that a killed copy can
+    /// resume (`None`: in this process; a killed copy starts over).
+    pub holder: Option<HolderCommand>,
 }
 
 impl SyncConfig {
@@ -155,6 +165,7 @@ impl SyncConfig {
             exclude_tables: Vec::new(),
             on_existing_data: OnExistingData::Error,
             copy_only: false,
+            holder: None,
         }
     }
 }
@@ -230,6 +241,9 @@ pub async fn copy(
     let mut repl = ReplicationClient::connect(&source.conninfo).await?;
     let existing_slot = repl.check_slot(slot, &source.conninfo.dbname).await?;
     let state = store.sync_state(&green, slot).await?;
+    let blue = connect_plain(&source.conninfo, "teal-sync").await?;
+    // An interrupted copy whose snapshot is still held resumes with it.
+    let mut resume = None;
     match (&existing_slot, state) {
         (Some(_), Some(s)) if s.finished => {
             tracing::info!(slot = %slot, consistent_point = %s.consistent_point, "green holds a finished copy for this slot; streaming");
@@ -239,6 +253,20 @@ pub async fn copy(
                 already_done: true,
                 ..CopySummary::default()
             });
+        }
+        (Some(_), Some(s))
+            if match &s.snapshot_name {
+                Some(name) => snapshot_importable(&blue, name).await,
+                None => false,
+            } =>
+        {
+            tracing::info!(
+                slot = %slot,
+                copied_chunks = s.copied_chunks,
+                chunks = s.chunks,
+                "resuming an interrupted copy with its snapshot (still held): copying the chunks not on green yet"
+            );
+            resume = Some(s);
         }
         (Some(info), Some(s)) => {
             if let Some(pid) = info.active_pid {
@@ -252,7 +280,7 @@ pub async fn copy(
                 copied_chunks = s.copied_chunks,
                 chunks = s.chunks,
                 tables = ?tables,
-                "an earlier copy was interrupted; its snapshot is gone, so the copy starts again from a new one (emptying the tables it had copied)"
+                "an earlier copy was interrupted and its snapshot is gone: copying again from a new one (emptying the tables it had copied)"
             );
             let tx = green
                 .transaction()
@@ -283,14 +311,13 @@ pub async fn copy(
         }
         (None, None) => {}
     }
-    if !source.create_slot {
+    if resume.is_none() && !source.create_slot {
         return Err(SyncError::Setup(format!(
             "slot {slot:?} does not exist on blue and --no-create-slot was given: teal sync creates the slot together with the snapshot it copies"
         )));
     }
 
     // Plan on blue, check on green.
-    let blue = connect_plain(&source.conninfo, "teal-sync").await?;
     let mut plans = plan::published_tables(
         &blue,
         &source.publications,
@@ -310,89 +337,99 @@ pub async fn copy(
             with_rows.push(p.quoted());
         }
     }
-    for p in &plans {
-        match p.identity {
-            Identity::Key => {}
-            Identity::FullWithoutKey => tracing::warn!(
-                table = %p.display(),
-                "no primary key (replica identity FULL): each update or delete changes one green row equal to the old row in every column"
-            ),
-            Identity::None => tracing::warn!(
-                table = %p.display(),
-                "no primary key or replica identity: blue rejects UPDATE and DELETE on it while it is published; add a primary key or ALTER TABLE ... REPLICA IDENTITY FULL"
-            ),
-        }
+    if resume.is_none() {
+        note_identities(&plans);
+        apply_on_existing(config.on_existing_data, &green, &mut plans, &with_rows).await?;
     }
-    if !with_rows.is_empty() {
-        match config.on_existing_data {
-            OnExistingData::Error => {
-                return Err(SyncError::Setup(format!(
-                    "green already holds rows in {}: empty them, or run with --on-existing-data truncate (empties them) or skip-table (copies nothing into them)",
-                    with_rows.join(", ")
-                )));
-            }
-            OnExistingData::Truncate => {
-                tracing::info!(tables = ?with_rows, "emptying green tables before the copy");
-                green
-                    .batch_execute(&format!("TRUNCATE {}", with_rows.join(", ")))
-                    .await
-                    .map_err(SyncError::green("emptying tables before the copy"))?;
-            }
-            OnExistingData::SkipTable => {
-                tracing::warn!(tables = ?with_rows, "green already holds rows: not copying these tables (their changes are still streamed)");
-                plans.retain(|p| !with_rows.contains(&p.quoted()));
-            }
-        }
-    }
+    // Largest tables first, so the long chunks start early.
+    plans.sort_by_key(|p| std::cmp::Reverse(p.heap_bytes));
 
-    // The slot and its snapshot; the exporting connection stays open until
-    // every worker has imported the snapshot.
-    let created = repl.create_slot(slot, SnapshotAction::Export).await?;
-    let snapshot = created
-        .snapshot_name
-        .clone()
-        .ok_or_else(|| SyncError::Setup("blue exported no snapshot with the new slot".into()))?;
-    tracing::info!(slot = %slot, consistent_point = %created.consistent_point, snapshot = %snapshot, "created the slot with an exported snapshot");
     let version: i32 = blue
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
         .map_err(SyncError::blue("reading blue's version"))?
         .get(0);
-    // Largest tables first, so the long chunks start early.
-    plans.sort_by_key(|p| std::cmp::Reverse(p.heap_bytes));
-    let per_table: Vec<_> = plans
-        .iter()
-        .map(|p| p.chunks(config.chunk_rows, version >= 140000))
-        .collect();
-    let tx = green
-        .transaction()
-        .await
-        .map_err(SyncError::green("starting a transaction"))?;
-    store
-        .sync_plan(
-            &tx,
-            slot,
-            created.consistent_point,
-            Some(&snapshot),
-            &per_table.iter().flatten().cloned().collect::<Vec<_>>(),
-        )
-        .await?;
-    tx.commit()
-        .await
-        .map_err(SyncError::green("recording the sync plan"))?;
+    let (holder, held, per_table, copied_before) = match resume {
+        Some(s) => {
+            repl.close().await;
+            let (missing, copied) = store.sync_chunks(&green, slot).await?;
+            let mut per_table = vec![Vec::new(); plans.len()];
+            for chunk in missing {
+                let Some(i) = plans.iter().position(|p| p.quoted() == chunk.table) else {
+                    return Err(SyncError::Setup(format!(
+                        "the interrupted copy has chunks of {}, which is no longer published (or was excluded): run teal sync with the same tables, or drop the slot and start over",
+                        chunk.table
+                    )));
+                };
+                per_table[i].push(chunk);
+            }
+            let holder = match (s.holder_pid, &s.holder_host) {
+                (Some(pid), Some(host)) if *host == host_name() => Holder::Adopted(pid),
+                _ => Holder::Gone,
+            };
+            let held = Held {
+                snapshot: s.snapshot_name.clone().unwrap_or_default(),
+                consistent_point: s.consistent_point,
+                pid: s.holder_pid.unwrap_or(0),
+            };
+            // A table published since the interrupted run started is not
+            // in its snapshot's plan.
+            if let Some(new) = plans.iter().enumerate().find(|(i, p)| {
+                per_table[*i].is_empty() && !copied.iter().any(|c| c.0 == p.quoted())
+            }) {
+                return Err(SyncError::Setup(format!(
+                    "{} is published now but was not part of the interrupted copy: finish that copy without it (--exclude-tables {}), then add it, or drop the slot and start over",
+                    new.1.display(),
+                    new.1.display()
+                )));
+            }
+            (holder, held, per_table, copied)
+        }
+        None => {
+            let (holder, held) =
+                Holder::create(config.holder.as_ref(), repl, slot, shutdown).await?;
+            tracing::info!(slot = %slot, consistent_point = %held.consistent_point, snapshot = %held.snapshot, "created the slot with an exported snapshot");
+            let per_table: Vec<_> = plans
+                .iter()
+                .map(|p| p.chunks(config.chunk_rows, version >= 140000))
+                .collect();
+            let tx = green
+                .transaction()
+                .await
+                .map_err(SyncError::green("starting a transaction"))?;
+            let host = host_name();
+            store
+                .sync_plan(
+                    &tx,
+                    slot,
+                    held.consistent_point,
+                    Some(&held.snapshot),
+                    config.holder.as_ref().map(|_| (held.pid, host.as_str())),
+                    &per_table.iter().flatten().cloned().collect::<Vec<_>>(),
+                )
+                .await?;
+            tx.commit()
+                .await
+                .map_err(SyncError::green("recording the sync plan"))?;
+            (holder, held, per_table, Vec::new())
+        }
+    };
 
     let progress = Arc::new(CopyProgress::new(
         plans
             .iter()
             .zip(&per_table)
-            .map(|(p, chunks)| TableCopy {
-                name: p.display(),
-                estimated_bytes: p.heap_bytes,
-                estimated_rows: p.estimated_rows,
-                chunks: chunks.len() as u64,
-                chunks_done: Default::default(),
-                rows: Default::default(),
-                bytes: Default::default(),
+            .map(|(p, chunks)| {
+                let before = copied_before.iter().find(|c| c.0 == p.quoted());
+                TableCopy {
+                    name: p.display(),
+                    estimated_bytes: p.heap_bytes,
+                    estimated_rows: p.estimated_rows,
+                    chunks: chunks.len() as u64 + before.map_or(0, |b| b.2),
+                    chunks_done: AtomicU64::new(before.map_or(0, |b| b.2)),
+                    rows: AtomicU64::new(before.map_or(0, |b| b.1)),
+                    bytes: AtomicU64::new(0),
+                }
             })
             .collect(),
     ));
@@ -410,7 +447,7 @@ pub async fn copy(
             target: apply.target.clone(),
             store: store.clone(),
             slot: slot.clone(),
-            snapshot,
+            snapshot: held.snapshot.clone(),
             plans: Arc::clone(&plans),
             chunks: per_table,
             progress: Arc::clone(&progress),
@@ -419,40 +456,119 @@ pub async fn copy(
         shutdown,
     )
     .await;
-    // Every worker has its snapshot (or has failed): the exporter may go.
-    repl.close().await;
     let result = match copied {
         Ok(true) => {
-            copy_sequences(&blue, &green, &plans).await?;
-            let tx = green
-                .transaction()
-                .await
-                .map_err(SyncError::green("starting a transaction"))?;
-            store
-                .sync_finish(&tx, slot, created.consistent_point)
-                .await?;
-            tx.commit()
-                .await
-                .map_err(SyncError::green("marking the copy finished"))?;
+            // Every worker is done with the snapshot: let it go.
+            holder.release().await;
+            finish(store, &blue, &green, slot, held.consistent_point, &plans).await?;
             progress.finish();
             Ok(true)
         }
-        other => other,
+        other => {
+            if let Holder::Process(_) | Holder::Adopted(_) = holder {
+                tracing::warn!(
+                    holder_pid = held.pid,
+                    "the snapshot stays held (for the holder's --orphan-timeout): run teal sync again to continue the copy"
+                );
+            }
+            other
+        }
     };
     display.abort();
     let _ = display.await;
-    let snapshot_now = progress.snapshot();
+    let now = progress.snapshot();
     let summary = CopySummary {
-        consistent_point: created.consistent_point,
-        tables: snapshot_now.len(),
-        chunks: snapshot_now.iter().map(|t| t.chunks_done).sum(),
-        rows: snapshot_now.iter().map(|t| t.rows).sum(),
-        bytes: snapshot_now.iter().map(|t| t.bytes).sum(),
+        consistent_point: held.consistent_point,
+        tables: now.len(),
+        chunks: now.iter().map(|t| t.chunks_done).sum(),
+        rows: now.iter().map(|t| t.rows).sum(),
+        bytes: now.iter().map(|t| t.bytes).sum(),
         already_done: false,
     };
     audit.end(&green, &summary, started, &result).await;
     display::finished(&progress, &summary, started.elapsed(), &result);
     result.map(|_| summary)
+}
+
+/// Whether `snapshot` can still be imported on blue (its holder lives).
+async fn snapshot_importable(blue: &tokio_postgres::Client, snapshot: &str) -> bool {
+    let tried = blue
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            crate::source::quote_sql_literal(snapshot)
+        ))
+        .await;
+    let _ = blue.batch_execute("ROLLBACK").await;
+    tried.is_ok()
+}
+
+/// Logs tables whose updates and deletes green cannot match by key.
+fn note_identities(plans: &[TablePlan]) {
+    for p in plans {
+        match p.identity {
+            Identity::Key => {}
+            Identity::FullWithoutKey => tracing::warn!(
+                table = %p.display(),
+                "no primary key (replica identity FULL): each update or delete changes one green row equal to the old row in every column"
+            ),
+            Identity::None => tracing::warn!(
+                table = %p.display(),
+                "no primary key or replica identity: blue rejects UPDATE and DELETE on it while it is published; add a primary key or ALTER TABLE ... REPLICA IDENTITY FULL"
+            ),
+        }
+    }
+}
+
+/// `--on-existing-data` for the green tables in `with_rows`.
+async fn apply_on_existing(
+    policy: OnExistingData,
+    green: &tokio_postgres::Client,
+    plans: &mut Vec<TablePlan>,
+    with_rows: &[String],
+) -> Result<(), SyncError> {
+    if with_rows.is_empty() {
+        return Ok(());
+    }
+    match policy {
+        OnExistingData::Error => Err(SyncError::Setup(format!(
+            "green already holds rows in {}: empty them, or run with --on-existing-data truncate (empties them) or skip-table (copies nothing into them)",
+            with_rows.join(", ")
+        ))),
+        OnExistingData::Truncate => {
+            tracing::info!(tables = ?with_rows, "emptying green tables before the copy");
+            green
+                .batch_execute(&format!("TRUNCATE {}", with_rows.join(", ")))
+                .await
+                .map_err(SyncError::green("emptying tables before the copy"))
+        }
+        OnExistingData::SkipTable => {
+            tracing::warn!(tables = ?with_rows, "green already holds rows: not copying these tables (their changes are still streamed)");
+            plans.retain(|p| !with_rows.iter().any(|t| *t == p.quoted()));
+            Ok(())
+        }
+    }
+}
+
+/// Sequences, then the copy marked finished with green's progress at the
+/// consistent point.
+async fn finish(
+    store: &Store,
+    blue: &tokio_postgres::Client,
+    green: &tokio_postgres::Client,
+    slot: &str,
+    consistent_point: Lsn,
+    plans: &[TablePlan],
+) -> Result<(), SyncError> {
+    copy_sequences(blue, green, plans).await?;
+    green
+        .batch_execute("BEGIN")
+        .await
+        .map_err(SyncError::green("starting a transaction"))?;
+    store.sync_finish(green, slot, consistent_point).await?;
+    green
+        .batch_execute("COMMIT")
+        .await
+        .map_err(SyncError::green("marking the copy finished"))
 }
 
 /// Sets green's sequences owned by the copied tables to blue's values

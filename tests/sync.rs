@@ -248,6 +248,25 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
         .await
         .unwrap();
 
+    // One sync per slot: a session holding the lock makes the next one wait its turn.
+    let holder = twins.green.client().await;
+    holder
+        .batch_execute("SELECT pg_advisory_lock(hashtextextended('teal sync teal_slot', 0))")
+        .await
+        .unwrap();
+    let err = sync::copy(
+        &sync_config(&twins, 2, 5000),
+        &CancellationToken::new(),
+        &Arc::new(Monitor::new("teal_slot")),
+    )
+    .await
+    .expect_err("another sync holds the slot");
+    assert!(err.to_string().contains("another teal sync"), "{err}");
+    holder
+        .batch_execute("SELECT pg_advisory_unlock(hashtextextended('teal sync teal_slot', 0))")
+        .await
+        .unwrap();
+
     // Rows on green: an error naming the table, then truncate.
     twins
         .g

@@ -238,6 +238,20 @@ pub async fn copy(
     let slot = &source.slot;
     let mut green = connect_plain(&apply.target, "teal-sync").await?;
     store.migrate(&mut green).await?;
+    // One teal sync per slot at a time (held by this session until it ends).
+    let alone: bool = green
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended('teal sync ' || $1, 0))",
+            &[&slot],
+        )
+        .await
+        .map_err(SyncError::green("taking the sync lock"))?
+        .get(0);
+    if !alone {
+        return Err(SyncError::Setup(format!(
+            "another teal sync for slot {slot:?} is running against this green; wait for it or stop it"
+        )));
+    }
     let mut repl = ReplicationClient::connect(&source.conninfo).await?;
     let existing_slot = repl.check_slot(slot, &source.conninfo.dbname).await?;
     let state = store.sync_state(&green, slot).await?;

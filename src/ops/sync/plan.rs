@@ -103,15 +103,21 @@ impl TablePlan {
         if let Some(filter) = &self.row_filter {
             conditions.push(format!("({filter})"));
         }
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conditions.join(" AND "))
-        };
+        if conditions.is_empty() {
+            // A whole relation: COPY reads it directly (no executor, and,
+            // as for ONLY, no child tables).
+            return format!(
+                "COPY {} ({}) TO STDOUT{}",
+                chunk.source,
+                self.column_list(),
+                self.format()
+            );
+        }
         format!(
-            "COPY (SELECT {} FROM ONLY {}{filter}) TO STDOUT{}",
+            "COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT{}",
             self.column_list(),
             chunk.source,
+            conditions.join(" AND "),
             self.format()
         )
     }
@@ -505,6 +511,12 @@ mod tests {
         assert_eq!(
             p.copy_out(&chunks[1]),
             "COPY (SELECT \"id\", \"Note\" FROM ONLY \"Shop\".\"order lines\" WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid AND (id > 0)) TO STDOUT (FORMAT binary)"
+        );
+        let mut whole = p.clone();
+        whole.row_filter = None;
+        assert_eq!(
+            whole.copy_out(&whole.chunks(1000, false)[0]),
+            "COPY \"Shop\".\"order lines\" (\"id\", \"Note\") TO STDOUT (FORMAT binary)"
         );
         assert_eq!(
             p.copy_in(),

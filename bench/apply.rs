@@ -22,6 +22,7 @@
 #[path = "../tests/support/cluster.rs"]
 #[allow(dead_code)]
 mod cluster;
+mod stats;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -674,11 +675,6 @@ async fn live(bin: &PgBin, w: Workload, scale: f64, system: System) -> Sample {
     sample
 }
 
-fn median(xs: &mut [f64]) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    if xs.is_empty() { 0.0 } else { xs[xs.len() / 2] }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = parse_args();
@@ -744,7 +740,7 @@ async fn main() {
                 let mut xs: Vec<f64> = results
                     .get(&(w, mode, system))
                     .map_or(Vec::new(), |v| v.iter().map(f).collect());
-                median(&mut xs)
+                stats::median(&mut xs)
             };
             let (n_rate, t_rate) = (
                 med(System::Native, Sample::rows_per_s),

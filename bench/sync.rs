@@ -21,6 +21,7 @@
 #[path = "../tests/support/cluster.rs"]
 #[allow(dead_code)]
 mod cluster;
+mod stats;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -323,11 +324,6 @@ async fn copy(bin: &PgBin, blue: &Cluster, method: Method, workers: usize) -> (f
     (seconds, client_cpu)
 }
 
-fn median(xs: &mut [f64]) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    if xs.is_empty() { 0.0 } else { xs[xs.len() / 2] }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = parse_args();
@@ -361,7 +357,10 @@ async fn main() {
             results.entry(m).or_default().push(s);
         }
     }
-    let medians: BTreeMap<Method, f64> = results.iter_mut().map(|(m, v)| (*m, median(v))).collect();
+    let medians: BTreeMap<Method, f64> = results
+        .iter_mut()
+        .map(|(m, v)| (*m, stats::median(v)))
+        .collect();
     println!("| method | seconds (median) | MB/s | rows/s |");
     println!("|---|---|---|---|");
     for (m, s) in &medians {

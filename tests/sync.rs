@@ -109,6 +109,26 @@ fn writer(url: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> JoinHandl
     })
 }
 
+/// Blue with the five tables filled (`big_rows` in the big one) and the
+/// writer running; green with the schema only.
+async fn loaded(big_rows: i64) -> (Twins, Arc<AtomicBool>, Arc<AtomicU64>, JoinHandle<()>) {
+    init_logging();
+    let twins = Twins::start(&default_bin(), SCHEMA).await;
+    fill_blue(&twins, big_rows).await;
+    let (stop, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let writing = writer(twins.blue.url(), Arc::clone(&stop), Arc::clone(&done));
+    (twins, stop, done, writing)
+}
+
+/// One copy phase with a fresh monitor, never cancelled.
+async fn copy_once(config: &SyncConfig) -> Result<sync::CopySummary, SyncError> {
+    let monitor = Arc::new(Monitor::new(config.stream.apply.slot.clone()));
+    sync::copy(config, &CancellationToken::new(), &monitor).await
+}
+
 fn sync_config(twins: &Twins, workers: usize, chunk_rows: u64) -> SyncConfig {
     let mut config = SyncConfig::new(twins.config());
     config.copy_workers = workers;
@@ -118,15 +138,7 @@ fn sync_config(twins: &Twins, workers: usize, chunk_rows: u64) -> SyncConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_copies_five_kinds_of_table_under_load_then_streams() {
-    init_logging();
-    let bin = default_bin();
-    let twins = Twins::start(&bin, SCHEMA).await;
-    fill_blue(&twins, 2_000_000).await;
-    let (stop, done) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let writing = writer(twins.blue.url(), Arc::clone(&stop), Arc::clone(&done));
+    let (twins, stop, done, writing) = loaded(2_000_000).await;
 
     let shutdown = CancellationToken::new();
     let monitor = Arc::new(Monitor::new("teal_slot"));
@@ -144,17 +156,7 @@ async fn sync_copies_five_kinds_of_table_under_load_then_streams() {
         "the copy never finished",
     )
     .await;
-    let chunks: Vec<(String, i64)> = twins
-        .g
-        .query(
-            "SELECT table_name, count(*) FROM teal.sync_chunks WHERE copied_at IS NOT NULL GROUP BY 1 ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let chunks: Vec<(String, i64)> = pairs(&twins.g, "SELECT table_name, count(*) FROM teal.sync_chunks WHERE copied_at IS NOT NULL GROUP BY 1 ORDER BY 1").await;
     let big_chunks = chunks
         .iter()
         .find(|c| c.0 == "\"public\".\"big\"")
@@ -190,17 +192,11 @@ async fn sync_copies_five_kinds_of_table_under_load_then_streams() {
         .unwrap()
         .get(0);
     assert_eq!(conflicts, 0, "no change was applied twice");
-    let audit: Vec<(String, String)> = twins
-        .g
-        .query(
-            "SELECT operation, status FROM teal.audit ORDER BY started_at",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let audit: Vec<(String, String)> = pairs(
+        &twins.g,
+        "SELECT operation, status FROM teal.audit ORDER BY started_at",
+    )
+    .await;
     assert_eq!(
         audit.first(),
         Some(&("snapshot".to_owned(), "succeeded".to_owned())),
@@ -221,13 +217,9 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
 
     // A table green lacks is named, with what to run; nothing is created.
     twins.g.batch_execute("DROP TABLE log").await.unwrap();
-    let err = sync::copy(
-        &sync_config(&twins, 2, 5000),
-        &CancellationToken::new(),
-        &Arc::new(Monitor::new("teal_slot")),
-    )
-    .await
-    .expect_err("green lacks a table");
+    let err = copy_once(&sync_config(&twins, 2, 5000))
+        .await
+        .expect_err("green lacks a table");
     let text = err.to_string();
     assert!(
         matches!(err, SyncError::Setup(_))
@@ -254,13 +246,9 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
         .batch_execute("SELECT pg_advisory_lock(hashtextextended('teal sync teal_slot', 0))")
         .await
         .unwrap();
-    let err = sync::copy(
-        &sync_config(&twins, 2, 5000),
-        &CancellationToken::new(),
-        &Arc::new(Monitor::new("teal_slot")),
-    )
-    .await
-    .expect_err("another sync holds the slot");
+    let err = copy_once(&sync_config(&twins, 2, 5000))
+        .await
+        .expect_err("another sync holds the slot");
     assert!(err.to_string().contains("another teal sync"), "{err}");
     holder
         .batch_execute("SELECT pg_advisory_unlock(hashtextextended('teal sync teal_slot', 0))")
@@ -273,13 +261,9 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
         .batch_execute("INSERT INTO docs VALUES (999999, 'stale', 0)")
         .await
         .unwrap();
-    let err = sync::copy(
-        &sync_config(&twins, 2, 5000),
-        &CancellationToken::new(),
-        &Arc::new(Monitor::new("teal_slot")),
-    )
-    .await
-    .expect_err("green holds rows");
+    let err = copy_once(&sync_config(&twins, 2, 5000))
+        .await
+        .expect_err("green holds rows");
     assert!(
         err.to_string().contains("\"public\".\"docs\"")
             && err.to_string().contains("--on-existing-data"),
@@ -287,24 +271,12 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
     );
     let mut config = sync_config(&twins, 2, 5000);
     config.on_existing_data = OnExistingData::Truncate;
-    let summary = sync::copy(
-        &config,
-        &CancellationToken::new(),
-        &Arc::new(Monitor::new("teal_slot")),
+    let summary = copy_once(&config).await.expect("copy");
+    let per_table: Vec<(String, Option<i64>)> = pairs(
+        &twins.g,
+        "SELECT table_name, sum(rows)::bigint FROM teal.sync_chunks GROUP BY 1",
     )
-    .await
-    .expect("copy");
-    let per_table: Vec<(String, Option<i64>)> = twins
-        .g
-        .query(
-            "SELECT table_name, sum(rows)::bigint FROM teal.sync_chunks GROUP BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    .await;
     assert_eq!(
         summary.rows,
         20_000 + 300 + 2000 + 30_000 + 5000,
@@ -343,13 +315,7 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
     assert_eq!(progress, summary.consistent_point.to_string());
 
     // Run again: the finished copy is not repeated.
-    let again = sync::copy(
-        &config,
-        &CancellationToken::new(),
-        &Arc::new(Monitor::new("teal_slot")),
-    )
-    .await
-    .expect("second run");
+    let again = copy_once(&config).await.expect("second run");
     assert!(again.already_done && again.rows == 0, "{again:?}");
 
     // Row filters and column lists of the publication are the copy's too.
@@ -365,13 +331,9 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
     config.stream.apply.slot = "part_slot".into();
     config.stream.source.publications = vec!["part".into()];
     config.on_existing_data = OnExistingData::Truncate;
-    let part = sync::copy(
-        &config,
-        &CancellationToken::new(),
-        &Arc::new(Monitor::new("part_slot")),
-    )
-    .await
-    .expect("copy of a filtered publication");
+    let part = copy_once(&config)
+        .await
+        .expect("copy of a filtered publication");
     assert_eq!(part.tables, 2);
     assert_eq!(part.rows, 150 + 2000, "even docs only, all items");
     let (odd_docs, tagged_items): (i64, i64) = {
@@ -401,13 +363,7 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
     let mut config = sync_config(&twins, 2, 5000);
     config.stream.source.slot = "other_slot".into();
     config.stream.apply.slot = "other_slot".into();
-    let err = sync::copy(
-        &config,
-        &CancellationToken::new(),
-        &Arc::new(Monitor::new("other_slot")),
-    )
-    .await
-    .expect_err("unknown slot");
+    let err = copy_once(&config).await.expect_err("unknown slot");
     assert!(
         err.to_string().contains("holds no finished copy")
             && err.to_string().contains("pg_drop_replication_slot"),
@@ -417,15 +373,7 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
-    init_logging();
-    let bin = default_bin();
-    let twins = Twins::start(&bin, SCHEMA).await;
-    fill_blue(&twins, 1_000_000).await;
-    let (stop, done) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let writing = writer(twins.blue.url(), Arc::clone(&stop), Arc::clone(&done));
+    let (twins, stop, done, writing) = loaded(1_000_000).await;
 
     let sync_command = || {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_teal"));
@@ -571,5 +519,20 @@ async fn copied_chunks(green: &tokio_postgres::Client) -> Vec<(String, i32, Stri
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// The first two columns of every row `sql` returns.
+async fn pairs<A, B>(client: &tokio_postgres::Client, sql: &str) -> Vec<(A, B)>
+where
+    A: for<'a> tokio_postgres::types::FromSql<'a>,
+    B: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
         .collect()
 }

@@ -21,6 +21,7 @@ use teal::ops::status::{self, StatusConfig};
 use teal::ops::stream::{self, MonitorConfig, StreamConfig};
 use teal::ops::sync::{self, HolderCommand, OnExistingData, SyncConfig};
 use teal::ops::tail::{self, Format};
+use teal::sink::kafka::KafkaConfig;
 use teal::store::Store;
 
 /// Logical-replication CDC streamer for PostgreSQL.
@@ -228,6 +229,30 @@ struct StreamArgs {
     /// Write a heartbeat message on blue this often ("off": never), e.g. 10s.
     #[arg(long, env = "TEAL_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_optional_duration)]
     heartbeat_interval: OrOff<Duration>,
+
+    /// Also send every change to Kafka (host:port[,..]): Debezium-format records.
+    #[arg(long, env = "TEAL_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+
+    /// Kafka topics are <prefix>.<schema>.<table>.
+    #[arg(long, env = "TEAL_KAFKA_TOPIC_PREFIX", default_value = "teal")]
+    kafka_topic_prefix: String,
+
+    /// Topic of the BEGIN/END records (default <prefix>.transactions).
+    #[arg(long, env = "TEAL_KAFKA_TRANSACTIONS_TOPIC")]
+    kafka_transactions_topic: Option<String>,
+
+    /// A librdkafka property key=value (repeatable): security.protocol, sasl.*, ssl.*, compression.type, ...
+    #[arg(long = "kafka-property", env = "TEAL_KAFKA_PROPERTY", value_delimiter = ',', value_parser = KafkaConfig::parse_property, hide_env_values = true)]
+    kafka_property: Vec<(String, String)>,
+
+    /// No tombstone record after each delete.
+    #[arg(long, env = "TEAL_KAFKA_NO_TOMBSTONES")]
+    kafka_no_tombstones: bool,
+
+    /// Kafka only, no green (not implemented yet: refused).
+    #[arg(long, env = "TEAL_NO_APPLY")]
+    no_apply: bool,
 }
 
 #[derive(Args)]
@@ -323,6 +348,19 @@ impl StreamArgs {
         if self.batch_max_changes == 0 {
             anyhow::bail!("invalid --batch-max-changes: must be at least 1");
         }
+        if self.no_apply {
+            anyhow::bail!(
+                "--no-apply (Kafka without green) is not implemented yet; run with --target"
+            );
+        }
+        let kafka = self.kafka_brokers.map(|brokers| KafkaConfig {
+            brokers,
+            topic_prefix: self.kafka_topic_prefix,
+            transactions_topic: self.kafka_transactions_topic,
+            properties: self.kafka_property,
+            tombstones: !self.kafka_no_tombstones,
+            db: source.conninfo.dbname.clone(),
+        });
         let apply = ApplyConfig {
             target,
             slot: source.slot.clone(),
@@ -344,6 +382,7 @@ impl StreamArgs {
                 heartbeat_interval: self.heartbeat_interval.0,
                 ..MonitorConfig::default()
             },
+            kafka,
         })
     }
 }

@@ -8,6 +8,7 @@ mod connect;
 mod crash;
 mod decoder;
 mod demo_cli;
+mod kafka;
 mod monitor;
 mod monitoring_files;
 mod stream;

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::ApplyStats;
 use crate::lsn::PgTimestamp;
 use crate::progress::{CopyProgress, Lag, lock};
+use crate::sink::kafka::KafkaStats;
 
 /// What `teal stream` is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -86,6 +87,8 @@ pub struct Monitor {
     pub correlation_id: String,
     /// The initial copy, while `teal sync` runs one.
     copy: OnceLock<Arc<CopyProgress>>,
+    /// The Kafka sink's counters.
+    pub kafka: Arc<KafkaStats>,
 }
 
 impl Monitor {
@@ -104,6 +107,7 @@ impl Monitor {
             history: History::default(),
             correlation_id: crate::ops::audit::new_id(),
             copy: OnceLock::new(),
+            kafka: Arc::new(KafkaStats::default()),
         }
     }
 
@@ -431,6 +435,39 @@ impl Monitor {
                         value(t) as f64,
                     );
                 }
+            }
+        }
+
+        let k = &self.kafka;
+        if k.enabled.load(Ordering::Relaxed) {
+            let acked_lsn = k.acknowledged_lsn.load(Ordering::Relaxed);
+            for (name, kind, help, value) in [
+                (
+                    "teal_kafka_records_produced_total",
+                    "counter",
+                    "Records handed to the Kafka producer (changes, tombstones, BEGIN/END).",
+                    load(&k.produced),
+                ),
+                (
+                    "teal_kafka_records_acknowledged_total",
+                    "counter",
+                    "Records Kafka acknowledged (acks=all).",
+                    load(&k.acknowledged),
+                ),
+                (
+                    "teal_kafka_acknowledged_lsn",
+                    "gauge",
+                    "End LSN up to which Kafka holds every record, as a 64-bit LSN.",
+                    acked_lsn as f64,
+                ),
+                (
+                    "teal_kafka_lag_bytes",
+                    "gauge",
+                    "LSN distance from what green committed to what Kafka acknowledged (0 when Kafka is ahead).",
+                    self.lag.applied_lsn().0.saturating_sub(acked_lsn) as f64,
+                ),
+            ] {
+                out.single(name, kind, help, &slot, value);
             }
         }
 

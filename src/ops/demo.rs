@@ -221,6 +221,7 @@ fn stream_config(blue: &Cluster, green: &Cluster) -> Result<StreamConfig, DemoEr
             heartbeat_interval: Some(Duration::from_secs(1)),
             ..MonitorConfig::default()
         },
+        kafka: None,
     })
 }
 

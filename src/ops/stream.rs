@@ -27,6 +27,7 @@ use crate::lsn::Lsn;
 use crate::ops::audit::StreamAudit;
 use crate::pipeline::{PipelineError, start_capture};
 use crate::progress::Progress;
+use crate::sink::kafka::{KafkaConfig, KafkaSinkError};
 
 /// Why `teal stream` stopped.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,9 @@ pub enum StreamError {
     /// Capturing from blue failed for good.
     #[error(transparent)]
     Capture(#[from] PipelineError),
+    /// The Kafka sink failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaSinkError),
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Http(#[from] HttpError),
@@ -53,6 +57,8 @@ pub struct StreamConfig {
     pub apply: ApplyConfig,
     /// Metrics endpoint and heartbeats.
     pub monitor: MonitorConfig,
+    /// The Kafka audit stream, when enabled (`--kafka-brokers`).
+    pub kafka: Option<KafkaConfig>,
 }
 
 /// How `teal stream` shows itself: the HTTP endpoint and blue-side checks.
@@ -213,6 +219,10 @@ fn is_transient(e: &StreamError) -> bool {
         StreamError::Apply(e) => e.class() == ErrorClass::Transient,
         StreamError::Capture(e) => e.class() == ErrorClass::Transient,
         StreamError::Http(_) => false,
+        // A producer that cannot be created will not be next time either;
+        // delivery failures (librdkafka gave up) are retried from the slot.
+        StreamError::Kafka(KafkaSinkError::Config(_)) => false,
+        StreamError::Kafka(_) => true,
     }
 }
 
@@ -226,6 +236,8 @@ async fn attempt(
 ) -> Result<(), StreamError> {
     let progress = Progress::new();
     let consumer = progress.register();
+    // Kafka confirms through its own handle: the flush LSN is the minimum.
+    let kafka_consumer = config.kafka.as_ref().map(|_| progress.register());
     let mut applier = Applier::connect(
         config.apply.clone(),
         consumer,
@@ -236,7 +248,9 @@ async fn attempt(
     applier.set_careful_through(careful_through);
     let applied = applier.applied();
     let mut source = config.source.clone();
-    if let Some(a) = applied {
+    // With Kafka on, the slot's confirmed position (what both hold) is where
+    // streaming starts; apply skips what green has.
+    if let (Some(a), None) = (applied, &config.kafka) {
         source.start_lsn = source.start_lsn.max(Some(a.end_lsn));
     }
     // A slot created while green already holds progress would start after
@@ -250,6 +264,22 @@ async fn attempt(
         Arc::clone(&monitor.lag),
         run.clone(),
     )?;
+    let (events, kafka) = match (&config.kafka, kafka_consumer) {
+        (Some(kafka), Some(kafka_consumer)) => {
+            let (apply_events, kafka_events) = tee(events);
+            let sink = tokio::spawn(
+                crate::sink::kafka::run(
+                    kafka.clone(),
+                    kafka_consumer,
+                    kafka_events,
+                    Arc::clone(&monitor.kafka),
+                )
+                .in_current_span(),
+            );
+            (apply_events, Some(sink))
+        }
+        _ => (events, None),
+    };
     let mut session = capture.session();
     let applying = async {
         // Before applying anything: is green behind what the slot already confirmed?
@@ -277,13 +307,54 @@ async fn attempt(
         run.cancel();
     }
     drop(applier);
+    let kafka_result = match kafka {
+        Some(sink) => {
+            if applied_result.is_err() {
+                run.cancel();
+            }
+            sink.await.unwrap_or(Ok(()))
+        }
+        None => Ok(()),
+    };
+    if kafka_result.is_err() {
+        run.cancel();
+    }
     let captured = capture.wait().await;
     if session.borrow().is_some() {
         *may_create_slot = false;
     }
     applied_result?;
+    kafka_result?;
     captured?;
     Ok(())
+}
+
+/// Batches of the consumer channel, one copy for apply and one for Kafka
+/// (bounded both: the slower one holds the other back, so Kafka can fall
+/// behind apply by at most its channel and librdkafka's queue).
+fn tee(
+    mut events: tokio::sync::mpsc::Receiver<Vec<crate::event::Event>>,
+) -> (
+    tokio::sync::mpsc::Receiver<Vec<crate::event::Event>>,
+    tokio::sync::mpsc::Receiver<Vec<crate::event::Event>>,
+) {
+    const KAFKA_BATCHES: usize = 64;
+    let (apply_tx, apply_rx) = tokio::sync::mpsc::channel(16);
+    let (kafka_tx, kafka_rx) = tokio::sync::mpsc::channel(KAFKA_BATCHES);
+    tokio::spawn(
+        async move {
+            while let Some(batch) = events.recv().await {
+                if kafka_tx.send(batch.clone()).await.is_err() {
+                    break;
+                }
+                if apply_tx.send(batch).await.is_err() {
+                    break;
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    (apply_rx, kafka_rx)
 }
 
 /// Reads the slot's WAL retention from blue and writes heartbeats, on an

@@ -65,6 +65,7 @@ impl Twins {
                 heartbeat_interval: None,
                 ..MonitorConfig::default()
             },
+            kafka: None,
         }
     }
 

@@ -1,0 +1,324 @@
+//! The Kafka audit stream against librdkafka's mock cluster (a real Kafka
+//! protocol endpoint in this process): records in commit order with
+//! Debezium's envelope, BEGIN/END per transaction, and the slot confirmed
+//! only as far as Kafka acknowledged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::Value;
+use teal::http::Monitor;
+use teal::ops::stream;
+use teal::sink::kafka::KafkaConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::cluster::default_bin;
+use crate::support::tap::init_logging;
+use crate::support::twins::Twins;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Every record of `topic` (all partitions, from the start), per partition
+/// in offset order, until `count` arrived: (key, value) as JSON (null value
+/// for tombstones).
+fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Vec<(Value, Value)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "teal-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len();
+    assert!(partitions > 0, "{topic} exists");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out = vec![Vec::new(); partitions];
+    let deadline = Instant::now() + WAIT;
+    let parse =
+        |b: Option<&[u8]>| b.map_or(Value::Null, |b| serde_json::from_slice(b).expect("JSON"));
+    while out.iter().map(Vec::len).sum::<usize>() < count {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: {} of {count} records",
+            out.iter().map(Vec::len).sum::<usize>()
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.expect("a record");
+            out[m.partition() as usize].push((parse(m.key()), parse(m.payload())));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
+    init_logging();
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let bin = default_bin();
+    let twins = Twins::start(
+        &bin,
+        "CREATE TABLE acct (id int PRIMARY KEY, balance numeric, ok boolean, doc jsonb, memo text);
+         CREATE TABLE log (at int, line text);
+         ALTER TABLE log REPLICA IDENTITY FULL;",
+    )
+    .await;
+    let mut config = twins.config();
+    config.kafka = Some(KafkaConfig::new(brokers.clone(), "postgres"));
+    let shutdown = CancellationToken::new();
+    let monitor = Arc::new(Monitor::new("teal_slot"));
+    let running = tokio::spawn(stream::run_monitored(
+        config,
+        shutdown.clone(),
+        Arc::clone(&monitor),
+    ));
+    twins.wait_streaming().await;
+
+    twins
+        .b
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO acct SELECT i, i * 10.5, i % 2 = 0, '{\"n\": 1}', (SELECT string_agg(md5(i || ':' || g), '') FROM generate_series(1, 300) g)
+               FROM generate_series(1, 3) i;
+             INSERT INTO log VALUES (1, 'opened');
+             COMMIT;
+             UPDATE acct SET balance = balance + 1 WHERE id = 2;
+             BEGIN;
+             DELETE FROM acct WHERE id = 3;
+             UPDATE acct SET id = 10 WHERE id = 1;
+             UPDATE log SET line = 'changed' WHERE at = 1;
+             COMMIT;
+             TRUNCATE log;
+             INSERT INTO log VALUES (2, 'after truncate');",
+        )
+        .await
+        .unwrap();
+    twins.assert_converged(&["acct", "log"], WAIT).await;
+    // The slot is confirmed only once Kafka holds everything.
+    let blue_lsn: String = twins
+        .b
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    crate::support::wait::until_row(
+        &twins.b,
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND confirmed_flush_lsn >= $1::text::pg_lsn",
+        &[&blue_lsn],
+        WAIT,
+        "the slot was not confirmed after Kafka acknowledged",
+    )
+    .await;
+
+    let (b2, topic) = (brokers.clone(), "teal.public.acct");
+    // 3 inserts, 1 update, delete + tombstone, key-changing update.
+    let acct = tokio::task::spawn_blocking(move || read_topic(&b2, topic, 7))
+        .await
+        .unwrap();
+    // Commit order within each partition: source.lsn never goes back.
+    for partition in &acct {
+        let lsns: Vec<u64> = partition
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(_, v)| v["source"]["lsn"].as_u64().unwrap())
+            .collect();
+        assert!(lsns.windows(2).all(|w| w[0] <= w[1]), "{lsns:?}");
+    }
+    let mut all: Vec<(Value, Value)> = acct.into_iter().flatten().collect();
+    let tombstones = all.iter().filter(|(_, v)| v.is_null()).count();
+    assert_eq!(tombstones, 1, "one tombstone after the delete");
+    all.retain(|(_, v)| !v.is_null());
+    all.sort_by_key(|(_, v)| v["source"]["lsn"].as_u64());
+    let ops: Vec<&str> = all.iter().map(|(_, v)| v["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["c", "c", "c", "u", "d", "u"]);
+    let (key, first) = &all[0];
+    assert_eq!(key, &serde_json::json!({ "id": 1 }));
+    assert_eq!(first["after"]["balance"], "10.5");
+    assert_eq!(first["after"]["ok"], false);
+    assert_eq!(first["after"]["doc"], serde_json::json!({ "n": 1 }));
+    assert_eq!(first["source"]["connector"], "postgresql");
+    assert_eq!(first["source"]["db"], "postgres");
+    assert_eq!(first["source"]["table"], "acct");
+    assert_eq!(first["transaction"]["total_order"], 1);
+    // The update of id 2 leaves the TOASTed memo out: the placeholder.
+    assert_eq!(all[3].1["after"]["id"], 2);
+    assert_eq!(all[3].1["after"]["balance"], "22.0");
+    assert_eq!(all[3].1["after"]["memo"], teal::sink::envelope::UNAVAILABLE);
+    assert_eq!(all[4].1["before"], serde_json::json!({ "id": 3 }));
+    // The key change: keyed by the old key, with the new row after.
+    assert_eq!(all[5].0, serde_json::json!({ "id": 1 }));
+    assert_eq!(all[5].1["after"]["id"], 10);
+
+    let b2 = brokers.clone();
+    let log = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.public.log", 4))
+        .await
+        .unwrap();
+    let mut log: Vec<Value> = log.into_iter().flatten().map(|(_, v)| v).collect();
+    log.sort_by_key(|v| v["source"]["lsn"].as_u64());
+    let ops: Vec<&str> = log.iter().map(|v| v["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["c", "u", "t", "c"]);
+    assert_eq!(
+        log[1]["before"]["line"], "opened",
+        "FULL identity: whole old row"
+    );
+
+    // Transactions: BEGIN and END per transaction, END counting per table.
+    // (Statements sent in one simple query outside BEGIN share an implicit
+    // transaction: three transactions in all.)
+    let b2 = brokers.clone();
+    let txns = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.transactions", 6))
+        .await
+        .unwrap();
+    let txns: Vec<Value> = txns.into_iter().flatten().map(|(_, v)| v).collect();
+    let ends: Vec<&Value> = txns.iter().filter(|v| v["status"] == "END").collect();
+    assert_eq!(ends.len(), 3);
+    assert_eq!(txns.iter().filter(|v| v["status"] == "BEGIN").count(), 3);
+    let first_end = ends
+        .iter()
+        .find(|e| e["event_count"] == 4)
+        .expect("the first transaction: 3 acct + 1 log");
+    let collections = first_end["data_collections"].as_array().unwrap();
+    assert!(
+        collections
+            .contains(&serde_json::json!({ "data_collection": "public.acct", "event_count": 3 }))
+    );
+    assert!(
+        collections
+            .contains(&serde_json::json!({ "data_collection": "public.log", "event_count": 1 }))
+    );
+    assert!(
+        monitor
+            .kafka
+            .acknowledged
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 7 + 4 + 6
+    );
+
+    let metrics = monitor.metrics_text();
+    for name in [
+        "teal_kafka_records_acknowledged_total{slot=\"teal_slot\"}",
+        "teal_kafka_lag_bytes{slot=\"teal_slot\"} 0",
+    ] {
+        assert!(metrics.contains(name), "{name} in {metrics}");
+    }
+
+    shutdown.cancel();
+    running.await.unwrap().expect("stream stops cleanly");
+}
+
+/// The slot's confirmed LSN on blue.
+async fn confirmed(twins: &Twins) -> u64 {
+    let lsn: String = twins
+        .b
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'teal_slot'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    lsn.parse::<teal::lsn::Lsn>().unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
+    init_logging();
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let twins = Twins::start(
+        &default_bin(),
+        "CREATE TABLE acct (id int PRIMARY KEY, v int)",
+    )
+    .await;
+    let mut config = twins.config();
+    config.kafka = Some(KafkaConfig::new(brokers.clone(), "postgres"));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(stream::run(config, shutdown.clone()));
+    twins.wait_streaming().await;
+    twins
+        .b
+        .batch_execute("INSERT INTO acct SELECT i, 0 FROM generate_series(1, 10) i")
+        .await
+        .unwrap();
+    twins.assert_converged(&["acct"], WAIT).await;
+
+    // Kafka goes down; blue keeps writing.
+    mock.broker_down(1).expect("broker down");
+    let before: String = twins
+        .b
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let before = before.parse::<teal::lsn::Lsn>().unwrap().0;
+    for i in 11..=60 {
+        twins
+            .b
+            .execute("INSERT INTO acct VALUES ($1, 1)", &[&i])
+            .await
+            .unwrap();
+    }
+    // Green keeps up (apply is not held back by a few transactions)...
+    crate::support::wait::until_row(
+        &twins.g,
+        "SELECT 1 FROM acct HAVING count(*) = 60",
+        &[],
+        WAIT,
+        "green did not apply during the Kafka outage",
+    )
+    .await;
+    // ...but blue is never told more than Kafka holds.
+    for _ in 0..20 {
+        let c = confirmed(&twins).await;
+        assert!(
+            c <= before,
+            "the slot confirmed {c:X} past {before:X} while Kafka was down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    mock.broker_up(1).expect("broker up");
+    let target: String = twins
+        .b
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    crate::support::wait::until_row(
+        &twins.b,
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND confirmed_flush_lsn >= $1::text::pg_lsn",
+        &[&target],
+        WAIT,
+        "confirmation did not resume after Kafka came back",
+    )
+    .await;
+    let b2 = brokers.clone();
+    let records = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.public.acct", 60))
+        .await
+        .unwrap();
+    let mut ids: Vec<i64> = records
+        .into_iter()
+        .flatten()
+        .map(|(_, v)| v["after"]["id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (1..=60).collect::<Vec<i64>>(),
+        "every row once, none lost"
+    );
+    twins.assert_converged(&["acct"], WAIT).await;
+    shutdown.cancel();
+    running.await.unwrap().expect("stream stops cleanly");
+}

@@ -106,20 +106,9 @@ async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
         .unwrap();
     twins.assert_converged(&["acct", "log"], WAIT).await;
     // The slot is confirmed only once Kafka holds everything.
-    let blue_lsn: String = twins
-        .b
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    crate::support::wait::until_row(
-        &twins.b,
-        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND confirmed_flush_lsn >= $1::text::pg_lsn",
-        &[&blue_lsn],
-        WAIT,
-        "the slot was not confirmed after Kafka acknowledged",
-    )
-    .await;
+    twins
+        .wait_slot_confirmed("the slot was not confirmed after Kafka acknowledged")
+        .await;
 
     let (b2, topic) = (brokers.clone(), "teal.public.acct");
     // 3 inserts, 1 update, delete + tombstone, key-changing update.
@@ -289,20 +278,9 @@ async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
     }
 
     mock.broker_up(1).expect("broker up");
-    let target: String = twins
-        .b
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    crate::support::wait::until_row(
-        &twins.b,
-        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND confirmed_flush_lsn >= $1::text::pg_lsn",
-        &[&target],
-        WAIT,
-        "confirmation did not resume after Kafka came back",
-    )
-    .await;
+    twins
+        .wait_slot_confirmed("confirmation did not resume after Kafka came back")
+        .await;
     let b2 = brokers.clone();
     let records = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.public.acct", 60))
         .await

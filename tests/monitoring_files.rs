@@ -105,7 +105,14 @@ fn compose_mounts_files_that_exist() {
         mounts += 1;
     }
     assert!(mounts >= 8, "{mounts} mounts");
-    for service in ["blue:", "green:", "kafka:", "teal:", "prometheus:", "grafana:"] {
+    for service in [
+        "blue:",
+        "green:",
+        "kafka:",
+        "teal:",
+        "prometheus:",
+        "grafana:",
+    ] {
         assert!(
             compose.contains(&format!("\n  {service}")),
             "service {service}"

@@ -33,7 +33,7 @@ pub enum GreenConnectError {
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
     /// Connecting or logging in failed.
-    #[error("cannot open a session on green ({target}): {source}")]
+    #[error("cannot open a session on {target}: {source}")]
     Connect {
         /// The target, without password.
         target: String,

@@ -474,9 +474,12 @@ impl Monitor {
         out.single(
             "teal_up",
             "gauge",
-            "1 while teal is streaming, 0 otherwise.",
+            "1 while teal is streaming (or copying, in teal sync), 0 otherwise.",
             &slot,
-            f64::from(u8::from(self.state() == RunState::Streaming)),
+            f64::from(u8::from(matches!(
+                self.state(),
+                RunState::Streaming | RunState::Copying
+            ))),
         );
         out.text
     }

@@ -92,6 +92,25 @@ impl Twins {
         .await;
     }
 
+    /// Waits until the slot's confirmed LSN on blue reaches blue's current
+    /// WAL position (every consumer made everything written so far durable).
+    pub async fn wait_slot_confirmed(&self, what: &str) {
+        let target: String = self
+            .b
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        until_row(
+            &self.b,
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND confirmed_flush_lsn >= $1::text::pg_lsn",
+            &[&target],
+            Duration::from_secs(60),
+            what,
+        )
+        .await;
+    }
+
     /// Waits until green has everything blue wrote so far (green's progress
     /// reached blue's current WAL position), then compares `tables`.
     pub async fn assert_converged(&self, tables: &[&str], timeout: Duration) {

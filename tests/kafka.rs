@@ -300,3 +300,138 @@ async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
     shutdown.cancel();
     running.await.unwrap().expect("stream stops cleanly");
 }
+
+/// Every record of `topic` until none arrived for `quiet`: (key, value).
+fn read_until_quiet(brokers: &str, topic: &str, quiet: Duration) -> Vec<(Value, Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "teal-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..metadata.topics()[0].partitions().len() as i32 {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < quiet {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.expect("a record");
+            let parse = |b: Option<&[u8]>| {
+                b.map_or(Value::Null, |b| serde_json::from_slice(b).expect("JSON"))
+            };
+            out.push((parse(m.key()), parse(m.payload())));
+            last = Instant::now();
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_teal_with_kafka_loses_no_change() {
+    init_logging();
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let twins = Twins::start(
+        &default_bin(),
+        "CREATE TABLE acct (id int PRIMARY KEY, v int)",
+    )
+    .await;
+    let start_teal = || {
+        twins
+            .teal_stream_command()
+            .args(["--kafka-brokers", &brokers])
+            .args(["--metrics-addr", "off", "--heartbeat-interval", "off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("teal stream starts")
+    };
+    let mut teal = start_teal();
+    twins.wait_streaming().await;
+
+    // One writer: transaction n inserts n, updates n-1, deletes n-5.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (url, stop) = (twins.blue.url(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut client: Option<tokio_postgres::Client> = None;
+            let (mut n, mut changes) = (0i32, [0u64; 3]);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some(c) = crate::support::cluster::reconnect(&url, &mut client).await else {
+                    continue;
+                };
+                let next = n + 1;
+                let sql = format!(
+                    "BEGIN; INSERT INTO acct VALUES ({next}, 0);
+                     UPDATE acct SET v = v + 1 WHERE id = {};
+                     DELETE FROM acct WHERE id = {}; COMMIT;",
+                    next - 1,
+                    next - 5
+                );
+                if c.batch_execute(&sql).await.is_ok() {
+                    n = next;
+                    changes[0] += 1;
+                    changes[1] += u64::from(n >= 2);
+                    changes[2] += u64::from(n >= 6);
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            changes
+        })
+    };
+    for round in 0..5u64 {
+        tokio::time::sleep(Duration::from_millis(700 + round * 137)).await;
+        teal.kill().expect("kill -9");
+        let _ = teal.wait();
+        teal = start_teal();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let [inserts, updates, deletes] = writer.await.unwrap();
+    assert!(inserts > 100, "the writer ran: {inserts}");
+    twins.assert_converged(&["acct"], WAIT).await;
+    twins
+        .wait_slot_confirmed("Kafka and green caught up after the restarts")
+        .await;
+
+    let b2 = brokers.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        read_until_quiet(&b2, "teal.public.acct", Duration::from_secs(3))
+    })
+    .await
+    .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut counts = std::collections::BTreeMap::new();
+    let mut duplicates = 0;
+    for (_, v) in records.iter().filter(|(_, v)| !v.is_null()) {
+        let id = (
+            v["source"]["lsn"].as_u64().unwrap(),
+            v["source"]["sequence"].as_str().unwrap().to_owned(),
+        );
+        if seen.insert(id) {
+            *counts
+                .entry(v["op"].as_str().unwrap().to_owned())
+                .or_insert(0u64) += 1;
+        } else {
+            duplicates += 1;
+        }
+    }
+    assert_eq!(
+        (counts.get("c"), counts.get("u"), counts.get("d")),
+        (Some(&inserts), Some(&updates), Some(&deletes)),
+        "every change on blue is in Kafka once after deduplication ({duplicates} duplicates dropped)"
+    );
+    // SAFETY: kill(2) of our own child with SIGTERM.
+    unsafe {
+        libc::kill(teal.id() as i32, libc::SIGTERM);
+    }
+    assert!(teal.wait().unwrap().success(), "teal stops cleanly");
+}

@@ -195,8 +195,12 @@ async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
     );
 
     let metrics = monitor.metrics_text();
+    crate::monitor::check_exposition(&metrics);
     for name in [
-        "teal_kafka_records_acknowledged_total{slot=\"teal_slot\"}",
+        "teal_kafka_records_acknowledged_total{slot=\"teal_slot\",topic=\"teal.public.acct\"} 7",
+        "teal_kafka_records_produced_total{slot=\"teal_slot\",topic=\"teal.transactions\"} 6",
+        "teal_kafka_records_failed_total{slot=\"teal_slot\",topic=\"teal.public.log\"} 0",
+        "teal_kafka_delivery_seconds_count{slot=\"teal_slot\"} 17",
         "teal_kafka_lag_bytes{slot=\"teal_slot\"} 0",
     ] {
         assert!(metrics.contains(name), "{name} in {metrics}");

@@ -40,7 +40,7 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 /// that matters here): HELP and TYPE once per family, before its samples;
 /// sample names belong to their family; counters end in `_total`; names and
 /// label names are valid; label values are quoted; values are numbers.
-fn check_exposition(text: &str) {
+pub(crate) fn check_exposition(text: &str) {
     let valid_name = |n: &str| {
         !n.is_empty()
             && n.chars()

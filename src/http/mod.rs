@@ -441,34 +441,76 @@ impl Monitor {
         let k = &self.kafka;
         if k.enabled.load(Ordering::Relaxed) {
             let acked_lsn = k.acknowledged_lsn.load(Ordering::Relaxed);
-            for (name, kind, help, value) in [
-                (
-                    "teal_kafka_records_produced_total",
-                    "counter",
-                    "Records handed to the Kafka producer (changes, tombstones, BEGIN/END).",
-                    load(&k.produced),
-                ),
-                (
-                    "teal_kafka_records_acknowledged_total",
-                    "counter",
-                    "Records Kafka acknowledged (acks=all).",
-                    load(&k.acknowledged),
-                ),
+            for (name, help, value) in [
                 (
                     "teal_kafka_acknowledged_lsn",
-                    "gauge",
                     "End LSN up to which Kafka holds every record, as a 64-bit LSN.",
                     acked_lsn as f64,
                 ),
                 (
                     "teal_kafka_lag_bytes",
-                    "gauge",
                     "LSN distance from what green committed to what Kafka acknowledged (0 when Kafka is ahead).",
                     self.lag.applied_lsn().0.saturating_sub(acked_lsn) as f64,
                 ),
             ] {
-                out.single(name, kind, help, &slot, value);
+                out.single(name, "gauge", help, &slot, value);
             }
+            let topics = lock(&k.topics).clone();
+            for (name, help, value) in [
+                (
+                    "teal_kafka_records_produced_total",
+                    "Records handed to the Kafka producer per topic (changes, tombstones, BEGIN/END).",
+                    (|c: &crate::sink::kafka::TopicCounts| c.produced) as fn(&_) -> u64,
+                ),
+                (
+                    "teal_kafka_records_acknowledged_total",
+                    "Records Kafka acknowledged (acks=all) per topic.",
+                    |c| c.acknowledged,
+                ),
+                (
+                    "teal_kafka_records_failed_total",
+                    "Records librdkafka gave up per topic.",
+                    |c| c.failed,
+                ),
+            ] {
+                out.family(name, "counter", help);
+                for (topic, c) in &topics {
+                    out.sample(
+                        name,
+                        &[("slot", &self.slot), ("topic", topic)],
+                        value(c) as f64,
+                    );
+                }
+            }
+            out.family(
+                "teal_kafka_delivery_seconds",
+                "histogram",
+                "Time from handing a record to the producer to Kafka's acknowledgement.",
+            );
+            let cumulative = k.latency_cumulative();
+            let bounds = KafkaStats::LATENCY_BOUNDS.map(|b| b.to_string());
+            for (le, count) in bounds
+                .iter()
+                .map(String::as_str)
+                .chain(["+Inf"])
+                .zip(&cumulative)
+            {
+                out.sample(
+                    "teal_kafka_delivery_seconds_bucket",
+                    &[("slot", &self.slot), ("le", le)],
+                    *count as f64,
+                );
+            }
+            out.sample(
+                "teal_kafka_delivery_seconds_sum",
+                &slot,
+                k.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            );
+            out.sample(
+                "teal_kafka_delivery_seconds_count",
+                &slot,
+                cumulative.last().copied().unwrap_or(0) as f64,
+            );
         }
 
         out.single(

@@ -18,8 +18,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -28,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::event::{ChangeKind, Event, TxnMeta};
 use crate::lsn::{Lsn, PgTimestamp};
-use crate::progress::Consumer;
+use crate::progress::{Consumer, lock};
 
 use super::envelope::{self, Order, Source};
 
@@ -131,12 +132,79 @@ pub struct KafkaStats {
     pub acknowledged: AtomicU64,
     /// Highest end LSN whose records are all acknowledged.
     pub acknowledged_lsn: AtomicU64,
+    /// Per topic.
+    pub topics: Mutex<BTreeMap<String, TopicCounts>>,
+    /// Delivery latency (enqueued to acknowledged), one count per bucket of
+    /// [`KafkaStats::LATENCY_BOUNDS`] and one past the last.
+    pub latency: [AtomicU64; KafkaStats::LATENCY_BOUNDS.len() + 1],
+    /// Sum of the delivery latencies, in microseconds.
+    pub latency_sum_micros: AtomicU64,
+}
+
+/// Records of one topic.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TopicCounts {
+    /// Handed to librdkafka.
+    pub produced: u64,
+    /// Acknowledged by Kafka.
+    pub acknowledged: u64,
+    /// Given up by librdkafka (the sink stops on the first).
+    pub failed: u64,
+}
+
+impl KafkaStats {
+    /// Upper bounds (seconds) of the delivery latency histogram's buckets.
+    pub const LATENCY_BOUNDS: [f64; 10] =
+        [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0];
+
+    fn delivered(&self, latency: Duration) {
+        let secs = latency.as_secs_f64();
+        let bucket = Self::LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(Self::LATENCY_BOUNDS.len());
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros.fetch_add(
+            latency.as_micros().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+        self.acknowledged.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add(&self, counts: &BTreeMap<Arc<str>, TopicCounts>) {
+        let mut topics = lock(&self.topics);
+        for (topic, c) in counts {
+            let t = topics.entry(topic.to_string()).or_default();
+            t.produced += c.produced;
+            t.acknowledged += c.acknowledged;
+            t.failed += c.failed;
+        }
+    }
+
+    /// The latency histogram's cumulative counts (the last for `+Inf`).
+    pub fn latency_cumulative(&self) -> Vec<u64> {
+        let mut total = 0;
+        self.latency
+            .iter()
+            .map(|c| {
+                total += c.load(Ordering::Relaxed);
+                total
+            })
+            .collect()
+    }
+}
+
+/// A record handed to librdkafka, awaiting its delivery report.
+struct Sent {
+    delivery: DeliveryFuture,
+    topic: Arc<str>,
+    at: Instant,
 }
 
 /// One position to confirm once its records are delivered.
 struct Pending {
     lsn: Lsn,
-    deliveries: Vec<DeliveryFuture>,
+    deliveries: Vec<Sent>,
 }
 
 /// Transactions (or idle positions) queued for the acker; bounds how far
@@ -160,7 +228,7 @@ pub async fn run(
         name: config.topic_prefix.clone(),
         db: config.db.clone(),
     };
-    let transactions_topic = config.transactions_topic();
+    let transactions_topic: Arc<str> = config.transactions_topic().into();
     let mut txn: Option<OpenTxn> = None;
     let produced = async {
         while let Some(batch) = events.recv().await {
@@ -192,6 +260,14 @@ pub async fn run(
                         stats
                             .produced
                             .fetch_add(open.deliveries.len() as u64, Ordering::Relaxed);
+                        let mut produced: BTreeMap<Arc<str>, TopicCounts> = BTreeMap::new();
+                        for sent in &open.deliveries {
+                            produced
+                                .entry(Arc::clone(&sent.topic))
+                                .or_default()
+                                .produced += 1;
+                        }
+                        stats.add(&produced);
                         if ack_tx
                             .send(Pending {
                                 lsn: meta.end_lsn,
@@ -251,10 +327,10 @@ fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaSinkError> {
 /// Enqueues one record; waits while librdkafka's queue is full.
 async fn send(
     producer: &FutureProducer,
-    topic: &str,
+    topic: &Arc<str>,
     key: Option<&str>,
     payload: Option<&str>,
-) -> Result<DeliveryFuture, KafkaSinkError> {
+) -> Result<Sent, KafkaSinkError> {
     let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic);
     if let Some(k) = key {
         record = record.key(k);
@@ -264,14 +340,20 @@ async fn send(
     }
     loop {
         match producer.send_result(record) {
-            Ok(delivery) => return Ok(delivery),
+            Ok(delivery) => {
+                return Ok(Sent {
+                    delivery,
+                    topic: Arc::clone(topic),
+                    at: Instant::now(),
+                });
+            }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err((source, _)) => {
                 return Err(KafkaSinkError::Produce {
-                    topic: topic.to_owned(),
+                    topic: topic.to_string(),
                     source,
                 });
             }
@@ -286,21 +368,30 @@ async fn acknowledge(
     stats: Arc<KafkaStats>,
 ) -> Result<(), KafkaSinkError> {
     while let Some(pending) = queue.recv().await {
-        for delivery in pending.deliveries {
-            match delivery.await {
+        let mut counts: BTreeMap<Arc<str>, TopicCounts> = BTreeMap::new();
+        for sent in pending.deliveries {
+            let c = counts.entry(Arc::clone(&sent.topic)).or_default();
+            match sent.delivery.await {
                 Ok(Ok(_)) => {
-                    stats.acknowledged.fetch_add(1, Ordering::Relaxed);
+                    c.acknowledged += 1;
+                    stats.delivered(sent.at.elapsed());
                 }
                 Ok(Err((source, _))) => {
+                    c.failed += 1;
+                    stats.add(&counts);
                     return Err(KafkaSinkError::Delivery {
                         lsn: pending.lsn,
                         source,
                     });
                 }
                 // The producer went away (shutdown): nothing more is confirmed.
-                Err(_) => return Ok(()),
+                Err(_) => {
+                    stats.add(&counts);
+                    return Ok(());
+                }
             }
         }
+        stats.add(&counts);
         stats
             .acknowledged_lsn
             .fetch_max(pending.lsn.0, Ordering::Relaxed);
@@ -312,7 +403,7 @@ async fn acknowledge(
 /// The transaction being produced.
 struct OpenTxn {
     meta: Arc<TxnMeta>,
-    deliveries: Vec<DeliveryFuture>,
+    deliveries: Vec<Sent>,
     total: u64,
     per_table: BTreeMap<String, u64>,
 }
@@ -345,11 +436,12 @@ impl OpenTxn {
         change: &crate::event::Change,
     ) -> Result<(), KafkaSinkError> {
         let now = PgTimestamp::now();
-        let topic_of = |r: &crate::event::Relation| {
+        let topic_of = |r: &crate::event::Relation| -> Arc<str> {
             format!(
                 "{}.{}.{}",
                 config.topic_prefix, r.name.namespace, r.name.name
             )
+            .into()
         };
         match &change.kind {
             ChangeKind::Truncate { relations, .. } => {

@@ -439,3 +439,132 @@ async fn killed_teal_with_kafka_loses_no_change() {
     }
     assert!(teal.wait().unwrap().success(), "teal stops cleanly");
 }
+
+/// A tansu broker (Kafka protocol, in memory) on a free port; killed on drop.
+struct Tansu {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Tansu {
+    fn start() -> Tansu {
+        let bin = std::env::var_os("TEAL_TANSU")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tansu/tansu")
+            });
+        assert!(
+            bin.is_file(),
+            "no tansu broker at {}: run scripts/fetch-tansu (or set TEAL_TANSU)",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/", "--silent"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tansu { child, addr }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_through_a_real_broker() {
+    init_logging();
+    let broker = Tansu::start();
+    let twins = Twins::start(
+        &default_bin(),
+        "CREATE TABLE acct (id int PRIMARY KEY, v int); CREATE TABLE log (line text)",
+    )
+    .await;
+    let mut config = twins.config();
+    config.kafka = Some(KafkaConfig::new(broker.addr.clone(), "postgres"));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(stream::run(config, shutdown.clone()));
+    twins.wait_streaming().await;
+    twins
+        .b
+        .batch_execute(
+            "INSERT INTO acct SELECT i, 0 FROM generate_series(1, 5) i;
+             INSERT INTO log VALUES ('a');",
+        )
+        .await
+        .unwrap();
+    twins
+        .b
+        .batch_execute("UPDATE acct SET v = 1 WHERE id = 2")
+        .await
+        .unwrap();
+    twins
+        .b
+        .batch_execute("DELETE FROM acct WHERE id = 5; TRUNCATE log")
+        .await
+        .unwrap();
+    twins.assert_converged(&["acct", "log"], WAIT).await;
+    twins
+        .wait_slot_confirmed("the broker did not acknowledge")
+        .await;
+
+    let addr = broker.addr.clone();
+    let acct = tokio::task::spawn_blocking(move || read_topic(&addr, "teal.public.acct", 8))
+        .await
+        .unwrap();
+    let mut acct: Vec<Value> = acct
+        .into_iter()
+        .flatten()
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_null())
+        .collect();
+    acct.sort_by_key(|v| v["source"]["lsn"].as_u64());
+    let ops: Vec<&str> = acct.iter().map(|v| v["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["c", "c", "c", "c", "c", "u", "d"]);
+    assert_eq!(acct[5]["after"], serde_json::json!({ "id": 2, "v": 1 }));
+    assert_eq!(acct[6]["before"], serde_json::json!({ "id": 5 }));
+    let addr = broker.addr.clone();
+    let txns = tokio::task::spawn_blocking(move || read_topic(&addr, "teal.transactions", 6))
+        .await
+        .unwrap();
+    let ends: Vec<Value> = txns
+        .into_iter()
+        .flatten()
+        .map(|(_, v)| v)
+        .filter(|v| v["status"] == "END")
+        .collect();
+    let mut counts: Vec<u64> = ends
+        .iter()
+        .map(|e| e["event_count"].as_u64().unwrap())
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        [1, 2, 6],
+        "END records count each transaction's events"
+    );
+    shutdown.cancel();
+    running.await.unwrap().expect("stream stops cleanly");
+}

@@ -188,7 +188,7 @@ struct StreamArgs {
 
     /// Green: libpq URL or key=value string (the password may also come from ~/.pgpass).
     #[arg(long, env = "TEAL_TARGET_URL", hide_env_values = true)]
-    target: String,
+    target: Option<String>,
 
     /// Create the slot if it does not exist (the default).
     #[arg(long, env = "TEAL_CREATE_SLOT", conflicts_with = "no_create_slot")]
@@ -250,7 +250,7 @@ struct StreamArgs {
     #[arg(long, env = "TEAL_KAFKA_NO_TOMBSTONES")]
     kafka_no_tombstones: bool,
 
-    /// Kafka only, no green (not implemented yet: refused).
+    /// Kafka only, no green (then --target is optional).
     #[arg(long, env = "TEAL_NO_APPLY")]
     no_apply: bool,
 }
@@ -341,17 +341,21 @@ impl StreamArgs {
     fn config(self) -> anyhow::Result<StreamConfig> {
         let (mut source, assembler) = self.source.configs()?;
         source.create_slot = !self.no_create_slot;
-        let target: ConnInfo = self
-            .target
-            .parse()
-            .context("invalid --target connection string")?;
+        let target: ConnInfo = match (&self.target, self.no_apply) {
+            (Some(t), _) => t.parse().context("invalid --target connection string")?,
+            // Not used without apply.
+            (None, true) => {
+                ConnInfo::parse_with_env("", &|_| None).context("building an empty --target")?
+            }
+            (None, false) => anyhow::bail!(
+                "--target (green) is required, unless --no-apply streams to Kafka only"
+            ),
+        };
         if self.batch_max_changes == 0 {
             anyhow::bail!("invalid --batch-max-changes: must be at least 1");
         }
-        if self.no_apply {
-            anyhow::bail!(
-                "--no-apply (Kafka without green) is not implemented yet; run with --target"
-            );
+        if self.no_apply && self.kafka_brokers.is_none() {
+            anyhow::bail!("--no-apply streams to Kafka only: give --kafka-brokers too");
         }
         let kafka = self.kafka_brokers.map(|brokers| KafkaConfig {
             brokers,
@@ -383,6 +387,7 @@ impl StreamArgs {
                 ..MonitorConfig::default()
             },
             kafka,
+            no_apply: self.no_apply,
         })
     }
 }
@@ -501,6 +506,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Sync(args) => {
+            if args.stream.no_apply {
+                anyhow::bail!("teal sync copies into green: --no-apply is for teal stream");
+            }
             let source_url = args.stream.source.source.clone();
             let mut config = SyncConfig::new(args.stream.config()?);
             config.holder = Some(HolderCommand {

@@ -250,7 +250,7 @@ async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
     mock.broker_down(1).expect("broker down");
     let before: String = twins
         .b
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .unwrap()
         .get(0);
@@ -564,6 +564,76 @@ async fn round_trip_through_a_real_broker() {
         counts,
         [1, 2, 6],
         "END records count each transaction's events"
+    );
+    shutdown.cancel();
+    running.await.unwrap().expect("stream stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_only_without_green() {
+    init_logging();
+    // The flag needs brokers, and then no --target.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .env_clear()
+        .args(["stream", "--source", "host=127.0.0.1 port=1", "--slot", "s"])
+        .args(["--publication", "p", "--no-apply"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("give --kafka-brokers"),
+        "{stderr}"
+    );
+
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let twins = Twins::start(
+        &default_bin(),
+        "CREATE TABLE acct (id int PRIMARY KEY, v int)",
+    )
+    .await;
+    let mut config = twins.config();
+    config.kafka = Some(KafkaConfig::new(brokers.clone(), "postgres"));
+    config.no_apply = true;
+    let shutdown = CancellationToken::new();
+    let monitor = Arc::new(Monitor::new("teal_slot"));
+    let running = tokio::spawn(stream::run_monitored(
+        config,
+        shutdown.clone(),
+        Arc::clone(&monitor),
+    ));
+    twins.wait_streaming().await;
+    twins
+        .b
+        .batch_execute("INSERT INTO acct SELECT i, i FROM generate_series(1, 20) i")
+        .await
+        .unwrap();
+    twins
+        .wait_slot_confirmed("Kafka alone confirms the slot")
+        .await;
+    let b2 = brokers.clone();
+    let records = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.public.acct", 20))
+        .await
+        .unwrap();
+    assert_eq!(records.into_iter().flatten().count(), 20);
+    // Green was never touched: no rows, not even teal's schema.
+    let (rows, schema): (i64, Option<String>) = {
+        let r = twins
+            .g
+            .query_one(
+                "SELECT (SELECT count(*) FROM acct), to_regnamespace('teal')::text",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((rows, schema), (0, None));
+    let status = monitor.status_json();
+    assert_eq!(status["state"], "streaming");
+    assert_eq!(
+        status["lag_bytes"], 0,
+        "lag follows Kafka's acknowledgements: {status}"
     );
     shutdown.cancel();
     running.await.unwrap().expect("stream stops cleanly");

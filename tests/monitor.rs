@@ -354,7 +354,7 @@ async fn heartbeats_advance_the_slot_while_published_tables_are_idle() {
         .unwrap();
     let written: String = twins
         .b
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .unwrap()
         .get(0);

@@ -222,6 +222,7 @@ fn stream_config(blue: &Cluster, green: &Cluster) -> Result<StreamConfig, DemoEr
             ..MonitorConfig::default()
         },
         kafka: None,
+        no_apply: false,
     })
 }
 

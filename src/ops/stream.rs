@@ -59,6 +59,8 @@ pub struct StreamConfig {
     pub monitor: MonitorConfig,
     /// The Kafka audit stream, when enabled (`--kafka-brokers`).
     pub kafka: Option<KafkaConfig>,
+    /// `--no-apply`: Kafka only; green (`apply.target`) is not used.
+    pub no_apply: bool,
 }
 
 /// How `teal stream` shows itself: the HTTP endpoint and blue-side checks.
@@ -138,18 +140,23 @@ async fn run_session(
     tokio::spawn(
         watch_blue(config.clone(), Arc::clone(&monitor), stopped.clone()).in_current_span(),
     );
-    let audit = Arc::new(StreamAudit::new(
-        config.apply.store.clone(),
-        &monitor.correlation_id,
-        &config.apply.slot,
-        &config.source.conninfo,
-        &config.apply.target,
-    ));
-    let audit_start = tokio::spawn(
-        Arc::clone(&audit)
-            .start(Arc::clone(&monitor), stopped.clone())
-            .in_current_span(),
-    );
+    // The audit trail lives on green: none without it (--no-apply).
+    let audit = (!config.no_apply).then(|| {
+        Arc::new(StreamAudit::new(
+            config.apply.store.clone(),
+            &monitor.correlation_id,
+            &config.apply.slot,
+            &config.source.conninfo,
+            &config.apply.target,
+        ))
+    });
+    let audit_start = audit.clone().map(|audit| {
+        tokio::spawn(
+            audit
+                .start(Arc::clone(&monitor), stopped.clone())
+                .in_current_span(),
+        )
+    });
     tracing::info!(slot = %config.apply.slot, "stream session started");
     let result = stream(&config, &shutdown, &monitor).await;
     monitor.set_state(match &result {
@@ -160,8 +167,10 @@ async fn run_session(
         }
     });
     stopped.cancel();
-    let _ = audit_start.await;
-    audit.end(&monitor, result.as_ref().err()).await;
+    if let (Some(audit), Some(start)) = (audit, audit_start) {
+        let _ = start.await;
+        audit.end(&monitor, result.as_ref().err()).await;
+    }
     result
 }
 
@@ -182,14 +191,18 @@ async fn stream(
             return Ok(stats);
         }
         monitor.set_state(RunState::Starting);
-        let result = attempt(
-            config,
-            shutdown,
-            monitor,
-            careful_through,
-            &mut may_create_slot,
-        )
-        .await;
+        let result = if config.no_apply {
+            attempt_kafka_only(config, shutdown, monitor, &mut may_create_slot).await
+        } else {
+            attempt(
+                config,
+                shutdown,
+                monitor,
+                careful_through,
+                &mut may_create_slot,
+            )
+            .await
+        };
         match result {
             Ok(()) => return Ok(stats),
             Err(StreamError::Apply(ApplyError::Replay { through })) => {
@@ -221,7 +234,7 @@ fn is_transient(e: &StreamError) -> bool {
         StreamError::Http(_) => false,
         // A producer that cannot be created will not be next time either;
         // delivery failures (librdkafka gave up) are retried from the slot.
-        StreamError::Kafka(KafkaSinkError::Config(_)) => false,
+        StreamError::Kafka(KafkaSinkError::Config(_) | KafkaSinkError::NoBrokers) => false,
         StreamError::Kafka(_) => true,
     }
 }
@@ -273,6 +286,7 @@ async fn attempt(
                     kafka_consumer,
                     kafka_events,
                     Arc::clone(&monitor.kafka),
+                    None,
                 )
                 .in_current_span(),
             );
@@ -325,6 +339,60 @@ async fn attempt(
     }
     applied_result?;
     kafka_result?;
+    captured?;
+    Ok(())
+}
+
+/// One run of capture + the Kafka sink alone (`--no-apply`), from the
+/// slot's confirmed position: Kafka's acknowledgements are all that is
+/// confirmed to blue.
+async fn attempt_kafka_only(
+    config: &StreamConfig,
+    shutdown: &CancellationToken,
+    monitor: &Monitor,
+    may_create_slot: &mut bool,
+) -> Result<(), StreamError> {
+    let Some(kafka) = &config.kafka else {
+        return Err(StreamError::Kafka(KafkaSinkError::NoBrokers));
+    };
+    let progress = Progress::new();
+    let consumer = progress.register();
+    let mut source = config.source.clone();
+    source.create_slot = *may_create_slot;
+    let run = shutdown.child_token();
+    let (events, capture) = start_capture(
+        source,
+        config.assembler.clone(),
+        progress,
+        Arc::clone(&monitor.lag),
+        run.clone(),
+    )?;
+    let mut session = capture.session();
+    let sink = crate::sink::kafka::run(
+        kafka.clone(),
+        consumer,
+        events,
+        Arc::clone(&monitor.kafka),
+        Some(Arc::clone(&monitor.lag)),
+    );
+    let streaming = async {
+        if session.wait_for(Option::is_some).await.is_ok() {
+            monitor.set_state(RunState::Streaming);
+        }
+        std::future::pending::<()>().await
+    };
+    let result = tokio::select! {
+        r = sink => r,
+        () = streaming => Ok(()),
+    };
+    if result.is_err() {
+        run.cancel();
+    }
+    let captured = capture.wait().await;
+    if session.borrow().is_some() {
+        *may_create_slot = false;
+    }
+    result?;
     captured?;
     Ok(())
 }

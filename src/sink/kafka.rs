@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::event::{ChangeKind, Event, TxnMeta};
 use crate::lsn::{Lsn, PgTimestamp};
-use crate::progress::{Consumer, lock};
+use crate::progress::{Consumer, Lag, lock};
 
 use super::envelope::{self, Order, Source};
 
@@ -98,6 +98,9 @@ impl KafkaConfig {
 /// Why the Kafka sink stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSinkError {
+    /// `--no-apply` without `--kafka-brokers`.
+    #[error("--no-apply streams to Kafka only: give --kafka-brokers")]
+    NoBrokers,
     /// The producer could not be created (a bad property, most likely).
     #[error("cannot create the Kafka producer: {0}")]
     Config(KafkaError),
@@ -205,6 +208,8 @@ struct Sent {
 struct Pending {
     lsn: Lsn,
     deliveries: Vec<Sent>,
+    /// A transaction's end (else an idle position).
+    commit: bool,
 }
 
 /// Transactions (or idle positions) queued for the acker; bounds how far
@@ -212,18 +217,20 @@ struct Pending {
 const ACK_QUEUE: usize = 1024;
 
 /// Produces `events` to Kafka until the channel closes; confirms through
-/// `consumer` what Kafka acknowledged. Returns once every produced record
-/// is acknowledged (or on the first error).
+/// `consumer` what Kafka acknowledged, and reports it to `lag` when given
+/// (Kafka is the only consumer: `--no-apply`). Returns once every produced
+/// record is acknowledged (or on the first error).
 pub async fn run(
     config: KafkaConfig,
     consumer: Consumer,
     mut events: mpsc::Receiver<Vec<Event>>,
     stats: Arc<KafkaStats>,
+    lag: Option<Arc<Lag>>,
 ) -> Result<(), KafkaSinkError> {
     let producer = producer(&config)?;
     stats.enabled.store(true, Ordering::Relaxed);
     let (ack_tx, ack_rx) = mpsc::channel::<Pending>(ACK_QUEUE);
-    let acker = tokio::spawn(acknowledge(ack_rx, consumer, Arc::clone(&stats)));
+    let acker = tokio::spawn(acknowledge(ack_rx, consumer, Arc::clone(&stats), lag));
     let source = Source {
         name: config.topic_prefix.clone(),
         db: config.db.clone(),
@@ -272,6 +279,7 @@ pub async fn run(
                             .send(Pending {
                                 lsn: meta.end_lsn,
                                 deliveries: open.deliveries,
+                                commit: true,
                             })
                             .await
                             .is_err()
@@ -285,6 +293,7 @@ pub async fn run(
                                 .send(Pending {
                                     lsn: wal_end,
                                     deliveries: Vec::new(),
+                                    commit: false,
                                 })
                                 .await
                                 .is_err()
@@ -366,6 +375,7 @@ async fn acknowledge(
     mut queue: mpsc::Receiver<Pending>,
     consumer: Consumer,
     stats: Arc<KafkaStats>,
+    lag: Option<Arc<Lag>>,
 ) -> Result<(), KafkaSinkError> {
     while let Some(pending) = queue.recv().await {
         let mut counts: BTreeMap<Arc<str>, TopicCounts> = BTreeMap::new();
@@ -396,6 +406,9 @@ async fn acknowledge(
             .acknowledged_lsn
             .fetch_max(pending.lsn.0, Ordering::Relaxed);
         consumer.confirm(pending.lsn);
+        if let Some(lag) = &lag {
+            lag.applied(pending.lsn, PgTimestamp::now(), pending.commit);
+        }
     }
     Ok(())
 }

@@ -66,6 +66,7 @@ impl Twins {
                 ..MonitorConfig::default()
             },
             kafka: None,
+            no_apply: false,
         }
     }
 
@@ -93,11 +94,13 @@ impl Twins {
     }
 
     /// Waits until the slot's confirmed LSN on blue reaches blue's current
-    /// WAL position (every consumer made everything written so far durable).
+    /// WAL insert position (every consumer made everything written so far
+    /// durable; the write position can lag behind commits here, where
+    /// synchronous_commit is off).
     pub async fn wait_slot_confirmed(&self, what: &str) {
         let target: String = self
             .b
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
             .unwrap()
             .get(0);

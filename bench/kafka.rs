@@ -1,0 +1,205 @@
+//! The Kafka sink's cost: W1 (1,000,000 rows inserted in 1,000-row
+//! transactions, `--scale` scales it) drained from a backlog by `teal stream`
+//! three ways in one run, each from its own slot created before the
+//! workload: apply only, apply + Kafka, Kafka only (`--no-apply`). Kafka is
+//! librdkafka's mock cluster in this process (a real protocol endpoint).
+//!
+//! Prints rows/s and Kafka records/s for each, and apply + Kafka against
+//! apply only (target: at most 20% slower).
+//!
+//! Run: `cargo bench --bench kafka -- [--runs 3] [--scale 1.0]`
+
+#[path = "../tests/support/cluster.rs"]
+#[allow(dead_code)]
+mod cluster;
+mod stats;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster::{Cluster, Options};
+use rdkafka::mocking::MockCluster;
+
+const SCHEMA: &str = "CREATE TABLE t (id bigint PRIMARY KEY, account int NOT NULL, amount numeric(12,2) NOT NULL, memo text)";
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Mode {
+    Apply,
+    ApplyKafka,
+    KafkaOnly,
+}
+
+impl Mode {
+    fn slot(self) -> &'static str {
+        match self {
+            Mode::Apply => "bench_apply",
+            Mode::ApplyKafka => "bench_both",
+            Mode::KafkaOnly => "bench_kafka",
+        }
+    }
+}
+
+fn options() -> Options {
+    Options {
+        settings: vec![
+            ("max_wal_size".into(), "'4GB'".into()),
+            ("checkpoint_timeout".into(), "'30min'".into()),
+        ],
+        ..Options::default()
+    }
+}
+
+async fn run_once(bin: &cluster::PgBin, scale: f64) -> BTreeMap<Mode, (f64, u64)> {
+    let blue = Cluster::start_with(bin, options());
+    let b = blue.client().await;
+    b.batch_execute(SCHEMA).await.unwrap();
+    b.batch_execute("CREATE PUBLICATION p FOR TABLE t")
+        .await
+        .unwrap();
+    let modes = [Mode::Apply, Mode::ApplyKafka, Mode::KafkaOnly];
+    for m in modes {
+        b.execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&m.slot()],
+        )
+        .await
+        .unwrap();
+    }
+    let txns = (1000.0 * scale) as u64;
+    for t in 0..txns {
+        let first = t * 1000 + 1;
+        b.batch_execute(&format!(
+            "INSERT INTO t SELECT i, i % 9973, (i % 100000) / 100.0, 'transfer ' || i || ' settlement batch ' || (i / 1000) \
+             FROM generate_series({first}, {}) i",
+            first + 999
+        ))
+        .await
+        .unwrap();
+    }
+    let rows = txns * 1000;
+    let target: String = b
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut out = BTreeMap::new();
+    for m in modes {
+        let green = Cluster::start_with(bin, options());
+        green.client().await.batch_execute(SCHEMA).await.unwrap();
+        let mock = MockCluster::new(1).expect("mock cluster");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_teal"));
+        cmd.env_clear()
+            .args([
+                "stream",
+                "--slot",
+                m.slot(),
+                "--publication",
+                "p",
+                "--no-create-slot",
+            ])
+            .args([
+                "--log",
+                "warn",
+                "--metrics-addr",
+                "off",
+                "--heartbeat-interval",
+                "off",
+            ])
+            .args(["--source", &blue.url()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        match m {
+            Mode::Apply => {
+                cmd.args(["--target", &green.url()]);
+            }
+            Mode::ApplyKafka => {
+                cmd.args(["--target", &green.url()])
+                    .args(["--kafka-brokers", &mock.bootstrap_servers()]);
+            }
+            Mode::KafkaOnly => {
+                cmd.args(["--no-apply", "--kafka-brokers", &mock.bootstrap_servers()]);
+            }
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().expect("teal runs");
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        loop {
+            let done = b
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn >= $2::text::pg_lsn",
+                    &[&m.slot(), &target],
+                )
+                .await
+                .unwrap()
+                .is_some();
+            if done {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{m:?} did not catch up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        // SAFETY: kill(2) of our own child with SIGTERM.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        // Records: one per row plus BEGIN and END per transaction.
+        let records = if m == Mode::Apply { 0 } else { rows + 2 * txns };
+        out.insert(m, (seconds, records));
+    }
+    let _ = rows;
+    out
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let (mut runs, mut scale) = (1usize, 1.0f64);
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--scale" => scale = it.next().and_then(|v| v.parse().ok()).expect("--scale X"),
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let bin = cluster::default_bin();
+    let rows = (1000.0 * scale) as u64 * 1000;
+    println!(
+        "Kafka sink cost: PostgreSQL {}, W1 {rows} rows, backlog, {runs} runs",
+        bin.version
+    );
+    let mut seconds: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut records = BTreeMap::new();
+    for run in 1..=runs {
+        for (m, (s, r)) in run_once(&bin, scale).await {
+            eprintln!(
+                "run {run} {m:?}: {s:.1} s, {:.0} rows/s, {:.0} Kafka records/s",
+                rows as f64 / s,
+                r as f64 / s
+            );
+            seconds.entry(m).or_default().push(s);
+            records.insert(m, r);
+        }
+    }
+    println!("| mode | seconds (median) | rows/s | Kafka records/s |");
+    println!("|---|---|---|---|");
+    let mut medians = BTreeMap::new();
+    for (m, v) in &mut seconds {
+        let s = stats::median(v);
+        medians.insert(*m, s);
+        println!(
+            "| {m:?} | {s:.1} | {:.0} | {:.0} |",
+            rows as f64 / s,
+            records[m] as f64 / s
+        );
+    }
+    if let (Some(a), Some(b)) = (medians.get(&Mode::Apply), medians.get(&Mode::ApplyKafka)) {
+        println!(
+            "apply + Kafka runs at {:.0}% of apply alone (target: at least 80%)",
+            a / b * 100.0
+        );
+    }
+}

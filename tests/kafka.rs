@@ -61,6 +61,31 @@ fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Vec<(Value, Value
     out
 }
 
+/// `teal stream` in this process from the twins to `brokers` (and green
+/// unless `no_apply`), streaming once this returns.
+async fn stream_with_kafka(
+    twins: &Twins,
+    brokers: &str,
+    no_apply: bool,
+) -> (
+    CancellationToken,
+    Arc<Monitor>,
+    tokio::task::JoinHandle<Result<Arc<teal::apply::ApplyStats>, stream::StreamError>>,
+) {
+    let mut config = twins.config();
+    config.kafka = Some(KafkaConfig::new(brokers, "postgres"));
+    config.no_apply = no_apply;
+    let shutdown = CancellationToken::new();
+    let monitor = Arc::new(Monitor::new("teal_slot"));
+    let running = tokio::spawn(stream::run_monitored(
+        config,
+        shutdown.clone(),
+        Arc::clone(&monitor),
+    ));
+    twins.wait_streaming().await;
+    (shutdown, monitor, running)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
     init_logging();
@@ -74,16 +99,7 @@ async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
          ALTER TABLE log REPLICA IDENTITY FULL;",
     )
     .await;
-    let mut config = twins.config();
-    config.kafka = Some(KafkaConfig::new(brokers.clone(), "postgres"));
-    let shutdown = CancellationToken::new();
-    let monitor = Arc::new(Monitor::new("teal_slot"));
-    let running = tokio::spawn(stream::run_monitored(
-        config,
-        shutdown.clone(),
-        Arc::clone(&monitor),
-    ));
-    twins.wait_streaming().await;
+    let (shutdown, monitor, running) = stream_with_kafka(&twins, &brokers, false).await;
 
     twins
         .b
@@ -234,11 +250,7 @@ async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
         "CREATE TABLE acct (id int PRIMARY KEY, v int)",
     )
     .await;
-    let mut config = twins.config();
-    config.kafka = Some(KafkaConfig::new(brokers.clone(), "postgres"));
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(stream::run(config, shutdown.clone()));
-    twins.wait_streaming().await;
+    let (shutdown, _monitor, running) = stream_with_kafka(&twins, &brokers, false).await;
     twins
         .b
         .batch_execute("INSERT INTO acct SELECT i, 0 FROM generate_series(1, 10) i")
@@ -592,17 +604,7 @@ async fn kafka_only_without_green() {
         "CREATE TABLE acct (id int PRIMARY KEY, v int)",
     )
     .await;
-    let mut config = twins.config();
-    config.kafka = Some(KafkaConfig::new(brokers.clone(), "postgres"));
-    config.no_apply = true;
-    let shutdown = CancellationToken::new();
-    let monitor = Arc::new(Monitor::new("teal_slot"));
-    let running = tokio::spawn(stream::run_monitored(
-        config,
-        shutdown.clone(),
-        Arc::clone(&monitor),
-    ));
-    twins.wait_streaming().await;
+    let (shutdown, monitor, running) = stream_with_kafka(&twins, &brokers, true).await;
     twins
         .b
         .batch_execute("INSERT INTO acct SELECT i, i FROM generate_series(1, 20) i")

@@ -320,30 +320,14 @@ impl Monitor {
             out.single(name, "counter", help, &slot, value);
         }
 
-        out.family(
-            "teal_batch_size_changes",
-            "histogram",
-            "Changes per green transaction.",
-        );
-        let cumulative = a.batch_size_cumulative();
         let bounds = ApplyStats::BATCH_SIZE_BOUNDS.map(|b| b.to_string());
-        for (le, count) in bounds
-            .iter()
-            .map(String::as_str)
-            .chain(["+Inf"])
-            .zip(&cumulative)
-        {
-            out.sample(
-                "teal_batch_size_changes_bucket",
-                &[("slot", &self.slot), ("le", le)],
-                *count as f64,
-            );
-        }
-        out.sample("teal_batch_size_changes_sum", &slot, load(&a.changes));
-        out.sample(
-            "teal_batch_size_changes_count",
-            &slot,
-            cumulative.last().copied().unwrap_or(0) as f64,
+        out.histogram(
+            "teal_batch_size_changes",
+            "Changes per green transaction.",
+            &self.slot,
+            &bounds,
+            &a.batch_size_cumulative(),
+            load(&a.changes),
         );
 
         out.family(
@@ -482,34 +466,14 @@ impl Monitor {
                     );
                 }
             }
-            out.family(
-                "teal_kafka_delivery_seconds",
-                "histogram",
-                "Time from handing a record to the producer to Kafka's acknowledgement.",
-            );
-            let cumulative = k.latency_cumulative();
             let bounds = KafkaStats::LATENCY_BOUNDS.map(|b| b.to_string());
-            for (le, count) in bounds
-                .iter()
-                .map(String::as_str)
-                .chain(["+Inf"])
-                .zip(&cumulative)
-            {
-                out.sample(
-                    "teal_kafka_delivery_seconds_bucket",
-                    &[("slot", &self.slot), ("le", le)],
-                    *count as f64,
-                );
-            }
-            out.sample(
-                "teal_kafka_delivery_seconds_sum",
-                &slot,
+            out.histogram(
+                "teal_kafka_delivery_seconds",
+                "Time from handing a record to the producer to Kafka's acknowledgement.",
+                &self.slot,
+                &bounds,
+                &k.latency_cumulative(),
                 k.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            );
-            out.sample(
-                "teal_kafka_delivery_seconds_count",
-                &slot,
-                cumulative.last().copied().unwrap_or(0) as f64,
             );
         }
 
@@ -541,6 +505,35 @@ impl Metrics {
             help.replace('\\', "\\\\").replace('\n', "\\n")
         );
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    /// A histogram of one series (per slot): `cumulative` has one count per
+    /// bound and a last one for `+Inf` (which is also `_count`).
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        slot: &str,
+        bounds: &[String],
+        cumulative: &[u64],
+        sum: f64,
+    ) {
+        self.family(name, "histogram", help);
+        let bucket = format!("{name}_bucket");
+        for (le, count) in bounds
+            .iter()
+            .map(String::as_str)
+            .chain(["+Inf"])
+            .zip(cumulative)
+        {
+            self.sample(&bucket, &[("slot", slot), ("le", le)], *count as f64);
+        }
+        self.sample(&format!("{name}_sum"), &[("slot", slot)], sum);
+        self.sample(
+            &format!("{name}_count"),
+            &[("slot", slot)],
+            cumulative.last().copied().unwrap_or(0) as f64,
+        );
     }
 
     /// A family of one sample.

@@ -18,7 +18,9 @@
 //! [`UNAVAILABLE`] (Debezium's placeholder). Binary-format values (teal
 //! stream --binary) are `{"binary_base64": ..}`.
 
-use serde_json::{Map, Value as Json, json};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::{Value as Json, json};
 
 use crate::event::{Change, ChangeKind, Column, OldRow, Relation, RowImage, TxnMeta, Value};
 use crate::lsn::PgTimestamp;
@@ -58,59 +60,99 @@ fn ms(ts: PgTimestamp) -> i64 {
     ts.unix_micros().div_euclid(1000)
 }
 
-/// One column's value as JSON.
-fn typed(column: &Column, value: Value<'_>) -> Json {
-    use base64::Engine;
-    match value {
-        Value::Null => Json::Null,
-        Value::UnchangedToast => Json::String(UNAVAILABLE.into()),
-        Value::Binary(b) => {
-            json!({ "binary_base64": base64::engine::general_purpose::STANDARD.encode(b) })
+/// One column's value, written as typed JSON (see the module docs).
+struct Typed<'a> {
+    column: &'a Column,
+    value: Value<'a>,
+}
+
+impl Serialize for Typed<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        let text = match self.value {
+            Value::Null => return s.serialize_none(),
+            Value::UnchangedToast => return s.serialize_str(UNAVAILABLE),
+            Value::Binary(b) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry(
+                    "binary_base64",
+                    &base64::engine::general_purpose::STANDARD.encode(b),
+                )?;
+                return map.end();
+            }
+            Value::Text(t) => String::from_utf8_lossy(t),
+        };
+        match self.column.type_oid {
+            // int2, int4, int8, oid
+            21 | 23 | 20 | 26 => {
+                if let Ok(n) = text.parse::<i64>() {
+                    return s.serialize_i64(n);
+                }
+            }
+            // bool
+            16 => match text.as_ref() {
+                "t" => return s.serialize_bool(true),
+                "f" => return s.serialize_bool(false),
+                _ => {}
+            },
+            // float4, float8: finite ones (NaN and Infinity are not JSON numbers)
+            700 | 701 => {
+                if let Some(f) = text.parse::<f64>().ok().filter(|f| f.is_finite()) {
+                    return s.serialize_f64(f);
+                }
+            }
+            // json, jsonb: nested as they are (checked, not rebuilt)
+            114 | 3802 => {
+                if let Ok(raw) = serde_json::value::RawValue::from_string(text.clone().into_owned())
+                {
+                    return raw.serialize(s);
+                }
+            }
+            _ => {}
         }
-        Value::Text(t) => {
-            let text = String::from_utf8_lossy(t);
-            let parsed = match column.type_oid {
-                // int2, int4, int8, oid
-                21 | 23 | 20 | 26 => text.parse::<i64>().ok().map(Json::from),
-                // bool
-                16 => match text.as_ref() {
-                    "t" => Some(Json::Bool(true)),
-                    "f" => Some(Json::Bool(false)),
-                    _ => None,
-                },
-                // float4, float8: finite ones (NaN and Infinity are not JSON numbers)
-                700 | 701 => text
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|f| f.is_finite())
-                    .and_then(serde_json::Number::from_f64)
-                    .map(Json::Number),
-                // json, jsonb
-                114 | 3802 => serde_json::from_str(&text).ok(),
-                _ => None,
-            };
-            parsed.unwrap_or_else(|| Json::String(text.into_owned()))
-        }
+        s.serialize_str(&text)
     }
 }
 
-/// The row as an object keyed by column name (`key_only`: the replica
+/// A row as an object keyed by column name (`key_only`: the replica
 /// identity columns only).
-pub fn row(relation: &Relation, image: &RowImage, key_only: bool) -> Json {
-    let mut map = Map::new();
-    for (column, value) in relation.columns.iter().zip(image.values()) {
-        if key_only && !column.is_key {
-            continue;
-        }
-        map.insert(column.name.clone(), typed(column, value));
-    }
-    Json::Object(map)
+struct Row<'a> {
+    relation: &'a Relation,
+    image: &'a RowImage,
+    key_only: bool,
 }
 
-/// The record key: the key columns of the row, or null for a table
+impl Serialize for Row<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (column, value) in self.relation.columns.iter().zip(self.image.values()) {
+            if self.key_only && !column.is_key {
+                continue;
+            }
+            map.serialize_entry(&column.name, &Typed { column, value })?;
+        }
+        map.end()
+    }
+}
+
+/// The row as JSON text (`key_only`: the replica identity columns only).
+pub fn row(relation: &Relation, image: &RowImage, key_only: bool) -> String {
+    to_text(&Row {
+        relation,
+        image,
+        key_only,
+    })
+}
+
+fn to_text(v: &impl Serialize) -> String {
+    // Writing into a String cannot fail, and every value here serializes.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// The record key: the key columns of the row, or `None` for a table
 /// without a replica identity key (or with REPLICA IDENTITY FULL, where
 /// every column is "key" and none is a primary key).
-pub fn key(relation: &Relation, image: &RowImage) -> Option<Json> {
+pub fn key(relation: &Relation, image: &RowImage) -> Option<String> {
     use crate::event::ReplicaIdentity;
     match relation.replica_identity {
         ReplicaIdentity::Default | ReplicaIdentity::Index
@@ -122,15 +164,47 @@ pub fn key(relation: &Relation, image: &RowImage) -> Option<Json> {
     }
 }
 
-/// A row change's record: (key, value). `None` for changes that are not
-/// row changes (truncate, messages: see [`truncate`]).
+#[derive(Serialize)]
+struct SourceBlock<'a> {
+    version: &'static str,
+    connector: &'static str,
+    name: &'a str,
+    ts_ms: i64,
+    db: &'a str,
+    schema: &'a str,
+    table: &'a str,
+    #[serde(rename = "txId")]
+    tx_id: u32,
+    lsn: u64,
+    sequence: String,
+}
+
+#[derive(Serialize)]
+struct TransactionBlock {
+    id: String,
+    total_order: u64,
+    data_collection_order: u64,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    before: Option<Row<'a>>,
+    after: Option<Row<'a>>,
+    source: SourceBlock<'a>,
+    op: &'static str,
+    ts_ms: i64,
+    transaction: TransactionBlock,
+}
+
+/// A row change's record as JSON text: (key, value). `None` for changes
+/// that are not row changes (truncate: see [`truncate`]; messages).
 pub fn change(
     source: &Source,
     meta: &TxnMeta,
     change: &Change,
     order: Order,
     now: PgTimestamp,
-) -> Option<(Option<Json>, Json)> {
+) -> Option<(Option<String>, String)> {
     let (relation, op, before, after, key_image) = match &change.kind {
         ChangeKind::Insert { relation, new } => (relation, "c", None, Some(new), new),
         ChangeKind::Update { relation, old, new } => {
@@ -146,24 +220,29 @@ pub fn change(
         ChangeKind::Truncate { .. } | ChangeKind::Message(_) => return None,
     };
     let before = before.map(|o| match o {
-        OldRow::Full(image) => row(relation, image, false),
-        OldRow::Key(image) => row(relation, image, true),
+        OldRow::Full(image) => Row {
+            relation,
+            image,
+            key_only: false,
+        },
+        OldRow::Key(image) => Row {
+            relation,
+            image,
+            key_only: true,
+        },
+    });
+    let after = after.map(|image| Row {
+        relation,
+        image,
+        key_only: false,
     });
     let value = envelope(
-        source,
-        meta,
-        relation,
-        change,
-        op,
-        before.unwrap_or(Json::Null),
-        after.map_or(Json::Null, |a| row(relation, a, false)),
-        order,
-        now,
+        source, meta, relation, change, op, before, after, order, now,
     );
     Some((key(relation, key_image), value))
 }
 
-/// A TRUNCATE's record for one of its tables (op `t`, no key).
+/// A TRUNCATE's record for one of its tables (op `t`, no key), as JSON text.
 pub fn truncate(
     source: &Source,
     meta: &TxnMeta,
@@ -171,18 +250,8 @@ pub fn truncate(
     relation: &Relation,
     order: Order,
     now: PgTimestamp,
-) -> Json {
-    envelope(
-        source,
-        meta,
-        relation,
-        change,
-        "t",
-        Json::Null,
-        Json::Null,
-        order,
-        now,
-    )
+) -> String {
+    envelope(source, meta, relation, change, "t", None, None, order, now)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -191,34 +260,34 @@ fn envelope(
     meta: &TxnMeta,
     relation: &Relation,
     change: &Change,
-    op: &str,
-    before: Json,
-    after: Json,
+    op: &'static str,
+    before: Option<Row<'_>>,
+    after: Option<Row<'_>>,
     order: Order,
     now: PgTimestamp,
-) -> Json {
-    json!({
-        "before": before,
-        "after": after,
-        "source": {
-            "version": env!("CARGO_PKG_VERSION"),
-            "connector": "postgresql",
-            "name": source.name,
-            "ts_ms": ms(meta.commit_ts),
-            "db": source.db,
-            "schema": relation.name.namespace,
-            "table": relation.name.name,
-            "txId": meta.xid.0,
-            "lsn": change.lsn.0,
+) -> String {
+    to_text(&Envelope {
+        before,
+        after,
+        source: SourceBlock {
+            version: env!("CARGO_PKG_VERSION"),
+            connector: "postgresql",
+            name: &source.name,
+            ts_ms: ms(meta.commit_ts),
+            db: &source.db,
+            schema: &relation.name.namespace,
+            table: &relation.name.name,
+            tx_id: meta.xid.0,
+            lsn: change.lsn.0,
             // Debezium: [last commit LSN, this change's LSN], as strings.
-            "sequence": format!("[\"{}\",\"{}\"]", meta.commit_lsn.0, change.lsn.0),
+            sequence: format!("[\"{}\",\"{}\"]", meta.commit_lsn.0, change.lsn.0),
         },
-        "op": op,
-        "ts_ms": ms(now),
-        "transaction": {
-            "id": transaction_id(meta),
-            "total_order": order.total,
-            "data_collection_order": order.in_table,
+        op,
+        ts_ms: ms(now),
+        transaction: TransactionBlock {
+            id: transaction_id(meta),
+            total_order: order.total,
+            data_collection_order: order.in_table,
         },
     })
 }
@@ -277,6 +346,14 @@ mod tests {
             }
         }
         RowImage::from_parts(Bytes::from(data), cells).unwrap()
+    }
+
+    fn parsed(record: Option<(Option<String>, String)>) -> (Option<Json>, Json) {
+        let (key, value) = record.expect("a row change");
+        (
+            key.map(|k| serde_json::from_str(&k).unwrap()),
+            serde_json::from_str(&value).unwrap(),
+        )
     }
 
     fn relation() -> Arc<Relation> {
@@ -345,7 +422,13 @@ mod tests {
             total: 3,
             in_table: 2,
         };
-        let (key, value) = super::change(&source, &meta(), &change, order, PgTimestamp(0)).unwrap();
+        let (key, value) = parsed(super::change(
+            &source,
+            &meta(),
+            &change,
+            order,
+            PgTimestamp(0),
+        ));
         assert_eq!(key, Some(json!({ "id": 7 })));
         assert_eq!(value["op"], "c");
         assert_eq!(value["before"], Json::Null);
@@ -378,7 +461,13 @@ mod tests {
                 new: toasted,
             },
         };
-        let (_, value) = super::change(&source, &meta(), &update, order, PgTimestamp(0)).unwrap();
+        let (_, value) = parsed(super::change(
+            &source,
+            &meta(),
+            &update,
+            order,
+            PgTimestamp(0),
+        ));
         assert_eq!(value["op"], "u");
         assert_eq!(value["after"]["doc"], UNAVAILABLE);
 
@@ -389,7 +478,13 @@ mod tests {
                 old: OldRow::Key(image(&[Some("7"), None, None, None, None, None])),
             },
         };
-        let (key, value) = super::change(&source, &meta(), &delete, order, PgTimestamp(0)).unwrap();
+        let (key, value) = parsed(super::change(
+            &source,
+            &meta(),
+            &delete,
+            order,
+            PgTimestamp(0),
+        ));
         assert_eq!(key, Some(json!({ "id": 7 })));
         assert_eq!(value["op"], "d");
         assert_eq!(value["before"], json!({ "id": 7 }));

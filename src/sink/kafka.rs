@@ -461,8 +461,7 @@ impl OpenTxn {
                 for relation in relations {
                     let order = self.order(&relation.name.to_string());
                     let value =
-                        envelope::truncate(source, &self.meta, change, relation, order, now)
-                            .to_string();
+                        envelope::truncate(source, &self.meta, change, relation, order, now);
                     let d = send(producer, &topic_of(relation), None, Some(&value)).await?;
                     self.deliveries.push(d);
                 }
@@ -477,8 +476,6 @@ impl OpenTxn {
                     return Ok(());
                 };
                 let topic = topic_of(relation);
-                let key = key.map(|k| k.to_string());
-                let value = value.to_string();
                 let d = send(producer, &topic, key.as_deref(), Some(&value)).await?;
                 self.deliveries.push(d);
                 if config.tombstones && matches!(change.kind, ChangeKind::Delete { .. }) {

@@ -202,13 +202,7 @@ async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
         collections
             .contains(&serde_json::json!({ "data_collection": "public.log", "event_count": 1 }))
     );
-    assert!(
-        monitor
-            .kafka
-            .acknowledged
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 7 + 4 + 6
-    );
+    assert!(monitor.kafka.acknowledged() >= 7 + 4 + 6);
 
     let metrics = monitor.metrics_text();
     crate::monitor::check_exposition(&metrics);
@@ -260,12 +254,7 @@ async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
 
     // Kafka goes down; blue keeps writing.
     mock.broker_down(1).expect("broker down");
-    let before: String = twins
-        .b
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let before = twins.blue_insert_lsn().await;
     let before = before.parse::<teal::lsn::Lsn>().unwrap().0;
     for i in 11..=60 {
         twins

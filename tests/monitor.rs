@@ -352,12 +352,7 @@ async fn heartbeats_advance_the_slot_while_published_tables_are_idle() {
         .batch_execute("INSERT INTO other SELECT generate_series(1, 1000)")
         .await
         .unwrap();
-    let written: String = twins
-        .b
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let written = twins.blue_insert_lsn().await;
     until_row(
         &twins.b,
         "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND confirmed_flush_lsn >= $1::text::pg_lsn",

@@ -21,9 +21,8 @@ use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode as PgSs
 use crate::config::{ChannelBinding, ConnInfo, HostAddr, SslMode};
 use crate::tls::{MakeRustls, TlsConfigError};
 
-/// Settings every apply session starts with.
-pub(crate) const SESSION_OPTIONS: &str = "-c session_replication_role=replica -c DateStyle=ISO \
-     -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC -c bytea_output=hex \
+/// Settings every apply session starts with, besides the canonical formats.
+const APPLY_OPTIONS: &str = "-c session_replication_role=replica \
      -c plan_cache_mode=force_generic_plan -c enable_seqscan=off";
 
 /// Green could not be reached or refused the session.
@@ -73,7 +72,21 @@ pub(crate) async fn connect(
     conninfo: &ConnInfo,
     application_name: &str,
 ) -> Result<Client, GreenConnectError> {
-    connect_with(conninfo, application_name, Some(SESSION_OPTIONS)).await
+    let options = format!(
+        "{APPLY_OPTIONS} {}",
+        crate::config::canonical_format_options()
+    );
+    connect_with(conninfo, application_name, Some(&options)).await
+}
+
+/// Opens an ordinary session that prints values in the canonical formats
+/// (e.g. on blue, to copy rows as text).
+pub(crate) async fn connect_canonical(
+    conninfo: &ConnInfo,
+    application_name: &str,
+) -> Result<Client, GreenConnectError> {
+    let options = crate::config::canonical_format_options();
+    connect_with(conninfo, application_name, Some(&options)).await
 }
 
 /// Opens an ordinary session (no apply settings), e.g. on blue to watch

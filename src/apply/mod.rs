@@ -27,8 +27,8 @@ mod target;
 mod writer;
 
 pub use conflict::{ConflictKind, ConflictPolicies, ConflictPolicy};
-pub(crate) use green::connect as green_session;
 pub use green::{GreenConnectError, connect_plain};
+pub(crate) use green::{connect as green_session, connect_canonical};
 pub use origin::origin_name;
 pub use target::{DriftError, MapError};
 
@@ -46,7 +46,7 @@ use crate::config::ConnInfo;
 use crate::error::{ErrorClass, classify_sqlstate};
 use crate::event::{Event, QualifiedName, TxnMeta};
 use crate::lsn::{Lsn, PgTimestamp, Xid};
-use crate::progress::{Consumer, Lag, lock};
+use crate::progress::{Bounds, Buckets, Consumer, Lag, Seconds, lock};
 use crate::store::{AppliedPosition, Store, StoreError};
 
 use origin::Origin;
@@ -248,12 +248,19 @@ pub struct ApplyStats {
     pub set_based_rows: AtomicU64,
     /// Changes committed per table (`schema.table`).
     pub tables: Mutex<BTreeMap<String, TableCounts>>,
-    /// Nanoseconds the apply stage worked (applying and committing, including
+    /// Time the apply stage worked (applying and committing, including
     /// waiting for green; not waiting for input).
-    pub busy_nanos: AtomicU64,
-    /// Green transactions by changes committed, one count per bucket of
-    /// [`ApplyStats::BATCH_SIZE_BOUNDS`] and one past the last bound.
-    pub batch_sizes: [AtomicU64; ApplyStats::BATCH_SIZE_BOUNDS.len() + 1],
+    pub busy: Seconds,
+    /// Green transactions by changes committed.
+    pub batch_sizes: Buckets<BatchSizes>,
+}
+
+/// Bucket bounds of the batch-size histogram (changes per green transaction).
+#[derive(Debug)]
+pub struct BatchSizes;
+
+impl Bounds for BatchSizes {
+    const BOUNDS: &'static [f64] = &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0];
 }
 
 /// Changes committed to one green table, by operation.
@@ -270,44 +277,6 @@ pub struct TableCounts {
 }
 
 impl ApplyStats {
-    /// Upper bounds (inclusive) of the batch-size histogram's buckets.
-    pub const BATCH_SIZE_BOUNDS: [u64; 6] = [1, 10, 100, 1_000, 10_000, 100_000];
-
-    /// The apply stage worked for `busy`.
-    pub fn add_busy(&self, busy: std::time::Duration) {
-        self.busy_nanos.fetch_add(
-            busy.as_nanos().min(u128::from(u64::MAX)) as u64,
-            Ordering::Relaxed,
-        );
-    }
-
-    /// Seconds the apply stage has worked since start.
-    pub fn busy_seconds(&self) -> f64 {
-        self.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9
-    }
-
-    /// Counts a committed green transaction of `changes` changes.
-    fn add_batch(&self, changes: u64) {
-        let bucket = Self::BATCH_SIZE_BOUNDS
-            .iter()
-            .position(|&bound| changes <= bound)
-            .unwrap_or(Self::BATCH_SIZE_BOUNDS.len());
-        self.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The batch-size histogram's cumulative counts, one per bound and the
-    /// last for `+Inf`.
-    pub fn batch_size_cumulative(&self) -> Vec<u64> {
-        let mut total = 0;
-        self.batch_sizes
-            .iter()
-            .map(|c| {
-                total += c.load(Ordering::Relaxed);
-                total
-            })
-            .collect()
-    }
-
     /// A snapshot of the per-table counters.
     pub fn tables(&self) -> BTreeMap<String, TableCounts> {
         lock(&self.tables).clone()
@@ -406,7 +375,7 @@ impl Applier {
                     Err(TryRecvError::Empty) => {
                         let busy = Instant::now();
                         self.commit(&mut batch).await?;
-                        self.stats.add_busy(busy.elapsed());
+                        self.stats.busy.add(busy.elapsed());
                         continue;
                     }
                     Err(TryRecvError::Disconnected) => None,
@@ -489,7 +458,7 @@ impl Applier {
             if current.is_none() && full {
                 self.commit(&mut batch).await?;
             }
-            self.stats.add_busy(busy.elapsed());
+            self.stats.busy.add(busy.elapsed());
         }
     }
 
@@ -584,7 +553,7 @@ impl Applier {
             .fetch_add(b.transactions, Ordering::Relaxed);
         self.stats.changes.fetch_add(b.changes, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats.add_batch(b.changes);
+        self.stats.batch_sizes.record(b.changes as f64);
         self.stats.conflicts.fetch_add(
             std::mem::take(&mut self.writer.conflicts),
             Ordering::Relaxed,

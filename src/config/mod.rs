@@ -18,6 +18,36 @@ use std::time::Duration;
 
 use crate::lsn::Lsn;
 
+/// The session settings every type's text output depends on, in the one
+/// canonical form teal uses everywhere it reads or writes values as text:
+/// the replication connection (startup parameters), apply and copy
+/// sessions (`-c` options) and verification (`SET`).
+pub const CANONICAL_FORMATS: [(&str, &str); 5] = [
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("TimeZone", "UTC"),
+    ("bytea_output", "hex"),
+];
+
+/// [`CANONICAL_FORMATS`] as `-c name=value` startup options.
+pub fn canonical_format_options() -> String {
+    CANONICAL_FORMATS
+        .iter()
+        .map(|(k, v)| format!("-c {k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// [`CANONICAL_FORMATS`] as `SET` statements (for a session already open).
+pub fn canonical_format_statements() -> String {
+    CANONICAL_FORMATS
+        .iter()
+        .map(|(k, v)| format!("SET {k} = '{v}'"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A setting is out of its domain; the message names the flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {flag}: {reason}")]

@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::ApplyStats;
 use crate::lsn::PgTimestamp;
-use crate::progress::{CopyProgress, Lag, lock};
-use crate::sink::kafka::KafkaStats;
+use crate::progress::{Bounds, Buckets, CopyProgress, Lag, TableCopySnapshot, lock};
+use crate::sink::kafka::{KafkaStats, TopicCounts};
 
 /// What `teal stream` is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -314,19 +314,17 @@ impl Monitor {
             (
                 "teal_apply_busy_seconds_total",
                 "Time the apply stage spent applying and committing, including waiting for green (not waiting for input).",
-                a.busy_seconds(),
+                a.busy.seconds(),
             ),
         ] {
             out.single(name, "counter", help, &slot, value);
         }
 
-        let bounds = ApplyStats::BATCH_SIZE_BOUNDS.map(|b| b.to_string());
         out.histogram(
             "teal_batch_size_changes",
             "Changes per green transaction.",
             &self.slot,
-            &bounds,
-            &a.batch_size_cumulative(),
+            &a.batch_sizes,
             load(&a.changes),
         );
 
@@ -385,40 +383,39 @@ impl Monitor {
                 &slot,
                 copy.overall_fraction(&tables),
             );
-            for (name, kind, help, value) in [
+            let per_table = |f: fn(&TableCopySnapshot) -> u64| {
+                tables
+                    .iter()
+                    .map(|t| (t.table.as_str(), f(t) as f64))
+                    .collect::<Vec<_>>()
+            };
+            for (name, kind, help, values) in [
                 (
                     "teal_copy_rows_total",
                     "counter",
                     "Rows of the initial copy committed on green, per table.",
-                    (|t: &crate::progress::TableCopySnapshot| t.rows) as fn(&_) -> u64,
+                    per_table(|t| t.rows),
                 ),
                 (
                     "teal_copy_bytes_total",
                     "counter",
                     "COPY bytes of the initial copy read from blue, per table.",
-                    |t| t.bytes,
+                    per_table(|t| t.bytes),
                 ),
                 (
                     "teal_copy_chunks_done_total",
                     "counter",
                     "Chunks of the initial copy committed on green, per table.",
-                    |t| t.chunks_done,
+                    per_table(|t| t.chunks_done),
                 ),
                 (
                     "teal_copy_chunks",
                     "gauge",
                     "Chunks of the initial copy planned, per table.",
-                    |t| t.chunks,
+                    per_table(|t| t.chunks),
                 ),
             ] {
-                out.family(name, kind, help);
-                for t in &tables {
-                    out.sample(
-                        name,
-                        &[("slot", &self.slot), ("table", &t.table)],
-                        value(t) as f64,
-                    );
-                }
+                out.labelled(name, kind, help, &self.slot, "table", &values);
             }
         }
 
@@ -440,40 +437,37 @@ impl Monitor {
                 out.single(name, "gauge", help, &slot, value);
             }
             let topics = lock(&k.topics).clone();
-            for (name, help, value) in [
+            let per_topic = |f: fn(&TopicCounts) -> u64| {
+                topics
+                    .iter()
+                    .map(|(topic, c)| (topic.as_str(), f(c) as f64))
+                    .collect::<Vec<_>>()
+            };
+            for (name, help, values) in [
                 (
                     "teal_kafka_records_produced_total",
                     "Records handed to the Kafka producer per topic (changes, tombstones, BEGIN/END).",
-                    (|c: &crate::sink::kafka::TopicCounts| c.produced) as fn(&_) -> u64,
+                    per_topic(|c| c.produced),
                 ),
                 (
                     "teal_kafka_records_acknowledged_total",
                     "Records Kafka acknowledged (acks=all) per topic.",
-                    |c| c.acknowledged,
+                    per_topic(|c| c.acknowledged),
                 ),
                 (
                     "teal_kafka_records_failed_total",
                     "Records librdkafka gave up per topic.",
-                    |c| c.failed,
+                    per_topic(|c| c.failed),
                 ),
             ] {
-                out.family(name, "counter", help);
-                for (topic, c) in &topics {
-                    out.sample(
-                        name,
-                        &[("slot", &self.slot), ("topic", topic)],
-                        value(c) as f64,
-                    );
-                }
+                out.labelled(name, "counter", help, &self.slot, "topic", &values);
             }
-            let bounds = KafkaStats::LATENCY_BOUNDS.map(|b| b.to_string());
             out.histogram(
                 "teal_kafka_delivery_seconds",
                 "Time from handing a record to the producer to Kafka's acknowledgement.",
                 &self.slot,
-                &bounds,
-                &k.latency_cumulative(),
-                k.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+                &k.latency,
+                k.latency_sum.seconds(),
             );
         }
 
@@ -507,26 +501,21 @@ impl Metrics {
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
 
-    /// A histogram of one series (per slot): `cumulative` has one count per
-    /// bound and a last one for `+Inf` (which is also `_count`).
-    fn histogram(
+    /// A histogram of one series (per slot); `_count` is the `+Inf` bucket.
+    fn histogram<B: Bounds>(
         &mut self,
         name: &str,
         help: &str,
         slot: &str,
-        bounds: &[String],
-        cumulative: &[u64],
+        buckets: &Buckets<B>,
         sum: f64,
     ) {
         self.family(name, "histogram", help);
         let bucket = format!("{name}_bucket");
-        for (le, count) in bounds
-            .iter()
-            .map(String::as_str)
-            .chain(["+Inf"])
-            .zip(cumulative)
-        {
-            self.sample(&bucket, &[("slot", slot), ("le", le)], *count as f64);
+        let cumulative = buckets.cumulative();
+        let bounds = buckets.bounds().iter().map(ToString::to_string);
+        for (le, count) in bounds.chain(["+Inf".to_owned()]).zip(&cumulative) {
+            self.sample(&bucket, &[("slot", slot), ("le", &le)], *count as f64);
         }
         self.sample(&format!("{name}_sum"), &[("slot", slot)], sum);
         self.sample(
@@ -534,6 +523,22 @@ impl Metrics {
             &[("slot", slot)],
             cumulative.last().copied().unwrap_or(0) as f64,
         );
+    }
+
+    /// A family with one sample per value of `label` (per slot).
+    fn labelled(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        slot: &str,
+        label: &str,
+        values: &[(&str, f64)],
+    ) {
+        self.family(name, kind, help);
+        for (value_of_label, v) in values {
+            self.sample(name, &[("slot", slot), (label, value_of_label)], *v);
+        }
     }
 
     /// A family of one sample.

@@ -47,6 +47,46 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// A `running` audit row of `operation` on `slot`, starting now, by this
+/// user@host; source and target without passwords.
+pub fn running(
+    operation: &'static str,
+    correlation_id: &str,
+    slot: &str,
+    source: &ConnInfo,
+    target: &ConnInfo,
+    details: serde_json::Value,
+) -> AuditRecord {
+    AuditRecord {
+        operation_id: new_id(),
+        correlation_id: correlation_id.to_owned(),
+        operation,
+        status: "running",
+        slot: Some(slot.to_owned()),
+        started_at: PgTimestamp::now(),
+        ended_at: None,
+        duration_ms: None,
+        // Display leaves the password out.
+        source: Some(source.to_string()),
+        target: Some(target.to_string()),
+        performed_by: performed_by(),
+        details,
+    }
+}
+
+/// Ends `record` now with `status` and `details` (started at `started`).
+pub fn finish(
+    record: &mut AuditRecord,
+    status: &'static str,
+    started: Instant,
+    details: serde_json::Value,
+) {
+    record.status = status;
+    record.ended_at = Some(PgTimestamp::now());
+    record.duration_ms = Some(i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX));
+    record.details = details;
+}
+
 /// The audit row of one `teal stream` session.
 pub struct StreamAudit {
     store: Store,
@@ -67,21 +107,14 @@ impl StreamAudit {
         StreamAudit {
             store,
             target: target.clone(),
-            record: AuditRecord {
-                operation_id: new_id(),
-                correlation_id: correlation_id.to_owned(),
-                operation: "stream",
-                status: "running",
-                slot: Some(slot.to_owned()),
-                started_at: PgTimestamp::now(),
-                ended_at: None,
-                duration_ms: None,
-                // Display leaves the password out.
-                source: Some(source.to_string()),
-                target: Some(target.to_string()),
-                performed_by: performed_by(),
-                details: serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }),
-            },
+            record: running(
+                "stream",
+                correlation_id,
+                slot,
+                source,
+                target,
+                serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }),
+            ),
             started: Instant::now(),
         }
     }
@@ -153,20 +186,22 @@ impl StreamAudit {
         use std::sync::atomic::Ordering::Relaxed;
         let a = &monitor.apply;
         let mut record = self.record.clone();
-        record.status = if error.is_some() { "failed" } else { "stopped" };
-        record.ended_at = Some(PgTimestamp::now());
-        record.duration_ms =
-            Some(i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX));
-        record.details = serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "transactions": a.transactions.load(Relaxed),
-            "changes": a.changes.load(Relaxed),
-            "batches": a.batches.load(Relaxed),
-            "conflicts": a.conflicts.load(Relaxed),
-            "retries": monitor.retries.load(Relaxed),
-            "applied_lsn": monitor.lag.applied_lsn().to_string(),
-            "error": error.map(ToString::to_string),
-        });
+        let status = if error.is_some() { "failed" } else { "stopped" };
+        finish(
+            &mut record,
+            status,
+            self.started,
+            serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "transactions": a.transactions.load(Relaxed),
+                "changes": a.changes.load(Relaxed),
+                "batches": a.batches.load(Relaxed),
+                "conflicts": a.conflicts.load(Relaxed),
+                "retries": monitor.retries.load(Relaxed),
+                "applied_lsn": monitor.lag.applied_lsn().to_string(),
+                "error": error.map(ToString::to_string),
+            }),
+        );
         let mut records = vec![record];
         if let Some(e) = error.filter(|e| is_schema_error(e)) {
             let now = PgTimestamp::now();

@@ -3,10 +3,6 @@
 
 use tokio_postgres::Client;
 
-/// Session settings that make a row's text the same on both sides.
-const CANONICAL: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; SET TimeZone = UTC; \
-     SET extra_float_digits = 3; SET bytea_output = hex";
-
 /// A table's row count and checksum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSum {
@@ -19,7 +15,10 @@ pub struct TableSum {
 /// Row count and order-independent checksum of `table` (quoted, possibly
 /// schema-qualified). Sets the session's output formats to canonical ones.
 pub async fn table_sum(client: &Client, table: &str) -> Result<TableSum, tokio_postgres::Error> {
-    client.batch_execute(CANONICAL).await?;
+    // The same canonical text form on both sides.
+    client
+        .batch_execute(&crate::config::canonical_format_statements())
+        .await?;
     let row = client
         .query_one(
             &format!(

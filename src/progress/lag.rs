@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use super::meters::Seconds;
 use crate::lsn::{Lsn, PgTimestamp};
 
 use super::lock;
@@ -100,7 +101,7 @@ impl Window {
 pub struct Lag {
     received_wal_end: AtomicU64,
     received_bytes: AtomicU64,
-    decode_busy_nanos: AtomicU64,
+    decode_busy: Seconds,
     applied_lsn: AtomicU64,
     /// Commits received, not yet committed on green, oldest first.
     pending: Mutex<VecDeque<(Lsn, PgTimestamp)>>,
@@ -119,7 +120,7 @@ impl Lag {
         Lag {
             received_wal_end: AtomicU64::new(0),
             received_bytes: AtomicU64::new(0),
-            decode_busy_nanos: AtomicU64::new(0),
+            decode_busy: Seconds::default(),
             applied_lsn: AtomicU64::new(0),
             pending: Mutex::new(VecDeque::new()),
             window: Mutex::new(Window::new()),
@@ -137,15 +138,12 @@ impl Lag {
     /// The decoder worked for `busy` (decoding and assembling one read, not
     /// counting the time it waited for input or for the consumer).
     pub fn decode_busy(&self, busy: std::time::Duration) {
-        self.decode_busy_nanos.fetch_add(
-            busy.as_nanos().min(u128::from(u64::MAX)) as u64,
-            Ordering::Relaxed,
-        );
+        self.decode_busy.add(busy);
     }
 
     /// Seconds the decoder has worked since start.
     pub fn decode_busy_seconds(&self) -> f64 {
-        self.decode_busy_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        self.decode_busy.seconds()
     }
 
     /// A source transaction's commit arrived (it is complete and pending for green).

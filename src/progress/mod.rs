@@ -12,9 +12,11 @@
 
 mod copy;
 mod lag;
+mod meters;
 
 pub use copy::{CopyProgress, TableCopy, TableCopySnapshot};
 pub use lag::{Lag, LatencySummary};
+pub use meters::{Bounds, Buckets, Seconds};
 
 use std::sync::{Arc, Mutex};
 

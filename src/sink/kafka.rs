@@ -16,7 +16,7 @@
 //! up); the events channel and librdkafka's queue bound how far ahead the
 //! sink may get.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,9 +27,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::mpsc;
 
-use crate::event::{ChangeKind, Event, TxnMeta};
+use crate::event::{ChangeKind, Event, QualifiedName, Relation, TxnMeta};
 use crate::lsn::{Lsn, PgTimestamp};
-use crate::progress::{Consumer, Lag, lock};
+use crate::progress::{Bounds, Buckets, Consumer, Lag, Seconds, lock};
 
 use super::envelope::{self, Order, Source};
 
@@ -129,19 +129,22 @@ pub enum KafkaSinkError {
 pub struct KafkaStats {
     /// The sink runs (or ran) in this process.
     pub enabled: std::sync::atomic::AtomicBool,
-    /// Records handed to librdkafka.
-    pub produced: AtomicU64,
-    /// Records Kafka acknowledged.
-    pub acknowledged: AtomicU64,
     /// Highest end LSN whose records are all acknowledged.
     pub acknowledged_lsn: AtomicU64,
     /// Per topic.
     pub topics: Mutex<BTreeMap<String, TopicCounts>>,
-    /// Delivery latency (enqueued to acknowledged), one count per bucket of
-    /// [`KafkaStats::LATENCY_BOUNDS`] and one past the last.
-    pub latency: [AtomicU64; KafkaStats::LATENCY_BOUNDS.len() + 1],
-    /// Sum of the delivery latencies, in microseconds.
-    pub latency_sum_micros: AtomicU64,
+    /// Delivery latency (enqueued to acknowledged).
+    pub latency: Buckets<DeliverySeconds>,
+    /// Sum of the delivery latencies.
+    pub latency_sum: Seconds,
+}
+
+/// Bucket bounds (seconds) of the delivery latency histogram.
+#[derive(Debug)]
+pub struct DeliverySeconds;
+
+impl Bounds for DeliverySeconds {
+    const BOUNDS: &'static [f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0];
 }
 
 /// Records of one topic.
@@ -156,22 +159,14 @@ pub struct TopicCounts {
 }
 
 impl KafkaStats {
-    /// Upper bounds (seconds) of the delivery latency histogram's buckets.
-    pub const LATENCY_BOUNDS: [f64; 10] =
-        [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0];
-
     fn delivered(&self, latency: Duration) {
-        let secs = latency.as_secs_f64();
-        let bucket = Self::LATENCY_BOUNDS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(Self::LATENCY_BOUNDS.len());
-        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros.fetch_add(
-            latency.as_micros().min(u128::from(u64::MAX)) as u64,
-            Ordering::Relaxed,
-        );
-        self.acknowledged.fetch_add(1, Ordering::Relaxed);
+        self.latency.record(latency.as_secs_f64());
+        self.latency_sum.add(latency);
+    }
+
+    /// Records Kafka acknowledged, over all topics.
+    pub fn acknowledged(&self) -> u64 {
+        lock(&self.topics).values().map(|t| t.acknowledged).sum()
     }
 
     fn add(&self, counts: &BTreeMap<Arc<str>, TopicCounts>) {
@@ -182,18 +177,6 @@ impl KafkaStats {
             t.acknowledged += c.acknowledged;
             t.failed += c.failed;
         }
-    }
-
-    /// The latency histogram's cumulative counts (the last for `+Inf`).
-    pub fn latency_cumulative(&self) -> Vec<u64> {
-        let mut total = 0;
-        self.latency
-            .iter()
-            .map(|c| {
-                total += c.load(Ordering::Relaxed);
-                total
-            })
-            .collect()
     }
 }
 
@@ -237,6 +220,7 @@ pub async fn run(
     };
     let transactions_topic: Arc<str> = config.transactions_topic().into();
     let mut txn: Option<OpenTxn> = None;
+    let mut names = Names::default();
     let produced = async {
         while let Some(batch) = events.recv().await {
             for event in batch {
@@ -253,20 +237,22 @@ pub async fn run(
                     Event::Changes(changes) => {
                         let Some(open) = txn.as_mut() else { continue };
                         for change in &changes {
-                            open.change(&producer, &config, &source, change).await?;
+                            open.change(&producer, &config, &source, &mut names, change)
+                                .await?;
                         }
                     }
                     Event::Commit(meta) => {
                         let Some(mut open) = txn.take() else { continue };
-                        let counts: Vec<(String, u64)> = open.per_table.into_iter().collect();
+                        let counts: Vec<(String, u64)> = open
+                            .per_table
+                            .into_iter()
+                            .map(|(table, n)| (table.to_string(), n))
+                            .collect();
                         let end = envelope::end(&meta, &counts, PgTimestamp::now()).to_string();
                         let key = envelope::transaction_key(&meta).to_string();
                         open.deliveries.push(
                             send(&producer, &transactions_topic, Some(&key), Some(&end)).await?,
                         );
-                        stats
-                            .produced
-                            .fetch_add(open.deliveries.len() as u64, Ordering::Relaxed);
                         let mut produced: BTreeMap<Arc<str>, TopicCounts> = BTreeMap::new();
                         for sent in &open.deliveries {
                             produced
@@ -418,7 +404,27 @@ struct OpenTxn {
     meta: Arc<TxnMeta>,
     deliveries: Vec<Sent>,
     total: u64,
-    per_table: BTreeMap<String, u64>,
+    per_table: BTreeMap<Arc<str>, u64>,
+}
+
+/// Each table's topic and data-collection name, formatted once per table
+/// rather than once per change.
+#[derive(Default)]
+struct Names(HashMap<QualifiedName, (Arc<str>, Arc<str>)>);
+
+impl Names {
+    fn of(&mut self, prefix: &str, relation: &Relation) -> (Arc<str>, Arc<str>) {
+        if let Some(names) = self.0.get(&relation.name) {
+            return names.clone();
+        }
+        let name = &relation.name;
+        let names: (Arc<str>, Arc<str>) = (
+            format!("{prefix}.{}.{}", name.namespace, name.name).into(),
+            name.to_string().into(),
+        );
+        self.0.insert(name.clone(), names.clone());
+        names
+    }
 }
 
 impl OpenTxn {
@@ -431,9 +437,9 @@ impl OpenTxn {
         }
     }
 
-    fn order(&mut self, table: &str) -> Order {
+    fn order(&mut self, table: &Arc<str>) -> Order {
         self.total += 1;
-        let in_table = self.per_table.entry(table.to_owned()).or_default();
+        let in_table = self.per_table.entry(Arc::clone(table)).or_default();
         *in_table += 1;
         Order {
             total: self.total,
@@ -446,23 +452,18 @@ impl OpenTxn {
         producer: &FutureProducer,
         config: &KafkaConfig,
         source: &Source,
+        names: &mut Names,
         change: &crate::event::Change,
     ) -> Result<(), KafkaSinkError> {
         let now = PgTimestamp::now();
-        let topic_of = |r: &crate::event::Relation| -> Arc<str> {
-            format!(
-                "{}.{}.{}",
-                config.topic_prefix, r.name.namespace, r.name.name
-            )
-            .into()
-        };
         match &change.kind {
             ChangeKind::Truncate { relations, .. } => {
                 for relation in relations {
-                    let order = self.order(&relation.name.to_string());
+                    let (topic, table) = names.of(&config.topic_prefix, relation);
+                    let order = self.order(&table);
                     let value =
                         envelope::truncate(source, &self.meta, change, relation, order, now);
-                    let d = send(producer, &topic_of(relation), None, Some(&value)).await?;
+                    let d = send(producer, &topic, None, Some(&value)).await?;
                     self.deliveries.push(d);
                 }
             }
@@ -470,12 +471,12 @@ impl OpenTxn {
             ChangeKind::Insert { relation, .. }
             | ChangeKind::Update { relation, .. }
             | ChangeKind::Delete { relation, .. } => {
-                let order = self.order(&relation.name.to_string());
+                let (topic, table) = names.of(&config.topic_prefix, relation);
+                let order = self.order(&table);
                 let Some((key, value)) = envelope::change(source, &self.meta, change, order, now)
                 else {
                     return Ok(());
                 };
-                let topic = topic_of(relation);
                 let d = send(producer, &topic, key.as_deref(), Some(&value)).await?;
                 self.deliveries.push(d);
                 if config.tombstones && matches!(change.kind, ChangeKind::Delete { .. }) {

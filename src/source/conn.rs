@@ -37,16 +37,6 @@ use crate::tls;
 /// fill its socket buffer and send big packets instead of one per message.
 const READ_CHUNK: usize = RECEIVE_BUFFER as usize;
 
-/// GUCs sent at startup so values arrive in one canonical text form.
-const STARTUP_SETTINGS: [(&str, &str); 6] = [
-    ("client_encoding", "UTF8"),
-    ("DateStyle", "ISO"),
-    ("IntervalStyle", "postgres"),
-    ("extra_float_digits", "3"),
-    ("TimeZone", "UTC"),
-    ("bytea_output", "hex"),
-];
-
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
@@ -591,7 +581,9 @@ async fn startup(
         ("database", &conninfo.dbname),
         ("application_name", app),
     ];
-    params.extend(STARTUP_SETTINGS);
+    // Values arrive in one canonical text form.
+    params.push(("client_encoding", "UTF8"));
+    params.extend(crate::config::CANONICAL_FORMATS);
     params.push(("replication", "database"));
     if let Some(options) = &conninfo.options {
         params.push(("options", options));

@@ -93,17 +93,21 @@ impl Twins {
         .await;
     }
 
-    /// Waits until the slot's confirmed LSN on blue reaches blue's current
-    /// WAL insert position (every consumer made everything written so far
-    /// durable; the write position can lag behind commits here, where
-    /// synchronous_commit is off).
-    pub async fn wait_slot_confirmed(&self, what: &str) {
-        let target: String = self
-            .b
+    /// Blue's WAL insert position (past every commit made so far; the write
+    /// position can lag behind commits here, where synchronous_commit is off).
+    pub async fn blue_insert_lsn(&self) -> String {
+        self.b
             .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
             .unwrap()
-            .get(0);
+            .get(0)
+    }
+
+    /// Waits until the slot's confirmed LSN on blue reaches blue's current
+    /// WAL insert position (every consumer made everything written so far
+    /// durable).
+    pub async fn wait_slot_confirmed(&self, what: &str) {
+        let target = self.blue_insert_lsn().await;
         until_row(
             &self.b,
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND confirmed_flush_lsn >= $1::text::pg_lsn",
@@ -117,12 +121,7 @@ impl Twins {
     /// Waits until green has everything blue wrote so far (green's progress
     /// reached blue's current WAL position), then compares `tables`.
     pub async fn assert_converged(&self, tables: &[&str], timeout: Duration) {
-        let target: String = self
-            .b
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let target = self.blue_insert_lsn().await;
         until_row(
             &self.g,
             "SELECT 1 FROM teal.progress WHERE slot = 'teal_slot' AND end_lsn >= $1::text::pg_lsn",

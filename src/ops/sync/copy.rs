@@ -12,18 +12,13 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::apply::connect_plain;
+use crate::apply::connect_canonical;
 use crate::config::ConnInfo;
 use crate::progress::{CopyProgress, lock};
 use crate::store::{Store, SyncChunk};
 
 use super::SyncError;
 use super::plan::TablePlan;
-
-/// Blue's output formats while copying in text: the same canonical forms
-/// the apply sessions use on green, so every value reads back unchanged.
-const TEXT_FORMATS: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; \
-     SET extra_float_digits = 3; SET TimeZone = 'UTC'; SET bytea_output = hex";
 
 /// Bytes gathered into one CopyData message for green.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -93,19 +88,30 @@ pub async fn run_workers(
     Ok(!shutdown.is_cancelled() && lock(&queue).is_empty())
 }
 
+/// Starts a read-only transaction that sees exactly `snapshot`.
+pub(super) async fn import_snapshot(
+    blue: &Client,
+    snapshot: &str,
+) -> Result<(), tokio_postgres::Error> {
+    blue.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        crate::source::quote_sql_literal(snapshot)
+    ))
+    .await
+}
+
 async fn worker(
     id: usize,
     work: &Work,
     queue: &std::sync::Mutex<VecDeque<(usize, SyncChunk)>>,
     stop: &CancellationToken,
 ) -> Result<(), SyncError> {
-    let blue = connect_plain(&work.source, "teal-sync-copy").await?;
-    blue.batch_execute(&format!(
-        "{TEXT_FORMATS}; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
-        crate::source::quote_sql_literal(&work.snapshot)
-    ))
-    .await
-    .map_err(SyncError::blue("importing the exported snapshot"))?;
+    // Text copies read back unchanged: blue prints the canonical formats
+    // green's sessions parse.
+    let blue = connect_canonical(&work.source, "teal-sync-copy").await?;
+    import_snapshot(&blue, &work.snapshot)
+        .await
+        .map_err(SyncError::blue("importing the exported snapshot"))?;
     let mut green = crate::apply::green_session(&work.target, "teal-sync-copy").await?;
     let done = green
         .prepare(&work.store.sync_chunk_done())

@@ -109,18 +109,8 @@ impl Holder {
         shutdown: &CancellationToken,
     ) -> Result<(Holder, Held), SyncError> {
         let Some(command) = command else {
-            let created = repl.create_slot(slot, SnapshotAction::Export).await?;
-            let snapshot = created.snapshot_name.clone().ok_or_else(|| {
-                SyncError::Setup("blue exported no snapshot with the new slot".into())
-            })?;
-            return Ok((
-                Holder::InProcess(repl),
-                Held {
-                    snapshot,
-                    consistent_point: created.consistent_point,
-                    pid: std::process::id(),
-                },
-            ));
+            let held = export(&mut repl, slot).await?;
+            return Ok((Holder::InProcess(repl), held));
         };
         repl.close().await;
         let mut child = tokio::process::Command::new(&command.program)
@@ -193,6 +183,18 @@ impl Holder {
     }
 }
 
+/// Creates `slot` on `repl` with an exported snapshot (this process holds it).
+async fn export(repl: &mut ReplicationClient, slot: &str) -> Result<Held, SyncError> {
+    let created = repl.create_slot(slot, SnapshotAction::Export).await?;
+    Ok(Held {
+        snapshot: created.snapshot_name.ok_or_else(|| {
+            SyncError::Setup("blue exported no snapshot with the new slot".into())
+        })?,
+        consistent_point: created.consistent_point,
+        pid: std::process::id(),
+    })
+}
+
 fn terminate(pid: Option<u32>) {
     if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
         // SAFETY: kill(2) with a pid we started (or recorded) and SIGTERM.
@@ -213,14 +215,7 @@ pub async fn hold(
 ) -> Result<(), SyncError> {
     let parent = std::os::unix::process::parent_id();
     let mut repl = ReplicationClient::connect(source).await?;
-    let created = repl.create_slot(slot, SnapshotAction::Export).await?;
-    let held = Held {
-        snapshot: created.snapshot_name.clone().ok_or_else(|| {
-            SyncError::Setup("blue exported no snapshot with the new slot".into())
-        })?,
-        consistent_point: created.consistent_point,
-        pid: std::process::id(),
-    };
+    let held = export(&mut repl, slot).await?;
     let line = held.to_line();
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());

@@ -35,8 +35,8 @@ use tracing::Instrument;
 
 use crate::apply::{ApplyStats, GreenConnectError, connect_plain};
 use crate::http::{HttpError, Monitor, RunState};
-use crate::lsn::{Lsn, PgTimestamp};
-use crate::ops::audit::{host_name, new_id, performed_by};
+use crate::lsn::Lsn;
+use crate::ops::audit::{self, host_name};
 use crate::ops::stream::{self, StreamConfig, StreamError};
 use std::sync::atomic::AtomicU64;
 
@@ -332,11 +332,17 @@ pub async fn copy(
     }
 
     // Plan on blue, check on green.
+    let version: i32 = blue
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(SyncError::blue("reading blue's version"))?
+        .get(0);
     let mut plans = plan::published_tables(
         &blue,
         &source.publications,
         &config.tables,
         &config.exclude_tables,
+        version,
     )
     .await?;
     if plans.is_empty() {
@@ -358,11 +364,6 @@ pub async fn copy(
     // Largest tables first, so the long chunks start early.
     plans.sort_by_key(|p| std::cmp::Reverse(p.heap_bytes));
 
-    let version: i32 = blue
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(SyncError::blue("reading blue's version"))?
-        .get(0);
     let (holder, held, per_table, copied_before) = match resume {
         Some(s) => {
             repl.close().await;
@@ -506,12 +507,7 @@ pub async fn copy(
 
 /// Whether `snapshot` can still be imported on blue (its holder lives).
 async fn snapshot_importable(blue: &tokio_postgres::Client, snapshot: &str) -> bool {
-    let tried = blue
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            crate::source::quote_sql_literal(snapshot)
-        ))
-        .await;
+    let tried = copy::import_snapshot(blue, snapshot).await;
     let _ = blue.batch_execute("ROLLBACK").await;
     tried.is_ok()
 }
@@ -644,20 +640,14 @@ impl SyncAudit {
         monitor: &Monitor,
         config: &SyncConfig,
     ) -> SyncAudit {
-        let record = AuditRecord {
-            operation_id: new_id(),
-            correlation_id: monitor.correlation_id.clone(),
-            operation: "snapshot",
-            status: "running",
-            slot: Some(config.stream.source.slot.clone()),
-            started_at: PgTimestamp::now(),
-            ended_at: None,
-            duration_ms: None,
-            source: Some(config.stream.source.conninfo.to_string()),
-            target: Some(config.stream.apply.target.to_string()),
-            performed_by: performed_by(),
-            details: serde_json::json!({ "copy_workers": config.copy_workers, "chunk_rows": config.chunk_rows }),
-        };
+        let record = audit::running(
+            "snapshot",
+            &monitor.correlation_id,
+            &config.stream.source.slot,
+            &config.stream.source.conninfo,
+            &config.stream.apply.target,
+            serde_json::json!({ "copy_workers": config.copy_workers, "chunk_rows": config.chunk_rows }),
+        );
         if let Err(e) = store.audit(green, &record).await {
             tracing::warn!(error = %e, "could not write the copy's audit row");
         }
@@ -677,21 +667,24 @@ impl SyncAudit {
         let Some(mut record) = self.record.take() else {
             return;
         };
-        record.status = match result {
+        let status = match result {
             Ok(true) => "succeeded",
             Ok(false) => "stopped",
             Err(_) => "failed",
         };
-        record.ended_at = Some(PgTimestamp::now());
-        record.duration_ms = Some(started.elapsed().as_millis() as i64);
-        record.details = serde_json::json!({
-            "consistent_point": summary.consistent_point.to_string(),
-            "tables": summary.tables,
-            "chunks": summary.chunks,
-            "rows": summary.rows,
-            "bytes": summary.bytes,
-            "error": result.as_ref().err().map(ToString::to_string),
-        });
+        audit::finish(
+            &mut record,
+            status,
+            started,
+            serde_json::json!({
+                "consistent_point": summary.consistent_point.to_string(),
+                "tables": summary.tables,
+                "chunks": summary.chunks,
+                "rows": summary.rows,
+                "bytes": summary.bytes,
+                "error": result.as_ref().err().map(ToString::to_string),
+            }),
+        );
         if let Err(e) = self.store.audit(green, &record).await {
             tracing::warn!(error = %e, "could not write the copy's audit row");
         }

@@ -182,19 +182,16 @@ struct Published {
 /// Rows per page assumed for a table blue never analyzed.
 const GUESSED_ROWS_PER_PAGE: f64 = 60.0;
 
-/// Reads the published tables from blue, with `include`/`exclude` applied
-/// (`schema.name` or `name`).
+/// Reads the published tables from blue (server version `version`, as
+/// `server_version_num`), with `include`/`exclude` applied (`schema.name`
+/// or `name`).
 pub async fn published_tables(
     blue: &Client,
     publications: &[String],
     include: &[String],
     exclude: &[String],
+    version: i32,
 ) -> Result<Vec<TablePlan>, SyncError> {
-    let version: i32 = blue
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(SyncError::blue("reading blue's version"))?
-        .get(0);
     let found: Vec<String> = blue
         .query(
             "SELECT pubname::text FROM pg_publication WHERE pubname = ANY($1)",

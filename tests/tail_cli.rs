@@ -80,7 +80,11 @@ impl Tail {
 async fn wait_slot_active(client: &tokio_postgres::Client, active: bool) {
     until_row(
         client,
-        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'tail_slot' AND active = $1",
+        // The slot is active while it is being created too; only once its
+        // consistent point is found (confirmed_flush_lsn set) are later
+        // writes part of its history.
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'tail_slot' AND active = $1 \
+         AND confirmed_flush_lsn IS NOT NULL",
         &[&active],
         Duration::from_secs(30),
         &format!("slot never became active={active}"),

@@ -81,11 +81,13 @@ impl Twins {
     }
 
     /// Waits until teal streams from the slot (writes before the slot exists
-    /// are not part of its history).
+    /// are not part of its history; a slot is active while it is being
+    /// created too, before its consistent point sets confirmed_flush_lsn).
     pub async fn wait_streaming(&self) {
         until_row(
             &self.b,
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND active",
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'teal_slot' AND active \
+             AND confirmed_flush_lsn IS NOT NULL",
             &[],
             Duration::from_secs(60),
             "teal never started streaming",

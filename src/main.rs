@@ -250,6 +250,22 @@ struct StreamArgs {
     #[arg(long, env = "TEAL_KAFKA_NO_TOMBSTONES")]
     kafka_no_tombstones: bool,
 
+    /// Exactly once into Kafka: a transactional producer (transactional.id
+    /// teal-<slot>), one Kafka transaction per batch with teal's position;
+    /// consumers read with isolation.level=read_committed.
+    #[arg(long, env = "TEAL_KAFKA_EXACTLY_ONCE")]
+    kafka_exactly_once: bool,
+
+    /// Topic of --kafka-exactly-once's position (default <prefix>.teal_progress;
+    /// best created with cleanup.policy=compact).
+    #[arg(long, env = "TEAL_KAFKA_PROGRESS_TOPIC")]
+    kafka_progress_topic: Option<String>,
+
+    /// How far green may get ahead of what Kafka acknowledged, in bytes of WAL
+    /// (e.g. 1GiB; "off": only bounded by the queues), before apply waits.
+    #[arg(long, env = "TEAL_KAFKA_MAX_BEHIND", default_value = "1GiB", value_parser = parse_optional_byte_size)]
+    kafka_max_behind: OrOff<u64>,
+
     /// Kafka only, no green (then --target is optional).
     #[arg(long, env = "TEAL_NO_APPLY")]
     no_apply: bool,
@@ -337,6 +353,13 @@ fn parse_optional_duration(s: &str) -> Result<OrOff<Duration>, String> {
     }
 }
 
+fn parse_optional_byte_size(s: &str) -> Result<OrOff<u64>, String> {
+    match s {
+        "off" => Ok(OrOff(None)),
+        _ => config::parse_byte_size(s).map(|b| OrOff(Some(b))),
+    }
+}
+
 impl StreamArgs {
     fn config(self) -> anyhow::Result<StreamConfig> {
         let (mut source, assembler) = self.source.configs()?;
@@ -364,6 +387,9 @@ impl StreamArgs {
             properties: self.kafka_property,
             tombstones: !self.kafka_no_tombstones,
             db: source.conninfo.dbname.clone(),
+            exactly_once: self.kafka_exactly_once,
+            progress_topic: self.kafka_progress_topic,
+            max_behind: self.kafka_max_behind.0,
         });
         let apply = ApplyConfig {
             target,

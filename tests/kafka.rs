@@ -341,6 +341,19 @@ fn read_until_quiet(brokers: &str, topic: &str, quiet: Duration) -> Vec<(Value, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_teal_with_kafka_loses_no_change() {
+    killed_teal_loses_no_change(false).await;
+}
+
+/// The same with --kafka-exactly-once: each restart fences the killed
+/// producer (aborting its open transaction) and resumes after the progress
+/// Kafka committed. (The mock cluster, like tansu, hands aborted records to
+/// read_committed consumers too, so duplicates are still dropped here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_exactly_once_teal_loses_no_change() {
+    killed_teal_loses_no_change(true).await;
+}
+
+async fn killed_teal_loses_no_change(exactly_once: bool) {
     init_logging();
     let mock = MockCluster::new(1).expect("mock cluster");
     let brokers = mock.bootstrap_servers();
@@ -353,6 +366,7 @@ async fn killed_teal_with_kafka_loses_no_change() {
         twins
             .teal_stream_command()
             .args(["--kafka-brokers", &brokers])
+            .args(exactly_once.then_some("--kafka-exactly-once"))
             .args(["--metrics-addr", "off", "--heartbeat-interval", "off"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -626,6 +640,203 @@ async fn kafka_only_without_green() {
         status["lag_bytes"], 0,
         "lag follows Kafka's acknowledgements: {status}"
     );
+    shutdown.cancel();
+    running.await.unwrap().expect("stream stops cleanly");
+}
+
+/// The last position teal's exactly-once progress record holds for
+/// `teal_slot` (commit LSN), read like any consumer would.
+fn kafka_progress(brokers: &str) -> Option<u64> {
+    read_until_quiet(brokers, "teal.teal_progress", Duration::from_secs(1))
+        .into_iter()
+        .filter(|(k, _)| k["slot"] == "teal_slot")
+        .filter_map(|(_, v)| v["commit_lsn"].as_str()?.parse::<teal::lsn::Lsn>().ok())
+        .map(|l| l.0)
+        .max()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_a_restart_the_slot_did_not_see() {
+    init_logging();
+    let broker = Tansu::start();
+    let brokers = broker.addr.clone();
+    let twins = Twins::start(
+        &default_bin(),
+        "CREATE TABLE acct (id int PRIMARY KEY, v int)",
+    )
+    .await;
+    let start_teal = || {
+        twins
+            .teal_stream_command()
+            .args(["--kafka-brokers", &brokers, "--kafka-exactly-once"])
+            .args(["--metrics-addr", "off", "--heartbeat-interval", "off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("teal stream starts")
+    };
+    let mut teal = start_teal();
+    twins.wait_streaming().await;
+    for i in 1..=10 {
+        twins
+            .b
+            .execute("INSERT INTO acct VALUES ($1, 0)", &[&i])
+            .await
+            .unwrap();
+    }
+    twins.assert_converged(&["acct"], WAIT).await;
+    twins
+        .wait_slot_confirmed("green and Kafka hold 1..10")
+        .await;
+
+    // Green is blocked: Kafka commits rows 11..40 (and its progress), the
+    // slot cannot be confirmed past row 10.
+    let (hold, conn) = tokio_postgres::connect(&twins.green.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    hold.batch_execute("BEGIN; LOCK TABLE acct IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let before = confirmed(&twins).await;
+    for i in 11..=40 {
+        twins
+            .b
+            .execute("INSERT INTO acct VALUES ($1, 0)", &[&i])
+            .await
+            .unwrap();
+    }
+    let last: String = twins
+        .b
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let last = last.parse::<teal::lsn::Lsn>().unwrap().0;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let b2 = brokers.clone();
+        let progress = tokio::task::spawn_blocking(move || kafka_progress(&b2))
+            .await
+            .unwrap();
+        // The commit LSN of row 40's transaction lies within 1 KiB before the insert position.
+        if progress.is_some_and(|p| p + 1024 >= last) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Kafka's progress stayed at {progress:X?}, not near {last:X}"
+        );
+    }
+    assert_eq!(
+        confirmed(&twins).await,
+        before,
+        "the slot stays where green is"
+    );
+    // teal dies; blue will resend 11..40, which Kafka already holds.
+    teal.kill().expect("kill -9");
+    let _ = teal.wait();
+    hold.batch_execute("ROLLBACK").await.unwrap();
+    for i in 41..=50 {
+        twins
+            .b
+            .execute("INSERT INTO acct VALUES ($1, 0)", &[&i])
+            .await
+            .unwrap();
+    }
+    let mut teal = start_teal();
+    twins.assert_converged(&["acct"], WAIT).await;
+    twins
+        .wait_slot_confirmed("green and Kafka hold 1..50")
+        .await;
+
+    let b2 = brokers.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        read_until_quiet(&b2, "teal.public.acct", Duration::from_secs(2))
+    })
+    .await
+    .unwrap();
+    let mut ids: Vec<i64> = records
+        .iter()
+        .map(|(_, v)| v["after"]["id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (1..=50).collect::<Vec<i64>>(),
+        "every row exactly once, although blue sent 11..40 twice"
+    );
+    let b2 = brokers.clone();
+    let ends = tokio::task::spawn_blocking(move || {
+        read_until_quiet(&b2, "teal.transactions", Duration::from_secs(2))
+    })
+    .await
+    .unwrap()
+    .into_iter()
+    .filter(|(_, v)| v["status"] == "END")
+    .count();
+    assert_eq!(ends, 50, "one END record per source transaction");
+    // SAFETY: kill(2) of our own child with SIGTERM.
+    unsafe {
+        libc::kill(teal.id() as i32, libc::SIGTERM);
+    }
+    assert!(teal.wait().unwrap().success(), "teal stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_behind_holds_apply_back_while_kafka_is_down() {
+    init_logging();
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let twins = Twins::start(
+        &default_bin(),
+        "CREATE TABLE acct (id int PRIMARY KEY, v int)",
+    )
+    .await;
+    let mut config = twins.config();
+    let mut kafka = KafkaConfig::new(brokers.clone(), "postgres");
+    kafka.max_behind = Some(1);
+    config.kafka = Some(kafka);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(stream::run(config, shutdown.clone()));
+    twins.wait_streaming().await;
+    twins
+        .b
+        .batch_execute("INSERT INTO acct SELECT i, 0 FROM generate_series(1, 10) i")
+        .await
+        .unwrap();
+    twins.assert_converged(&["acct"], WAIT).await;
+
+    mock.broker_down(1).expect("broker down");
+    for i in 11..=30 {
+        twins
+            .b
+            .execute("INSERT INTO acct VALUES ($1, 1)", &[&i])
+            .await
+            .unwrap();
+    }
+    // Green waits for Kafka: not one of the new rows lands.
+    for _ in 0..20 {
+        let n: i64 = twins
+            .g
+            .query_one("SELECT count(*) FROM acct", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            n, 10,
+            "green got ahead of Kafka by more than --kafka-max-behind"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    mock.broker_up(1).expect("broker up");
+    twins.assert_converged(&["acct"], WAIT).await;
+    twins.wait_slot_confirmed("both caught up").await;
+    let b2 = brokers.clone();
+    let records = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.public.acct", 30))
+        .await
+        .unwrap();
+    assert_eq!(records.into_iter().flatten().count(), 30);
     shutdown.cancel();
     running.await.unwrap().expect("stream stops cleanly");
 }

@@ -279,10 +279,14 @@ async fn attempt(
     )?;
     let (events, kafka) = match (&config.kafka, kafka_consumer) {
         (Some(kafka), Some(kafka_consumer)) => {
-            let (apply_events, kafka_events) = tee(events);
+            let behind = kafka
+                .max_behind
+                .map(|max| (max, Arc::clone(&monitor.kafka)));
+            let (apply_events, kafka_events) = tee(events, behind);
             let sink = tokio::spawn(
                 crate::sink::kafka::run(
                     kafka.clone(),
+                    kafka_scope(config),
                     kafka_consumer,
                     kafka_events,
                     Arc::clone(&monitor.kafka),
@@ -370,6 +374,7 @@ async fn attempt_kafka_only(
     let mut session = capture.session();
     let sink = crate::sink::kafka::run(
         kafka.clone(),
+        kafka_scope(config),
         consumer,
         events,
         Arc::clone(&monitor.kafka),
@@ -397,11 +402,25 @@ async fn attempt_kafka_only(
     Ok(())
 }
 
+/// The Kafka sink's producer name and transaction size: apply's batch limits.
+fn kafka_scope(config: &StreamConfig) -> crate::sink::kafka::Scope {
+    crate::sink::kafka::Scope {
+        slot: config.source.slot.clone(),
+        max_records: config.apply.batch_max_changes,
+        max_delay: config.apply.batch_max_delay,
+    }
+}
+
 /// Batches of the consumer channel, one copy for apply and one for Kafka
 /// (bounded both: the slower one holds the other back, so Kafka can fall
-/// behind apply by at most its channel and librdkafka's queue).
+/// behind apply by at most its channel and librdkafka's queue). With
+/// `behind` (`--kafka-max-behind`), apply also waits while a batch would
+/// take green more than that many bytes of WAL past what Kafka acknowledged
+/// (counted from the first position streamed when Kafka has acknowledged
+/// nothing yet).
 fn tee(
     mut events: tokio::sync::mpsc::Receiver<Vec<crate::event::Event>>,
+    behind: Option<(u64, Arc<crate::sink::kafka::KafkaStats>)>,
 ) -> (
     tokio::sync::mpsc::Receiver<Vec<crate::event::Event>>,
     tokio::sync::mpsc::Receiver<Vec<crate::event::Event>>,
@@ -411,9 +430,28 @@ fn tee(
     let (kafka_tx, kafka_rx) = tokio::sync::mpsc::channel(KAFKA_BATCHES);
     tokio::spawn(
         async move {
+            let mut first: Option<u64> = None;
             while let Some(batch) = events.recv().await {
                 if kafka_tx.send(batch.clone()).await.is_err() {
                     break;
+                }
+                if let (Some((max, stats)), Some(lsn)) = (&behind, last_position(&batch)) {
+                    let floor = *first.get_or_insert(lsn.0);
+                    let mut waited = false;
+                    loop {
+                        let acked = stats
+                            .acknowledged_lsn
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            .max(floor);
+                        if lsn.0.saturating_sub(acked) <= *max || apply_tx.is_closed() {
+                            break;
+                        }
+                        if !waited {
+                            tracing::info!(kafka_acknowledged = %Lsn(acked), next = %lsn, max_behind = max, "apply waits for Kafka (--kafka-max-behind)");
+                            waited = true;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
                 if apply_tx.send(batch).await.is_err() {
                     break;
@@ -423,6 +461,18 @@ fn tee(
         .in_current_span(),
     );
     (apply_rx, kafka_rx)
+}
+
+/// The furthest position a batch of events reaches (commits and idle ends).
+fn last_position(batch: &[crate::event::Event]) -> Option<Lsn> {
+    batch
+        .iter()
+        .filter_map(|e| match e {
+            crate::event::Event::Commit(meta) => Some(meta.end_lsn),
+            crate::event::Event::Idle { wal_end } => Some(*wal_end),
+            _ => None,
+        })
+        .max()
 }
 
 /// Reads the slot's WAL retention from blue and writes heartbeats, on an

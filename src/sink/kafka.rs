@@ -15,6 +15,18 @@
 //! retries them in order (`message.timeout.ms=0`: no record is ever given
 //! up); the events channel and librdkafka's queue bound how far ahead the
 //! sink may get.
+//!
+//! With `--kafka-exactly-once` the producer is transactional
+//! (`transactional.id` = `teal-<slot>`): consecutive source transactions
+//! go into one Kafka transaction (up to the batch limits of apply), which
+//! also writes a progress record (key: the slot; value: the last source
+//! transaction's commit and end LSN) to the progress topic. Only once the
+//! Kafka transaction commits are its positions confirmed. A restarted teal
+//! first fences its predecessor (`init_transactions` aborts whatever it had
+//! open), reads the last committed progress record (`read_committed`) and
+//! skips every source transaction at or below it, so a consumer reading
+//! with `isolation.level=read_committed` sees each change exactly once,
+//! even when blue resends what the slot had not confirmed yet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,9 +34,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::event::{ChangeKind, Event, QualifiedName, Relation, TxnMeta};
@@ -48,6 +62,16 @@ pub struct KafkaConfig {
     pub tombstones: bool,
     /// Blue's database (`source.db`).
     pub db: String,
+    /// `--kafka-exactly-once`: a transactional producer (see the module docs).
+    pub exactly_once: bool,
+    /// `--kafka-progress-topic` (default `<prefix>.teal_progress`): where
+    /// exactly-once keeps its position; best created with
+    /// `cleanup.policy=compact`.
+    pub progress_topic: Option<String>,
+    /// `--kafka-max-behind`: how far (bytes of WAL) green may get ahead of
+    /// what Kafka acknowledged before apply waits (`None`: no limit beyond
+    /// the channels between them).
+    pub max_behind: Option<u64>,
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -62,6 +86,8 @@ impl std::fmt::Debug for KafkaConfig {
                 &self.properties.iter().map(|p| &p.0).collect::<Vec<_>>(),
             )
             .field("tombstones", &self.tombstones)
+            .field("exactly_once", &self.exactly_once)
+            .field("max_behind", &self.max_behind)
             .finish_non_exhaustive()
     }
 }
@@ -76,7 +102,17 @@ impl KafkaConfig {
             properties: Vec::new(),
             tombstones: true,
             db: db.into(),
+            exactly_once: false,
+            progress_topic: None,
+            max_behind: None,
         }
+    }
+
+    /// The exactly-once progress topic.
+    pub fn progress_topic(&self) -> String {
+        self.progress_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.teal_progress", self.topic_prefix))
     }
 
     /// The transaction metadata topic.
@@ -121,6 +157,25 @@ pub enum KafkaSinkError {
         /// What librdkafka said.
         #[source]
         source: KafkaError,
+    },
+    /// A step of the transactional producer failed (`--kafka-exactly-once`).
+    #[error("Kafka transaction ({step}, through the source transaction ending at {lsn}): {source}")]
+    Transaction {
+        /// init, begin, commit or abort.
+        step: &'static str,
+        /// End LSN of the last source transaction in it (0/0 before any).
+        lsn: Lsn,
+        /// What librdkafka said.
+        #[source]
+        source: KafkaError,
+    },
+    /// The progress topic could not be read back (`--kafka-exactly-once`).
+    #[error("reading teal's position from Kafka topic {topic}: {reason}")]
+    Progress {
+        /// The progress topic.
+        topic: String,
+        /// What went wrong.
+        reason: String,
     },
 }
 
@@ -195,9 +250,32 @@ struct Pending {
     commit: bool,
 }
 
+impl Pending {
+    /// A position with no records of its own.
+    fn position(lsn: Lsn, commit: bool) -> Pending {
+        Pending {
+            lsn,
+            deliveries: Vec::new(),
+            commit,
+        }
+    }
+}
+
 /// Transactions (or idle positions) queued for the acker; bounds how far
 /// production runs ahead of acknowledgements, with librdkafka's own queue.
 const ACK_QUEUE: usize = 1024;
+
+/// How the sink names its transactional producer and sizes its Kafka
+/// transactions (`--kafka-exactly-once`; apply's batch limits).
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// The slot: `transactional.id` is `teal-<slot>`; the progress record's key.
+    pub slot: String,
+    /// Records after which a Kafka transaction commits (at a source commit).
+    pub max_records: u64,
+    /// Age after which a Kafka transaction commits (at a source commit).
+    pub max_delay: Duration,
+}
 
 /// Produces `events` to Kafka until the channel closes; confirms through
 /// `consumer` what Kafka acknowledged, and reports it to `lag` when given
@@ -205,13 +283,19 @@ const ACK_QUEUE: usize = 1024;
 /// record is acknowledged (or on the first error).
 pub async fn run(
     config: KafkaConfig,
+    scope: Scope,
     consumer: Consumer,
     mut events: mpsc::Receiver<Vec<Event>>,
     stats: Arc<KafkaStats>,
     lag: Option<Arc<Lag>>,
 ) -> Result<(), KafkaSinkError> {
-    let producer = producer(&config)?;
+    let producer = producer(&config, &scope.slot)?;
     stats.enabled.store(true, Ordering::Relaxed);
+    let mut eos = if config.exactly_once {
+        Some(Transactional::start(&producer, &config, &scope).await?)
+    } else {
+        None
+    };
     let (ack_tx, ack_rx) = mpsc::channel::<Pending>(ACK_QUEUE);
     let acker = tokio::spawn(acknowledge(ack_rx, consumer, Arc::clone(&stats), lag));
     let source = Source {
@@ -224,8 +308,15 @@ pub async fn run(
     let produced = async {
         while let Some(batch) = events.recv().await {
             for event in batch {
-                match event {
+                let pending = match event {
                     Event::Begin(meta) => {
+                        // Kafka holds it already (exactly-once, after a restart).
+                        if eos.as_ref().is_some_and(|t| t.holds(&meta)) {
+                            continue;
+                        }
+                        if let Some(t) = eos.as_mut() {
+                            t.begin(&producer)?;
+                        }
                         let mut open = OpenTxn::new(Arc::clone(&meta));
                         let begin = envelope::begin(&meta, PgTimestamp::now()).to_string();
                         let key = envelope::transaction_key(&meta).to_string();
@@ -233,6 +324,7 @@ pub async fn run(
                             send(&producer, &transactions_topic, Some(&key), Some(&begin)).await?,
                         );
                         txn = Some(open);
+                        continue;
                     }
                     Event::Changes(changes) => {
                         let Some(open) = txn.as_mut() else { continue };
@@ -240,9 +332,17 @@ pub async fn run(
                             open.change(&producer, &config, &source, &mut names, change)
                                 .await?;
                         }
+                        continue;
                     }
                     Event::Commit(meta) => {
-                        let Some(mut open) = txn.take() else { continue };
+                        let Some(mut open) = txn.take() else {
+                            // Skipped: confirm it, Kafka has it.
+                            if eos.as_ref().is_some_and(|t| t.holds(&meta)) {
+                                confirm(&mut eos, &ack_tx, Pending::position(meta.end_lsn, true))
+                                    .await?;
+                            }
+                            continue;
+                        };
                         let counts: Vec<(String, u64)> = open
                             .per_table
                             .into_iter()
@@ -261,41 +361,51 @@ pub async fn run(
                                 .produced += 1;
                         }
                         stats.add(&produced);
-                        if ack_tx
-                            .send(Pending {
-                                lsn: meta.end_lsn,
-                                deliveries: open.deliveries,
-                                commit: true,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            return Ok(());
+                        if let Some(t) = eos.as_mut() {
+                            t.finished(&meta, open.deliveries.len());
+                        }
+                        Pending {
+                            lsn: meta.end_lsn,
+                            deliveries: open.deliveries,
+                            commit: true,
                         }
                     }
-                    Event::Idle { wal_end } => {
-                        if txn.is_none()
-                            && ack_tx
-                                .send(Pending {
-                                    lsn: wal_end,
-                                    deliveries: Vec::new(),
-                                    commit: false,
-                                })
-                                .await
-                                .is_err()
-                        {
-                            return Ok(());
-                        }
-                    }
+                    Event::Idle { wal_end } if txn.is_none() => Pending::position(wal_end, false),
                     // Heartbeats and other non-transactional messages are not audited.
-                    Event::Message(_) => {}
+                    Event::Idle { .. } | Event::Message(_) => continue,
+                };
+                if !confirm(&mut eos, &ack_tx, pending).await? {
+                    return Ok(());
+                }
+            }
+            // Between source transactions: commit the Kafka transaction when
+            // it is full, old, or nothing more is waiting.
+            if txn.is_none() {
+                if let Some(t) = eos.as_mut().filter(|t| t.due(events.is_empty())) {
+                    for pending in t.commit(&producer).await? {
+                        if ack_tx.send(pending).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        // Closed (shutdown): whole source transactions are committed.
+        if let Some(t) = eos.as_mut().filter(|_| txn.is_none()) {
+            for pending in t.commit(&producer).await? {
+                if ack_tx.send(pending).await.is_err() {
+                    break;
                 }
             }
         }
         Ok::<(), KafkaSinkError>(())
     }
     .await;
-    // A transaction cut off by shutdown is not confirmed: blue sends it again.
+    // A transaction cut off by shutdown or an error is not confirmed: blue
+    // sends it again (and exactly-once aborts what Kafka holds of it).
+    if let Some(t) = eos.as_mut() {
+        t.abort(&producer).await;
+    }
     drop(ack_tx);
     let acked = acker.await.unwrap_or(Ok(()));
     // librdkafka's flush blocks: not on the runtime's threads.
@@ -304,15 +414,339 @@ pub async fn run(
     acked
 }
 
-fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaSinkError> {
+/// Hands `pending` to the acker, or (exactly-once) to the open Kafka
+/// transaction, whose commit releases it. False once the acker is gone.
+async fn confirm(
+    eos: &mut Option<Transactional>,
+    acker: &mpsc::Sender<Pending>,
+    pending: Pending,
+) -> Result<bool, KafkaSinkError> {
+    let pending = match eos.as_mut() {
+        Some(t) => match t.hold(pending) {
+            Some(p) => p,
+            None => return Ok(true),
+        },
+        None => pending,
+    };
+    Ok(acker.send(pending).await.is_ok())
+}
+
+/// A blocking librdkafka call, off the runtime's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(t) => t,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// How long a commit may take (librdkafka gives up the transaction by
+/// itself after `transaction.timeout.ms`, 60 s by default).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The transactional producer's state (`--kafka-exactly-once`).
+struct Transactional {
+    slot: String,
+    progress_topic: Arc<str>,
+    /// Commit LSN of the last source transaction Kafka holds (committed).
+    holds_through: Option<Lsn>,
+    max_records: u64,
+    max_delay: Duration,
+    open: Option<KafkaTxn>,
+}
+
+/// The open Kafka transaction.
+struct KafkaTxn {
+    started: Instant,
+    records: u64,
+    /// Positions to confirm once it commits, in order.
+    done: Vec<Pending>,
+    /// The last whole source transaction in it.
+    last: Option<Arc<TxnMeta>>,
+}
+
+impl Transactional {
+    /// Fences any earlier producer of this slot (aborting what it left
+    /// open) and reads back how far Kafka holds the stream.
+    async fn start(
+        producer: &FutureProducer,
+        config: &KafkaConfig,
+        scope: &Scope,
+    ) -> Result<Transactional, KafkaSinkError> {
+        let p = producer.clone();
+        blocking(move || p.init_transactions(Duration::from_secs(60)))
+            .await
+            .map_err(|source| KafkaSinkError::Transaction {
+                step: "init",
+                lsn: Lsn::ZERO,
+                source,
+            })?;
+        let progress_topic = config.progress_topic();
+        let (c, topic, slot) = (config.clone(), progress_topic.clone(), scope.slot.clone());
+        let holds_through = blocking(move || read_progress(&c, &topic, &slot)).await?;
+        tracing::info!(
+            progress_topic,
+            holds_through = %holds_through.map_or_else(|| "nothing".to_owned(), |l| l.to_string()),
+            "exactly-once Kafka producer ready"
+        );
+        Ok(Transactional {
+            slot: scope.slot.clone(),
+            progress_topic: progress_topic.into(),
+            holds_through,
+            max_records: scope.max_records.max(1),
+            max_delay: scope.max_delay,
+            open: None,
+        })
+    }
+
+    /// Whether Kafka already holds the source transaction.
+    fn holds(&self, meta: &TxnMeta) -> bool {
+        self.holds_through.is_some_and(|l| meta.commit_lsn <= l)
+    }
+
+    /// Opens a Kafka transaction unless one is open.
+    fn begin(&mut self, producer: &FutureProducer) -> Result<(), KafkaSinkError> {
+        if self.open.is_none() {
+            producer
+                .begin_transaction()
+                .map_err(|source| KafkaSinkError::Transaction {
+                    step: "begin",
+                    lsn: self.holds_through.unwrap_or(Lsn::ZERO),
+                    source,
+                })?;
+            self.open = Some(KafkaTxn {
+                started: Instant::now(),
+                records: 0,
+                done: Vec::new(),
+                last: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// A source transaction's records are all produced.
+    fn finished(&mut self, meta: &Arc<TxnMeta>, records: usize) {
+        if let Some(open) = self.open.as_mut() {
+            open.records += records as u64;
+            open.last = Some(Arc::clone(meta));
+        }
+    }
+
+    /// Keeps `pending` until the open Kafka transaction commits; gives it
+    /// back when none is open (nothing of it waits in Kafka).
+    fn hold(&mut self, pending: Pending) -> Option<Pending> {
+        match self.open.as_mut() {
+            Some(open) => {
+                open.done.push(pending);
+                None
+            }
+            None => Some(pending),
+        }
+    }
+
+    fn due(&self, nothing_waiting: bool) -> bool {
+        self.open.as_ref().is_some_and(|t| {
+            nothing_waiting
+                || t.records >= self.max_records
+                || t.started.elapsed() >= self.max_delay
+        })
+    }
+
+    /// Writes the progress record and commits; returns the positions the
+    /// commit made safe to confirm.
+    async fn commit(&mut self, producer: &FutureProducer) -> Result<Vec<Pending>, KafkaSinkError> {
+        let Some(mut open) = self.open.take() else {
+            return Ok(Vec::new());
+        };
+        let Some(last) = open.last.clone() else {
+            // Only positions (no source transaction): nothing to commit.
+            self.open = Some(open);
+            self.abort(producer).await;
+            return Ok(Vec::new());
+        };
+        let key = json!({ "slot": self.slot }).to_string();
+        let value = json!({
+            "slot": self.slot,
+            "commit_lsn": last.commit_lsn.to_string(),
+            "end_lsn": last.end_lsn.to_string(),
+            "xid": last.xid.0,
+            "ts_ms": PgTimestamp::now().unix_micros().div_euclid(1000),
+        })
+        .to_string();
+        let sent = send(producer, &self.progress_topic, Some(&key), Some(&value)).await?;
+        if let Some(p) = open.done.last_mut() {
+            p.deliveries.push(sent);
+        }
+        let p = producer.clone();
+        match blocking(move || p.commit_transaction(COMMIT_TIMEOUT)).await {
+            Ok(()) => {
+                self.holds_through = Some(last.commit_lsn);
+                Ok(open.done)
+            }
+            Err(source) => {
+                self.open = Some(open);
+                self.abort(producer).await;
+                Err(KafkaSinkError::Transaction {
+                    step: "commit",
+                    lsn: last.end_lsn,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Aborts the open Kafka transaction, if any (best effort: a fenced or
+    /// failed producer's transaction is aborted by the next one's init).
+    async fn abort(&mut self, producer: &FutureProducer) {
+        if self.open.take().is_none() {
+            return;
+        }
+        let p = producer.clone();
+        if let Err(e) = blocking(move || p.abort_transaction(Duration::from_secs(30))).await {
+            tracing::warn!(error = %e, "could not abort the open Kafka transaction; the next start aborts it");
+        }
+    }
+}
+
+/// The commit LSN of the last source transaction the progress topic says
+/// Kafka holds for `slot` (committed records only), reading each
+/// partition's tail, further back until a record of the slot turns up.
+fn read_progress(
+    config: &KafkaConfig,
+    topic: &str,
+    slot: &str,
+) -> Result<Option<Lsn>, KafkaSinkError> {
+    let fail = |reason: String| KafkaSinkError::Progress {
+        topic: topic.to_owned(),
+        reason,
+    };
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("group.id", format!("teal-progress-{slot}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("client.id", "teal");
+    for (k, v) in config
+        .properties
+        .iter()
+        .filter(|(k, _)| consumer_property(k))
+    {
+        c.set(k, v);
+    }
+    let consumer: BaseConsumer = c.create().map_err(|e| fail(e.to_string()))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .map_err(|e| fail(e.to_string()))?;
+    let Some(t) = metadata.topics().first() else {
+        return Ok(None);
+    };
+    if t.error().is_some() {
+        // Not there yet: nothing was ever committed.
+        return Ok(None);
+    }
+    let mut marks = Vec::new();
+    for p in t.partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), TIMEOUT)
+            .map_err(|e| fail(format!("partition {}: {e}", p.id())))?;
+        if high > low {
+            marks.push((p.id(), low, high));
+        }
+    }
+    if marks.is_empty() {
+        return Ok(None);
+    }
+    let mut window: i64 = 256;
+    loop {
+        let mut assignment = TopicPartitionList::new();
+        let mut whole = true;
+        for &(p, low, high) in &marks {
+            let from = (high - window).max(low);
+            whole &= from == low;
+            assignment
+                .add_partition_offset(topic, p, Offset::Offset(from))
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut at_end = std::collections::HashSet::new();
+        let mut found: Option<Lsn> = None;
+        let deadline = Instant::now() + TIMEOUT;
+        while at_end.len() < marks.len() {
+            if Instant::now() > deadline {
+                return Err(fail(format!(
+                    "the end of {} of {} partitions not reached in {TIMEOUT:?}",
+                    marks.len() - at_end.len(),
+                    marks.len()
+                )));
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => return Err(fail(e.to_string())),
+                Some(Ok(m)) => {
+                    let key: Option<serde_json::Value> =
+                        m.key().and_then(|k| serde_json::from_slice(k).ok());
+                    if key.as_ref().and_then(|k| k["slot"].as_str()) != Some(slot) {
+                        continue;
+                    }
+                    let lsn = m
+                        .payload()
+                        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+                        .and_then(|v| v["commit_lsn"].as_str().and_then(|l| l.parse::<Lsn>().ok()))
+                        .ok_or_else(|| {
+                            fail(format!(
+                                "the record at partition {} offset {} is not teal's progress",
+                                m.partition(),
+                                m.offset()
+                            ))
+                        })?;
+                    found = found.max(Some(lsn));
+                }
+            }
+        }
+        if found.is_some() || whole {
+            return Ok(found);
+        }
+        window = window.saturating_mul(16);
+    }
+}
+
+/// Properties the progress reader takes from `--kafka-property` (security
+/// and connection settings; producer settings would only draw warnings).
+fn consumer_property(key: &str) -> bool {
+    [
+        "security.",
+        "sasl.",
+        "ssl.",
+        "ssl_",
+        "client.dns",
+        "socket.",
+        "broker.",
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
+}
+
+fn producer(config: &KafkaConfig, slot: &str) -> Result<FutureProducer, KafkaSinkError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // Never give a record up: an outage pauses confirmation instead.
-        .set("message.timeout.ms", "0")
         .set("linger.ms", "5")
         .set("client.id", "teal");
+    if config.exactly_once {
+        // Records time out with their transaction (transaction.timeout.ms),
+        // which then aborts; the stream restarts from Kafka's progress.
+        c.set("transactional.id", format!("teal-{slot}"));
+    } else {
+        // Never give a record up: an outage pauses confirmation instead.
+        c.set("message.timeout.ms", "0");
+    }
     for (k, v) in &config.properties {
         c.set(k, v);
     }

@@ -96,10 +96,24 @@ async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
         &bin,
         "CREATE TABLE acct (id int PRIMARY KEY, balance numeric, ok boolean, doc jsonb, memo text);
          CREATE TABLE log (at int, line text);
-         ALTER TABLE log REPLICA IDENTITY FULL;",
+         ALTER TABLE log REPLICA IDENTITY FULL;
+         CREATE TABLE audited (id int PRIMARY KEY, v int);
+         ALTER TABLE audited REPLICA IDENTITY FULL;",
     )
     .await;
     let (shutdown, monitor, running) = stream_with_kafka(&twins, &brokers, false).await;
+    // REPLICA IDENTITY FULL with a primary key: records keyed by the
+    // primary key (from blue's catalog), a key change by the old key.
+    twins
+        .b
+        .batch_execute(
+            "INSERT INTO audited VALUES (1, 0), (2, 0);
+             UPDATE audited SET v = 5 WHERE id = 1;
+             UPDATE audited SET id = 3 WHERE id = 2;
+             DELETE FROM audited WHERE id = 1;",
+        )
+        .await
+        .unwrap();
 
     twins
         .b
@@ -120,11 +134,42 @@ async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
         )
         .await
         .unwrap();
-    twins.assert_converged(&["acct", "log"], WAIT).await;
+    twins
+        .assert_converged(&["acct", "log", "audited"], WAIT)
+        .await;
     // The slot is confirmed only once Kafka holds everything.
     twins
         .wait_slot_confirmed("the slot was not confirmed after Kafka acknowledged")
         .await;
+    let b2 = brokers.clone();
+    let audited = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.public.audited", 6))
+        .await
+        .unwrap();
+    let mut audited: Vec<(Value, Value)> = audited
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| !v.is_null())
+        .collect();
+    audited.sort_by_key(|(_, v)| v["source"]["lsn"].as_u64());
+    let keys: Vec<(&str, &Value)> = audited
+        .iter()
+        .map(|(k, v)| (v["op"].as_str().unwrap(), k))
+        .collect();
+    let (one, two) = (
+        serde_json::json!({ "id": 1 }),
+        serde_json::json!({ "id": 2 }),
+    );
+    assert_eq!(
+        keys,
+        [
+            ("c", &one),
+            ("c", &two),
+            ("u", &one),
+            ("u", &two),
+            ("d", &one)
+        ],
+        "FULL identity tables are keyed by their primary key"
+    );
 
     let (b2, topic) = (brokers.clone(), "teal.public.acct");
     // 3 inserts, 1 update, delete + tombstone, key-changing update.
@@ -169,6 +214,10 @@ async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
     let log = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.public.log", 4))
         .await
         .unwrap();
+    assert!(
+        log.iter().flatten().all(|(k, _)| k.is_null()),
+        "no primary key, no key"
+    );
     let mut log: Vec<Value> = log.into_iter().flatten().map(|(_, v)| v).collect();
     log.sort_by_key(|v| v["source"]["lsn"].as_u64());
     let ops: Vec<&str> = log.iter().map(|v| v["op"].as_str().unwrap()).collect();
@@ -180,15 +229,15 @@ async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
 
     // Transactions: BEGIN and END per transaction, END counting per table.
     // (Statements sent in one simple query outside BEGIN share an implicit
-    // transaction: three transactions in all.)
+    // transaction: three transactions in all, after the audited one.)
     let b2 = brokers.clone();
-    let txns = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.transactions", 6))
+    let txns = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.transactions", 8))
         .await
         .unwrap();
     let txns: Vec<Value> = txns.into_iter().flatten().map(|(_, v)| v).collect();
     let ends: Vec<&Value> = txns.iter().filter(|v| v["status"] == "END").collect();
-    assert_eq!(ends.len(), 3);
-    assert_eq!(txns.iter().filter(|v| v["status"] == "BEGIN").count(), 3);
+    assert_eq!(ends.len(), 4);
+    assert_eq!(txns.iter().filter(|v| v["status"] == "BEGIN").count(), 4);
     let first_end = ends
         .iter()
         .find(|e| e["event_count"] == 4)
@@ -202,15 +251,15 @@ async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
         collections
             .contains(&serde_json::json!({ "data_collection": "public.log", "event_count": 1 }))
     );
-    assert!(monitor.kafka.acknowledged() >= 7 + 4 + 6);
+    assert!(monitor.kafka.acknowledged() >= 7 + 4 + 6 + 8);
 
     let metrics = monitor.metrics_text();
     crate::monitor::check_exposition(&metrics);
     for name in [
         "teal_kafka_records_acknowledged_total{slot=\"teal_slot\",topic=\"teal.public.acct\"} 7",
-        "teal_kafka_records_produced_total{slot=\"teal_slot\",topic=\"teal.transactions\"} 6",
+        "teal_kafka_records_produced_total{slot=\"teal_slot\",topic=\"teal.transactions\"} 8",
         "teal_kafka_records_failed_total{slot=\"teal_slot\",topic=\"teal.public.log\"} 0",
-        "teal_kafka_delivery_seconds_count{slot=\"teal_slot\"} 17",
+        "teal_kafka_delivery_seconds_count{slot=\"teal_slot\"} 25",
         "teal_kafka_lag_bytes{slot=\"teal_slot\"} 0",
     ] {
         assert!(metrics.contains(name), "{name} in {metrics}");

@@ -149,11 +149,48 @@ fn to_text(v: &impl Serialize) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// The record key: the key columns of the row, or `None` for a table
-/// without a replica identity key (or with REPLICA IDENTITY FULL, where
-/// every column is "key" and none is a primary key).
-pub fn key(relation: &Relation, image: &RowImage) -> Option<String> {
+/// A row's primary-key columns as an object, in the key's order.
+struct PrimaryKey<'a> {
+    relation: &'a Relation,
+    image: &'a RowImage,
+    columns: &'a [String],
+}
+
+impl Serialize for PrimaryKey<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.columns.len()))?;
+        for name in self.columns {
+            let found = self
+                .relation
+                .columns
+                .iter()
+                .zip(self.image.values())
+                .find(|(c, _)| &c.name == name);
+            if let Some((column, value)) = found {
+                map.serialize_entry(&column.name, &Typed { column, value })?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// The record key: the row's primary key. `primary_key` names its columns
+/// when blue's replica identity is not the primary key (FULL, NOTHING or
+/// another unique index: looked up in blue's catalog); otherwise the
+/// replica identity columns are the key, and a table without any has none.
+pub fn key(
+    relation: &Relation,
+    image: &RowImage,
+    primary_key: Option<&[String]>,
+) -> Option<String> {
     use crate::event::ReplicaIdentity;
+    if let Some(columns) = primary_key.filter(|c| !c.is_empty()) {
+        return Some(to_text(&PrimaryKey {
+            relation,
+            image,
+            columns,
+        }));
+    }
     match relation.replica_identity {
         ReplicaIdentity::Default | ReplicaIdentity::Index
             if relation.columns.iter().any(|c| c.is_key) =>
@@ -204,15 +241,17 @@ pub fn change(
     change: &Change,
     order: Order,
     now: PgTimestamp,
+    primary_key: Option<&[String]>,
 ) -> Option<(Option<String>, String)> {
     let (relation, op, before, after, key_image) = match &change.kind {
         ChangeKind::Insert { relation, new } => (relation, "c", None, Some(new), new),
         ChangeKind::Update { relation, old, new } => {
-            // The key comes from the old image when the key changed (the
-            // record goes where the old key's records went).
+            // The key comes from the old image when blue sent one (the key
+            // changed, or REPLICA IDENTITY FULL): the record goes where the
+            // old key's records went.
             let key_image = match old {
-                Some(OldRow::Key(o)) => o,
-                _ => new,
+                Some(OldRow::Key(o) | OldRow::Full(o)) => o,
+                None => new,
             };
             (relation, "u", old.as_ref(), Some(new), key_image)
         }
@@ -239,7 +278,7 @@ pub fn change(
     let value = envelope(
         source, meta, relation, change, op, before, after, order, now,
     );
-    Some((key(relation, key_image), value))
+    Some((key(relation, key_image, primary_key), value))
 }
 
 /// A TRUNCATE's record for one of its tables (op `t`, no key), as JSON text.
@@ -428,6 +467,7 @@ mod tests {
             &change,
             order,
             PgTimestamp(0),
+            None,
         ));
         assert_eq!(key, Some(json!({ "id": 7 })));
         assert_eq!(value["op"], "c");
@@ -467,6 +507,7 @@ mod tests {
             &update,
             order,
             PgTimestamp(0),
+            None,
         ));
         assert_eq!(value["op"], "u");
         assert_eq!(value["after"]["doc"], UNAVAILABLE);
@@ -484,6 +525,7 @@ mod tests {
             &delete,
             order,
             PgTimestamp(0),
+            None,
         ));
         assert_eq!(key, Some(json!({ "id": 7 })));
         assert_eq!(value["op"], "d");

@@ -18,7 +18,9 @@
 //!
 //! With `--kafka-exactly-once` the producer is transactional
 //! (`transactional.id` = `teal-<slot>`): consecutive source transactions
-//! go into one Kafka transaction (up to the batch limits of apply), which
+//! go into one Kafka transaction (up to the batch limits of apply: it
+//! commits at a source commit once it holds `--batch-max-changes` records
+//! or is `--batch-max-delay-ms` old), which
 //! also writes a progress record (key: the slot; value: the last source
 //! transaction's commit and end LSN) to the progress topic. Only once the
 //! Kafka transaction commits are its positions confirmed. A restarted teal
@@ -41,6 +43,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::config::ConnInfo;
 use crate::event::{ChangeKind, Event, QualifiedName, Relation, TxnMeta};
 use crate::lsn::{Lsn, PgTimestamp};
 use crate::progress::{Bounds, Buckets, Consumer, Lag, Seconds, lock};
@@ -169,6 +172,14 @@ pub enum KafkaSinkError {
         #[source]
         source: KafkaError,
     },
+    /// A table's primary key could not be read from blue's catalog.
+    #[error("reading the primary key of {table} on blue: {reason}")]
+    Catalog {
+        /// The table.
+        table: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The progress topic could not be read back (`--kafka-exactly-once`).
     #[error("reading teal's position from Kafka topic {topic}: {reason}")]
     Progress {
@@ -275,6 +286,10 @@ pub struct Scope {
     pub max_records: u64,
     /// Age after which a Kafka transaction commits (at a source commit).
     pub max_delay: Duration,
+    /// Blue, for the primary keys of tables whose replica identity is not
+    /// their primary key (`None`: such tables' records are keyed by their
+    /// replica identity, or not at all under FULL).
+    pub blue: Option<ConnInfo>,
 }
 
 /// Produces `events` to Kafka until the channel closes; confirms through
@@ -305,8 +320,36 @@ pub async fn run(
     let transactions_topic: Arc<str> = config.transactions_topic().into();
     let mut txn: Option<OpenTxn> = None;
     let mut names = Names::default();
+    let mut catalog = Catalog {
+        blue: scope.blue.clone(),
+        client: None,
+        keys: HashMap::new(),
+    };
     let produced = async {
-        while let Some(batch) = events.recv().await {
+        loop {
+            // An open Kafka transaction commits at its deadline when no
+            // source transaction is half produced.
+            let deadline = eos
+                .as_ref()
+                .and_then(Transactional::deadline)
+                .filter(|_| txn.is_none());
+            let next = match deadline {
+                Some(at) => match tokio::time::timeout_at(at.into(), events.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        if let Some(t) = eos.as_mut() {
+                            for pending in t.commit(&producer).await? {
+                                if ack_tx.send(pending).await.is_err() {
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                },
+                None => events.recv().await,
+            };
+            let Some(batch) = next else { break };
             for event in batch {
                 let pending = match event {
                     Event::Begin(meta) => {
@@ -329,8 +372,15 @@ pub async fn run(
                     Event::Changes(changes) => {
                         let Some(open) = txn.as_mut() else { continue };
                         for change in &changes {
-                            open.change(&producer, &config, &source, &mut names, change)
-                                .await?;
+                            open.change(
+                                &producer,
+                                &config,
+                                &source,
+                                &mut names,
+                                &mut catalog,
+                                change,
+                            )
+                            .await?;
                         }
                         continue;
                     }
@@ -379,9 +429,9 @@ pub async fn run(
                 }
             }
             // Between source transactions: commit the Kafka transaction when
-            // it is full, old, or nothing more is waiting.
+            // it is full or old.
             if txn.is_none() {
-                if let Some(t) = eos.as_mut().filter(|t| t.due(events.is_empty())) {
+                if let Some(t) = eos.as_mut().filter(|t| t.due()) {
                     for pending in t.commit(&producer).await? {
                         if ack_tx.send(pending).await.is_err() {
                             return Ok(());
@@ -543,12 +593,15 @@ impl Transactional {
         }
     }
 
-    fn due(&self, nothing_waiting: bool) -> bool {
-        self.open.as_ref().is_some_and(|t| {
-            nothing_waiting
-                || t.records >= self.max_records
-                || t.started.elapsed() >= self.max_delay
-        })
+    fn due(&self) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|t| t.records >= self.max_records || t.started.elapsed() >= self.max_delay)
+    }
+
+    /// When the open Kafka transaction is due, however little it holds.
+    fn deadline(&self) -> Option<Instant> {
+        self.open.as_ref().map(|t| t.started + self.max_delay)
     }
 
     /// Writes the progress record and commits; returns the positions the
@@ -861,6 +914,68 @@ impl Names {
     }
 }
 
+/// Primary keys of blue's tables whose replica identity is not their
+/// primary key (FULL, NOTHING, another unique index), read from blue's
+/// catalog once per relation and again when blue describes it anew.
+struct Catalog {
+    blue: Option<ConnInfo>,
+    client: Option<tokio_postgres::Client>,
+    keys: HashMap<u32, (Arc<Relation>, Option<Arc<[String]>>)>,
+}
+
+impl Catalog {
+    const PRIMARY_KEY: &'static str = "SELECT array_agg(a.attname::text ORDER BY k.n) \
+         FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         WHERE i.indrelid = $1 AND i.indisprimary";
+
+    /// The primary-key columns to key `relation`'s records by, when its
+    /// replica identity columns are not them (`None`: use those).
+    async fn primary_key(
+        &mut self,
+        relation: &Arc<Relation>,
+    ) -> Result<Option<Arc<[String]>>, KafkaSinkError> {
+        use crate::event::ReplicaIdentity;
+        if relation.replica_identity == ReplicaIdentity::Default {
+            return Ok(None);
+        }
+        if let Some((seen, key)) = self.keys.get(&relation.rel_id) {
+            if Arc::ptr_eq(seen, relation) {
+                return Ok(key.clone());
+            }
+        }
+        let Some(blue) = &self.blue else {
+            return Ok(None);
+        };
+        let fail = |reason: String| KafkaSinkError::Catalog {
+            table: relation.name.to_string(),
+            reason,
+        };
+        if self
+            .client
+            .as_ref()
+            .is_none_or(tokio_postgres::Client::is_closed)
+        {
+            let client = crate::apply::connect_plain(blue, "teal kafka")
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            self.client = Some(client);
+        }
+        let Some(client) = self.client.as_ref() else {
+            return Ok(None);
+        };
+        let columns: Option<Vec<String>> = client
+            .query_one(Self::PRIMARY_KEY, &[&relation.rel_id])
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .get(0);
+        let key: Option<Arc<[String]>> = columns.map(Into::into);
+        self.keys
+            .insert(relation.rel_id, (Arc::clone(relation), key.clone()));
+        Ok(key)
+    }
+}
+
 impl OpenTxn {
     fn new(meta: Arc<TxnMeta>) -> OpenTxn {
         OpenTxn {
@@ -887,6 +1002,7 @@ impl OpenTxn {
         config: &KafkaConfig,
         source: &Source,
         names: &mut Names,
+        catalog: &mut Catalog,
         change: &crate::event::Change,
     ) -> Result<(), KafkaSinkError> {
         let now = PgTimestamp::now();
@@ -907,8 +1023,15 @@ impl OpenTxn {
             | ChangeKind::Delete { relation, .. } => {
                 let (topic, table) = names.of(&config.topic_prefix, relation);
                 let order = self.order(&table);
-                let Some((key, value)) = envelope::change(source, &self.meta, change, order, now)
-                else {
+                let primary_key = catalog.primary_key(relation).await?;
+                let Some((key, value)) = envelope::change(
+                    source,
+                    &self.meta,
+                    change,
+                    order,
+                    now,
+                    primary_key.as_deref(),
+                ) else {
                     return Ok(());
                 };
                 let d = send(producer, &topic, key.as_deref(), Some(&value)).await?;

@@ -920,8 +920,11 @@ impl Names {
 struct Catalog {
     blue: Option<ConnInfo>,
     client: Option<tokio_postgres::Client>,
-    keys: HashMap<u32, (Arc<Relation>, Option<Arc<[String]>>)>,
+    keys: HashMap<u32, (Arc<Relation>, PrimaryKey)>,
 }
+
+/// A table's primary-key column names (`None`: it has none).
+type PrimaryKey = Option<Arc<[String]>>;
 
 impl Catalog {
     const PRIMARY_KEY: &'static str = "SELECT array_agg(a.attname::text ORDER BY k.n) \
@@ -934,7 +937,7 @@ impl Catalog {
     async fn primary_key(
         &mut self,
         relation: &Arc<Relation>,
-    ) -> Result<Option<Arc<[String]>>, KafkaSinkError> {
+    ) -> Result<PrimaryKey, KafkaSinkError> {
         use crate::event::ReplicaIdentity;
         if relation.replica_identity == ReplicaIdentity::Default {
             return Ok(None);
@@ -969,7 +972,7 @@ impl Catalog {
             .await
             .map_err(|e| fail(e.to_string()))?
             .get(0);
-        let key: Option<Arc<[String]>> = columns.map(Into::into);
+        let key: PrimaryKey = columns.map(Into::into);
         self.keys
             .insert(relation.rel_id, (Arc::clone(relation), key.clone()));
         Ok(key)

@@ -453,6 +453,24 @@ pub struct TxnMeta {
     pub change_count: u64,
 }
 
+/// One batch of events read by two consumers (apply and the Kafka sink)
+/// without copying it for each: the last one to take it owns it, the
+/// other only borrows it (`Vec::from` copies only while both still hold it).
+#[derive(Debug, Clone)]
+pub struct SharedBatch(pub Arc<Vec<Event>>);
+
+impl AsRef<[Event]> for SharedBatch {
+    fn as_ref(&self) -> &[Event] {
+        &self.0
+    }
+}
+
+impl From<SharedBatch> for Vec<Event> {
+    fn from(batch: SharedBatch) -> Vec<Event> {
+        Arc::unwrap_or_clone(batch.0)
+    }
+}
+
 /// What flows from the assembler to apply and the sinks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

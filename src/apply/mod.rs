@@ -362,7 +362,10 @@ impl Applier {
     }
 
     /// Applies events until the channel closes (shutdown) or an error.
-    pub async fn run(&mut self, mut events: mpsc::Receiver<Vec<Event>>) -> Result<(), ApplyError> {
+    pub async fn run<B: Into<Vec<Event>>>(
+        &mut self,
+        mut events: mpsc::Receiver<B>,
+    ) -> Result<(), ApplyError> {
         let mut batch: Option<Batch> = None;
         let mut current: Option<Arc<TxnMeta>> = None;
         let mut skipping = false;
@@ -393,6 +396,7 @@ impl Applier {
                 }
                 return Ok(());
             };
+            let next: Vec<Event> = next.into();
             for event in next {
                 match event {
                     Event::Begin(meta) => {

@@ -22,6 +22,7 @@ use crate::apply::{Applier, ApplyConfig, ApplyError, ApplyStats};
 use crate::backoff::Backoff;
 use crate::config::{AssemblerConfig, SourceConfig};
 use crate::error::ErrorClass;
+use crate::event::SharedBatch;
 use crate::http::{HttpError, Monitor, RunState, SlotHealth};
 use crate::lsn::Lsn;
 use crate::ops::audit::StreamAudit;
@@ -294,9 +295,9 @@ async fn attempt(
                 )
                 .in_current_span(),
             );
-            (apply_events, Some(sink))
+            (ApplyInput::Shared(apply_events), Some(sink))
         }
-        _ => (events, None),
+        _ => (ApplyInput::Owned(events), None),
     };
     let mut session = capture.session();
     let applying = async {
@@ -317,7 +318,10 @@ async fn attempt(
             }
         }
         monitor.set_state(RunState::Streaming);
-        applier.run(events).await
+        match events {
+            ApplyInput::Owned(events) => applier.run(events).await,
+            ApplyInput::Shared(events) => applier.run(events).await,
+        }
     };
     let applied_result = applying.await;
     if let Err(e) = &applied_result {
@@ -402,6 +406,13 @@ async fn attempt_kafka_only(
     Ok(())
 }
 
+/// What apply reads: the capture's batches, or (with Kafka on) the batches
+/// it shares with the Kafka sink.
+enum ApplyInput {
+    Owned(tokio::sync::mpsc::Receiver<Vec<crate::event::Event>>),
+    Shared(tokio::sync::mpsc::Receiver<SharedBatch>),
+}
+
 /// The Kafka sink's producer name and transaction size: apply's batch limits.
 fn kafka_scope(config: &StreamConfig) -> crate::sink::kafka::Scope {
     crate::sink::kafka::Scope {
@@ -412,8 +423,9 @@ fn kafka_scope(config: &StreamConfig) -> crate::sink::kafka::Scope {
     }
 }
 
-/// Batches of the consumer channel, one copy for apply and one for Kafka
-/// (bounded both: the slower one holds the other back, so Kafka can fall
+/// Batches of the consumer channel, shared by apply and Kafka (whichever
+/// takes a batch last owns it; apply copies it only while the sink still
+/// holds it), bounded both ( the slower one holds the other back, so Kafka can fall
 /// behind apply by at most its channel and librdkafka's queue). With
 /// `behind` (`--kafka-max-behind`), apply also waits while a batch would
 /// take green more than that many bytes of WAL past what Kafka acknowledged
@@ -423,8 +435,8 @@ fn tee(
     mut events: tokio::sync::mpsc::Receiver<Vec<crate::event::Event>>,
     behind: Option<(u64, Arc<crate::sink::kafka::KafkaStats>)>,
 ) -> (
-    tokio::sync::mpsc::Receiver<Vec<crate::event::Event>>,
-    tokio::sync::mpsc::Receiver<Vec<crate::event::Event>>,
+    tokio::sync::mpsc::Receiver<SharedBatch>,
+    tokio::sync::mpsc::Receiver<SharedBatch>,
 ) {
     const KAFKA_BATCHES: usize = 64;
     let (apply_tx, apply_rx) = tokio::sync::mpsc::channel(16);
@@ -433,10 +445,11 @@ fn tee(
         async move {
             let mut first: Option<u64> = None;
             while let Some(batch) = events.recv().await {
+                let batch = SharedBatch(Arc::new(batch));
                 if kafka_tx.send(batch.clone()).await.is_err() {
                     break;
                 }
-                if let (Some((max, stats)), Some(lsn)) = (&behind, last_position(&batch)) {
+                if let (Some((max, stats)), Some(lsn)) = (&behind, last_position(&batch.0)) {
                     let floor = *first.get_or_insert(lsn.0);
                     let mut waited = false;
                     loop {

@@ -296,11 +296,11 @@ pub struct Scope {
 /// `consumer` what Kafka acknowledged, and reports it to `lag` when given
 /// (Kafka is the only consumer: `--no-apply`). Returns once every produced
 /// record is acknowledged (or on the first error).
-pub async fn run(
+pub async fn run<B: AsRef<[Event]>>(
     config: KafkaConfig,
     scope: Scope,
     consumer: Consumer,
-    mut events: mpsc::Receiver<Vec<Event>>,
+    mut events: mpsc::Receiver<B>,
     stats: Arc<KafkaStats>,
     lag: Option<Arc<Lag>>,
 ) -> Result<(), KafkaSinkError> {
@@ -350,19 +350,19 @@ pub async fn run(
                 None => events.recv().await,
             };
             let Some(batch) = next else { break };
-            for event in batch {
+            for event in batch.as_ref() {
                 let pending = match event {
                     Event::Begin(meta) => {
                         // Kafka holds it already (exactly-once, after a restart).
-                        if eos.as_ref().is_some_and(|t| t.holds(&meta)) {
+                        if eos.as_ref().is_some_and(|t| t.holds(meta)) {
                             continue;
                         }
                         if let Some(t) = eos.as_mut() {
                             t.begin(&producer)?;
                         }
-                        let mut open = OpenTxn::new(Arc::clone(&meta));
-                        let begin = envelope::begin(&meta, PgTimestamp::now()).to_string();
-                        let key = envelope::transaction_key(&meta).to_string();
+                        let mut open = OpenTxn::new(Arc::clone(meta));
+                        let begin = envelope::begin(meta, PgTimestamp::now()).to_string();
+                        let key = envelope::transaction_key(meta).to_string();
                         open.deliveries.push(
                             send(&producer, &transactions_topic, Some(&key), Some(&begin)).await?,
                         );
@@ -371,7 +371,7 @@ pub async fn run(
                     }
                     Event::Changes(changes) => {
                         let Some(open) = txn.as_mut() else { continue };
-                        for change in &changes {
+                        for change in changes {
                             open.change(
                                 &producer,
                                 &config,
@@ -387,7 +387,7 @@ pub async fn run(
                     Event::Commit(meta) => {
                         let Some(mut open) = txn.take() else {
                             // Skipped: confirm it, Kafka has it.
-                            if eos.as_ref().is_some_and(|t| t.holds(&meta)) {
+                            if eos.as_ref().is_some_and(|t| t.holds(meta)) {
                                 confirm(&mut eos, &ack_tx, Pending::position(meta.end_lsn, true))
                                     .await?;
                             }
@@ -398,8 +398,8 @@ pub async fn run(
                             .into_iter()
                             .map(|(table, n)| (table.to_string(), n))
                             .collect();
-                        let end = envelope::end(&meta, &counts, PgTimestamp::now()).to_string();
-                        let key = envelope::transaction_key(&meta).to_string();
+                        let end = envelope::end(meta, &counts, PgTimestamp::now()).to_string();
+                        let key = envelope::transaction_key(meta).to_string();
                         open.deliveries.push(
                             send(&producer, &transactions_topic, Some(&key), Some(&end)).await?,
                         );
@@ -412,7 +412,7 @@ pub async fn run(
                         }
                         stats.add(&produced);
                         if let Some(t) = eos.as_mut() {
-                            t.finished(&meta, open.deliveries.len());
+                            t.finished(meta, open.deliveries.len());
                         }
                         Pending {
                             lsn: meta.end_lsn,
@@ -420,7 +420,7 @@ pub async fn run(
                             commit: true,
                         }
                     }
-                    Event::Idle { wal_end } if txn.is_none() => Pending::position(wal_end, false),
+                    Event::Idle { wal_end } if txn.is_none() => Pending::position(*wal_end, false),
                     // Heartbeats and other non-transactional messages are not audited.
                     Event::Idle { .. } | Event::Message(_) => continue,
                 };

@@ -355,6 +355,27 @@ async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
     running.await.unwrap().expect("stream stops cleanly");
 }
 
+/// The `teal stream` binary from the twins to green and `brokers`.
+fn teal_binary_with_kafka(twins: &Twins, brokers: &str, exactly_once: bool) -> std::process::Child {
+    twins
+        .teal_stream_command()
+        .args(["--kafka-brokers", brokers])
+        .args(exactly_once.then_some("--kafka-exactly-once"))
+        .args(["--metrics-addr", "off", "--heartbeat-interval", "off"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("teal stream starts")
+}
+
+/// [`read_until_quiet`] off the runtime's threads.
+async fn records_until_quiet(brokers: &str, topic: &str, quiet: Duration) -> Vec<(Value, Value)> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_until_quiet(&brokers, &topic, quiet))
+        .await
+        .unwrap()
+}
+
 /// Every record of `topic` until none arrived for `quiet`: (key, value).
 fn read_until_quiet(brokers: &str, topic: &str, quiet: Duration) -> Vec<(Value, Value)> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -411,17 +432,7 @@ async fn killed_teal_loses_no_change(exactly_once: bool) {
         "CREATE TABLE acct (id int PRIMARY KEY, v int)",
     )
     .await;
-    let start_teal = || {
-        twins
-            .teal_stream_command()
-            .args(["--kafka-brokers", &brokers])
-            .args(exactly_once.then_some("--kafka-exactly-once"))
-            .args(["--metrics-addr", "off", "--heartbeat-interval", "off"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("teal stream starts")
-    };
+    let start_teal = || teal_binary_with_kafka(&twins, &brokers, exactly_once);
     let mut teal = start_teal();
     twins.wait_streaming().await;
 
@@ -470,12 +481,7 @@ async fn killed_teal_loses_no_change(exactly_once: bool) {
         .wait_slot_confirmed("Kafka and green caught up after the restarts")
         .await;
 
-    let b2 = brokers.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        read_until_quiet(&b2, "teal.public.acct", Duration::from_secs(3))
-    })
-    .await
-    .unwrap();
+    let records = records_until_quiet(&brokers, "teal.public.acct", Duration::from_secs(3)).await;
     let mut seen = std::collections::BTreeSet::new();
     let mut counts = std::collections::BTreeMap::new();
     let mut duplicates = 0;
@@ -695,8 +701,9 @@ async fn kafka_only_without_green() {
 
 /// The last position teal's exactly-once progress record holds for
 /// `teal_slot` (commit LSN), read like any consumer would.
-fn kafka_progress(brokers: &str) -> Option<u64> {
-    read_until_quiet(brokers, "teal.teal_progress", Duration::from_secs(1))
+async fn kafka_progress(brokers: &str) -> Option<u64> {
+    records_until_quiet(brokers, "teal.teal_progress", Duration::from_secs(1))
+        .await
         .into_iter()
         .filter(|(k, _)| k["slot"] == "teal_slot")
         .filter_map(|(_, v)| v["commit_lsn"].as_str()?.parse::<teal::lsn::Lsn>().ok())
@@ -714,16 +721,7 @@ async fn exactly_once_survives_a_restart_the_slot_did_not_see() {
         "CREATE TABLE acct (id int PRIMARY KEY, v int)",
     )
     .await;
-    let start_teal = || {
-        twins
-            .teal_stream_command()
-            .args(["--kafka-brokers", &brokers, "--kafka-exactly-once"])
-            .args(["--metrics-addr", "off", "--heartbeat-interval", "off"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("teal stream starts")
-    };
+    let start_teal = || teal_binary_with_kafka(&twins, &brokers, true);
     let mut teal = start_teal();
     twins.wait_streaming().await;
     for i in 1..=10 {
@@ -764,10 +762,7 @@ async fn exactly_once_survives_a_restart_the_slot_did_not_see() {
     let last = last.parse::<teal::lsn::Lsn>().unwrap().0;
     let deadline = Instant::now() + WAIT;
     loop {
-        let b2 = brokers.clone();
-        let progress = tokio::task::spawn_blocking(move || kafka_progress(&b2))
-            .await
-            .unwrap();
+        let progress = kafka_progress(&brokers).await;
         // The commit LSN of row 40's transaction lies within 1 KiB before the insert position.
         if progress.is_some_and(|p| p + 1024 >= last) {
             break;
@@ -799,12 +794,7 @@ async fn exactly_once_survives_a_restart_the_slot_did_not_see() {
         .wait_slot_confirmed("green and Kafka hold 1..50")
         .await;
 
-    let b2 = brokers.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        read_until_quiet(&b2, "teal.public.acct", Duration::from_secs(2))
-    })
-    .await
-    .unwrap();
+    let records = records_until_quiet(&brokers, "teal.public.acct", Duration::from_secs(2)).await;
     let mut ids: Vec<i64> = records
         .iter()
         .map(|(_, v)| v["after"]["id"].as_i64().unwrap())
@@ -815,15 +805,11 @@ async fn exactly_once_survives_a_restart_the_slot_did_not_see() {
         (1..=50).collect::<Vec<i64>>(),
         "every row exactly once, although blue sent 11..40 twice"
     );
-    let b2 = brokers.clone();
-    let ends = tokio::task::spawn_blocking(move || {
-        read_until_quiet(&b2, "teal.transactions", Duration::from_secs(2))
-    })
-    .await
-    .unwrap()
-    .into_iter()
-    .filter(|(_, v)| v["status"] == "END")
-    .count();
+    let ends = records_until_quiet(&brokers, "teal.transactions", Duration::from_secs(2))
+        .await
+        .into_iter()
+        .filter(|(_, v)| v["status"] == "END")
+        .count();
     assert_eq!(ends, 50, "one END record per source transaction");
     // SAFETY: kill(2) of our own child with SIGTERM.
     unsafe {

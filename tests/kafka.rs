@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use teal::http::Monitor;
@@ -59,6 +60,30 @@ fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Vec<(Value, Value
         }
     }
     out
+}
+
+/// A one-broker mock cluster (and its bootstrap address) and twins
+/// publishing `acct (id int PRIMARY KEY, v int)`.
+async fn mock_and_acct() -> (MockCluster<'static, DefaultProducerContext>, String, Twins) {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let twins = Twins::start(
+        &default_bin(),
+        "CREATE TABLE acct (id int PRIMARY KEY, v int)",
+    )
+    .await;
+    (mock, brokers, twins)
+}
+
+/// Inserts `(i, v)` into blue's acct for each `i`, one transaction each.
+async fn insert_each(twins: &Twins, ids: std::ops::RangeInclusive<i32>, v: i32) {
+    for i in ids {
+        twins
+            .b
+            .execute("INSERT INTO acct VALUES ($1, $2)", &[&i, &v])
+            .await
+            .unwrap();
+    }
 }
 
 /// `teal stream` in this process from the twins to `brokers` (and green
@@ -286,13 +311,7 @@ async fn confirmed(twins: &Twins) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
     init_logging();
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let brokers = mock.bootstrap_servers();
-    let twins = Twins::start(
-        &default_bin(),
-        "CREATE TABLE acct (id int PRIMARY KEY, v int)",
-    )
-    .await;
+    let (mock, brokers, twins) = mock_and_acct().await;
     let (shutdown, _monitor, running) = stream_with_kafka(&twins, &brokers, false).await;
     twins
         .b
@@ -305,13 +324,7 @@ async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
     mock.broker_down(1).expect("broker down");
     let before = twins.blue_insert_lsn().await;
     let before = before.parse::<teal::lsn::Lsn>().unwrap().0;
-    for i in 11..=60 {
-        twins
-            .b
-            .execute("INSERT INTO acct VALUES ($1, 1)", &[&i])
-            .await
-            .unwrap();
-    }
+    insert_each(&twins, 11..=60, 1).await;
     // Green keeps up (apply is not held back by a few transactions)...
     crate::support::wait::until_row(
         &twins.g,
@@ -425,13 +438,7 @@ async fn killed_exactly_once_teal_loses_no_change() {
 
 async fn killed_teal_loses_no_change(exactly_once: bool) {
     init_logging();
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let brokers = mock.bootstrap_servers();
-    let twins = Twins::start(
-        &default_bin(),
-        "CREATE TABLE acct (id int PRIMARY KEY, v int)",
-    )
-    .await;
+    let (_mock, brokers, twins) = mock_and_acct().await;
     let start_teal = || teal_binary_with_kafka(&twins, &brokers, exactly_once);
     let mut teal = start_teal();
     twins.wait_streaming().await;
@@ -655,13 +662,7 @@ async fn kafka_only_without_green() {
         "{stderr}"
     );
 
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let brokers = mock.bootstrap_servers();
-    let twins = Twins::start(
-        &default_bin(),
-        "CREATE TABLE acct (id int PRIMARY KEY, v int)",
-    )
-    .await;
+    let (_mock, brokers, twins) = mock_and_acct().await;
     let (shutdown, monitor, running) = stream_with_kafka(&twins, &brokers, true).await;
     twins
         .b
@@ -724,13 +725,7 @@ async fn exactly_once_survives_a_restart_the_slot_did_not_see() {
     let start_teal = || teal_binary_with_kafka(&twins, &brokers, true);
     let mut teal = start_teal();
     twins.wait_streaming().await;
-    for i in 1..=10 {
-        twins
-            .b
-            .execute("INSERT INTO acct VALUES ($1, 0)", &[&i])
-            .await
-            .unwrap();
-    }
+    insert_each(&twins, 1..=10, 0).await;
     twins.assert_converged(&["acct"], WAIT).await;
     twins
         .wait_slot_confirmed("green and Kafka hold 1..10")
@@ -746,20 +741,13 @@ async fn exactly_once_survives_a_restart_the_slot_did_not_see() {
         .await
         .unwrap();
     let before = confirmed(&twins).await;
-    for i in 11..=40 {
-        twins
-            .b
-            .execute("INSERT INTO acct VALUES ($1, 0)", &[&i])
-            .await
-            .unwrap();
-    }
-    let last: String = twins
-        .b
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+    insert_each(&twins, 11..=40, 0).await;
+    let last = twins
+        .blue_insert_lsn()
         .await
+        .parse::<teal::lsn::Lsn>()
         .unwrap()
-        .get(0);
-    let last = last.parse::<teal::lsn::Lsn>().unwrap().0;
+        .0;
     let deadline = Instant::now() + WAIT;
     loop {
         let progress = kafka_progress(&brokers).await;
@@ -781,13 +769,7 @@ async fn exactly_once_survives_a_restart_the_slot_did_not_see() {
     teal.kill().expect("kill -9");
     let _ = teal.wait();
     hold.batch_execute("ROLLBACK").await.unwrap();
-    for i in 41..=50 {
-        twins
-            .b
-            .execute("INSERT INTO acct VALUES ($1, 0)", &[&i])
-            .await
-            .unwrap();
-    }
+    insert_each(&twins, 41..=50, 0).await;
     let mut teal = start_teal();
     twins.assert_converged(&["acct"], WAIT).await;
     twins
@@ -821,13 +803,7 @@ async fn exactly_once_survives_a_restart_the_slot_did_not_see() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_behind_holds_apply_back_while_kafka_is_down() {
     init_logging();
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let brokers = mock.bootstrap_servers();
-    let twins = Twins::start(
-        &default_bin(),
-        "CREATE TABLE acct (id int PRIMARY KEY, v int)",
-    )
-    .await;
+    let (mock, brokers, twins) = mock_and_acct().await;
     let mut config = twins.config();
     let mut kafka = KafkaConfig::new(brokers.clone(), "postgres");
     kafka.max_behind = Some(1);
@@ -843,13 +819,7 @@ async fn max_behind_holds_apply_back_while_kafka_is_down() {
     twins.assert_converged(&["acct"], WAIT).await;
 
     mock.broker_down(1).expect("broker down");
-    for i in 11..=30 {
-        twins
-            .b
-            .execute("INSERT INTO acct VALUES ($1, 1)", &[&i])
-            .await
-            .unwrap();
-    }
+    insert_each(&twins, 11..=30, 1).await;
     // Green waits for Kafka: not one of the new rows lands.
     for _ in 0..20 {
         let n: i64 = twins

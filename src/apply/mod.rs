@@ -30,7 +30,7 @@ pub use conflict::{ConflictKind, ConflictPolicies, ConflictPolicy};
 pub use green::{GreenConnectError, connect_plain};
 pub(crate) use green::{connect as green_session, connect_canonical};
 pub use origin::origin_name;
-pub use target::{DriftError, MapError};
+pub use target::{DriftError, MapError, primary_key_columns};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

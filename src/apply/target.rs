@@ -182,6 +182,24 @@ impl From<DriftError> for MapError {
     }
 }
 
+/// The primary-key column names of table `oid`, in key order (empty
+/// without a primary key). Used on green here, and on blue by the Kafka
+/// sink to key records of tables whose replica identity is not the key.
+pub async fn primary_key_columns(
+    client: &Client,
+    oid: u32,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, MapError> {
     let catalog = |source| MapError::Catalog {
         table: rel.name.clone(),
@@ -231,16 +249,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
             text_cast: r.get(7),
         })
         .collect();
-    let pk_rows = client
-        .query(
-            "SELECT a.attname::text FROM pg_catalog.pg_index i \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
-             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
-            &[&oid],
-        )
-        .await
-        .map_err(catalog)?;
-    let pk: Vec<String> = pk_rows.iter().map(|r| r.get(0)).collect();
+    let pk = primary_key_columns(client, oid).await.map_err(catalog)?;
     let blue_types = blue_type_names(client, rel).await.map_err(catalog)?;
 
     let mut columns = Vec::with_capacity(rel.columns.len());

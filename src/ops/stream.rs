@@ -419,7 +419,7 @@ fn kafka_scope(config: &StreamConfig) -> crate::sink::kafka::Scope {
         slot: config.source.slot.clone(),
         max_records: config.apply.batch_max_changes,
         max_delay: config.apply.batch_max_delay,
-        blue: Some(config.source.conninfo.clone()),
+        blue: config.source.conninfo.clone(),
     }
 }
 

@@ -153,20 +153,15 @@ fn to_text(v: &impl Serialize) -> String {
 struct PrimaryKey<'a> {
     relation: &'a Relation,
     image: &'a RowImage,
-    columns: &'a [String],
+    /// Positions of the key's columns in `relation.columns`.
+    columns: &'a [usize],
 }
 
 impl Serialize for PrimaryKey<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(self.columns.len()))?;
-        for name in self.columns {
-            let found = self
-                .relation
-                .columns
-                .iter()
-                .zip(self.image.values())
-                .find(|(c, _)| &c.name == name);
-            if let Some((column, value)) = found {
+        for &i in self.columns {
+            if let (Some(column), Some(value)) = (self.relation.columns.get(i), self.image.get(i)) {
                 map.serialize_entry(&column.name, &Typed { column, value })?;
             }
         }
@@ -174,15 +169,12 @@ impl Serialize for PrimaryKey<'_> {
     }
 }
 
-/// The record key: the row's primary key. `primary_key` names its columns
-/// when blue's replica identity is not the primary key (FULL, NOTHING or
-/// another unique index: looked up in blue's catalog); otherwise the
-/// replica identity columns are the key, and a table without any has none.
-pub fn key(
-    relation: &Relation,
-    image: &RowImage,
-    primary_key: Option<&[String]>,
-) -> Option<String> {
+/// The record key: the row's primary key. `primary_key` gives its
+/// columns' positions when blue's replica identity is not the primary key
+/// (FULL, NOTHING or another unique index: looked up in blue's catalog);
+/// otherwise the replica identity columns are the key, and a table
+/// without any has none.
+pub fn key(relation: &Relation, image: &RowImage, primary_key: Option<&[usize]>) -> Option<String> {
     use crate::event::ReplicaIdentity;
     if let Some(columns) = primary_key.filter(|c| !c.is_empty()) {
         return Some(to_text(&PrimaryKey {
@@ -241,7 +233,7 @@ pub fn change(
     change: &Change,
     order: Order,
     now: PgTimestamp,
-    primary_key: Option<&[String]>,
+    primary_key: Option<&[usize]>,
 ) -> Option<(Option<String>, String)> {
     let (relation, op, before, after, key_image) = match &change.kind {
         ChangeKind::Insert { relation, new } => (relation, "c", None, Some(new), new),

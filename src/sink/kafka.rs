@@ -287,9 +287,8 @@ pub struct Scope {
     /// Age after which a Kafka transaction commits (at a source commit).
     pub max_delay: Duration,
     /// Blue, for the primary keys of tables whose replica identity is not
-    /// their primary key (`None`: such tables' records are keyed by their
-    /// replica identity, or not at all under FULL).
-    pub blue: Option<ConnInfo>,
+    /// their primary key.
+    pub blue: ConnInfo,
 }
 
 /// Produces `events` to Kafka until the channel closes; confirms through
@@ -338,10 +337,8 @@ pub async fn run<B: AsRef<[Event]>>(
                     Ok(next) => next,
                     Err(_) => {
                         if let Some(t) = eos.as_mut() {
-                            for pending in t.commit(&producer).await? {
-                                if ack_tx.send(pending).await.is_err() {
-                                    return Ok(());
-                                }
+                            if !t.commit_to(&producer, &ack_tx).await? {
+                                return Ok(());
                             }
                         }
                         continue;
@@ -432,21 +429,15 @@ pub async fn run<B: AsRef<[Event]>>(
             // it is full or old.
             if txn.is_none() {
                 if let Some(t) = eos.as_mut().filter(|t| t.due()) {
-                    for pending in t.commit(&producer).await? {
-                        if ack_tx.send(pending).await.is_err() {
-                            return Ok(());
-                        }
+                    if !t.commit_to(&producer, &ack_tx).await? {
+                        return Ok(());
                     }
                 }
             }
         }
         // Closed (shutdown): whole source transactions are committed.
         if let Some(t) = eos.as_mut().filter(|_| txn.is_none()) {
-            for pending in t.commit(&producer).await? {
-                if ack_tx.send(pending).await.is_err() {
-                    break;
-                }
-            }
+            t.commit_to(&producer, &ack_tx).await?;
         }
         Ok::<(), KafkaSinkError>(())
     }
@@ -459,7 +450,7 @@ pub async fn run<B: AsRef<[Event]>>(
     drop(ack_tx);
     let acked = acker.await.unwrap_or(Ok(()));
     // librdkafka's flush blocks: not on the runtime's threads.
-    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+    let _ = blocking(move || producer.flush(Duration::from_secs(10))).await;
     produced?;
     acked
 }
@@ -602,6 +593,21 @@ impl Transactional {
     /// When the open Kafka transaction is due, however little it holds.
     fn deadline(&self) -> Option<Instant> {
         self.open.as_ref().map(|t| t.started + self.max_delay)
+    }
+
+    /// Commits and hands the positions the commit made safe to the acker.
+    /// False once the acker is gone.
+    async fn commit_to(
+        &mut self,
+        producer: &FutureProducer,
+        acker: &mpsc::Sender<Pending>,
+    ) -> Result<bool, KafkaSinkError> {
+        for pending in self.commit(producer).await? {
+            if acker.send(pending).await.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Writes the progress record and commits; returns the positions the
@@ -916,22 +922,19 @@ impl Names {
 
 /// Primary keys of blue's tables whose replica identity is not their
 /// primary key (FULL, NOTHING, another unique index), read from blue's
-/// catalog once per relation and again when blue describes it anew.
+/// catalog once per relation and again when blue describes it anew, as
+/// positions in the relation's published columns.
 struct Catalog {
-    blue: Option<ConnInfo>,
+    blue: ConnInfo,
     client: Option<tokio_postgres::Client>,
     keys: HashMap<u32, (Arc<Relation>, PrimaryKey)>,
 }
 
-/// A table's primary-key column names (`None`: it has none).
-type PrimaryKey = Option<Arc<[String]>>;
+/// Positions of a table's primary-key columns among its published columns
+/// (`None`: it has no primary key).
+type PrimaryKey = Option<Arc<[usize]>>;
 
 impl Catalog {
-    const PRIMARY_KEY: &'static str = "SELECT array_agg(a.attname::text ORDER BY k.n) \
-         FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-         WHERE i.indrelid = $1 AND i.indisprimary";
-
     /// The primary-key columns to key `relation`'s records by, when its
     /// replica identity columns are not them (`None`: use those).
     async fn primary_key(
@@ -947,32 +950,25 @@ impl Catalog {
                 return Ok(key.clone());
             }
         }
-        let Some(blue) = &self.blue else {
-            return Ok(None);
-        };
         let fail = |reason: String| KafkaSinkError::Catalog {
             table: relation.name.to_string(),
             reason,
         };
-        if self
-            .client
-            .as_ref()
-            .is_none_or(tokio_postgres::Client::is_closed)
-        {
-            let client = crate::apply::connect_plain(blue, "teal kafka")
+        let client = match self.client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => crate::apply::connect_plain(&self.blue, "teal kafka")
                 .await
-                .map_err(|e| fail(e.to_string()))?;
-            self.client = Some(client);
-        }
-        let Some(client) = self.client.as_ref() else {
-            return Ok(None);
+                .map_err(|e| fail(e.to_string()))?,
         };
-        let columns: Option<Vec<String>> = client
-            .query_one(Self::PRIMARY_KEY, &[&relation.rel_id])
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .get(0);
-        let key: PrimaryKey = columns.map(Into::into);
+        let names = crate::apply::primary_key_columns(&client, relation.rel_id).await;
+        self.client = Some(client);
+        let names = names.map_err(|e| fail(e.to_string()))?;
+        let key: PrimaryKey = (!names.is_empty()).then(|| {
+            names
+                .iter()
+                .filter_map(|n| relation.columns.iter().position(|c| &c.name == n))
+                .collect()
+        });
         self.keys
             .insert(relation.rel_id, (Arc::clone(relation), key.clone()));
         Ok(key)

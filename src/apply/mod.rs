@@ -154,7 +154,7 @@ pub enum ApplyError {
 }
 
 /// The driver's error without detail (which may quote row values).
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
@@ -244,8 +244,12 @@ pub struct ApplyStats {
     pub skipped_transactions: AtomicU64,
     /// Conflicts resolved by policy.
     pub conflicts: AtomicU64,
-    /// Updates and deletes applied by set-based statements (many rows each).
+    /// Inserts, updates and deletes applied by set-based statements (many
+    /// rows each).
     pub set_based_rows: AtomicU64,
+    /// Updates not sent because a later update of the same row in the same
+    /// green transaction overwrote every column.
+    pub superseded_updates: AtomicU64,
     /// Changes committed per table (`schema.table`).
     pub tables: Mutex<BTreeMap<String, TableCounts>>,
     /// Time the apply stage worked (applying and committing, including
@@ -564,6 +568,10 @@ impl Applier {
         );
         self.stats.set_based_rows.fetch_add(
             std::mem::take(&mut self.writer.set_based_rows),
+            Ordering::Relaxed,
+        );
+        self.stats.superseded_updates.fetch_add(
+            std::mem::take(&mut self.writer.superseded),
             Ordering::Relaxed,
         );
         let counts = self.writer.take_counts();

@@ -139,6 +139,28 @@ pub(crate) fn update_many(table: &str, set: &[(&str, &str)], key: &[usize]) -> S
     s
 }
 
+/// Inserts of many rows in one statement:
+/// `INSERT INTO t (a, b) SELECT __v.c1::int4, __v.c2::text FROM unnest($1::text[], $2::text[]) AS __v(c1, c2)`.
+pub(crate) fn insert_many(table: &str, cols: &[(&str, &str)]) -> String {
+    let mut s = format!("INSERT INTO {table} (");
+    for (i, (col, _)) in cols.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(col);
+    }
+    s.push_str(") SELECT ");
+    for (i, (_, ty)) in cols.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "__v.c{}::{ty}", i + 1);
+    }
+    s.push_str(" FROM ");
+    unnest_columns(&mut s, cols.len());
+    s
+}
+
 /// Deletes of many rows, found by key, in one statement:
 /// `DELETE FROM t AS __t USING unnest($1::text[]) AS __v(c1) WHERE __t.k = __v.c1::int4`.
 pub(crate) fn delete_many(table: &str, key: &[(&str, &str)]) -> String {

@@ -107,6 +107,10 @@ pub(crate) struct Mapping {
     /// `None` when a cast function from text exists instead (`name`,
     /// `"char"`, `regclass`, `xml`...), whose result may differ.
     pub(crate) text_casts: Vec<Option<String>>,
+    /// Green runs triggers or rules on this table (or its partitions) when
+    /// teal applies (enabled ALWAYS or REPLICA): they may read other
+    /// tables, so changes are applied in blue's order, never regrouped.
+    pub(crate) fires_on_apply: bool,
 }
 
 impl Mapping {
@@ -250,6 +254,18 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         })
         .collect();
     let pk = primary_key_columns(client, oid).await.map_err(catalog)?;
+    let fires_on_apply: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \
+                            WHERE (t.tgrelid = $1 OR t.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree($1::pg_catalog.oid::pg_catalog.regclass))) \
+                              AND t.tgenabled IN ('A', 'R')) \
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r \
+                            WHERE r.ev_class = $1 AND r.rulename <> '_RETURN' AND r.ev_enabled IN ('A', 'R'))",
+            &[&oid],
+        )
+        .await
+        .map_err(catalog)?
+        .get(0);
     let blue_types = blue_type_names(client, rel).await.map_err(catalog)?;
 
     let mut columns = Vec::with_capacity(rel.columns.len());
@@ -307,6 +323,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         key,
         green_pk,
         text_casts,
+        fires_on_apply,
     })
 }
 

@@ -12,11 +12,18 @@
 //!                   prepared UPDATEs, one per row, each must touch a row
 //!   delete run  ──▶ likewise: DELETE ... USING unnest(..), or one DELETE per row
 //!   truncate    ──▶ TRUNCATE (run boundary)
+//! closed runs (short runs of interleaved tables, e.g. pgbench's four per
+//! transaction) ──▶ regrouped before they are sent: each table's runs side by side,
+//!   neighbours of one operation joined, updates a later whole-row update of the same
+//!   row overwrites dropped; joined insert runs of >= 16 rows: one INSERT ... SELECT
+//!   FROM unnest(text[], ..)
 //! ```
 //!
 //! Statements are prepared once per (table version, operation, column set)
-//! and cached. Row order is kept: a run is executed before anything after it,
-//! and pipelined statements run in order on one session.
+//! and cached. Each row's order is kept: a table's runs are executed in
+//! order, and pipelined statements run in order on one session. Runs of
+//! different tables may be reordered within a green transaction (see
+//! [`regroup`]), unless green fires triggers or rules on apply.
 //!
 //! The fast path detects conflicts (a unique violation, an update or delete
 //! that found no row) and asks for the batch to be replayed carefully: then
@@ -67,6 +74,7 @@ enum Op {
     InsertSkipConflict,
     Update,
     Delete,
+    InsertMany,
     UpdateMany,
     DeleteMany,
     SelectJson,
@@ -215,6 +223,9 @@ pub(crate) struct Writer {
     pub(crate) conflicts: u64,
     /// Rows changed by set-based statements in the current batch.
     pub(crate) set_based_rows: u64,
+    /// Updates left out in the current batch because a later update of
+    /// the same row overwrote them whole.
+    pub(crate) superseded: u64,
     /// Changes per table in the current batch: insert, update, delete, truncate.
     counts: Vec<(Arc<Relation>, [u64; 4])>,
 }
@@ -273,6 +284,7 @@ impl Writer {
             last_mapping: None,
             conflicts: 0,
             set_based_rows: 0,
+            superseded: 0,
             counts: Vec::new(),
         }
     }
@@ -288,6 +300,7 @@ impl Writer {
         self.last_mapping = None;
         self.conflicts = 0;
         self.set_based_rows = 0;
+        self.superseded = 0;
         self.counts.clear();
     }
 
@@ -566,7 +579,7 @@ impl Writer {
     /// Executes the closed runs as one pipeline, in order, and checks that
     /// each statement changed the rows it had to.
     async fn execute_closed(&mut self, client: &Client) -> Result<(), ApplyError> {
-        let runs = std::mem::take(&mut self.closed);
+        let (runs, superseded) = regroup(std::mem::take(&mut self.closed));
         self.closed_changes = 0;
         if runs.is_empty() {
             return Ok(());
@@ -575,6 +588,7 @@ impl Writer {
         for run in &runs {
             stretches.push(match run.op {
                 Op::Update | Op::Delete => self.plan_stretches(client, run).await?,
+                Op::Insert => self.plan_insert_many(client, run).await?,
                 _ => Vec::new(),
             });
         }
@@ -583,7 +597,7 @@ impl Writer {
         for (i, (run, stretches)) in runs.iter().zip(&stretches).enumerate() {
             match run.op {
                 Op::Insert => {
-                    self.insert_items(client, run, i, &mut items, &mut expect)
+                    self.insert_items(client, run, i, stretches, &mut items, &mut expect)
                         .await?
                 }
                 _ => {
@@ -592,9 +606,10 @@ impl Writer {
                 }
             }
         }
+        // Runs may be regrouped: a failure replays carefully through the
+        // furthest transaction sent.
+        let through = expect.iter().map(|e| e.through).max().unwrap_or(Lsn::ZERO);
         let counts = pipelined(client, &items).await.map_err(|(at, source)| {
-            // Careful replay through the end of what was sent.
-            let through = expect.last().map_or(Lsn::ZERO, |e| e.through);
             if is_unique_violation(&source) {
                 return ApplyError::Replay { through };
             }
@@ -620,9 +635,10 @@ impl Writer {
                 None => *n > 0,
             };
             if !ok {
-                return Err(ApplyError::Replay { through: e.through });
+                return Err(ApplyError::Replay { through });
             }
         }
+        self.superseded += superseded;
         self.set_based_rows += stretches
             .iter()
             .flatten()
@@ -674,15 +690,84 @@ impl Writer {
         .await
     }
 
-    /// A short insert run: one INSERT per row.
+    /// The set-based INSERT of an insert run (regrouped from short runs)
+    /// of at least `SET_MIN_ROWS` rows whose values are all text or NULL,
+    /// every column's type converted from text by its input function.
+    async fn plan_insert_many(
+        &mut self,
+        client: &Client,
+        run: &Run,
+    ) -> Result<Vec<Stretch>, ApplyError> {
+        let mapping = &run.mapping;
+        let n = mapping.columns.len();
+        let fits = run.changes.len() >= SET_MIN_ROWS
+            && n > 0
+            && mapping.text_casts.iter().all(Option::is_some)
+            && run.changes.iter().all(|(c, _)| match &c.kind {
+                ChangeKind::Insert { new, .. } => {
+                    new.len() == n
+                        && new
+                            .values()
+                            .all(|v| matches!(v, Value::Text(_) | Value::Null))
+                }
+                _ => false,
+            });
+        if !fits {
+            return Ok(Vec::new());
+        }
+        let statement = self
+            .statement(client, mapping, Op::InsertMany, Vec::new(), || {
+                let typed: Vec<(&str, &str)> = mapping
+                    .columns
+                    .iter()
+                    .zip(&mapping.text_casts)
+                    .map(|(c, t)| (c.as_str(), t.as_deref().unwrap_or("pg_catalog.text")))
+                    .collect();
+                sql::insert_many(&mapping.table, &typed)
+            })
+            .await?;
+        let arrays = (0..n)
+            .map(|c| {
+                text_array(run.changes.iter().map(|(change, _)| match &change.kind {
+                    ChangeKind::Insert { new, .. } => match new.get(c) {
+                        Some(Value::Text(t)) => Some(t),
+                        _ => None,
+                    },
+                    _ => None,
+                }))
+            })
+            .collect();
+        Ok(vec![Stretch {
+            start: 0,
+            end: run.changes.len(),
+            statement,
+            arrays,
+        }])
+    }
+
+    /// An insert run that is not streamed by COPY: one set-based INSERT
+    /// (`stretches`), or one INSERT per row.
     async fn insert_items<'r>(
         &mut self,
         client: &Client,
         run: &'r Run,
         run_index: usize,
+        stretches: &'r [Stretch],
         items: &mut Vec<(Statement, Vec<Param<'r>>)>,
         expect: &mut Vec<Expect>,
     ) -> Result<(), ApplyError> {
+        if let Some(s) = stretches.first() {
+            items.push((
+                s.statement.clone(),
+                s.arrays.iter().map(|a| Param::Binary(a)).collect(),
+            ));
+            expect.push(Expect {
+                rows: Some((s.end - s.start) as u64),
+                through: run.changes[s.end - 1].1.commit_lsn,
+                run: run_index,
+            });
+            return Ok(());
+        }
         let statement = self.insert_statement(client, &run.mapping, false).await?;
         for (change, txn) in &run.changes {
             if let ChangeKind::Insert { new, .. } = &change.kind {
@@ -1095,6 +1180,112 @@ impl Writer {
 
 /// The image whose values a set-based statement carries: an update's new
 /// row, a delete's old row.
+/// Puts each table's runs next to each other (tables in the order they
+/// first appear, each table's runs in their order), joins neighbouring runs
+/// of one table version and operation, and drops updates that a later
+/// update of the same row in the same run overwrites whole. Inside one
+/// green transaction, changes to different tables commute: teal's session
+/// runs with `session_replication_role = replica`, so foreign-key triggers
+/// do not fire, and unique and exclusion constraints are per table. Not
+/// when green fires triggers or rules on apply (they may read other
+/// tables): then the runs stay as they are.
+///
+/// Returns the runs and how many updates were dropped.
+fn regroup(runs: Vec<Run>) -> (Vec<Run>, u64) {
+    if runs.len() < 2 || runs.iter().any(|r| r.mapping.fires_on_apply) {
+        return (runs, 0);
+    }
+    let mut tables: HashMap<&str, usize> = HashMap::new();
+    let mut group_of = Vec::with_capacity(runs.len());
+    for run in &runs {
+        let next = tables.len();
+        group_of.push(*tables.entry(run.mapping.table.as_str()).or_insert(next));
+    }
+    if tables.len() == runs.len() {
+        // Every run a different table: nothing to join.
+        return (runs, 0);
+    }
+    let mut groups: Vec<Vec<Run>> = (0..tables.len()).map(|_| Vec::new()).collect();
+    for (run, g) in runs.into_iter().zip(group_of) {
+        let group = &mut groups[g];
+        match group.last_mut() {
+            Some(last) if last.op == run.op && Arc::ptr_eq(&last.mapping, &run.mapping) => {
+                last.bytes += run.bytes;
+                last.changes.extend(run.changes);
+            }
+            _ => group.push(run),
+        }
+    }
+    let mut out: Vec<Run> = groups.into_iter().flatten().collect();
+    let dropped = out.iter_mut().map(drop_superseded).sum();
+    (out, dropped)
+}
+
+/// The key values of an update that keeps its key, found by key columns
+/// `key`, as bytes to compare (each value tagged and length-prefixed).
+fn unchanged_key(key: &[usize], change: &Change) -> Option<Vec<u8>> {
+    let ChangeKind::Update { old, new, .. } = &change.kind else {
+        return None;
+    };
+    let mut out = Vec::new();
+    for &k in key {
+        let (tag, bytes) = match new.get(k)? {
+            Value::Text(t) => (0u8, t),
+            Value::Binary(b) => (1u8, b),
+            Value::Null | Value::UnchangedToast => return None,
+        };
+        if let Some(o) = old {
+            match o.image().get(k)? {
+                Value::Text(t) | Value::Binary(t) if t == bytes => {}
+                _ => return None,
+            }
+        }
+        out.push(tag);
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    Some(out)
+}
+
+/// In an update run of a table found by key columns, drops each update that
+/// a later update of the same row overwrites: one that sends every column
+/// (no unchanged TOAST value) and, like all the run's updates, keeps the
+/// key. The later update finds the row exactly when the earlier would
+/// have, so conflicts are still seen (and replayed in blue's order).
+fn drop_superseded(run: &mut Run) -> u64 {
+    let Key::Columns(key) = &run.mapping.key else {
+        return 0;
+    };
+    if run.op != Op::Update || run.changes.len() < 2 {
+        return 0;
+    }
+    let Some(keys) = run
+        .changes
+        .iter()
+        .map(|(c, _)| unchanged_key(key, c))
+        .collect::<Option<Vec<Vec<u8>>>>()
+    else {
+        return 0;
+    };
+    let mut overwritten: FxHashSet<&[u8]> = FxHashSet::default();
+    let mut keep = vec![true; keys.len()];
+    for i in (0..keys.len()).rev() {
+        if overwritten.contains(keys[i].as_slice()) {
+            keep[i] = false;
+        } else if let ChangeKind::Update { new, .. } = &run.changes[i].0.kind
+            && !new.values().any(|v| matches!(v, Value::UnchangedToast))
+        {
+            overwritten.insert(keys[i].as_slice());
+        }
+    }
+    let dropped = keep.iter().filter(|k| !**k).count();
+    if dropped > 0 {
+        let mut flags = keep.into_iter();
+        run.changes.retain(|_| flags.next().unwrap_or(true));
+    }
+    dropped as u64
+}
+
 fn set_image(change: &Change) -> Option<&RowImage> {
     match &change.kind {
         ChangeKind::Update { new, .. } => Some(new),

@@ -279,8 +279,13 @@ impl Monitor {
             ),
             (
                 "teal_set_based_rows_total",
-                "Updates and deletes applied by set-based statements.",
+                "Inserts, updates and deletes applied by set-based statements.",
                 load(&a.set_based_rows),
+            ),
+            (
+                "teal_superseded_updates_total",
+                "Updates not sent: a later update of the same row in the same green transaction overwrote every column.",
+                load(&a.superseded_updates),
             ),
             (
                 "teal_retries_total",

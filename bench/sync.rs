@@ -16,7 +16,7 @@
 //! workers (`--workers`, default 4), pg_dump | pg_restore is one stream
 //! (a pipe cannot run in parallel; `-j` needs a directory dump on disk).
 //!
-//! Run: `cargo bench --bench sync -- [--runs 3] [--gib 1.0] [--workers 4] [--methods teal,dump,native]`
+//! Run: `cargo bench --bench sync -- [--runs 3] [--gib 1.0] [--workers 4] [--methods teal,dump,native] [--teal-arg ARG]...`
 
 #[path = "../tests/support/cluster.rs"]
 #[allow(dead_code)]
@@ -57,6 +57,8 @@ struct Args {
     gib: f64,
     workers: usize,
     methods: Vec<Method>,
+    /// Extra arguments for `teal sync`.
+    teal_args: Vec<String>,
 }
 
 fn parse_args() -> Args {
@@ -65,6 +67,7 @@ fn parse_args() -> Args {
         gib: 1.0,
         workers: 4,
         methods: vec![Method::Teal, Method::Dump, Method::Native],
+        teal_args: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -84,6 +87,7 @@ fn parse_args() -> Args {
                     })
                     .collect()
             }
+            "--teal-arg" => args.teal_args.push(value()),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -217,7 +221,8 @@ fn children_cpu() -> f64 {
 
 /// Copies blue's tables into a fresh green with `method`; returns seconds
 /// and the CPU seconds of the client processes (teal; pg_dump + pg_restore).
-async fn copy(bin: &PgBin, blue: &Cluster, method: Method, workers: usize) -> (f64, f64) {
+async fn copy(bin: &PgBin, blue: &Cluster, method: Method, args: &Args) -> (f64, f64) {
+    let workers = args.workers;
     let green = Cluster::start_with(bin, settings(workers));
     let g = green.client().await;
     g.batch_execute(SCHEMA).await.unwrap();
@@ -246,6 +251,7 @@ async fn copy(bin: &PgBin, blue: &Cluster, method: Method, workers: usize) -> (f
                 .args(["--source", &blue_url, "--target", &green_url])
                 .args(["--copy-workers", &workers.to_string()])
                 .args(["--metrics-addr", "off", "--heartbeat-interval", "off"])
+                .args(&args.teal_args)
                 .env("TEAL_LOG", "warn,teal::ops::sync::display=info")
                 .stdout(Stdio::null())
                 .status()
@@ -348,7 +354,7 @@ async fn main() {
     let mut results: BTreeMap<Method, Vec<f64>> = BTreeMap::new();
     for run in 1..=args.runs {
         for &m in &args.methods {
-            let (s, cpu) = copy(&bin, &blue, m, args.workers).await;
+            let (s, cpu) = copy(&bin, &blue, m, &args).await;
             eprintln!(
                 "run {run} {m:?}: {s:.1} s, {:.1} MB/s, {:.0} rows/s, client processes {cpu:.1} CPU s",
                 bytes as f64 / s / 1e6,

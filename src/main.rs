@@ -302,6 +302,13 @@ struct SyncArgs {
     #[arg(long, env = "TEAL_COPY_ONLY")]
     copy_only: bool,
 
+    /// Keep green's indexes in place during the copy (each copied row is
+    /// inserted into them). By default, indexes that nothing depends on are
+    /// dropped before a table is copied and built once it is full (their
+    /// definitions are kept in teal's schema until then).
+    #[arg(long, env = "TEAL_KEEP_INDEXES")]
+    keep_indexes: bool,
+
     /// If teal sync dies mid-copy, its snapshot stays held this long (e.g.
     /// 10m) so that the next teal sync resumes it; a held snapshot keeps
     /// blue's VACUUM from removing old rows.
@@ -549,6 +556,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.exclude_tables = args.exclude_tables;
             config.on_existing_data = args.on_existing_data;
             config.copy_only = args.copy_only;
+            config.keep_indexes = args.keep_indexes;
             let monitor = Arc::new(Monitor::new(config.stream.apply.slot.clone()));
             let (copied, stats) = sync::run(config, shutdown, monitor).await?;
             tracing::info!(

@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "initial sync state",
         include_str!("../sql/0003_sync.sql"),
     ),
+    (
+        4,
+        "indexes built after the copy",
+        include_str!("../sql/0004_sync_indexes.sql"),
+    ),
 ];
 
 /// Lock key for migrations (any constant; shared by all teal processes).
@@ -528,6 +533,27 @@ impl Store {
             .await
             .map_err(sql("marking the sync finished"))?;
         self.record_idle(client, slot, consistent_point).await
+    }
+
+    /// The table of indexes dropped for the copy (quoted), for statements
+    /// written elsewhere and for messages.
+    pub fn sync_indexes_table(&self) -> String {
+        format!("{}.sync_indexes", self.quoted())
+    }
+
+    /// Green tables with indexes dropped for a copy and not built yet.
+    pub async fn sync_index_tables(&self, client: &Client) -> Result<Vec<String>, StoreError> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT DISTINCT table_name FROM {} ORDER BY 1",
+                    self.sync_indexes_table()
+                ),
+                &[],
+            )
+            .await
+            .map_err(sql("reading the indexes teal sync has still to build"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Schema name, for messages.

@@ -139,6 +139,9 @@ fn sync_config(twins: &Twins, workers: usize, chunk_rows: u64) -> SyncConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_copies_five_kinds_of_table_under_load_then_streams() {
     let (twins, stop, done, writing) = loaded(2_000_000).await;
+    twins.g.batch_execute(GREEN_INDEXES).await.unwrap();
+    let indexes_before = index_catalog(&twins.g).await;
+    let oids_before: Vec<(String, i64)> = pairs(&twins.g, INDEX_OIDS).await;
 
     let shutdown = CancellationToken::new();
     let monitor = Arc::new(Monitor::new("teal_slot"));
@@ -167,6 +170,36 @@ async fn sync_copies_five_kinds_of_table_under_load_then_streams() {
     );
     let partitions = chunks.iter().filter(|c| c.0.contains("events_")).count();
     assert_eq!(partitions, 3, "each partition copied: {chunks:?}");
+    // Green's indexes are all back, exactly as they were (definitions,
+    // constraints, replica identity, CLUSTER ON, comments); those built
+    // after the copy are new relations, those something depends on (a
+    // foreign key, partitioned tables) are the same ones.
+    assert_eq!(index_catalog(&twins.g).await, indexes_before);
+    let oids_after: Vec<(String, i64)> = pairs(&twins.g, INDEX_OIDS).await;
+    let rebuilt: Vec<&str> = oids_before
+        .iter()
+        .filter(|b| !oids_after.contains(b))
+        .map(|b| b.0.as_str())
+        .collect();
+    assert_eq!(
+        rebuilt,
+        [
+            "big_lower_note",
+            "big_note_v",
+            "big_pkey",
+            "docs_id_v",
+            "docs_id_version",
+            "docs_pkey"
+        ],
+        "{oids_before:?} {oids_after:?}"
+    );
+    let pending: i64 = twins
+        .g
+        .query_one("SELECT count(*) FROM teal.sync_indexes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 0, "no index left to build");
     // Keep writing while streaming, then stop and compare.
     let before = done.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -369,6 +402,88 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
             && err.to_string().contains("pg_drop_replication_slot"),
         "{err}"
     );
+
+    // An index green has and blue's rows violate fails when it is built
+    // after the copy: named, and its definition stays recorded. Once the
+    // user gives it up, the next run copies again and finishes.
+    twins
+        .g
+        .batch_execute("CREATE UNIQUE INDEX big_v ON big (v)")
+        .await
+        .unwrap_err();
+    twins
+        .g
+        .batch_execute("TRUNCATE big; CREATE UNIQUE INDEX big_v ON big (v)")
+        .await
+        .unwrap();
+    let mut config = sync_config(&twins, 2, 5000);
+    config.stream.source.slot = "uniq_slot".into();
+    config.stream.apply.slot = "uniq_slot".into();
+    config.on_existing_data = OnExistingData::Truncate;
+    let err = copy_once(&config).await.expect_err("big_v cannot be built");
+    let text = err.to_string();
+    assert!(
+        matches!(err, SyncError::IndexBuild { .. })
+            && text.contains("public.big_v")
+            && text.contains("\"public\".\"big\"")
+            && text.contains("\"teal\".sync_indexes")
+            && text.contains("could not create unique index"),
+        "{text}"
+    );
+    let recorded: Vec<(String, String)> = pairs(
+        &twins.g,
+        "SELECT index_name, statements FROM teal.sync_indexes WHERE table_name = '\"public\".\"big\"'",
+    )
+    .await;
+    assert_eq!(
+        recorded,
+        [(
+            "public.big_v".to_owned(),
+            "CREATE UNIQUE INDEX big_v ON public.big USING btree (v)".to_owned()
+        )],
+        "big_pkey was built, big_v is still recorded"
+    );
+    twins
+        .g
+        .batch_execute("DELETE FROM teal.sync_indexes WHERE index_name = 'public.big_v'")
+        .await
+        .unwrap();
+    // The failed run's snapshot (held in-process) is gone once its
+    // walsender has exited.
+    until_row(
+        &twins.b,
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'uniq_slot' AND NOT active",
+        &[],
+        WAIT,
+        "the failed run's slot stayed active",
+    )
+    .await;
+    let summary = copy_once(&config)
+        .await
+        .expect("copy after giving up big_v");
+    assert_eq!(summary.rows, 20_000 + 300 + 2000 + 30_000 + 5000);
+    let (bc, bs) = crate::support::twins::checksum(&twins.b, "big").await;
+    let (gc, gs) = crate::support::twins::checksum(&twins.g, "big").await;
+    assert_eq!((bc, bs), (gc, gs), "big equal after the second copy");
+    let big_indexes: Vec<(String, i64)> = pairs(
+        &twins.g,
+        "SELECT indexname::text, 0::int8 FROM pg_indexes WHERE tablename = 'big'",
+    )
+    .await;
+    assert_eq!(big_indexes, [("big_pkey".to_owned(), 0)]);
+    let (pending, keys): (i64, i64) = {
+        let r = twins
+            .g
+            .query_one(
+                "SELECT (SELECT count(*) FROM teal.sync_indexes), \
+                        (SELECT count(*) FROM pg_indexes WHERE indexname IN ('Items_pkey', 'docs_pkey', 'big_pkey'))",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((pending, keys), (0, 3), "every other index built again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,6 +546,20 @@ async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
         (r.get(0), r.get(1))
     };
     assert_eq!(recorded, present, "no half-copied chunk on green");
+    // big's primary key waits for the rest of big, recorded on green.
+    let (recorded, on_big): (i64, i64) = {
+        let r = twins
+            .g
+            .query_one(
+                "SELECT (SELECT count(*) FROM teal.sync_indexes WHERE index_name = 'public.big_pkey'), \
+                        (SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'big')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((recorded, on_big), (1, 0), "big_pkey dropped and recorded");
 
     // The snapshot outlived the killed process: its holder still runs.
     let holder: i32 = twins
@@ -474,6 +603,20 @@ async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
         .unwrap()
         .get(0);
     assert_eq!(slots, 1, "the same slot, not a new one");
+    let big_key: Vec<(String, String)> = pairs(
+        &twins.g,
+        "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'big' \
+         UNION ALL SELECT index_name, statements FROM teal.sync_indexes",
+    )
+    .await;
+    assert_eq!(
+        big_key,
+        [(
+            "big_pkey".to_owned(),
+            "CREATE UNIQUE INDEX big_pkey ON public.big USING btree (id)".to_owned()
+        )],
+        "the second run built the primary key and cleared its record"
+    );
     let gone = async {
         while alive(holder) {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -495,6 +638,36 @@ async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
     let status = second.wait().unwrap();
     assert!(status.success(), "teal sync stopped cleanly: {status}");
 }
+
+/// Indexes green has beyond blue's: each kind `teal sync` drops before the
+/// copy and builds after it, and one it must keep (a foreign key
+/// references `Items`' primary key).
+const GREEN_INDEXES: &str = "
+CREATE UNIQUE INDEX big_note_v ON big (note, v) WHERE v >= 0;
+CREATE INDEX big_lower_note ON big (lower(note)) WITH (fillfactor = 70);
+COMMENT ON INDEX big_lower_note IS 'search by note';
+ALTER TABLE big CLUSTER ON big_lower_note;
+ALTER TABLE docs ADD CONSTRAINT docs_id_version UNIQUE (id, version) DEFERRABLE INITIALLY DEFERRED;
+CREATE UNIQUE INDEX docs_id_v ON docs (id, version);
+ALTER TABLE docs REPLICA IDENTITY USING INDEX docs_id_v;
+COMMENT ON CONSTRAINT docs_pkey ON docs IS 'the key';
+CREATE TABLE \"Shop\".refs (item int REFERENCES \"Shop\".\"Items\" (id));
+";
+
+/// Every index of green's user schemas with what defines it, one line each.
+async fn index_catalog(green: &tokio_postgres::Client) -> String {
+    green
+        .query_one(
+            "SELECT string_agg(concat_ws(' | ', c.relname, pg_get_indexdef(i.indexrelid), i.indisreplident, i.indisclustered,                     obj_description(i.indexrelid, 'pg_class'),                     (SELECT string_agg(concat_ws(':', k.conname, pg_get_constraintdef(k.oid), obj_description(k.oid, 'pg_constraint')), ',')                        FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)),                     E'\n' ORDER BY c.relname)              FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace              WHERE n.nspname IN ('public', 'Shop')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Green's user indexes of plain tables and their relation ids.
+const INDEX_OIDS: &str = "SELECT c.relname::text, c.oid::int8 FROM pg_index i      JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace      WHERE n.nspname IN ('public', 'Shop') ORDER BY 1";
 
 /// Whether process `pid` runs (a zombie does not count).
 fn alive(pid: i32) -> bool {

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, TryStreamExt};
@@ -17,8 +17,8 @@ use crate::config::ConnInfo;
 use crate::progress::{CopyProgress, lock};
 use crate::store::{Store, SyncChunk};
 
-use super::SyncError;
 use super::plan::TablePlan;
+use super::{SyncError, indexes};
 
 /// Bytes gathered into one CopyData message for green.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -39,33 +39,65 @@ pub struct Work {
     pub plans: Arc<Vec<TablePlan>>,
     /// Each table's chunks.
     pub chunks: Vec<Vec<SyncChunk>>,
+    /// Green tables with indexes to build once their chunks are copied.
+    pub indexes: Vec<String>,
     /// Counters.
     pub progress: Arc<CopyProgress>,
 }
 
-/// Runs `workers` workers over every chunk. `Ok(true)` when all are on
-/// green, `Ok(false)` when `shutdown` stopped them first (open chunks are
-/// rolled back).
+/// What a worker does next.
+enum Job {
+    /// Copy a chunk of table `.0`.
+    Chunk(usize, SyncChunk),
+    /// Build the recorded indexes of a table (quoted name) whose chunks
+    /// were all copied before this run.
+    Indexes(String),
+}
+
+type Queue = std::sync::Mutex<VecDeque<Job>>;
+
+/// Runs `workers` workers over every chunk (and builds each table's
+/// recorded indexes after its last chunk). `Ok(true)` when all are on
+/// green, `Ok(false)` when `shutdown` stopped them first (open chunks and
+/// index builds are rolled back).
 pub async fn run_workers(
     work: Work,
     workers: usize,
     shutdown: &CancellationToken,
 ) -> Result<bool, SyncError> {
-    let queue: VecDeque<(usize, SyncChunk)> = work
+    // Tables copied before this run whose indexes are not built yet go first.
+    let mut queue: VecDeque<Job> = work
+        .indexes
+        .iter()
+        .filter(|t| {
+            !work
+                .plans
+                .iter()
+                .zip(&work.chunks)
+                .any(|(p, chunks)| p.quoted() == **t && !chunks.is_empty())
+        })
+        .map(|t| Job::Indexes(t.clone()))
+        .collect();
+    queue.extend(
+        work.chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(t, chunks)| chunks.iter().cloned().map(move |c| Job::Chunk(t, c))),
+    );
+    let remaining: Vec<AtomicUsize> = work
         .chunks
         .iter()
-        .enumerate()
-        .flat_map(|(t, chunks)| chunks.iter().cloned().map(move |c| (t, c)))
+        .map(|c| AtomicUsize::new(c.len()))
         .collect();
     let workers = workers.min(queue.len()).max(1);
     let queue = Arc::new(std::sync::Mutex::new(queue));
-    let work = Arc::new(work);
+    let work = Arc::new((work, remaining));
     let stop = shutdown.child_token();
     let mut tasks = tokio::task::JoinSet::new();
     for id in 0..workers {
         let (work, queue, stop) = (Arc::clone(&work), Arc::clone(&queue), stop.clone());
         tasks.spawn(
-            async move { worker(id, &work, &queue, &stop).await }
+            async move { worker(id, &work.0, &work.1, &queue, &stop).await }
                 .instrument(tracing::info_span!("copy_worker", id)),
         );
     }
@@ -103,7 +135,8 @@ pub(super) async fn import_snapshot(
 async fn worker(
     id: usize,
     work: &Work,
-    queue: &std::sync::Mutex<VecDeque<(usize, SyncChunk)>>,
+    remaining: &[AtomicUsize],
+    queue: &Queue,
     stop: &CancellationToken,
 ) -> Result<(), SyncError> {
     // Text copies read back unchanged: blue prints the canonical formats
@@ -120,24 +153,56 @@ async fn worker(
     tracing::debug!(id, "copy worker ready");
     loop {
         let next = lock(queue).pop_front();
-        let Some((t, chunk)) = next else {
-            break;
+        let (t, chunk) = match next {
+            None => break,
+            Some(Job::Chunk(t, chunk)) => (t, chunk),
+            Some(Job::Indexes(table)) => {
+                if !build_indexes(&mut green, work, table, queue, stop).await? {
+                    return Ok(());
+                }
+                continue;
+            }
         };
         let plan = &work.plans[t];
         let copied = tokio::select! {
             r = copy_chunk(&blue, &mut green, &done, work, t, plan, &chunk) => r?,
             () = stop.cancelled() => {
                 // Dropping the chunk's transaction rolls it back.
-                lock(queue).push_front((t, chunk));
+                lock(queue).push_front(Job::Chunk(t, chunk));
                 return Ok(());
             }
         };
         tracing::debug!(table = %plan.display(), chunk = chunk.chunk, rows = copied, "chunk copied");
+        if remaining[t].fetch_sub(1, Ordering::AcqRel) == 1
+            && work.indexes.contains(&plan.quoted())
+            && !build_indexes(&mut green, work, plan.quoted(), queue, stop).await?
+        {
+            return Ok(());
+        }
     }
     blue.batch_execute("COMMIT")
         .await
         .map_err(SyncError::blue("ending the snapshot transaction"))?;
     Ok(())
+}
+
+/// Builds `table`'s recorded indexes: `Ok(false)` when `stop` interrupted
+/// (the open build rolls back and goes back on the queue, so the copy is
+/// not finished).
+async fn build_indexes(
+    green: &mut Client,
+    work: &Work,
+    table: String,
+    queue: &Queue,
+    stop: &CancellationToken,
+) -> Result<bool, SyncError> {
+    tokio::select! {
+        r = indexes::build(green, &work.store, &table) => r.map(|_| true),
+        () = stop.cancelled() => {
+            lock(queue).push_front(Job::Indexes(table));
+            Ok(false)
+        }
+    }
 }
 
 /// Pipes one chunk blue -> green and records it, in one green transaction.

@@ -25,6 +25,7 @@
 mod copy;
 mod display;
 mod holder;
+mod indexes;
 mod plan;
 
 use std::sync::Arc;
@@ -101,6 +102,23 @@ pub enum SyncError {
     /// Streaming after the copy.
     #[error(transparent)]
     Stream(#[from] StreamError),
+    /// Building an index again after its table was copied failed.
+    #[error(
+        "building index {index} of {table} after the copy failed on green: {reason}. Its definition stays in {records}: fix what the error names on green and run teal sync again, which builds it (or, to give the index up, delete its row there)"
+    )]
+    IndexBuild {
+        /// Green's table.
+        table: String,
+        /// The index (quoted schema.name).
+        index: String,
+        /// Where its definition is recorded.
+        records: String,
+        /// The server's message (without its detail, which may quote rows).
+        reason: String,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
 }
 
 impl SyncError {
@@ -144,6 +162,9 @@ pub struct SyncConfig {
     pub on_existing_data: OnExistingData,
     /// Copy only; do not stream afterwards.
     pub copy_only: bool,
+    /// Keep green's indexes during the copy (maintained row by row) instead
+    /// of building them after each table is copied.
+    pub keep_indexes: bool,
     /// Hold the snapshot in a separate process, so that a killed copy can
     /// resume (`None`: in this process; a killed copy starts over).
     pub holder: Option<HolderCommand>,
@@ -165,6 +186,7 @@ impl SyncConfig {
             exclude_tables: Vec::new(),
             on_existing_data: OnExistingData::Error,
             copy_only: false,
+            keep_indexes: false,
             holder: None,
         }
     }
@@ -423,6 +445,17 @@ pub async fn copy(
                     &per_table.iter().flatten().cloned().collect::<Vec<_>>(),
                 )
                 .await?;
+            if !config.keep_indexes {
+                let tables: Vec<String> = plans.iter().map(TablePlan::quoted).collect();
+                let dropped = indexes::defer(&tx, store, slot, &tables).await?;
+                if dropped > 0 {
+                    tracing::info!(
+                        indexes = dropped,
+                        records = %store.sync_indexes_table(),
+                        "green's indexes on the copied tables are built after each table is copied (--keep-indexes keeps them in place); their definitions are kept on green until then"
+                    );
+                }
+            }
             tx.commit()
                 .await
                 .map_err(SyncError::green("recording the sync plan"))?;
@@ -465,6 +498,7 @@ pub async fn copy(
             snapshot: held.snapshot.clone(),
             plans: Arc::clone(&plans),
             chunks: per_table,
+            indexes: store.sync_index_tables(&green).await?,
             progress: Arc::clone(&progress),
         },
         config.copy_workers.max(1),
@@ -570,6 +604,19 @@ async fn finish(
     plans: &[TablePlan],
 ) -> Result<(), SyncError> {
     copy_sequences(blue, green, plans).await?;
+    let unbuilt: Vec<String> = store
+        .sync_index_tables(green)
+        .await?
+        .into_iter()
+        .filter(|t| plans.iter().any(|p| p.quoted() == *t))
+        .collect();
+    if !unbuilt.is_empty() {
+        return Err(SyncError::Setup(format!(
+            "the copy is done but indexes of {} recorded in {} are not built yet (a bug: please report it with the log); run teal sync again to build them",
+            unbuilt.join(", "),
+            store.sync_indexes_table()
+        )));
+    }
     green
         .batch_execute("BEGIN")
         .await

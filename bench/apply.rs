@@ -16,6 +16,9 @@
 //! /proc/<pid>/stat), teal's peak resident memory, and for W2 the replay lag
 //! p50/p99 (blue's pg_stat_replication) and the drain time after pgbench stops.
 //!
+//! W2 live also prints each lag sample above 200 ms with its time since the
+//! workload started (stderr), to tell a cold start from steady-state stalls.
+//!
 //! Run: `cargo bench --bench apply -- [--runs 3] [--scale 1.0] [--workloads w1,w2,w3,w4] [--modes backlog,live] [--teal-arg --binary]...`
 //! A JSON report is written to target/bench-apply.json.
 
@@ -633,6 +636,7 @@ async fn live(bin: &PgBin, w: Workload, scale: f64, system: System) -> Sample {
             Subscriber::Teal { child, .. } => Some(child.id()),
             Subscriber::Native { .. } => None,
         };
+        let t0 = Instant::now();
         tokio::spawn(async move {
             while !stop.is_cancelled() {
                 if let Some(pid) = pid {
@@ -650,7 +654,15 @@ async fn live(bin: &PgBin, w: Workload, scale: f64, system: System) -> Sample {
                         .ok()
                         .flatten();
                     if let Some(r) = row {
-                        lags.lock().unwrap().push(r.get(0));
+                        let lag: f64 = r.get(0);
+                        if lag > 200.0 {
+                            eprintln!(
+                                "  {} replay lag {lag:.0} ms at {:.2} s",
+                                if pid.is_some() { "teal" } else { "native" },
+                                t0.elapsed().as_secs_f64()
+                            );
+                        }
+                        lags.lock().unwrap().push(lag);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;

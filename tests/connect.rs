@@ -322,3 +322,42 @@ async fn require_fails_against_a_server_without_tls() {
     assert!(!ok.is_tls());
     ok.close().await;
 }
+
+/// Apply sessions run the way PostgreSQL's apply worker does: replica role,
+/// generic plans found by index, no JIT (a plan that must scan sequentially
+/// costs more than jit_above_cost with seqscans off, and compiling it cost
+/// the first changes of a stream over a second), canonical formats.
+#[tokio::test]
+async fn apply_sessions_are_set_up_like_the_apply_worker() {
+    let cluster = Cluster::start(&crate::support::cluster::default_bin());
+    let green = teal::apply::green_session(&conninfo(&cluster.url()), "teal-test")
+        .await
+        .expect("apply session");
+    let mut settings = Vec::new();
+    for name in [
+        "session_replication_role",
+        "plan_cache_mode",
+        "enable_seqscan",
+        "jit",
+        "DateStyle",
+        "TimeZone",
+    ] {
+        let v: String = green
+            .query_one(&format!("SHOW {name}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        settings.push(v);
+    }
+    assert_eq!(
+        settings,
+        [
+            "replica",
+            "force_generic_plan",
+            "off",
+            "off",
+            "ISO, YMD",
+            "UTC"
+        ]
+    );
+}

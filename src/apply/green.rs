@@ -12,6 +12,11 @@
 //!   with each update (pgbench_branches: 10 rows, 400 pages, every update
 //!   reading them all). PostgreSQL's apply worker likewise always uses the
 //!   replica identity index; a table without one is still scanned.
+//! - `jit = off`: with sequential scans disabled, a plan that still needs
+//!   one (a catalog query, a table without a key) costs more than
+//!   `jit_above_cost`, and compiling it took longer than running it: the
+//!   first changes of a stream waited 1.3 s for teal to read green's catalog
+//!   (W2 live: the replay lag's p99). The apply worker does not use JIT.
 
 use std::time::Duration;
 
@@ -23,7 +28,7 @@ use crate::tls::{MakeRustls, TlsConfigError};
 
 /// Settings every apply session starts with, besides the canonical formats.
 const APPLY_OPTIONS: &str = "-c session_replication_role=replica \
-     -c plan_cache_mode=force_generic_plan -c enable_seqscan=off";
+     -c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c jit=off";
 
 /// Green could not be reached or refused the session.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +73,7 @@ impl GreenConnectError {
 }
 
 /// Opens an apply session on green.
-pub(crate) async fn connect(
+pub async fn connect(
     conninfo: &ConnInfo,
     application_name: &str,
 ) -> Result<Client, GreenConnectError> {

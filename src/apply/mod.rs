@@ -27,8 +27,9 @@ mod target;
 mod writer;
 
 pub use conflict::{ConflictKind, ConflictPolicies, ConflictPolicy};
+pub use green::connect as green_session;
+pub(crate) use green::connect_canonical;
 pub use green::{GreenConnectError, connect_plain};
-pub(crate) use green::{connect as green_session, connect_canonical};
 pub use origin::origin_name;
 pub use target::{DriftError, MapError, primary_key_columns};
 

@@ -356,7 +356,7 @@ async fn apply_sessions_are_set_up_like_the_apply_worker() {
             "force_generic_plan",
             "off",
             "off",
-            "ISO, YMD",
+            "ISO, MDY",
             "UTC"
         ]
     );

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::cluster::default_bin;
 use crate::support::tap::init_logging;
-use crate::support::twins::Twins;
+use crate::support::twins::{Twins, int8};
 use crate::support::wait::until_row;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -193,12 +193,7 @@ async fn sync_copies_five_kinds_of_table_under_load_then_streams() {
         ],
         "{oids_before:?} {oids_after:?}"
     );
-    let pending: i64 = twins
-        .g
-        .query_one("SELECT count(*) FROM teal.sync_indexes", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pending = int8(&twins.g, "SELECT count(*) FROM teal.sync_indexes").await;
     assert_eq!(pending, 0, "no index left to build");
     // Keep writing while streaming, then stop and compare.
     let before = done.load(Ordering::Relaxed);
@@ -218,12 +213,7 @@ async fn sync_copies_five_kinds_of_table_under_load_then_streams() {
         metrics.contains("teal_copy_rows_total{slot=\"teal_slot\",table=\"public.big\"}"),
         "{metrics}"
     );
-    let conflicts: i64 = twins
-        .g
-        .query_one("SELECT count(*) FROM teal.conflicts", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let conflicts = int8(&twins.g, "SELECT count(*) FROM teal.conflicts").await;
     assert_eq!(conflicts, 0, "no change was applied twice");
     let audit: Vec<(String, String)> = pairs(
         &twins.g,
@@ -260,12 +250,7 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
             && text.contains("pg_dump --schema-only"),
         "{text}"
     );
-    let slots: i64 = twins
-        .b
-        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let slots = int8(&twins.b, "SELECT count(*) FROM pg_replication_slots").await;
     assert_eq!(slots, 0, "no slot was created before the checks passed");
     twins
         .g
@@ -322,18 +307,8 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
         assert_eq!((bc, bs), (gc, gs), "{t} equal after the copy");
     }
     // Green's identity sequence follows blue's.
-    let blue_seq: i64 = twins
-        .b
-        .query_one("SELECT last_value FROM big_id_seq", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let green_seq: i64 = twins
-        .g
-        .query_one("SELECT last_value FROM big_id_seq", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let blue_seq = int8(&twins.b, "SELECT last_value FROM big_id_seq").await;
+    let green_seq = int8(&twins.g, "SELECT last_value FROM big_id_seq").await;
     assert_eq!((blue_seq, green_seq), (20_000, 20_000));
     // Green is complete up to the consistent point: streaming starts there.
     let progress: String = twins
@@ -596,12 +571,7 @@ async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
         total - copied,
         "only the unfinished chunks were copied"
     );
-    let slots: i64 = twins
-        .b
-        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let slots = int8(&twins.b, "SELECT count(*) FROM pg_replication_slots").await;
     assert_eq!(slots, 1, "the same slot, not a new one");
     let big_key: Vec<(String, String)> = pairs(
         &twins.g,

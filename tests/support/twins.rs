@@ -141,6 +141,15 @@ impl Twins {
     }
 }
 
+/// The one bigint `sql` returns.
+pub async fn int8(client: &Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
 /// Row count and an order-independent checksum of a table's rows (as text).
 pub async fn checksum(client: &Client, table: &str) -> (i64, String) {
     let sum = teal::ops::verify::table_sum(client, table)

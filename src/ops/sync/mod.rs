@@ -4,10 +4,11 @@
 //! ```text
 //! green: migrate, read sync state ──▶ blue: plan tables, check green
 //!   ──▶ CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')   [connection kept open]
-//!   ──▶ green: sync row + chunk rows
+//!   ──▶ green: sync row + chunk rows + the indexes dropped until their table is copied
 //!   ──▶ N workers: blue  BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT
 //!                  green BEGIN; COPY FROM STDIN ◀── COPY (SELECT .. ctid range) TO STDOUT
 //!                        UPDATE sync_chunks (copied); COMMIT      one chunk at a time
+//!                  after a table's last chunk: build its indexes   (indexes.rs)
 //!   ──▶ sequences ──▶ green: sync finished + progress = consistent point
 //!   ──▶ teal stream from the consistent point
 //! ```

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::cluster::{PgBin, default_bin};
 use crate::support::tap::init_logging;
-use crate::support::twins::Twins;
+use crate::support::twins::{Twins, int8};
 
 const SCHEMA: &str = "
 CREATE TABLE accounts (id int PRIMARY KEY, balance numeric(20,2) NOT NULL, touched int NOT NULL DEFAULT 0);
@@ -99,12 +99,7 @@ fn teal_stream(twins: &Twins) -> Child {
 }
 
 async fn assert_no_conflicts(twins: &Twins) {
-    let n: i64 = twins
-        .g
-        .query_one("SELECT count(*) FROM teal.conflicts", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = int8(&twins.g, "SELECT count(*) FROM teal.conflicts").await;
     assert_eq!(
         n, 0,
         "no change was ever applied twice or lost (no conflicts)"

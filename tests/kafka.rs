@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::cluster::default_bin;
 use crate::support::tap::init_logging;
-use crate::support::twins::Twins;
+use crate::support::twins::{Twins, int8};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -84,6 +84,16 @@ async fn insert_each(twins: &Twins, ids: std::ops::RangeInclusive<i32>, v: i32) 
             .await
             .unwrap();
     }
+}
+
+/// Rows 1..=10 inserted on blue (one transaction) and applied to green.
+async fn ten_rows_on_green(twins: &Twins) {
+    twins
+        .b
+        .batch_execute("INSERT INTO acct SELECT i, 0 FROM generate_series(1, 10) i")
+        .await
+        .unwrap();
+    twins.assert_converged(&["acct"], WAIT).await;
 }
 
 /// `teal stream` in this process from the twins to `brokers` (and green
@@ -313,12 +323,7 @@ async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
     init_logging();
     let (mock, brokers, twins) = mock_and_acct().await;
     let (shutdown, _monitor, running) = stream_with_kafka(&twins, &brokers, false).await;
-    twins
-        .b
-        .batch_execute("INSERT INTO acct SELECT i, 0 FROM generate_series(1, 10) i")
-        .await
-        .unwrap();
-    twins.assert_converged(&["acct"], WAIT).await;
+    ten_rows_on_green(&twins).await;
 
     // Kafka goes down; blue keeps writing.
     mock.broker_down(1).expect("broker down");
@@ -811,23 +816,13 @@ async fn max_behind_holds_apply_back_while_kafka_is_down() {
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(stream::run(config, shutdown.clone()));
     twins.wait_streaming().await;
-    twins
-        .b
-        .batch_execute("INSERT INTO acct SELECT i, 0 FROM generate_series(1, 10) i")
-        .await
-        .unwrap();
-    twins.assert_converged(&["acct"], WAIT).await;
+    ten_rows_on_green(&twins).await;
 
     mock.broker_down(1).expect("broker down");
     insert_each(&twins, 11..=30, 1).await;
     // Green waits for Kafka: not one of the new rows lands.
     for _ in 0..20 {
-        let n: i64 = twins
-            .g
-            .query_one("SELECT count(*) FROM acct", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n = int8(&twins.g, "SELECT count(*) FROM acct").await;
         assert_eq!(
             n, 10,
             "green got ahead of Kafka by more than --kafka-max-behind"

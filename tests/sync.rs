@@ -136,6 +136,14 @@ fn sync_config(twins: &Twins, workers: usize, chunk_rows: u64) -> SyncConfig {
     config
 }
 
+/// `sync_config` with 2 workers, 5,000-row chunks, on another slot.
+fn sync_config_on(twins: &Twins, slot: &str) -> SyncConfig {
+    let mut config = sync_config(twins, 2, 5000);
+    config.stream.source.slot = slot.into();
+    config.stream.apply.slot = slot.into();
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_copies_five_kinds_of_table_under_load_then_streams() {
     let (twins, stop, done, writing) = loaded(2_000_000).await;
@@ -334,9 +342,7 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
         )
         .await
         .unwrap();
-    let mut config = sync_config(&twins, 2, 5000);
-    config.stream.source.slot = "part_slot".into();
-    config.stream.apply.slot = "part_slot".into();
+    let mut config = sync_config_on(&twins, "part_slot");
     config.stream.source.publications = vec!["part".into()];
     config.on_existing_data = OnExistingData::Truncate;
     let part = copy_once(&config)
@@ -368,9 +374,7 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
         .batch_execute("SELECT pg_create_logical_replication_slot('other_slot', 'pgoutput')")
         .await
         .unwrap();
-    let mut config = sync_config(&twins, 2, 5000);
-    config.stream.source.slot = "other_slot".into();
-    config.stream.apply.slot = "other_slot".into();
+    let config = sync_config_on(&twins, "other_slot");
     let err = copy_once(&config).await.expect_err("unknown slot");
     assert!(
         err.to_string().contains("holds no finished copy")
@@ -391,9 +395,7 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
         .batch_execute("TRUNCATE big; CREATE UNIQUE INDEX big_v ON big (v)")
         .await
         .unwrap();
-    let mut config = sync_config(&twins, 2, 5000);
-    config.stream.source.slot = "uniq_slot".into();
-    config.stream.apply.slot = "uniq_slot".into();
+    let mut config = sync_config_on(&twins, "uniq_slot");
     config.on_existing_data = OnExistingData::Truncate;
     let err = copy_once(&config).await.expect_err("big_v cannot be built");
     let text = err.to_string();

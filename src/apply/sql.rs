@@ -142,21 +142,17 @@ pub(crate) fn update_many(table: &str, set: &[(&str, &str)], key: &[usize]) -> S
 /// Inserts of many rows in one statement:
 /// `INSERT INTO t (a, b) SELECT __v.c1::int4, __v.c2::text FROM unnest($1::text[], $2::text[]) AS __v(c1, c2)`.
 pub(crate) fn insert_many(table: &str, cols: &[(&str, &str)]) -> String {
-    let mut s = format!("INSERT INTO {table} (");
-    for (i, (col, _)) in cols.iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        s.push_str(col);
-    }
-    s.push_str(") SELECT ");
-    for (i, (_, ty)) in cols.iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        let _ = write!(s, "__v.c{}::{ty}", i + 1);
-    }
-    s.push_str(" FROM ");
+    let names: Vec<&str> = cols.iter().map(|(col, _)| *col).collect();
+    let values: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ty))| format!("__v.c{}::{ty}", i + 1))
+        .collect();
+    let mut s = format!(
+        "INSERT INTO {table} ({}) SELECT {} FROM ",
+        names.join(", "),
+        values.join(", ")
+    );
     unnest_columns(&mut s, cols.len());
     s
 }
@@ -297,6 +293,11 @@ mod tests {
             "UPDATE \"public\".\"Ledger\" AS __t SET \"Id\" = __v.c1::integer, \"memo\" = __v.c2::text, \"k2\" = __v.c3::\"s\".\"e\" \
              FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[]) AS __v(c1, c2, c3) \
              WHERE __t.\"Id\" = __v.c1::integer AND __t.\"k2\" = __v.c3::\"s\".\"e\""
+        );
+        assert_eq!(
+            insert_many(t, &[("\"Id\"", "integer"), ("\"memo\"", "text")]),
+            "INSERT INTO \"public\".\"Ledger\" (\"Id\", \"memo\") SELECT __v.c1::integer, __v.c2::text \
+             FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) AS __v(c1, c2)"
         );
         assert_eq!(
             delete_many(t, &[("\"id\"", "bigint")]),

@@ -100,6 +100,28 @@ struct Stretch {
     arrays: Vec<Vec<u8>>,
 }
 
+impl Stretch {
+    /// Queues the statement, which must change exactly the stretch's rows
+    /// of `changes` (its run, number `run`).
+    fn queue<'r>(
+        &'r self,
+        changes: &[(Change, Arc<TxnMeta>)],
+        run: usize,
+        items: &mut Vec<(Statement, Vec<Param<'r>>)>,
+        expect: &mut Vec<Expect>,
+    ) {
+        items.push((
+            self.statement.clone(),
+            self.arrays.iter().map(|a| Param::Binary(a)).collect(),
+        ));
+        expect.push(Expect {
+            rows: Some((self.end - self.start) as u64),
+            through: changes[self.end - 1].1.commit_lsn,
+            run,
+        });
+    }
+}
+
 /// What a pipelined statement must do: change exactly `rows` rows (set-based)
 /// or at least one; `through` is the commit LSN of its last transaction.
 struct Expect {
@@ -717,31 +739,15 @@ impl Writer {
         }
         let statement = self
             .statement(client, mapping, Op::InsertMany, Vec::new(), || {
-                let typed: Vec<(&str, &str)> = mapping
-                    .columns
-                    .iter()
-                    .zip(&mapping.text_casts)
-                    .map(|(c, t)| (c.as_str(), t.as_deref().unwrap_or("pg_catalog.text")))
-                    .collect();
-                sql::insert_many(&mapping.table, &typed)
+                sql::insert_many(&mapping.table, &typed_columns(mapping, 0..n))
             })
             .await?;
-        let arrays = (0..n)
-            .map(|c| {
-                text_array(run.changes.iter().map(|(change, _)| match &change.kind {
-                    ChangeKind::Insert { new, .. } => match new.get(c) {
-                        Some(Value::Text(t)) => Some(t),
-                        _ => None,
-                    },
-                    _ => None,
-                }))
-            })
-            .collect();
+        let all: Vec<usize> = (0..n).collect();
         Ok(vec![Stretch {
             start: 0,
             end: run.changes.len(),
             statement,
-            arrays,
+            arrays: text_arrays(&run.changes, &all),
         }])
     }
 
@@ -757,15 +763,7 @@ impl Writer {
         expect: &mut Vec<Expect>,
     ) -> Result<(), ApplyError> {
         if let Some(s) = stretches.first() {
-            items.push((
-                s.statement.clone(),
-                s.arrays.iter().map(|a| Param::Binary(a)).collect(),
-            ));
-            expect.push(Expect {
-                rows: Some((s.end - s.start) as u64),
-                through: run.changes[s.end - 1].1.commit_lsn,
-                run: run_index,
-            });
+            s.queue(&run.changes, run_index, items, expect);
             return Ok(());
         }
         let statement = self.insert_statement(client, &run.mapping, false).await?;
@@ -800,22 +798,11 @@ impl Writer {
             if let Some(cols) = cols {
                 let rows = &changes[i..i + len];
                 let statement = self.many_statement(client, mapping, run.op, &cols).await?;
-                let arrays =
-                    cols.iter()
-                        .map(|&c| {
-                            text_array(rows.iter().map(
-                                |(change, _)| match set_image(change)?.get(c) {
-                                    Some(Value::Text(t)) => Some(t),
-                                    _ => None,
-                                },
-                            ))
-                        })
-                        .collect();
                 stretches.push(Stretch {
                     start: i,
                     end: i + len,
                     statement,
-                    arrays,
+                    arrays: text_arrays(rows, &cols),
                 });
             }
             i += len;
@@ -839,15 +826,7 @@ impl Writer {
         let mut i = 0;
         while i < changes.len() {
             if let Some(s) = next.next_if(|s| s.start == i) {
-                items.push((
-                    s.statement.clone(),
-                    s.arrays.iter().map(|a| Param::Binary(a)).collect(),
-                ));
-                expect.push(Expect {
-                    rows: Some((s.end - s.start) as u64),
-                    through: changes[s.end - 1].1.commit_lsn,
-                    run: run_index,
-                });
+                s.queue(changes, run_index, items, expect);
                 i = s.end;
                 continue;
             }
@@ -887,17 +866,7 @@ impl Writer {
             Op::DeleteMany
         };
         self.statement(client, mapping, many_op, shape, || {
-            let typed: Vec<(&str, &str)> = cols
-                .iter()
-                .map(|&c| {
-                    (
-                        mapping.columns[c].as_str(),
-                        mapping.text_casts[c]
-                            .as_deref()
-                            .unwrap_or("pg_catalog.text"),
-                    )
-                })
-                .collect();
+            let typed = typed_columns(mapping, cols.iter().copied());
             if many_op == Op::UpdateMany {
                 let key_at: Vec<usize> = key
                     .iter()
@@ -1286,12 +1255,45 @@ fn drop_superseded(run: &mut Run) -> u64 {
     dropped as u64
 }
 
+/// The row a set-based statement carries: an insert's or update's new row,
+/// a delete's old one.
 fn set_image(change: &Change) -> Option<&RowImage> {
     match &change.kind {
-        ChangeKind::Update { new, .. } => Some(new),
+        ChangeKind::Insert { new, .. } | ChangeKind::Update { new, .. } => Some(new),
         ChangeKind::Delete { old, .. } => Some(old.image()),
         _ => None,
     }
+}
+
+/// One binary `text[]` per column of `cols`: each change's value (NULL for
+/// NULL or a value that is not text), for a set-based statement.
+fn text_arrays(changes: &[(Change, Arc<TxnMeta>)], cols: &[usize]) -> Vec<Vec<u8>> {
+    cols.iter()
+        .map(|&c| {
+            text_array(
+                changes
+                    .iter()
+                    .map(|(change, _)| match set_image(change)?.get(c) {
+                        Some(Value::Text(t)) => Some(t),
+                        _ => None,
+                    }),
+            )
+        })
+        .collect()
+}
+
+/// (column, type its text values are cast to) of `cols`, for set-based
+/// statements.
+fn typed_columns(mapping: &Mapping, cols: impl Iterator<Item = usize>) -> Vec<(&str, &str)> {
+    cols.map(|c| {
+        (
+            mapping.columns[c].as_str(),
+            mapping.text_casts[c]
+                .as_deref()
+                .unwrap_or("pg_catalog.text"),
+        )
+    })
+    .collect()
 }
 
 /// How many changes from the start of `changes` to take together, and the

@@ -262,19 +262,31 @@ pub async fn copy(
     let mut green = connect_plain(&apply.target, "teal-sync").await?;
     store.migrate(&mut green).await?;
     // One teal sync per slot at a time (held by this session until it ends).
-    let alone: bool = green
-        .query_one(
-            "SELECT pg_try_advisory_lock(hashtextextended('teal sync ' || $1, 0))",
+    // Waits a little: the session of a teal sync that just failed or was
+    // killed holds the lock until its backend notices the disconnect.
+    green
+        .batch_execute("SET lock_timeout = '3s'")
+        .await
+        .map_err(SyncError::green("setting lock_timeout"))?;
+    let locked = green
+        .execute(
+            "SELECT pg_advisory_lock(hashtextextended('teal sync ' || $1, 0))",
             &[&slot],
         )
-        .await
-        .map_err(SyncError::green("taking the sync lock"))?
-        .get(0);
-    if !alone {
-        return Err(SyncError::Setup(format!(
-            "another teal sync for slot {slot:?} is running against this green; wait for it or stop it"
-        )));
+        .await;
+    match locked {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            return Err(SyncError::Setup(format!(
+                "another teal sync for slot {slot:?} is running against this green; wait for it or stop it"
+            )));
+        }
+        Err(e) => return Err(SyncError::green("taking the sync lock")(e)),
     }
+    green
+        .batch_execute("RESET lock_timeout")
+        .await
+        .map_err(SyncError::green("resetting lock_timeout"))?;
     let mut repl = ReplicationClient::connect(&source.conninfo).await?;
     let existing_slot = repl.check_slot(slot, &source.conninfo.dbname).await?;
     let state = store.sync_state(&green, slot).await?;

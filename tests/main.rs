@@ -9,6 +9,7 @@ mod crash;
 mod decoder;
 mod demo_cli;
 mod kafka;
+mod liveness;
 mod monitor;
 mod monitoring_files;
 mod stream;

@@ -422,8 +422,15 @@ impl Writer {
             self.flush(client).await?;
             return self.apply_carefully(client, &mapping, &change, txn).await;
         }
-        if op == Op::Insert && self.stream_insert(client, &mapping, &change, txn).await? {
-            return Ok(());
+        if self.copying.is_some() {
+            // An open COPY holds a run of inserts the session is still
+            // receiving: the next insert of its table joins it; anything
+            // else ends it first, so nothing is queued behind it (green
+            // would wait for COPY data while teal waits for green).
+            if op == Op::Insert && self.stream_insert(&mapping, &change, txn).await? {
+                return Ok(());
+            }
+            self.finish_copy().await?;
         }
         let same_run = self
             .pending
@@ -474,6 +481,16 @@ impl Writer {
         Ok(())
     }
 
+    /// Statements go to the session only while no COPY is open on it: the
+    /// driver queues them behind the COPY, whose end green keeps waiting for
+    /// while teal waits for their answers.
+    fn debug_assert_no_copy(&self) {
+        debug_assert!(
+            self.copying.is_none(),
+            "a statement was sent behind an open COPY"
+        );
+    }
+
     /// Finishes the COPY being streamed, if any.
     async fn finish_copy(&mut self) -> Result<(), ApplyError> {
         if let Some(copying) = self.copying.take() {
@@ -491,7 +508,6 @@ impl Writer {
     /// and the row fits its format; returns whether it did.
     async fn stream_insert(
         &mut self,
-        client: &Client,
         mapping: &Arc<Mapping>,
         change: &Change,
         txn: &TxnMeta,
@@ -499,16 +515,11 @@ impl Writer {
         let ChangeKind::Insert { new, .. } = &change.kind else {
             return Ok(false);
         };
-        let fits = self.copying.as_ref().is_some_and(|c| {
-            Arc::ptr_eq(&c.mapping, mapping) && copy_format(new) == Some(c.format)
-        });
-        if !fits {
-            if self.copying.is_some() {
-                self.flush(client).await?;
-            }
-            return Ok(false);
-        }
-        let Some(copying) = self.copying.as_mut() else {
+        let Some(copying) = self
+            .copying
+            .as_mut()
+            .filter(|c| Arc::ptr_eq(&c.mapping, mapping) && copy_format(new) == Some(c.format))
+        else {
             return Ok(false);
         };
         copying.encode(new);
@@ -601,6 +612,7 @@ impl Writer {
     /// Executes the closed runs as one pipeline, in order, and checks that
     /// each statement changed the rows it had to.
     async fn execute_closed(&mut self, client: &Client) -> Result<(), ApplyError> {
+        self.debug_assert_no_copy();
         let (runs, superseded) = regroup(std::mem::take(&mut self.closed));
         self.closed_changes = 0;
         if runs.is_empty() {
@@ -685,6 +697,7 @@ impl Writer {
         if let Some(s) = self.statements.get(&key) {
             return Ok(s.clone());
         }
+        self.debug_assert_no_copy();
         let text = text();
         let statement = client.prepare(&text).await.map_err(sql_error(format!(
             "preparing a statement for {}",

@@ -136,3 +136,230 @@ async fn copy_followed_by_many_changes_of_the_same_table_completes() {
         0
     );
 }
+
+/// The tables of the random workload: one found by its primary key (with a
+/// TOASTed column), one by whole rows (REPLICA IDENTITY FULL, duplicates).
+const RANDOM_SCHEMA: &str = "
+    CREATE TABLE k (id bigint PRIMARY KEY, v int NOT NULL, pad text);
+    CREATE TABLE f (id bigint, v int);
+    ALTER TABLE f REPLICA IDENTITY FULL;
+    INSERT INTO k SELECT g, 0, CASE WHEN g % 1000 = 0 THEN (SELECT string_agg(md5(g::text || i), '') FROM generate_series(1, 200) i) ELSE 'p' || g END
+      FROM generate_series(1, 12000) g;
+    INSERT INTO f SELECT g % 500, 0 FROM generate_series(1, 12000) g;";
+
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Keyed,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Set {
+    Value,
+    Pad,
+    Key,
+}
+
+/// One statement of the random workload; `rows` counts the rows it touches
+/// (at most).
+#[derive(Debug, Clone)]
+enum Op {
+    Insert {
+        table: Table,
+        rows: usize,
+        wide: bool,
+    },
+    Update {
+        table: Table,
+        rows: usize,
+        last: bool,
+        set: Set,
+    },
+    Delete {
+        table: Table,
+        rows: usize,
+        last: bool,
+    },
+    Truncate {
+        table: Table,
+    },
+}
+
+impl Op {
+    fn sql(&self) -> String {
+        // The first or last `rows` rows of a table, as a condition.
+        let pick = |table: Table, rows: usize, last: bool| {
+            let dir = if last { "DESC" } else { "ASC" };
+            match table {
+                Table::Keyed => {
+                    format!("id IN (SELECT id FROM k ORDER BY id {dir} LIMIT {rows})")
+                }
+                Table::Full => format!(
+                    "ctid = ANY (ARRAY(SELECT ctid FROM f ORDER BY id {dir}, v LIMIT {rows}))"
+                ),
+            }
+        };
+        match *self {
+            Op::Insert {
+                table: Table::Keyed,
+                rows,
+                wide,
+            } => {
+                let pad = if wide {
+                    "(SELECT string_agg(md5((m + g)::text || i), '') FROM generate_series(1, 200) i)"
+                } else {
+                    "'i' || g"
+                };
+                format!(
+                    "INSERT INTO k SELECT m + g, g % 100, {pad} \
+                     FROM (SELECT coalesce(max(id), 0) m FROM k) s, generate_series(1, {rows}) g"
+                )
+            }
+            Op::Insert {
+                table: Table::Full,
+                rows,
+                ..
+            } => {
+                format!("INSERT INTO f SELECT g % 500, 0 FROM generate_series(1, {rows}) g")
+            }
+            Op::Update {
+                table,
+                rows,
+                last,
+                set,
+            } => {
+                let (name, assign) = match (table, set) {
+                    (Table::Keyed, Set::Value) => ("k", "v = v + 1"),
+                    (Table::Keyed, Set::Pad) => ("k", "pad = 'u' || v"),
+                    // Past every key there is: no collision on the way.
+                    (Table::Keyed, Set::Key) => ("k", "id = id + (SELECT max(id) FROM k)"),
+                    (Table::Full, Set::Key) => ("f", "id = id + 1"),
+                    (Table::Full, _) => ("f", "v = v + 1"),
+                };
+                format!(
+                    "UPDATE {name} SET {assign} WHERE {}",
+                    pick(table, rows, last)
+                )
+            }
+            Op::Delete { table, rows, last } => {
+                let name = match table {
+                    Table::Keyed => "k",
+                    Table::Full => "f",
+                };
+                format!("DELETE FROM {name} WHERE {}", pick(table, rows, last))
+            }
+            Op::Truncate {
+                table: Table::Keyed,
+            } => "TRUNCATE k".into(),
+            Op::Truncate { table: Table::Full } => "TRUNCATE f".into(),
+        }
+    }
+}
+
+/// Row counts around the writer's thresholds: COPY from 16 inserts,
+/// set-based statements from 16 rows, runs sent at 10,000 changes.
+fn rows() -> impl proptest::strategy::Strategy<Value = usize> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => prop_oneof![Just(1), Just(15), Just(16), Just(17)],
+        3 => 2..200usize,
+        2 => prop_oneof![Just(9_999), Just(10_000), 10_001..12_500usize],
+    ]
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    let table = prop_oneof![3 => Just(Table::Keyed), 1 => Just(Table::Full)];
+    let set = prop_oneof![Just(Set::Value), Just(Set::Pad), Just(Set::Key)];
+    prop_oneof![
+        4 => (table.clone(), rows(), any::<bool>())
+            .prop_map(|(table, rows, wide)| Op::Insert { table, rows, wide: wide && rows < 1000 }),
+        4 => (table.clone(), rows(), any::<bool>(), set)
+            .prop_map(|(table, rows, last, set)| Op::Update { table, rows, last, set }),
+        2 => (table.clone(), rows(), any::<bool>())
+            .prop_map(|(table, rows, last)| Op::Delete { table, rows, last }),
+        1 => table.prop_map(|table| Op::Truncate { table }),
+    ]
+}
+
+/// A case: source transactions of a few statements each, and whether they
+/// reach green as a backlog (one batch) or as they commit.
+fn case() -> impl proptest::strategy::Strategy<Value = (Vec<Vec<Op>>, bool)> {
+    use proptest::prelude::*;
+    (
+        proptest::collection::vec(proptest::collection::vec(op(), 1..4), 1..4),
+        any::<bool>(),
+    )
+}
+
+/// Issue 16.1's tool: random sequences of inserts, updates (values, TOASTed
+/// columns, keys), deletes and truncates of a keyed and a FULL table, in
+/// sizes around the writer's thresholds, applied by teal to a real green as
+/// they commit or as one backlog batch: every case must reach green, equal
+/// to blue. Cases: `TEAL_PROPTEST_CASES` (default 12); a failing case is
+/// printed as it is (no shrinking: a hang would make every attempt wait).
+#[test]
+fn random_changes_reach_green_equal_to_blue() {
+    use proptest::test_runner::{Config, TestRunner};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (twins, running) = rt.block_on(async {
+        let twins = Twins::start(&default_bin(), RANDOM_SCHEMA).await;
+        let mut config = twins.config();
+        // A backlog becomes one green transaction.
+        config.apply.batch_max_delay = Duration::from_secs(2);
+        config.apply.batch_max_changes = 200_000;
+        let running = Running::start(&twins, config).await;
+        (twins, running)
+    });
+    let cases = std::env::var("TEAL_PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        max_shrink_iters: 0,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&case(), |(txns, backlog)| {
+        rt.block_on(async {
+            let lock = match backlog {
+                true => Some(GreenLock::take(&twins, "k, f").await),
+                false => None,
+            };
+            for txn in &txns {
+                let body: Vec<String> = txn.iter().map(Op::sql).collect();
+                let sql = format!("BEGIN; {}; COMMIT;", body.join("; "));
+                twins
+                    .b
+                    .batch_execute(&sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+            }
+            if let Some(lock) = lock {
+                lock.release_after_blue_sent(&twins).await;
+            }
+            twins.assert_converged(&["k", "f"], WAIT).await;
+        });
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    rt.block_on(async {
+        let errors = running
+            .monitor
+            .errors
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let stats = running.stop().await;
+        assert_eq!(errors, 0, "no errors while applying the random cases");
+        assert_eq!(
+            stats.conflicts.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    });
+}

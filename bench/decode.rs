@@ -129,7 +129,13 @@ fn record(path: &Path) {
         drop(progress);
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let shutdown = CancellationToken::new();
-        let source = tokio::spawn(teal::source::run(config, tx, flush, shutdown.clone()));
+        let source = tokio::spawn(teal::source::run(
+            config,
+            tx,
+            flush,
+            shutdown.clone(),
+            std::sync::Arc::default(),
+        ));
         let mut out = BufWriter::new(std::fs::File::create(path.with_extension("partial")).unwrap());
         let mut commits = 0;
         while commits < ROWS / ROWS_PER_TXN {

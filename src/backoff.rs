@@ -30,9 +30,16 @@ impl Backoff {
         base.mul_f64(0.5 + fastrand::f64() / 2.0)
     }
 
-    /// Back to `min` after a connection that worked.
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
+    /// The delay before the next attempt after a session that lasted
+    /// `session` (zero: it never got going). A session that outlived the
+    /// longest delay was healthy: the delays start again from `min`. One
+    /// that failed sooner counts as part of the same trouble, so a link that
+    /// keeps breaking right after each reconnect is retried ever more slowly.
+    pub(crate) fn next_delay_after(&mut self, session: Duration) -> Duration {
+        if session >= self.max {
+            self.attempt = 0;
+        }
+        self.next_delay()
     }
 }
 
@@ -48,7 +55,19 @@ mod tests {
         assert!(delays[3] >= Duration::from_millis(400) && delays[3] <= Duration::from_millis(800));
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
         assert!(delays[7] >= Duration::from_millis(500));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_healthy_session_resets_the_delays_and_a_short_one_does_not() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        for _ in 0..6 {
+            b.next_delay_after(Duration::ZERO);
+        }
+        // Sessions that broke right away: still at the cap.
+        assert!(b.next_delay_after(Duration::from_millis(900)) >= Duration::from_millis(500));
+        // A session that lasted the longest delay or more was healthy.
+        assert!(b.next_delay_after(Duration::from_secs(1)) <= Duration::from_millis(100));
+        assert!(b.next_delay_after(Duration::ZERO) <= Duration::from_millis(200));
+        assert!(b.next_delay_after(Duration::from_secs(9 * 60)) <= Duration::from_millis(100));
     }
 }

@@ -165,6 +165,12 @@ struct SourceArgs {
     /// Cap of the reconnect backoff (e.g. 30s).
     #[arg(long, env = "TEAL_RECONNECT_MAX_DELAY", default_value = "30s", value_parser = config::parse_duration)]
     reconnect_max_delay: Duration,
+
+    /// A link that stays silent this long is dropped and reopened (e.g. 60s,
+    /// "off"): blue sending nothing (a reply is asked for at half of it), or
+    /// green not answering a batch or commit.
+    #[arg(long, env = "TEAL_REPLICATION_TIMEOUT", default_value = "60s", value_parser = parse_optional_duration)]
+    replication_timeout: OrOff<Duration>,
 }
 
 #[derive(Args)]
@@ -269,6 +275,12 @@ struct StreamArgs {
     /// Kafka only, no green (then --target is optional).
     #[arg(long, env = "TEAL_NO_APPLY")]
     no_apply: bool,
+
+    /// After SIGTERM or SIGINT, how long teal may finish what it received
+    /// before it exits anyway with status 1 (e.g. 20s); what green did not
+    /// commit is never confirmed, so blue sends it again.
+    #[arg(long, env = "TEAL_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = config::parse_duration)]
+    shutdown_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -408,6 +420,7 @@ impl StreamArgs {
                 tables: self.conflict_table.into_iter().collect(),
             },
             store: Store::new(self.schema),
+            timeout: source.replication_timeout,
         };
         Ok(StreamConfig {
             source,
@@ -421,6 +434,7 @@ impl StreamArgs {
             },
             kafka,
             no_apply: self.no_apply,
+            shutdown_timeout: self.shutdown_timeout,
         })
     }
 }
@@ -438,6 +452,7 @@ impl SourceArgs {
         source.messages = !self.no_messages;
         source.status_interval = self.status_interval;
         source.reconnect_max_delay = self.reconnect_max_delay;
+        source.replication_timeout = self.replication_timeout.0;
         source.validate()?;
         let assembler = AssemblerConfig {
             max_memory: self.max_memory,
@@ -469,6 +484,7 @@ fn init_logging(format: &str, filter: &str) -> anyhow::Result<()> {
 fn spawn_signal_handler(
     token: CancellationToken,
     abort: Option<CancellationToken>,
+    stopping: Option<&'static str>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
@@ -483,9 +499,9 @@ fn spawn_signal_handler(
             match first {
                 None => {
                     first = Some(tokio::time::Instant::now());
-                    tracing::info!(
-                        "stopping: finishing what was received, then confirming to blue"
-                    );
+                    if let Some(stopping) = stopping {
+                        tracing::info!("{stopping}");
+                    }
                     token.cancel();
                 }
                 Some(at) if at.elapsed() >= Duration::from_secs(1) => match &abort {
@@ -506,7 +522,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let abort = CancellationToken::new();
     let is_demo = matches!(cli.command, Command::Demo(_));
-    spawn_signal_handler(shutdown.clone(), is_demo.then(|| abort.clone()))?;
+    // The snapshot holder is stopped by teal sync once the copy is done:
+    // nothing worth a line.
+    let stopping = match cli.command {
+        Command::SnapshotHolder(_) => None,
+        Command::Tail(_) | Command::Stream(_) | Command::Sync(_) => {
+            Some("stopping: finishing what was received, then confirming to blue")
+        }
+        Command::Status(_) | Command::Demo(_) => Some("stopping"),
+    };
+    spawn_signal_handler(shutdown.clone(), is_demo.then(|| abort.clone()), stopping)?;
     match cli.command {
         Command::Tail(args) => {
             let (mut source, assembler) = args.source.configs()?;
@@ -663,7 +688,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     if let Err(e) = init_logging(&cli.log_format, &cli.log) {
-        eprintln!("teal: {e:#}");
+        eprintln!("teal: {}", teal::error::report(e.chain()));
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -679,8 +704,9 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "teal stopped");
-            eprintln!("teal: {e:#}");
+            let message = teal::error::report(e.chain());
+            tracing::error!(error = %message, "teal stopped");
+            eprintln!("teal: {message}");
             ExitCode::FAILURE
         }
     }

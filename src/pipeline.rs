@@ -121,6 +121,7 @@ pub fn start_capture(
     let (source_tx, source_rx) = mpsc::channel(SOURCE_CHANNEL_BATCHES);
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
     let (session_tx, session_rx) = watch::channel(None);
+    let liveness = Arc::clone(lag.liveness());
     let assembler = Assembler::new(assembler_config);
     let stats = assembler.stats();
     // The threads log inside the caller's span (the run's correlation id).
@@ -158,7 +159,13 @@ pub fn start_capture(
         .name("teal-source".into())
         .spawn(move || {
             let _in_run = span.enter();
-            runtime.block_on(source::run(source_config, source_tx, flush, shutdown))
+            runtime.block_on(source::run(
+                source_config,
+                source_tx,
+                flush,
+                shutdown,
+                liveness,
+            ))
         })
         .map_err(|e| {
             PipelineError::Source(SourceError::Setup(format!(

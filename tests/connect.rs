@@ -326,13 +326,19 @@ async fn require_fails_against_a_server_without_tls() {
 /// Apply sessions run the way PostgreSQL's apply worker does: replica role,
 /// generic plans found by index, no JIT (a plan that must scan sequentially
 /// costs more than jit_above_cost with seqscans off, and compiling it cost
-/// the first changes of a stream over a second), canonical formats.
+/// the first changes of a stream over a second), canonical formats; with
+/// --replication-timeout, green ends the session when it sits idle in a
+/// transaction that long and probes a quiet connection from half of it.
 #[tokio::test]
 async fn apply_sessions_are_set_up_like_the_apply_worker() {
     let cluster = Cluster::start(&crate::support::cluster::default_bin());
-    let green = teal::apply::green_session(&conninfo(&cluster.url()), "teal-test")
-        .await
-        .expect("apply session");
+    let green = teal::apply::green_session(
+        &conninfo(&cluster.url()),
+        "teal-test",
+        Some(std::time::Duration::from_secs(60)),
+    )
+    .await
+    .expect("apply session");
     let mut settings = Vec::new();
     for name in [
         "session_replication_role",
@@ -341,6 +347,9 @@ async fn apply_sessions_are_set_up_like_the_apply_worker() {
         "jit",
         "DateStyle",
         "TimeZone",
+        "idle_in_transaction_session_timeout",
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
     ] {
         let v: String = green
             .query_one(&format!("SHOW {name}"), &[])
@@ -357,7 +366,10 @@ async fn apply_sessions_are_set_up_like_the_apply_worker() {
             "off",
             "off",
             "ISO, MDY",
-            "UTC"
+            "UTC",
+            "1min",
+            "30",
+            "10"
         ]
     );
 }

@@ -11,7 +11,8 @@ use teal::ops::stream::{self, StreamConfig, StreamError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::cluster::default_bin;
+use crate::support::cluster::{Options, default_bin};
+use crate::support::proxy::Proxy;
 use crate::support::tap::init_logging;
 use crate::support::twins::Twins;
 
@@ -41,6 +42,15 @@ impl Running {
             shutdown,
             monitor,
         }
+    }
+
+    /// The error the stream stopped with by itself.
+    async fn failure(self) -> StreamError {
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("stream stopped in time")
+            .expect("stream task")
+            .expect_err("stream failed")
     }
 
     async fn stop(self) -> Arc<ApplyStats> {
@@ -362,4 +372,328 @@ fn random_changes_reach_green_equal_to_blue() {
             0
         );
     });
+}
+
+/// A connection string of `url` (as teal parses it).
+fn conninfo(url: &str) -> teal::config::ConnInfo {
+    teal::config::ConnInfo::parse_with_env(url, &|_| None).unwrap()
+}
+
+/// Issue 16.2, blue: a replication link that goes silent (a proxy holds its
+/// bytes and closes nothing) ends after --replication-timeout (3 s here);
+/// teal reconnects and streams on, losing nothing, and counts the reconnect.
+/// Blue's old walsender holds the slot until its wal_sender_timeout (5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_blue_link_is_dropped_and_streaming_resumes() {
+    let bin = default_bin();
+    let mut blue = Options::default();
+    blue.settings
+        .push(("wal_sender_timeout".into(), "5s".into()));
+    let twins = Twins::start_with(
+        &bin,
+        &bin,
+        "CREATE TABLE t (id int PRIMARY KEY, v text)",
+        blue,
+        Options::default(),
+    )
+    .await;
+    let proxy = Proxy::start(twins.blue.port).await;
+    let mut config = twins.config();
+    config.source.conninfo = conninfo(&proxy.url());
+    config.source.replication_timeout = Some(Duration::from_secs(3));
+    let running = Running::start(&twins, config).await;
+    twins
+        .b
+        .batch_execute("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 10) g")
+        .await
+        .unwrap();
+    twins.assert_converged(&["t"], WAIT).await;
+    proxy.freeze_open();
+    twins
+        .b
+        .batch_execute("INSERT INTO t SELECT g, 'b' FROM generate_series(11, 20) g")
+        .await
+        .unwrap();
+    // 3 s of silence, blue's 5 s, backoff of at most 1 s, and slack.
+    twins
+        .assert_converged(&["t"], Duration::from_secs(30))
+        .await;
+    let liveness = running.monitor.lag.liveness();
+    assert!(liveness.source_reconnects() >= 1);
+    let status = running.monitor.status_json();
+    assert!(status["retries"].as_u64().unwrap_or(0) >= 1, "{status}");
+    assert!(status["errors"].as_u64().unwrap_or(0) >= 1, "{status}");
+    running.stop().await;
+}
+
+/// Issue 16.2, green: green's link goes silent in the middle of a steady
+/// load; the apply session is given up after --replication-timeout (3 s),
+/// a new one ends the old one on green (it could hold locks or commit late)
+/// and green ends up equal to blue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_green_link_is_dropped_and_apply_resumes() {
+    let schema = "CREATE TABLE acct (id int PRIMARY KEY, n bigint NOT NULL);
+                  CREATE TABLE hist (id bigint PRIMARY KEY, acct int);
+                  INSERT INTO acct SELECT g, 0 FROM generate_series(1, 100) g;";
+    let twins = Twins::start(&default_bin(), schema).await;
+    let proxy = Proxy::start(twins.green.port).await;
+    let mut config = twins.config();
+    config.apply.target = conninfo(&proxy.url());
+    config.apply.timeout = Some(Duration::from_secs(3));
+    let running = Running::start(&twins, config).await;
+    let writer = {
+        let b = twins.blue.client().await;
+        tokio::spawn(async move {
+            for n in 1..=400i64 {
+                let sql = format!(
+                    "BEGIN; UPDATE acct SET n = n + 1 WHERE id = {}; INSERT INTO hist VALUES ({n}, {}); COMMIT;",
+                    1 + n % 100,
+                    1 + n % 100
+                );
+                b.batch_execute(&sql).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.freeze_open();
+    writer.await.unwrap();
+    twins
+        .assert_converged(&["acct", "hist"], Duration::from_secs(60))
+        .await;
+    let status = running.monitor.status_json();
+    assert!(status["retries"].as_u64().unwrap_or(0) >= 1, "{status}");
+    let last = status["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        last.contains("green did not answer within 3s"),
+        "the retry says why: {last}"
+    );
+    let sessions = crate::support::twins::int8(
+        &twins.g,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'teal apply'",
+    )
+    .await;
+    assert_eq!(sessions, 1, "the frozen apply session is gone from green");
+    running.stop().await;
+}
+
+/// Issue 16.2: an earlier apply session of the slot that green still keeps
+/// (its teal gave up on it, or died unnoticed) holds the slot's claim and a
+/// row lock, idle in its transaction. A new teal ends it instead of
+/// waiting on its locks forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_apply_session_on_green_is_ended_not_waited_for() {
+    let schema = "CREATE TABLE acct (id int PRIMARY KEY, n bigint NOT NULL);
+                  INSERT INTO acct SELECT g, 0 FROM generate_series(1, 10) g;";
+    let twins = Twins::start(&default_bin(), schema).await;
+    let stale = twins.green.client().await;
+    stale
+        .batch_execute(
+            "SELECT pg_advisory_lock(hashtextextended('teal apply ' || 'teal_slot', 0));
+             BEGIN; UPDATE acct SET n = n WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    let mut config = twins.config();
+    // Green's own idle timeout would end it too, later: not what is shown here.
+    config.apply.timeout = Some(Duration::from_secs(300));
+    let running = Running::start(&twins, config).await;
+    twins
+        .b
+        .batch_execute("UPDATE acct SET n = n + 1")
+        .await
+        .unwrap();
+    twins
+        .assert_converged(&["acct"], Duration::from_secs(30))
+        .await;
+    assert!(stale.is_closed() || stale.batch_execute("SELECT 1").await.is_err());
+    running.stop().await;
+}
+
+/// The value of the sample `name{slot="teal_slot"}` in a /metrics body.
+fn sample(body: &str, name: &str) -> f64 {
+    let prefix = format!("{name}{{slot=\"teal_slot\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+}
+
+/// Issue 16.4: green blocks apply (a table lock) while blue's changes wait:
+/// teal_apply_idle_seconds climbs, teal_stalled is 1, teal_up 0, /readyz
+/// answers 503 saying what is stuck; once green lets go, all is well again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_apply_shows_in_metrics_and_readyz() {
+    use teal::http::get;
+    let twins = Twins::start(&default_bin(), "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let mut config = twins.config();
+    config.monitor.metrics_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.monitor.stall_after = Some(Duration::from_secs(2));
+    let running = Running::start(&twins, config).await;
+    let addr = running.monitor.addr().expect("the endpoint listens");
+    let ready = || async move { get(addr, "/readyz", None).await.unwrap() };
+    let deadline = std::time::Instant::now() + WAIT;
+    while ready().await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ready while streaming"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lock = GreenLock::take(&twins, "t").await;
+    twins
+        .b
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let why = loop {
+        let (code, body) = ready().await;
+        if code == 503 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never failed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        why.starts_with("apply stalled: 1 transactions received"),
+        "{why}"
+    );
+    let (_, metrics) = get(addr, "/metrics", None).await.unwrap();
+    assert_eq!(sample(&metrics, "teal_stalled"), 1.0);
+    assert_eq!(sample(&metrics, "teal_up"), 0.0);
+    assert!(sample(&metrics, "teal_apply_idle_seconds") >= 2.0);
+    lock.0.batch_execute("COMMIT").await.unwrap();
+    twins.assert_converged(&["t"], WAIT).await;
+    let (code, body) = ready().await;
+    assert_eq!((code, body.as_str()), (200, "streaming\n"));
+    let (_, metrics) = get(addr, "/metrics", None).await.unwrap();
+    assert_eq!(sample(&metrics, "teal_stalled"), 0.0);
+    running.stop().await;
+}
+
+/// Issue 16.4: SIGTERM while apply is stuck (green holds a lock teal waits
+/// for) ends teal within --shutdown-timeout (2 s) with status 1, having
+/// confirmed nothing green did not commit; the next teal applies it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_stuck_teal_in_bounded_time() {
+    use std::process::Stdio;
+    init_logging();
+    let twins = Twins::start(&default_bin(), "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let teal = twins
+        .teal_stream_command()
+        .args(["--shutdown-timeout", "2s", "--metrics-addr", "off"])
+        .args(["--log", "warn", "--status-interval", "1s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("teal runs");
+    twins.wait_streaming().await;
+    twins
+        .b
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    twins.assert_converged(&["t"], WAIT).await;
+    let lock = GreenLock::take(&twins, "t").await;
+    twins
+        .b
+        .batch_execute("INSERT INTO t SELECT generate_series(2, 100)")
+        .await
+        .unwrap();
+    crate::support::wait::until_row(
+        &twins.g,
+        "SELECT 1 FROM pg_stat_activity WHERE application_name = 'teal apply' AND wait_event_type = 'Lock'",
+        &[],
+        WAIT,
+        "teal waits for green's lock",
+    )
+    .await;
+    // SAFETY: kill with a valid pid and signal number.
+    unsafe {
+        libc::kill(teal.id() as i32, libc::SIGTERM);
+    }
+    let signalled = std::time::Instant::now();
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || teal.wait_with_output()),
+    )
+    .await
+    .expect("teal ended after SIGTERM")
+    .unwrap()
+    .unwrap();
+    let took = signalled.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(15), "ended in {took:?}");
+    assert!(
+        stderr.contains("teal did not stop within 2s of the signal"),
+        "{stderr}"
+    );
+    let confirmed = lsn(
+        &twins.b,
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'teal_slot'",
+    )
+    .await;
+    let committed = lsn(
+        &twins.g,
+        "SELECT end_lsn::text FROM teal.progress WHERE slot = 'teal_slot'",
+    )
+    .await;
+    assert!(
+        confirmed <= committed,
+        "blue's slot confirmed {confirmed}, green committed {committed}"
+    );
+    lock.0.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        crate::support::twins::int8(&twins.g, "SELECT count(*) FROM t").await,
+        1,
+        "nothing of the batch teal gave up was committed"
+    );
+    let running = Running::start(&twins, twins.config()).await;
+    twins.assert_converged(&["t"], WAIT).await;
+    running.stop().await;
+}
+
+/// Issue 16.5: a column dropped on green while teal streams stops teal with
+/// the error that says what to run on green (it was green's raw SQL error;
+/// the hint only came with the next start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_dropped_on_green_while_streaming_stops_with_the_fix() {
+    let twins = Twins::start(
+        &default_bin(),
+        "CREATE TABLE ledger (id int PRIMARY KEY, memo text, amount numeric)",
+    )
+    .await;
+    let running = Running::start(&twins, twins.config()).await;
+    twins
+        .b
+        .batch_execute("INSERT INTO ledger VALUES (1, 'a', 1)")
+        .await
+        .unwrap();
+    twins.assert_converged(&["ledger"], WAIT).await;
+    twins
+        .g
+        .batch_execute("ALTER TABLE ledger DROP COLUMN amount")
+        .await
+        .unwrap();
+    twins
+        .b
+        .batch_execute("INSERT INTO ledger VALUES (2, 'b', 2)")
+        .await
+        .unwrap();
+    let err = running.failure().await.to_string();
+    assert!(
+        err.contains("ALTER TABLE \"public\".\"ledger\" ADD COLUMN \"amount\" numeric"),
+        "{err}"
+    );
+}
+
+/// The LSN `sql` returns as text.
+async fn lsn(client: &tokio_postgres::Client, sql: &str) -> teal::lsn::Lsn {
+    let text: String = client.query_one(sql, &[]).await.unwrap().get(0);
+    text.parse().unwrap()
 }

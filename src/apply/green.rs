@@ -72,16 +72,40 @@ impl GreenConnectError {
     }
 }
 
-/// Opens an apply session on green.
+/// Opens an apply session on green. With `timeout` (`--replication-timeout`)
+/// green ends the session when it stays idle inside a transaction that long
+/// (`idle_in_transaction_session_timeout`: teal never leaves a batch open
+/// while it waits for blue, so a session left so is one whose teal vanished,
+/// and its row locks are released), and both ends probe the connection when
+/// it is quiet (TCP keepalive) and give up on data left unacknowledged that
+/// long (`TCP_USER_TIMEOUT`).
 pub async fn connect(
     conninfo: &ConnInfo,
     application_name: &str,
+    timeout: Option<Duration>,
 ) -> Result<Client, GreenConnectError> {
-    let options = format!(
+    let mut options = format!(
         "{APPLY_OPTIONS} {}",
         crate::config::canonical_format_options()
     );
-    connect_with(conninfo, application_name, Some(&options)).await
+    if let Some(t) = timeout {
+        let (idle, interval) = keepalive_times(t);
+        options.push_str(&format!(
+            " -c idle_in_transaction_session_timeout={} -c tcp_keepalives_idle={} \
+             -c tcp_keepalives_interval={} -c tcp_keepalives_count=3",
+            t.as_millis(),
+            idle.as_secs(),
+            interval.as_secs()
+        ));
+    }
+    connect_with(conninfo, application_name, Some(&options), timeout).await
+}
+
+/// When to start probing a quiet connection, and how often to probe it,
+/// for a link that must not stay silent for `timeout`.
+fn keepalive_times(timeout: Duration) -> (Duration, Duration) {
+    let second = Duration::from_secs(1);
+    ((timeout / 2).max(second), (timeout / 6).max(second))
 }
 
 /// Opens an ordinary session that prints values in the canonical formats
@@ -91,7 +115,7 @@ pub(crate) async fn connect_canonical(
     application_name: &str,
 ) -> Result<Client, GreenConnectError> {
     let options = crate::config::canonical_format_options();
-    connect_with(conninfo, application_name, Some(&options)).await
+    connect_with(conninfo, application_name, Some(&options), None).await
 }
 
 /// Opens an ordinary session (no apply settings), e.g. on blue to watch
@@ -100,13 +124,14 @@ pub async fn connect_plain(
     conninfo: &ConnInfo,
     application_name: &str,
 ) -> Result<Client, GreenConnectError> {
-    connect_with(conninfo, application_name, None).await
+    connect_with(conninfo, application_name, None, None).await
 }
 
 async fn connect_with(
     conninfo: &ConnInfo,
     application_name: &str,
     session_options: Option<&str>,
+    timeout: Option<Duration>,
 ) -> Result<Client, GreenConnectError> {
     let mut config = tokio_postgres::Config::new();
     for host in &conninfo.hosts {
@@ -133,7 +158,6 @@ async fn connect_with(
                 .join(" "),
         )
         .keepalives(true)
-        .keepalives_idle(Duration::from_secs(60))
         .ssl_mode(match conninfo.sslmode {
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
@@ -153,6 +177,19 @@ async fn connect_with(
     }
     if let Some(t) = conninfo.connect_timeout {
         config.connect_timeout(t);
+    }
+    match timeout {
+        Some(t) => {
+            let (idle, interval) = keepalive_times(t);
+            config
+                .keepalives_idle(idle)
+                .keepalives_interval(interval)
+                .keepalives_retries(3)
+                .tcp_user_timeout(t);
+        }
+        None => {
+            config.keepalives_idle(Duration::from_secs(60));
+        }
     }
     let (client, connection) =
         config

@@ -18,6 +18,7 @@
 //! - only what green committed is confirmed to blue;
 //! - nothing of a batch that met an error is committed.
 
+mod claim;
 mod conflict;
 mod green;
 mod origin;
@@ -139,6 +140,18 @@ pub enum ApplyError {
         /// Replay carefully through this commit LSN.
         through: Lsn,
     },
+    /// Green did not answer within `--replication-timeout`: the session is
+    /// dropped unanswered and streaming resumes from green's progress.
+    #[error(
+        "green did not answer within {}s while {doing}; dropping the session and resuming from green's progress (--replication-timeout)",
+        after.as_secs()
+    )]
+    Timeout {
+        /// What teal waited for.
+        doing: &'static str,
+        /// The timeout.
+        after: Duration,
+    },
     /// Green holds progress behind what blue's slot already confirmed: the
     /// changes in between are gone from the slot.
     #[error(
@@ -156,19 +169,7 @@ pub enum ApplyError {
 
 /// The driver's error without detail (which may quote row values).
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-            if let Some(column) = db.column() {
-                s.push_str(&format!(" (column {column})"));
-            }
-            if let Some(hint) = db.hint() {
-                s.push_str(&format!(" (hint: {hint})"));
-            }
-            s
-        }
-        None => e.to_string(),
-    }
+    crate::error::describe_postgres(e)
 }
 
 impl ApplyError {
@@ -181,7 +182,7 @@ impl ApplyError {
                 .sqlstate()
                 .map_or(ErrorClass::Transient, classify_sqlstate),
             ApplyError::Map(MapError::Catalog { source, .. }) => sql_class(source),
-            ApplyError::Replay { .. } => ErrorClass::Transient,
+            ApplyError::Replay { .. } | ApplyError::Timeout { .. } => ErrorClass::Transient,
             _ => ErrorClass::Definite,
         }
     }
@@ -210,6 +211,11 @@ pub struct ApplyConfig {
     pub conflicts: ConflictPolicies,
     /// teal's schema on green.
     pub store: Store,
+    /// `--replication-timeout`: the longest green may take to answer (a
+    /// batch of changes sent, a commit) before teal drops the session and
+    /// resumes from green's progress; also how long green keeps a session
+    /// of teal's idle inside a transaction. `None`: wait forever.
+    pub timeout: Option<Duration>,
 }
 
 impl ApplyConfig {
@@ -219,7 +225,8 @@ impl ApplyConfig {
     pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(50);
 
     /// Defaults for everything but green and the slot: batches of 10,000
-    /// changes or 50 ms, conflicts stop teal, teal's schema is `teal`.
+    /// changes or 50 ms, conflicts stop teal, teal's schema is `teal`,
+    /// green gets 60 s to answer.
     pub fn new(target: ConnInfo, slot: impl Into<String>) -> ApplyConfig {
         ApplyConfig {
             target,
@@ -228,6 +235,7 @@ impl ApplyConfig {
             batch_max_delay: Self::DEFAULT_BATCH_MAX_DELAY,
             conflicts: ConflictPolicies::default(),
             store: Store::new(Store::DEFAULT_SCHEMA),
+            timeout: Some(crate::config::SourceConfig::DEFAULT_REPLICATION_TIMEOUT),
         }
     }
 }
@@ -297,6 +305,31 @@ struct Batch {
     idle: Option<Lsn>,
 }
 
+/// Where [`Applier::run`] stands in the event stream.
+#[derive(Default)]
+struct Cursor {
+    /// The open green transaction.
+    batch: Option<Batch>,
+    /// The source transaction being applied.
+    current: Option<Arc<TxnMeta>>,
+    /// Its changes are skipped: green has it already.
+    skipping: bool,
+}
+
+/// Runs `step`, a wait for green, within `timeout`.
+async fn within<T>(
+    timeout: Option<Duration>,
+    doing: &'static str,
+    step: impl Future<Output = T>,
+) -> Result<T, ApplyError> {
+    match timeout {
+        Some(after) => tokio::time::timeout(after, step)
+            .await
+            .map_err(|_| ApplyError::Timeout { doing, after }),
+        None => Ok(step.await),
+    }
+}
+
 /// Applies transactions to green through one session.
 pub struct Applier {
     client: Client,
@@ -321,7 +354,25 @@ impl Applier {
         stats: Arc<ApplyStats>,
         lag: Arc<Lag>,
     ) -> Result<Applier, ApplyError> {
-        let mut client = green::connect(&config.target, "teal apply").await?;
+        let timeout = config.timeout;
+        within(
+            timeout,
+            "opening the apply session",
+            Applier::open(config, consumer, stats, lag),
+        )
+        .await?
+    }
+
+    async fn open(
+        config: ApplyConfig,
+        consumer: Consumer,
+        stats: Arc<ApplyStats>,
+        lag: Arc<Lag>,
+    ) -> Result<Applier, ApplyError> {
+        let mut client = green::connect(&config.target, "teal apply", config.timeout).await?;
+        // Before anything else: an earlier session of this slot could still
+        // commit, hold locks, or block the migrations and the origin.
+        claim::claim(&client, &config.slot, config.timeout).await?;
         config.store.migrate(&mut client).await?;
         let applied = config.store.applied(&client, &config.slot).await?;
         if let Some(a) = applied {
@@ -367,22 +418,22 @@ impl Applier {
     }
 
     /// Applies events until the channel closes (shutdown) or an error.
+    /// Waiting for events has no bound (blue may be quiet); every wait for
+    /// green has one (`--replication-timeout`).
     pub async fn run<B: Into<Vec<Event>>>(
         &mut self,
         mut events: mpsc::Receiver<B>,
     ) -> Result<(), ApplyError> {
-        let mut batch: Option<Batch> = None;
-        let mut current: Option<Arc<TxnMeta>> = None;
-        let mut skipping = false;
+        let mut at = Cursor::default();
         loop {
-            let at_boundary = current.is_none();
-            let next = if batch.is_some() && at_boundary {
+            let at_boundary = at.current.is_none();
+            let next = if at.batch.is_some() && at_boundary {
                 match events.try_recv() {
                     Ok(b) => Some(b),
                     // Nothing more is ready: commit what the batch holds now.
                     Err(TryRecvError::Empty) => {
                         let busy = Instant::now();
-                        self.commit(&mut batch).await?;
+                        self.commit_within(&mut at.batch).await?;
                         self.stats.busy.add(busy.elapsed());
                         continue;
                     }
@@ -393,82 +444,107 @@ impl Applier {
             };
             let busy = Instant::now();
             let Some(next) = next else {
-                if current.is_none() {
-                    self.commit(&mut batch).await?;
-                } else if batch.is_some() {
+                if at.current.is_none() {
+                    self.commit_within(&mut at.batch).await?;
+                } else if at.batch.is_some() {
                     // Shutdown in the middle of a transaction: blue sends it again.
-                    self.rollback().await;
+                    within(self.config.timeout, "rolling back", self.rollback()).await?;
                 }
                 return Ok(());
             };
-            let next: Vec<Event> = next.into();
-            for event in next {
-                match event {
-                    Event::Begin(meta) => {
-                        skipping = self.applied.is_some_and(|a| meta.commit_lsn < a.end_lsn);
-                        if skipping {
-                            self.stats
-                                .skipped_transactions
-                                .fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        if batch.is_none() {
-                            self.begin().await?;
-                            batch = Some(Batch {
-                                started: Instant::now(),
-                                changes: 0,
-                                transactions: 0,
-                                last: None,
-                                idle: None,
-                            });
-                        }
-                        current = Some(meta);
-                    }
-                    Event::Changes(changes) => {
-                        if skipping {
-                            continue;
-                        }
-                        let Some(txn) = current.clone() else {
-                            continue;
-                        };
-                        let careful = self.careful_through.is_some_and(|t| txn.commit_lsn <= t);
-                        for change in changes {
-                            self.writer
-                                .push(&self.client, change, &txn, careful)
-                                .await?;
-                        }
-                    }
-                    Event::Commit(meta) => {
-                        if std::mem::take(&mut skipping) {
-                            // Green has it: no longer pending.
-                            if let Some(a) = self.applied {
-                                self.lag.applied(a.end_lsn, PgTimestamp::now(), false);
-                            }
-                            continue;
-                        }
-                        current = None;
-                        if let Some(b) = batch.as_mut() {
-                            b.changes += meta.change_count;
-                            b.transactions += 1;
-                            b.last = Some(meta);
-                        }
-                    }
-                    Event::Message(_) => {}
-                    Event::Idle { wal_end } => match batch.as_mut() {
-                        Some(b) => b.idle = Some(wal_end),
-                        None => self.record_idle(wal_end).await?,
-                    },
-                }
-            }
-            let full = batch.as_ref().is_some_and(|b| {
+            within(
+                self.config.timeout,
+                "applying changes",
+                self.apply_events(next.into(), &mut at),
+            )
+            .await??;
+            self.lag.liveness().moved();
+            let full = at.batch.as_ref().is_some_and(|b| {
                 b.changes >= self.config.batch_max_changes
                     || b.started.elapsed() >= self.config.batch_max_delay
             });
-            if current.is_none() && full {
-                self.commit(&mut batch).await?;
+            if at.current.is_none() && full {
+                self.commit_within(&mut at.batch).await?;
             }
             self.stats.busy.add(busy.elapsed());
         }
+    }
+
+    /// Applies one batch of events from the assembler.
+    async fn apply_events(
+        &mut self,
+        events: Vec<Event>,
+        at: &mut Cursor,
+    ) -> Result<(), ApplyError> {
+        for event in events {
+            match event {
+                Event::Begin(meta) => {
+                    at.skipping = self.applied.is_some_and(|a| meta.commit_lsn < a.end_lsn);
+                    if at.skipping {
+                        self.stats
+                            .skipped_transactions
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if at.batch.is_none() {
+                        self.begin().await?;
+                        at.batch = Some(Batch {
+                            started: Instant::now(),
+                            changes: 0,
+                            transactions: 0,
+                            last: None,
+                            idle: None,
+                        });
+                    }
+                    at.current = Some(meta);
+                }
+                Event::Changes(changes) => {
+                    if at.skipping {
+                        continue;
+                    }
+                    let Some(txn) = at.current.clone() else {
+                        continue;
+                    };
+                    let careful = self.careful_through.is_some_and(|t| txn.commit_lsn <= t);
+                    for change in changes {
+                        self.writer
+                            .push(&self.client, change, &txn, careful)
+                            .await?;
+                    }
+                }
+                Event::Commit(meta) => {
+                    if std::mem::take(&mut at.skipping) {
+                        // Green has it: no longer pending.
+                        if let Some(a) = self.applied {
+                            self.lag.applied(a.end_lsn, PgTimestamp::now(), false);
+                        }
+                        continue;
+                    }
+                    at.current = None;
+                    if let Some(b) = at.batch.as_mut() {
+                        b.changes += meta.change_count;
+                        b.transactions += 1;
+                        b.last = Some(meta);
+                    }
+                }
+                Event::Message(_) => {}
+                Event::Idle { wal_end } => match at.batch.as_mut() {
+                    Some(b) => b.idle = Some(wal_end),
+                    None => self.record_idle(wal_end).await?,
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Applier::commit`] within `--replication-timeout`.
+    async fn commit_within(&mut self, batch: &mut Option<Batch>) -> Result<(), ApplyError> {
+        within(
+            self.config.timeout,
+            "committing a batch",
+            self.commit(batch),
+        )
+        .await?
     }
 
     async fn begin(&mut self) -> Result<(), ApplyError> {
@@ -609,12 +685,45 @@ impl Applier {
     }
 
     /// After an error: roll back whatever is open and, for a conflict under
-    /// the `error` policy, record it in its own transaction.
-    pub async fn abandon(&mut self, error: &ApplyError) {
-        self.rollback().await;
-        if let ApplyError::Conflict(report) = error {
-            if let Err(e) = writer::log_conflict(&self.client, &self.config.store, report).await {
-                tracing::error!(error = %e, "could not record the conflict on green");
+    /// the `error` policy, record it in its own transaction. A statement
+    /// that green refused is looked at again: when green's tables changed
+    /// while teal streamed (a column dropped, a type changed), the error to
+    /// report is the one that says what to run on green. Not after a
+    /// timeout: the session does not answer, and dropping it is all there
+    /// is to do (green rolls back what it had).
+    pub async fn abandon(&mut self, error: ApplyError) -> ApplyError {
+        if matches!(error, ApplyError::Timeout { .. }) {
+            self.writer.reset();
+            return error;
+        }
+        let relations = self.writer.relations();
+        let timeout = self.config.timeout;
+        let tidy = async {
+            self.rollback().await;
+            if let ApplyError::Conflict(report) = &error {
+                if let Err(e) = writer::log_conflict(&self.client, &self.config.store, report).await
+                {
+                    tracing::error!(error = %e, "could not record the conflict on green");
+                }
+            }
+            let refused =
+                matches!(&error, ApplyError::Sql { .. }) && error.class() == ErrorClass::Definite;
+            if !refused {
+                return None;
+            }
+            for rel in &relations {
+                if let Err(MapError::Drift(drift)) = target::check(&self.client, rel).await {
+                    return Some(ApplyError::Map(MapError::Drift(drift)));
+                }
+            }
+            None
+        };
+        match within(timeout, "rolling back", tidy).await {
+            Ok(explained) => explained.unwrap_or(error),
+            Err(_) => {
+                tracing::warn!("green did not answer the rollback; dropping the session");
+                self.writer.reset();
+                error
             }
         }
     }

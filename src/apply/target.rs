@@ -147,6 +147,14 @@ impl Targets {
         self.mappings.clear();
     }
 
+    /// The blue relations mapped so far.
+    pub(crate) fn relations(&self) -> Vec<Arc<Relation>> {
+        self.mappings
+            .values()
+            .map(|m| Arc::clone(&m.relation))
+            .collect()
+    }
+
     /// The mapping for `rel`, reading green's catalog the first time.
     pub(crate) async fn mapping(
         &mut self,
@@ -202,6 +210,11 @@ pub async fn primary_key_columns(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Whether `rel` still fits green, reading green's catalog afresh.
+pub(crate) async fn check(client: &Client, rel: &Arc<Relation>) -> Result<(), MapError> {
+    map_relation(client, rel).await.map(drop)
 }
 
 async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, MapError> {

@@ -311,6 +311,11 @@ impl Writer {
         }
     }
 
+    /// The blue relations this writer mapped onto green tables.
+    pub(crate) fn relations(&self) -> Vec<Arc<Relation>> {
+        self.targets.relations()
+    }
+
     /// Forgets green's metadata and prepared statements (a new session).
     pub(crate) fn reset(&mut self) {
         self.targets.clear();

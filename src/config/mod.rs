@@ -109,6 +109,12 @@ pub struct SourceConfig {
     pub reconnect_min_delay: Duration,
     /// Cap of the reconnect delay.
     pub reconnect_max_delay: Duration,
+    /// `--replication-timeout`: a session on which blue sends nothing for
+    /// this long is ended and reopened, like PostgreSQL's
+    /// `wal_receiver_timeout` (a reply is asked for at half of it); also the
+    /// bound of each setup step and of TCP's wait for acknowledgements.
+    /// `None`: wait forever.
+    pub replication_timeout: Option<Duration>,
 }
 
 impl SourceConfig {
@@ -118,6 +124,8 @@ impl SourceConfig {
     pub const DEFAULT_RECONNECT_MIN_DELAY: Duration = Duration::from_millis(200);
     /// Retries are never further apart than this.
     pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
+    /// PostgreSQL's `wal_receiver_timeout` default.
+    pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);
 
     /// A configuration with every optional setting at its default.
     pub fn new(conninfo: ConnInfo, slot: impl Into<String>, publications: Vec<String>) -> Self {
@@ -133,6 +141,7 @@ impl SourceConfig {
             status_interval: Self::DEFAULT_STATUS_INTERVAL,
             reconnect_min_delay: Self::DEFAULT_RECONNECT_MIN_DELAY,
             reconnect_max_delay: Self::DEFAULT_RECONNECT_MAX_DELAY,
+            replication_timeout: Some(Self::DEFAULT_REPLICATION_TIMEOUT),
         }
     }
 
@@ -157,6 +166,15 @@ impl SourceConfig {
             return Err(ConfigError {
                 flag: "--status-interval",
                 reason: "must be greater than zero".into(),
+            });
+        }
+        if self
+            .replication_timeout
+            .is_some_and(|t| t < Duration::from_secs(1))
+        {
+            return Err(ConfigError {
+                flag: "--replication-timeout",
+                reason: "must be at least 1s (or off)".into(),
             });
         }
         if self.reconnect_min_delay > self.reconnect_max_delay {

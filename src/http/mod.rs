@@ -22,6 +22,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -78,7 +79,9 @@ pub struct Monitor {
     pub errors: AtomicU64,
     /// Heartbeats written on blue.
     pub heartbeats: AtomicU64,
-    state: Mutex<(RunState, Option<String>)>,
+    state: Mutex<(RunState, Option<(String, Instant)>)>,
+    /// Work pending and no stage moving for this long: stalled.
+    stall_after_ms: AtomicU64,
     slot_health: Mutex<Option<SlotHealth>>,
     addr: OnceLock<SocketAddr>,
     /// The last hour, sampled while the endpoint runs.
@@ -102,6 +105,7 @@ impl Monitor {
             errors: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
             state: Mutex::new((RunState::Starting, None)),
+            stall_after_ms: AtomicU64::new(DEFAULT_STALL_AFTER.as_millis() as u64),
             slot_health: Mutex::new(None),
             addr: OnceLock::new(),
             history: History::default(),
@@ -121,15 +125,74 @@ impl Monitor {
         lock(&self.state).0 = state;
     }
 
-    /// The state now.
+    /// The state the stream loop set (see [`Monitor::effective_state`]).
     pub fn state(&self) -> RunState {
         lock(&self.state).0
+    }
+
+    /// The state as it shows: `retrying` while the source reconnects to
+    /// blue inside a streaming session.
+    pub fn effective_state(&self) -> RunState {
+        match self.state() {
+            RunState::Streaming if self.lag.liveness().source_reconnecting() => RunState::Retrying,
+            state => state,
+        }
     }
 
     /// Records an error (its message, which never holds row values or passwords).
     pub fn record_error(&self, message: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        lock(&self.state).1 = Some(message);
+        lock(&self.state).1 = Some((message, Instant::now()));
+    }
+
+    /// The latest error: the stream's, or the source's last reconnect.
+    pub fn last_error(&self) -> Option<String> {
+        let own = lock(&self.state).1.clone();
+        let source = self.lag.liveness().last_source_error();
+        match (own, source) {
+            (Some((a, at)), Some((b, bt))) => Some(if bt > at { b } else { a }),
+            (Some((a, _)), None) => Some(a),
+            (None, Some((b, _))) => Some(b),
+            (None, None) => None,
+        }
+    }
+
+    /// Retried transient errors: streaming attempts and replication reconnects.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed) + self.lag.liveness().source_reconnects()
+    }
+
+    /// Errors of any kind, replication reconnects included.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed) + self.lag.liveness().source_reconnects()
+    }
+
+    /// A stage counts as stuck when it has not moved for this long while
+    /// work is pending (half of `--replication-timeout`; 30 s by default).
+    pub fn set_stall_after(&self, after: Duration) {
+        self.stall_after_ms
+            .store(after.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Why the stream is stuck, if it is: streaming, with transactions
+    /// received and apply neither sending nor committing for the stall
+    /// time. (Blue's silence alone is not a stall: a quiet blue says
+    /// nothing until teal asks, at half of `--replication-timeout`, and
+    /// past all of it the source reconnects by itself;
+    /// `teal_source_idle_seconds` shows it.)
+    pub fn stalled(&self) -> Option<String> {
+        if self.effective_state() != RunState::Streaming {
+            return None;
+        }
+        let after = Duration::from_millis(self.stall_after_ms.load(Ordering::Relaxed));
+        let pending = self.lag.pending_transactions();
+        let apply_idle = self.lag.liveness().apply_idle();
+        (pending > 0 && apply_idle >= after).then(|| {
+            format!(
+                "apply stalled: {pending} transactions received, nothing sent to or committed on green for {}s",
+                apply_idle.as_secs()
+            )
+        })
     }
 
     /// Stores what blue said about the slot.
@@ -160,10 +223,15 @@ impl Monitor {
     /// `/status` as JSON.
     pub fn status_json(&self) -> serde_json::Value {
         let now = PgTimestamp::now();
-        let (state, last_error) = lock(&self.state).clone();
+        let state = self.effective_state();
+        let liveness = self.lag.liveness();
         let a = &self.apply;
         serde_json::json!({
             "state": state,
+            "stalled": self.stalled(),
+            "source_idle_seconds": liveness.source_idle().as_secs_f64(),
+            "apply_idle_seconds": liveness.apply_idle().as_secs_f64(),
+            "source_reconnects": liveness.source_reconnects(),
             "slot": self.slot,
             "correlation_id": self.correlation_id,
             "received_wal_end": self.lag.received_wal_end().to_string(),
@@ -177,12 +245,12 @@ impl Monitor {
             "changes": a.changes.load(Ordering::Relaxed),
             "batches": a.batches.load(Ordering::Relaxed),
             "conflicts": a.conflicts.load(Ordering::Relaxed),
-            "retries": self.retries.load(Ordering::Relaxed),
-            "errors": self.errors.load(Ordering::Relaxed),
+            "retries": self.retries(),
+            "errors": self.errors(),
             "heartbeats": self.heartbeats.load(Ordering::Relaxed),
             "slot_health": *lock(&self.slot_health),
             "tables": a.tables(),
-            "last_error": last_error,
+            "last_error": self.last_error(),
             "copy": self.copy.get().map(|c| {
                 let tables = c.snapshot();
                 serde_json::json!({
@@ -228,6 +296,21 @@ impl Monitor {
                 "teal_pending_transactions",
                 "Source transactions received and not yet committed on green.",
                 self.lag.pending_transactions() as f64,
+            ),
+            (
+                "teal_source_idle_seconds",
+                "Time since teal last heard from blue (time spent waiting for room downstream does not count).",
+                self.lag.liveness().source_idle().as_secs_f64(),
+            ),
+            (
+                "teal_apply_idle_seconds",
+                "Time since apply last sent changes to green or committed there.",
+                self.lag.liveness().apply_idle().as_secs_f64(),
+            ),
+            (
+                "teal_stalled",
+                "1 while streaming with work pending and nothing moving (see /readyz), 0 otherwise.",
+                f64::from(u8::from(self.stalled().is_some())),
             ),
         ] {
             out.single(name, "gauge", help, &slot, value);
@@ -289,13 +372,18 @@ impl Monitor {
             ),
             (
                 "teal_retries_total",
-                "Streaming attempts retried after a transient error.",
-                load(&self.retries),
+                "Retries after a transient error: streaming attempts and replication reconnects.",
+                self.retries() as f64,
             ),
             (
                 "teal_errors_total",
                 "Errors (transient and definite).",
-                load(&self.errors),
+                self.errors() as f64,
+            ),
+            (
+                "teal_source_reconnects_total",
+                "Replication sessions to blue that ended in a transient error and were reopened.",
+                self.lag.liveness().source_reconnects() as f64,
             ),
             (
                 "teal_heartbeats_total",
@@ -479,12 +567,14 @@ impl Monitor {
         out.single(
             "teal_up",
             "gauge",
-            "1 while teal is streaming (or copying, in teal sync), 0 otherwise.",
+            "1 while teal is streaming and not stalled (or copying, in teal sync), 0 otherwise.",
             &slot,
-            f64::from(u8::from(matches!(
-                self.state(),
-                RunState::Streaming | RunState::Copying
-            ))),
+            f64::from(u8::from(
+                matches!(
+                    self.effective_state(),
+                    RunState::Streaming | RunState::Copying
+                ) && self.stalled().is_none(),
+            )),
         );
         out.text
     }
@@ -693,6 +783,9 @@ pub async fn get(
         .map_err(|e| format!("the body is not UTF-8: {e}"))
 }
 
+/// [`Monitor::set_stall_after`] default.
+const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
+
 /// How often [`Monitor::history`] gets a sample.
 const SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -793,7 +886,10 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.monitor.state() {
+    if let Some(why) = state.monitor.stalled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    }
+    match state.monitor.effective_state() {
         RunState::Streaming => (StatusCode::OK, "streaming\n").into_response(),
         other => (
             StatusCode::SERVICE_UNAVAILABLE,

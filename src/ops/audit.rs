@@ -168,7 +168,10 @@ impl StreamAudit {
                 .await
                 .map_err(|e| e.to_string())
         };
-        match marked.await {
+        let marked = tokio::time::timeout(END_TIMEOUT, marked)
+            .await
+            .unwrap_or_else(|_| Err("green did not answer in time".into()));
+        match marked {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 sessions = n,
@@ -197,7 +200,7 @@ impl StreamAudit {
                 "changes": a.changes.load(Relaxed),
                 "batches": a.batches.load(Relaxed),
                 "conflicts": a.conflicts.load(Relaxed),
-                "retries": monitor.retries.load(Relaxed),
+                "retries": monitor.retries(),
                 "applied_lsn": monitor.lag.applied_lsn().to_string(),
                 "error": error.map(ToString::to_string),
             }),

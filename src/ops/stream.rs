@@ -45,6 +45,18 @@ pub enum StreamError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Http(#[from] HttpError),
+    /// A stage did not finish within `--shutdown-timeout` of the signal.
+    #[error(
+        "teal did not stop within {}s of the signal{}; exiting without finishing: nothing green did not commit was confirmed, blue sends it again",
+        after.as_secs(),
+        stuck.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
+    )]
+    ShutdownTimeout {
+        /// `--shutdown-timeout`.
+        after: Duration,
+        /// What was stuck, when known.
+        stuck: Option<String>,
+    },
 }
 
 /// Everything `teal stream` needs.
@@ -62,6 +74,15 @@ pub struct StreamConfig {
     pub kafka: Option<KafkaConfig>,
     /// `--no-apply`: Kafka only; green (`apply.target`) is not used.
     pub no_apply: bool,
+    /// `--shutdown-timeout`: after SIGTERM/SIGINT, how long teal may take
+    /// to finish what it received before it exits anyway (status 1).
+    pub shutdown_timeout: Duration,
+}
+
+impl StreamConfig {
+    /// `--shutdown-timeout` default (below the 30 s most supervisors wait
+    /// before they kill).
+    pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 }
 
 /// How `teal stream` shows itself: the HTTP endpoint and blue-side checks.
@@ -77,6 +98,11 @@ pub struct MonitorConfig {
     pub heartbeat_interval: Option<Duration>,
     /// How often the slot's WAL retention is read from blue.
     pub slot_poll_interval: Duration,
+    /// Work pending and nothing moving for this long shows as stalled
+    /// (`/readyz`, `teal_stalled`); `None`: half of `--replication-timeout`
+    /// (30 s when it is off), so a stall shows before teal drops the
+    /// silent session itself.
+    pub stall_after: Option<Duration>,
 }
 
 impl MonitorConfig {
@@ -94,6 +120,7 @@ impl Default for MonitorConfig {
             metrics_token: None,
             heartbeat_interval: Some(Self::DEFAULT_HEARTBEAT_INTERVAL),
             slot_poll_interval: Duration::from_secs(5),
+            stall_after: None,
         }
     }
 }
@@ -159,7 +186,21 @@ async fn run_session(
         )
     });
     tracing::info!(slot = %config.apply.slot, "stream session started");
-    let result = stream(&config, &shutdown, &monitor).await;
+    monitor.set_stall_after(config.monitor.stall_after.unwrap_or_else(|| {
+        config
+            .apply
+            .timeout
+            .or(config.source.replication_timeout)
+            .unwrap_or(Duration::from_secs(60))
+            / 2
+    }));
+    let result = tokio::select! {
+        result = stream(&config, &shutdown, &monitor) => result,
+        () = after_shutdown(&shutdown, config.shutdown_timeout) => Err(StreamError::ShutdownTimeout {
+            after: config.shutdown_timeout,
+            stuck: monitor.stalled(),
+        }),
+    };
     monitor.set_state(match &result {
         Ok(_) => RunState::Stopping,
         Err(e) => {
@@ -192,6 +233,7 @@ async fn stream(
             return Ok(stats);
         }
         monitor.set_state(RunState::Starting);
+        let started = tokio::time::Instant::now();
         let result = if config.no_apply {
             attempt_kafka_only(config, shutdown, monitor, &mut may_create_slot).await
         } else {
@@ -216,7 +258,7 @@ async fn stream(
                     .retries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 monitor.set_state(RunState::Retrying);
-                let delay = backoff.next_delay();
+                let delay = backoff.next_delay_after(started.elapsed());
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "streaming interrupted; resuming from green's progress");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -228,11 +270,17 @@ async fn stream(
     }
 }
 
+/// Resolves `timeout` after `shutdown` fires.
+async fn after_shutdown(shutdown: &CancellationToken, timeout: Duration) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(timeout).await;
+}
+
 fn is_transient(e: &StreamError) -> bool {
     match e {
         StreamError::Apply(e) => e.class() == ErrorClass::Transient,
         StreamError::Capture(e) => e.class() == ErrorClass::Transient,
-        StreamError::Http(_) => false,
+        StreamError::Http(_) | StreamError::ShutdownTimeout { .. } => false,
         // A producer that cannot be created will not be next time either;
         // delivery failures (librdkafka gave up) are retried from the slot.
         StreamError::Kafka(KafkaSinkError::Config(_) | KafkaSinkError::NoBrokers) => false,
@@ -323,11 +371,14 @@ async fn attempt(
             ApplyInput::Shared(events) => applier.run(events).await,
         }
     };
-    let applied_result = applying.await;
-    if let Err(e) = &applied_result {
-        applier.abandon(e).await;
-        run.cancel();
-    }
+    let applied_result = match applying.await {
+        Err(e) => {
+            let e = applier.abandon(e).await;
+            run.cancel();
+            Err(e)
+        }
+        Ok(()) => Ok(()),
+    };
     drop(applier);
     let kafka_result = match kafka {
         Some(sink) => {
@@ -523,32 +574,44 @@ async fn watch_blue(config: StreamConfig, monitor: Arc<Monitor>, stop: Cancellat
         }
         let Some(c) = client.as_ref() else { continue };
         let now = tokio::time::Instant::now();
+        // A session that stops answering is dropped (and reopened next tick).
+        let answer = config
+            .source
+            .replication_timeout
+            .unwrap_or(SourceConfig::DEFAULT_REPLICATION_TIMEOUT);
         if now >= next_poll {
             next_poll = now + poll;
-            match slot_health(c, &config.source.slot).await {
-                Ok(h) => monitor.set_slot_health(h),
-                Err(e) => tracing::debug!(error = %e, "cannot read the slot's state on blue"),
+            match tokio::time::timeout(answer, slot_health(c, &config.source.slot)).await {
+                Ok(Ok(h)) => monitor.set_slot_health(h),
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the slot's state on blue"),
+                Err(_) => {
+                    client = None;
+                    continue;
+                }
             }
         }
         if let Some(interval) = heartbeat.filter(|_| now >= next_heartbeat) {
             next_heartbeat = now + interval;
-            let sent = c
-                .execute(
+            let sent = tokio::time::timeout(
+                answer,
+                c.execute(
                     "SELECT pg_catalog.pg_logical_emit_message(false, $1, now()::text)",
                     &[&MonitorConfig::HEARTBEAT_PREFIX],
-                )
-                .await;
+                ),
+            )
+            .await;
             match sent {
-                Ok(_) => {
+                Ok(Ok(_)) => {
                     monitor
                         .heartbeats
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                Err(e) if !warned => {
+                Ok(Err(e)) if !warned => {
                     warned = true;
                     tracing::warn!(error = %e, "cannot write heartbeats on blue (pg_logical_emit_message); lag is measured from changes only");
                 }
-                Err(_) => {}
+                Ok(Err(_)) => {}
+                Err(_) => client = None,
             }
         }
     }

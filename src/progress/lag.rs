@@ -19,12 +19,13 @@
 //! Updated once per batch or transaction, never per change.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use super::liveness::Liveness;
 use super::meters::Seconds;
 use crate::lsn::{Lsn, PgTimestamp};
 
@@ -106,6 +107,7 @@ pub struct Lag {
     /// Commits received, not yet committed on green, oldest first.
     pending: Mutex<VecDeque<(Lsn, PgTimestamp)>>,
     window: Mutex<Window>,
+    liveness: Arc<Liveness>,
 }
 
 impl Default for Lag {
@@ -124,7 +126,13 @@ impl Lag {
             applied_lsn: AtomicU64::new(0),
             pending: Mutex::new(VecDeque::new()),
             window: Mutex::new(Window::new()),
+            liveness: Arc::new(Liveness::new()),
         }
+    }
+
+    /// When the stages last moved (shared with the source thread).
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
     }
 
     /// Blue reported its WAL end (an XLogData header or a keepalive), after
@@ -155,6 +163,7 @@ impl Lag {
     /// position); transactions that ended there are no longer pending, and
     /// with `measure` their latency is recorded as of `now`.
     pub fn applied(&self, applied_lsn: Lsn, now: PgTimestamp, measure: bool) {
+        self.liveness.moved();
         self.applied_lsn.fetch_max(applied_lsn.0, Ordering::Relaxed);
         let mut done = Vec::new();
         {

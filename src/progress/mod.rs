@@ -12,10 +12,12 @@
 
 mod copy;
 mod lag;
+mod liveness;
 mod meters;
 
 pub use copy::{CopyProgress, TableCopy, TableCopySnapshot};
 pub use lag::{Lag, LatencySummary};
+pub use liveness::Liveness;
 pub use meters::{Bounds, Buckets, Seconds};
 
 use std::sync::{Arc, Mutex};

@@ -4,6 +4,8 @@
 //! A database replication session also accepts plain SQL, which is how the
 //! slot and publications are inspected before streaming starts.
 
+use std::time::Duration;
+
 use crate::config::{SourceConfig, Streaming};
 use crate::event::quote_ident;
 use crate::lsn::Lsn;
@@ -153,6 +155,11 @@ pub struct ReplicationClient {
 }
 
 impl ReplicationClient {
+    /// See [`Connection::set_timeout`].
+    pub(crate) fn set_timeout(&self, timeout: Option<Duration>) {
+        self.conn.set_timeout(timeout);
+    }
+
     /// Connects with `replication=database` and runs IDENTIFY_SYSTEM.
     pub async fn connect(conninfo: &ConnInfo) -> Result<ReplicationClient, SourceError> {
         let mut conn = Connection::connect(conninfo).await?;

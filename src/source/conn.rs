@@ -147,6 +147,29 @@ impl Connection {
             .unwrap_or_else(|| SourceError::Setup("the connection string lists no host".into())))
     }
 
+    /// Lets the kernel end the connection when what teal sent stays
+    /// unacknowledged for `timeout` (`TCP_USER_TIMEOUT`), and probe an idle
+    /// one from half of it on: a peer that vanished (host down, a cable, a
+    /// NAT entry dropped) is noticed even while teal sends nothing.
+    pub(crate) fn set_timeout(&self, timeout: Option<Duration>) {
+        let socket = match &self.stream {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+            Stream::Unix(_) => return,
+        };
+        let Some(timeout) = timeout else { return };
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time((timeout / 2).max(Duration::from_secs(1)))
+            .with_interval((timeout / 6).max(Duration::from_secs(1)));
+        let socket = socket2::SockRef::from(socket);
+        let set = socket
+            .set_tcp_keepalive(&keepalive)
+            .and_then(|()| socket.set_tcp_user_timeout(Some(timeout)));
+        if let Err(e) = set {
+            tracing::debug!(host = %self.host, error = %e, "cannot set TCP keepalive and user timeout");
+        }
+    }
+
     /// Whether the session runs over TCP (with or without TLS).
     pub(crate) fn is_tcp(&self) -> bool {
         !matches!(self.stream, Stream::Unix(_))

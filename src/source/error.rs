@@ -112,6 +112,20 @@ pub enum SourceError {
         /// What arrived.
         what: String,
     },
+    /// Blue sent nothing for `--replication-timeout` (a silent link: a
+    /// network partition, a dead NAT entry, a hung server).
+    #[error(
+        "{host} sent nothing for {}s while {doing}; ending the session and reconnecting (--replication-timeout)",
+        after.as_secs()
+    )]
+    Timeout {
+        /// Host and port.
+        host: String,
+        /// What teal waited for.
+        doing: &'static str,
+        /// The timeout.
+        after: std::time::Duration,
+    },
     /// Blue is not set up for teal (old version, missing slot or publication);
     /// the message says what to run.
     #[error("{0}")]
@@ -124,7 +138,8 @@ impl SourceError {
         match self {
             SourceError::Connect { .. }
             | SourceError::ConnectTimeout { .. }
-            | SourceError::Io { .. } => ErrorClass::Transient,
+            | SourceError::Io { .. }
+            | SourceError::Timeout { .. } => ErrorClass::Transient,
             SourceError::Server { error, .. } => classify_sqlstate(&error.code),
             _ => ErrorClass::Definite,
         }

@@ -32,6 +32,7 @@ pub use commands::{
 pub use error::{ServerError, SourceError};
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SourceConfig;
 use crate::error::ErrorClass;
 use crate::lsn::{Lsn, PgTimestamp};
+use crate::progress::Liveness;
 
 use crate::backoff::Backoff;
 use stream::{StreamEnd, StreamLoop};
@@ -98,28 +100,29 @@ pub async fn run(
     out: mpsc::Sender<Vec<SourceEvent>>,
     mut flush: watch::Receiver<Lsn>,
     shutdown: CancellationToken,
+    liveness: Arc<Liveness>,
 ) -> Result<(), SourceError> {
     let mut out = Some(out);
     let mut backoff = Backoff::new(config.reconnect_min_delay, config.reconnect_max_delay);
     let mut first_system: Option<SystemInfo> = None;
     loop {
-        let mut streamed = false;
+        let mut streaming_since = None;
         let result = session(
             &config,
             &mut out,
             &mut flush,
             &shutdown,
             &mut first_system,
-            &mut streamed,
+            &mut streaming_since,
+            &liveness,
         )
         .await;
-        if streamed {
-            backoff.reset();
-        }
         match result {
             Ok(StreamEnd::Shutdown | StreamEnd::ConsumerGone) => return Ok(()),
             Err(e) if e.class() == ErrorClass::Transient && !shutdown.is_cancelled() => {
-                let delay = backoff.next_delay();
+                let streamed = streaming_since.map_or(Duration::ZERO, |s: Instant| s.elapsed());
+                let delay = backoff.next_delay_after(streamed);
+                liveness.source_lost(e.to_string());
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -135,15 +138,42 @@ pub async fn run(
     }
 }
 
+/// Runs `step` of the session setup within `--replication-timeout`.
+async fn bounded<T>(
+    config: &SourceConfig,
+    doing: &'static str,
+    step: impl Future<Output = Result<T, SourceError>>,
+) -> Result<T, SourceError> {
+    match config.replication_timeout {
+        Some(after) => {
+            tokio::time::timeout(after, step)
+                .await
+                .map_err(|_| SourceError::Timeout {
+                    host: config.conninfo.to_string(),
+                    doing,
+                    after,
+                })?
+        }
+        None => step.await,
+    }
+}
+
 async fn session(
     config: &SourceConfig,
     out: &mut Option<mpsc::Sender<Vec<SourceEvent>>>,
     flush: &mut watch::Receiver<Lsn>,
     shutdown: &CancellationToken,
     first_system: &mut Option<SystemInfo>,
-    streamed: &mut bool,
+    streaming_since: &mut Option<Instant>,
+    liveness: &Arc<Liveness>,
 ) -> Result<StreamEnd, SourceError> {
-    let mut client = ReplicationClient::connect(&config.conninfo).await?;
+    let mut client = bounded(
+        config,
+        "connecting",
+        ReplicationClient::connect(&config.conninfo),
+    )
+    .await?;
+    client.set_timeout(config.replication_timeout);
     let first = first_system.is_none();
     if let Some(previous) = first_system.as_ref() {
         if previous.system_id != client.system().system_id {
@@ -155,14 +185,27 @@ async fn session(
         }
     }
     let options = StreamOptions::negotiate(client.server_version(), config)?;
-    client.check_publications(&config.publications).await?;
+    bounded(
+        config,
+        "checking publications",
+        client.check_publications(&config.publications),
+    )
+    .await?;
     let dbname = client
         .system()
         .dbname
         .clone()
         .unwrap_or_else(|| config.conninfo.dbname.clone());
-    let slot = match client.check_slot(&config.slot, &dbname).await? {
+    let checked = bounded(
+        config,
+        "checking the slot",
+        client.check_slot(&config.slot, &dbname),
+    )
+    .await?;
+    let slot = match checked {
         Some(info) => info.confirmed_flush_lsn,
+        // Not bounded: blue builds the slot's snapshot once the transactions
+        // running now have ended, which may take long.
         None if first && config.create_slot => {
             match client
                 .create_slot(&config.slot, SnapshotAction::Nothing)
@@ -204,9 +247,12 @@ async fn session(
         tls: client.is_tls(),
     });
     let host = client.host().to_owned();
-    let conn = client
-        .start_replication(&config.slot, start_lsn, &options)
-        .await?;
+    let conn = bounded(
+        config,
+        "starting replication",
+        client.start_replication(&config.slot, start_lsn, &options),
+    )
+    .await?;
     tracing::info!(
         host = %host,
         slot = %config.slot,
@@ -230,14 +276,16 @@ async fn session(
         conn.close().await;
         return Ok(StreamEnd::ConsumerGone);
     }
-    *streamed = true;
+    *streaming_since = Some(Instant::now());
+    liveness.source_streaming();
     StreamLoop::new(
         conn,
         out,
         flush,
         shutdown,
-        config.status_interval,
+        config,
         start_lsn,
+        Arc::clone(liveness),
     )
     .run()
     .await

@@ -11,6 +11,7 @@
 //! `status_interval`. The flush position is only ever what consumers
 //! confirmed; the write position is the furthest WAL end blue reported.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +20,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::SourceConfig;
 use crate::lsn::{Lsn, PgTimestamp};
+use crate::progress::Liveness;
 
 use super::SourceEvent;
 use super::conn::{CLOSE_TIMEOUT, Connection, Frame, server_error};
@@ -66,6 +69,14 @@ pub(crate) struct StreamLoop<'a> {
     last_status: Instant,
     flush_moved: bool,
     pacer: ReadPacer,
+    /// `--replication-timeout`.
+    timeout: Option<Duration>,
+    /// When blue was last heard: bytes read, or the end of a wait for room
+    /// downstream (time spent not reading is not blue's silence).
+    heard: Instant,
+    /// A status update asking blue for a reply went out since `heard`.
+    pinged: bool,
+    liveness: Arc<Liveness>,
 }
 
 impl<'a> StreamLoop<'a> {
@@ -74,19 +85,24 @@ impl<'a> StreamLoop<'a> {
         out: &'a mut Option<mpsc::Sender<Vec<SourceEvent>>>,
         flush: &'a mut watch::Receiver<Lsn>,
         shutdown: &'a CancellationToken,
-        status_interval: Duration,
+        config: &SourceConfig,
         start_lsn: Lsn,
+        liveness: Arc<Liveness>,
     ) -> Self {
         StreamLoop {
             conn,
             out,
             flush,
             shutdown,
-            status_interval,
+            status_interval: config.status_interval,
             received: start_lsn,
             last_status: Instant::now(),
             flush_moved: false,
             pacer: ReadPacer::new(),
+            timeout: config.replication_timeout,
+            heard: Instant::now(),
+            pinged: false,
+            liveness,
         }
     }
 
@@ -122,6 +138,7 @@ impl<'a> StreamLoop<'a> {
                 self.send_status(false).await?;
             }
             let deadline = self.next_status_at();
+            let silence = self.silence_check_at();
             let budget = if paced { self.pacer.budget } else { usize::MAX };
             tokio::select! {
                 biased;
@@ -131,6 +148,7 @@ impl<'a> StreamLoop<'a> {
                     self.conn.fill_at_most(budget).await
                 } => {
                     let n = read?;
+                    self.heard_at(Instant::now());
                     if paced {
                         let waiting = n + self.conn.unread();
                         self.conn.drain_ready(budget - n)?;
@@ -145,8 +163,48 @@ impl<'a> StreamLoop<'a> {
                     self.flush_moved = true;
                 }
                 () = tokio::time::sleep_until(deadline) => self.send_status(false).await?,
+                () = sleep_until_some(silence) => self.check_silence().await?,
             }
         }
+    }
+
+    /// Blue was heard at `at`.
+    fn heard_at(&mut self, at: Instant) {
+        self.heard = self.heard.max(at);
+        self.pinged = false;
+        self.liveness.heard(self.heard.into_std());
+    }
+
+    /// When blue's silence is next looked at: half the timeout after it was
+    /// last heard (to ask for a reply), then the whole timeout.
+    fn silence_check_at(&self) -> Option<Instant> {
+        let t = self.timeout?;
+        Some(self.heard + if self.pinged { t } else { t / 2 })
+    }
+
+    /// What PostgreSQL's walreceiver does with `wal_receiver_timeout`: after
+    /// half of it without a word from blue, a status update that asks for a
+    /// reply; after all of it, the session is over.
+    async fn check_silence(&mut self) -> Result<(), SourceError> {
+        let Some(t) = self.timeout else {
+            return Ok(());
+        };
+        if self.heard.elapsed() >= t {
+            return Err(SourceError::Timeout {
+                host: self.conn.host().to_owned(),
+                doing: "streaming changes",
+                after: t,
+            });
+        }
+        if !self.pinged {
+            tracing::debug!(
+                silent_ms = self.heard.elapsed().as_millis() as u64,
+                "blue is silent; asking for a reply"
+            );
+            self.send_status(true).await?;
+            self.pinged = true;
+        }
+        Ok(())
     }
 
     fn next_status_at(&self) -> Instant {
@@ -275,10 +333,13 @@ impl<'a> StreamLoop<'a> {
         let Some(out) = self.out.clone() else {
             return Ok(false);
         };
+        let waiting_since = Instant::now();
         loop {
             let deadline = self.last_status + self.status_interval;
             tokio::select! {
                 permit = out.reserve() => {
+                    // Blue's silence is only counted while teal reads.
+                    self.heard_at(self.heard + waiting_since.elapsed());
                     return Ok(match permit {
                         Ok(permit) => {
                             permit.send(batch);
@@ -305,7 +366,17 @@ impl<'a> StreamLoop<'a> {
         msg[25..33].copy_from_slice(&PgTimestamp::now().0.to_be_bytes());
         msg[33] = u8::from(reply);
         self.conn.queue_copy_data(&msg)?;
-        self.conn.flush().await?;
+        match self.timeout {
+            // A peer that stops reading fills the socket: writes wait too.
+            Some(t) => tokio::time::timeout(t, self.conn.flush())
+                .await
+                .map_err(|_| SourceError::Timeout {
+                    host: self.conn.host().to_owned(),
+                    doing: "sending a status update",
+                    after: t,
+                })??,
+            None => self.conn.flush().await?,
+        }
         self.last_status = Instant::now();
         self.flush_moved = false;
         tracing::trace!(write_lsn = %write_lsn, flush_lsn = %flush_lsn, "sent standby status update");
@@ -340,6 +411,14 @@ impl<'a> StreamLoop<'a> {
             Err(_) => tracing::warn!("blue did not end the replication stream in time; closing"),
         }
         self.conn.close().await;
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

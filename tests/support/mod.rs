@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod encoder;
+pub mod proxy;
 pub mod tap;
 pub mod twins;
 pub mod wait;

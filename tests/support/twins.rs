@@ -67,6 +67,7 @@ impl Twins {
             },
             kafka: None,
             no_apply: false,
+            shutdown_timeout: StreamConfig::DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Work {
     pub source: ConnInfo,
     /// Green.
     pub target: ConnInfo,
+    /// `--replication-timeout`, for green's copy sessions.
+    pub timeout: Option<std::time::Duration>,
     /// teal's schema on green.
     pub store: Store,
     /// The slot (the chunk rows' key).
@@ -145,7 +147,8 @@ async fn worker(
     import_snapshot(&blue, &work.snapshot)
         .await
         .map_err(SyncError::blue("importing the exported snapshot"))?;
-    let mut green = crate::apply::green_session(&work.target, "teal-sync-copy").await?;
+    let mut green =
+        crate::apply::green_session(&work.target, "teal-sync-copy", work.timeout).await?;
     let done = green
         .prepare(&work.store.sync_chunk_done())
         .await

@@ -506,6 +506,7 @@ pub async fn copy(
         copy::Work {
             source: source.conninfo.clone(),
             target: apply.target.clone(),
+            timeout: apply.timeout,
             store: store.clone(),
             slot: slot.clone(),
             snapshot: held.snapshot.clone(),

@@ -483,7 +483,12 @@ async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
             .stderr(Stdio::inherit());
         cmd
     };
-    let mut first = sync_command().spawn().expect("teal sync starts");
+    let mut first = sync_command()
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("teal sync starts");
+    // Its log and its snapshot holder's, which outlives it on the same pipe.
+    let first_log = echo_stderr(&mut first);
     until_row(
         &twins.g,
         "SELECT 1 FROM teal.sync_chunks WHERE copied_at IS NOT NULL HAVING count(*) >= 2",
@@ -609,6 +614,23 @@ async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
     }
     let status = second.wait().unwrap();
     assert!(status.success(), "teal sync stopped cleanly: {status}");
+    let first_log = first_log.join().unwrap();
+    assert!(
+        !first_log.contains("stopping: finishing what was received"),
+        "the snapshot holder stops without saying it finishes a stream"
+    );
+}
+
+/// Reads `child`'s stderr to its end (every process holding the pipe gone)
+/// on a thread, echoing it; the text comes back on join.
+fn echo_stderr(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        eprint!("{text}");
+        text
+    })
 }
 
 /// Indexes green has beyond blue's: each kind `teal sync` drops before the

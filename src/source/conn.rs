@@ -416,8 +416,12 @@ impl Connection {
     /// Says goodbye (Terminate) and closes; errors are irrelevant by now.
     pub async fn close(mut self) {
         frontend::terminate(&mut self.write_buf);
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
+        // A peer that stopped reading must not keep teal here.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            let _ = self.flush().await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
     }
 }
 

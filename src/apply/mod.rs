@@ -18,12 +18,20 @@
 //! - only what green committed is confirmed to blue;
 //! - nothing of a batch that met an error is committed.
 
+mod careful;
 mod claim;
 mod conflict;
+mod copy;
+#[cfg(test)]
+mod fixture;
 mod green;
 mod origin;
 mod param;
+mod row_key;
+mod run;
+mod set_based;
 mod sql;
+mod statements;
 mod target;
 mod writer;
 
@@ -701,7 +709,8 @@ impl Applier {
         let tidy = async {
             self.rollback().await;
             if let ApplyError::Conflict(report) = &error {
-                if let Err(e) = writer::log_conflict(&self.client, &self.config.store, report).await
+                if let Err(e) =
+                    careful::log_conflict(&self.client, &self.config.store, report).await
                 {
                     tracing::error!(error = %e, "could not record the conflict on green");
                 }

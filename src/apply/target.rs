@@ -90,7 +90,7 @@ pub(crate) enum Key {
 }
 
 /// A blue relation mapped onto its green table.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Mapping {
     /// Blue's definition this mapping was made for.
     pub(crate) relation: Arc<Relation>,

@@ -26,6 +26,7 @@ pub mod ops;
 pub mod pgoutput;
 pub mod pipeline;
 pub mod progress;
+pub mod session;
 pub mod sink;
 pub mod source;
 pub mod store;

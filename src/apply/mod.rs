@@ -37,10 +37,8 @@ mod writer;
 
 pub use conflict::{ConflictKind, ConflictPolicies, ConflictPolicy};
 pub use green::connect as green_session;
-pub(crate) use green::connect_canonical;
-pub use green::{GreenConnectError, connect_plain};
 pub use origin::origin_name;
-pub use target::{DriftError, MapError, primary_key_columns};
+pub use target::{DriftError, MapError};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,7 +92,7 @@ pub struct ConflictReport {
 pub enum ApplyError {
     /// Green could not be reached.
     #[error(transparent)]
-    Connect(#[from] GreenConnectError),
+    Connect(#[from] crate::session::SessionError),
     /// teal's own tables on green.
     #[error(transparent)]
     Store(#[from] StoreError),

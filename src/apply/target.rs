@@ -194,24 +194,6 @@ impl From<DriftError> for MapError {
     }
 }
 
-/// The primary-key column names of table `oid`, in key order (empty
-/// without a primary key). Used on green here, and on blue by the Kafka
-/// sink to key records of tables whose replica identity is not the key.
-pub async fn primary_key_columns(
-    client: &Client,
-    oid: u32,
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT a.attname::text FROM pg_catalog.pg_index i \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
-             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
-            &[&oid],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
 /// Whether `rel` still fits green, reading green's catalog afresh.
 pub(crate) async fn check(client: &Client, rel: &Arc<Relation>) -> Result<(), MapError> {
     map_relation(client, rel).await.map(drop)
@@ -266,7 +248,9 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
             text_cast: r.get(7),
         })
         .collect();
-    let pk = primary_key_columns(client, oid).await.map_err(catalog)?;
+    let pk = crate::session::primary_key_columns(client, oid)
+        .await
+        .map_err(catalog)?;
     let fires_on_apply: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \

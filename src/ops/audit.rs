@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{ApplyError, MapError, connect_plain};
+use crate::apply::{ApplyError, MapError};
 use crate::backoff::Backoff;
 use crate::config::ConnInfo;
 use crate::http::{Monitor, RunState};
 use crate::lsn::PgTimestamp;
+use crate::session::connect_plain;
 use crate::store::{AuditRecord, Store};
 
 /// How long the final audit write may take.

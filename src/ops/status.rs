@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::connect_plain;
 use crate::config::ConnInfo;
 use crate::event::quote_ident;
 use crate::ops::format_bytes;
+use crate::session::connect_plain;
 
 /// What `teal status` reads.
 #[derive(Debug, Clone)]

@@ -562,7 +562,7 @@ async fn watch_blue(config: StreamConfig, monitor: Arc<Monitor>, stop: Cancellat
             .as_ref()
             .is_none_or(tokio_postgres::Client::is_closed)
         {
-            client = match crate::apply::connect_plain(&config.source.conninfo, "teal monitor")
+            client = match crate::session::connect_plain(&config.source.conninfo, "teal monitor")
                 .await
             {
                 Ok(c) => Some(c),

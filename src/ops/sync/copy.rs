@@ -12,9 +12,9 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::apply::connect_canonical;
 use crate::config::ConnInfo;
 use crate::progress::{CopyProgress, lock};
+use crate::session::connect_canonical;
 use crate::store::{Store, SyncChunk};
 
 use super::plan::TablePlan;

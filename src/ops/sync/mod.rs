@@ -35,11 +35,12 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::apply::{ApplyStats, GreenConnectError, connect_plain};
+use crate::apply::ApplyStats;
 use crate::http::{HttpError, Monitor, RunState};
 use crate::lsn::Lsn;
 use crate::ops::audit::{self, host_name};
 use crate::ops::stream::{self, StreamConfig, StreamError};
+use crate::session::{SessionError, connect_plain};
 use std::sync::atomic::AtomicU64;
 
 use crate::progress::{CopyProgress, TableCopy};
@@ -90,7 +91,7 @@ pub enum SyncError {
     },
     /// A session could not be opened.
     #[error(transparent)]
-    Connect(#[from] GreenConnectError),
+    Connect(#[from] SessionError),
     /// teal's tables on green.
     #[error(transparent)]
     Store(#[from] StoreError),

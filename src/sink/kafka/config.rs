@@ -1,0 +1,185 @@
+//! `--kafka-*` settings, the producer they make, and why the sink stops.
+
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+
+use crate::lsn::Lsn;
+
+/// `--kafka-*` settings.
+#[derive(Clone)]
+pub struct KafkaConfig {
+    /// `--kafka-brokers`.
+    pub brokers: String,
+    /// `--kafka-topic-prefix`: topics are `<prefix>.<schema>.<table>`.
+    pub topic_prefix: String,
+    /// `--kafka-transactions-topic` (default `<prefix>.transactions`).
+    pub transactions_topic: Option<String>,
+    /// `--kafka-property key=value`: passed to librdkafka last.
+    pub properties: Vec<(String, String)>,
+    /// A tombstone (null value) after each delete, for log compaction.
+    pub tombstones: bool,
+    /// Blue's database (`source.db`).
+    pub db: String,
+    /// `--kafka-exactly-once`: a transactional producer (see the module docs).
+    pub exactly_once: bool,
+    /// `--kafka-progress-topic` (default `<prefix>.teal_progress`): where
+    /// exactly-once keeps its position; best created with
+    /// `cleanup.policy=compact`.
+    pub progress_topic: Option<String>,
+    /// `--kafka-max-behind`: how far (bytes of WAL) green may get ahead of
+    /// what Kafka acknowledged before apply waits (`None`: no limit beyond
+    /// the channels between them).
+    pub max_behind: Option<u64>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    /// Property values may be secrets (sasl.password, ssl.key.password): names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("transactions_topic", &self.transactions_topic)
+            .field(
+                "properties",
+                &self.properties.iter().map(|p| &p.0).collect::<Vec<_>>(),
+            )
+            .field("tombstones", &self.tombstones)
+            .field("exactly_once", &self.exactly_once)
+            .field("max_behind", &self.max_behind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaConfig {
+    /// Defaults for `brokers`: prefix `teal`, tombstones on.
+    pub fn new(brokers: impl Into<String>, db: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.into(),
+            topic_prefix: "teal".into(),
+            transactions_topic: None,
+            properties: Vec::new(),
+            tombstones: true,
+            db: db.into(),
+            exactly_once: false,
+            progress_topic: None,
+            max_behind: None,
+        }
+    }
+
+    /// The exactly-once progress topic.
+    pub fn progress_topic(&self) -> String {
+        self.progress_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.teal_progress", self.topic_prefix))
+    }
+
+    /// The transaction metadata topic.
+    pub fn transactions_topic(&self) -> String {
+        self.transactions_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.transactions", self.topic_prefix))
+    }
+
+    /// Parses `key=value` (for `--kafka-property`).
+    pub fn parse_property(s: &str) -> Result<(String, String), String> {
+        match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            _ => Err(format!("{s:?} is not key=value")),
+        }
+    }
+}
+
+/// Why the Kafka sink stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSinkError {
+    /// `--no-apply` without `--kafka-brokers`.
+    #[error("--no-apply streams to Kafka only: give --kafka-brokers")]
+    NoBrokers,
+    /// The producer could not be created (a bad property, most likely).
+    #[error("cannot create the Kafka producer: {0}")]
+    Config(KafkaError),
+    /// librdkafka refused a record.
+    #[error("producing to Kafka topic {topic}: {source}")]
+    Produce {
+        /// The topic.
+        topic: String,
+        /// What librdkafka said.
+        #[source]
+        source: KafkaError,
+    },
+    /// A record was not delivered.
+    #[error("Kafka did not take a record of the transaction ending at {lsn}: {source}")]
+    Delivery {
+        /// End LSN of its transaction.
+        lsn: Lsn,
+        /// What librdkafka said.
+        #[source]
+        source: KafkaError,
+    },
+    /// A step of the transactional producer failed (`--kafka-exactly-once`).
+    #[error("Kafka transaction ({step}, through the source transaction ending at {lsn}): {source}")]
+    Transaction {
+        /// init, begin, commit or abort.
+        step: &'static str,
+        /// End LSN of the last source transaction in it (0/0 before any).
+        lsn: Lsn,
+        /// What librdkafka said.
+        #[source]
+        source: KafkaError,
+    },
+    /// A table's primary key could not be read from blue's catalog.
+    #[error("reading the primary key of {table} on blue: {reason}")]
+    Catalog {
+        /// The table.
+        table: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The progress topic could not be read back (`--kafka-exactly-once`).
+    #[error("reading teal's position from Kafka topic {topic}: {reason}")]
+    Progress {
+        /// The progress topic.
+        topic: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The producer: idempotent, `acks=all`; transactional with exactly-once.
+pub(super) fn producer(config: &KafkaConfig, slot: &str) -> Result<FutureProducer, KafkaSinkError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("client.id", "teal");
+    if config.exactly_once {
+        // Records time out with their transaction (transaction.timeout.ms),
+        // which then aborts; the stream restarts from Kafka's progress.
+        c.set("transactional.id", format!("teal-{slot}"));
+    } else {
+        // Never give a record up: an outage pauses confirmation instead.
+        c.set("message.timeout.ms", "0");
+    }
+    for (k, v) in &config.properties {
+        c.set(k, v);
+    }
+    c.create().map_err(KafkaSinkError::Config)
+}
+
+/// Properties the progress reader takes from `--kafka-property` (security
+/// and connection settings; producer settings would only draw warnings).
+pub(super) fn consumer_property(key: &str) -> bool {
+    [
+        "security.",
+        "sasl.",
+        "ssl.",
+        "ssl_",
+        "client.dns",
+        "socket.",
+        "broker.",
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
+}

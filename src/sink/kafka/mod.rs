@@ -1,0 +1,262 @@
+//! The Kafka audit stream: every committed change, in commit order, as
+//! Debezium-format records, with a BEGIN and an END record per transaction.
+//!
+//! ```text
+//! events ──produce (enqueue, never awaited one by one)──▶ librdkafka ──▶ brokers
+//!    │                                                        │ delivery reports
+//!    └──(end LSN, its deliveries), in commit order ──▶ acker ─┘──▶ confirm(end LSN)
+//! ```
+//!
+//! The acker confirms a transaction's end LSN only once every record of it
+//! (and of every earlier one) is acknowledged (`acks=all`, idempotent
+//! producer), so the slot's flush LSN, the minimum over green and Kafka,
+//! never passes a record Kafka does not hold. While Kafka is down nothing is
+//! confirmed (blue keeps the WAL) and records wait in librdkafka, which
+//! retries them in order (`message.timeout.ms=0`: no record is ever given
+//! up); the events channel and librdkafka's queue bound how far ahead the
+//! sink may get.
+//!
+//! With `--kafka-exactly-once` the producer is transactional
+//! (`transactional.id` = `teal-<slot>`): consecutive source transactions
+//! go into one Kafka transaction (up to the batch limits of apply: it
+//! commits at a source commit once it holds `--batch-max-changes` records
+//! or is `--batch-max-delay-ms` old), which
+//! also writes a progress record (key: the slot; value: the last source
+//! transaction's commit and end LSN) to the progress topic. Only once the
+//! Kafka transaction commits are its positions confirmed. A restarted teal
+//! first fences its predecessor (`init_transactions` aborts whatever it had
+//! open), reads the last committed progress record (`read_committed`) and
+//! skips every source transaction at or below it, so a consumer reading
+//! with `isolation.level=read_committed` sees each change exactly once,
+//! even when blue resends what the slot had not confirmed yet.
+
+//!
+//! Files: `config` (settings, the producer, errors), `record` (a source
+//! transaction as records), `acker` (confirming what Kafka acknowledged),
+//! `exactly_once` (the transactional producer), `stats` (counters);
+//! the Debezium envelope itself is `sink::envelope`.
+
+mod acker;
+mod config;
+mod exactly_once;
+mod record;
+mod stats;
+
+pub use config::{KafkaConfig, KafkaSinkError};
+pub use stats::{DeliverySeconds, KafkaStats, TopicCounts};
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::producer::Producer;
+use tokio::sync::mpsc;
+
+use crate::config::ConnInfo;
+use crate::event::Event;
+use crate::lsn::PgTimestamp;
+use crate::progress::{Consumer, Lag};
+
+use super::envelope::{self, Source};
+use acker::{Pending, acknowledge, send};
+use config::producer;
+use exactly_once::Transactional;
+use record::{Names, PrimaryKeys, Producing};
+
+/// Transactions (or idle positions) queued for the acker; bounds how far
+/// production runs ahead of acknowledgements, with librdkafka's own queue.
+const ACK_QUEUE: usize = 1024;
+
+/// How the sink names its transactional producer and sizes its Kafka
+/// transactions (`--kafka-exactly-once`; apply's batch limits).
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// The slot: `transactional.id` is `teal-<slot>`; the progress record's key.
+    pub slot: String,
+    /// Records after which a Kafka transaction commits (at a source commit).
+    pub max_records: u64,
+    /// Age after which a Kafka transaction commits (at a source commit).
+    pub max_delay: Duration,
+    /// Blue, for the primary keys of tables whose replica identity is not
+    /// their primary key.
+    pub blue: ConnInfo,
+}
+
+/// Produces `events` to Kafka until the channel closes; confirms through
+/// `consumer` what Kafka acknowledged, and reports it to `lag` when given
+/// (Kafka is the only consumer: `--no-apply`). Returns once every produced
+/// record is acknowledged (or on the first error).
+pub async fn run<B: AsRef<[Event]>>(
+    config: KafkaConfig,
+    scope: Scope,
+    consumer: Consumer,
+    mut events: mpsc::Receiver<B>,
+    stats: Arc<KafkaStats>,
+    lag: Option<Arc<Lag>>,
+) -> Result<(), KafkaSinkError> {
+    let producer = producer(&config, &scope.slot)?;
+    stats.enabled.store(true, Ordering::Relaxed);
+    let mut eos = if config.exactly_once {
+        Some(Transactional::start(&producer, &config, &scope).await?)
+    } else {
+        None
+    };
+    let (ack_tx, ack_rx) = mpsc::channel::<Pending>(ACK_QUEUE);
+    let acker = tokio::spawn(acknowledge(ack_rx, consumer, Arc::clone(&stats), lag));
+    let source = Source {
+        name: config.topic_prefix.clone(),
+        db: config.db.clone(),
+    };
+    let transactions_topic: Arc<str> = config.transactions_topic().into();
+    let mut txn: Option<Producing> = None;
+    let mut names = Names::default();
+    let mut keys = PrimaryKeys::new(scope.blue.clone());
+    let produced = async {
+        loop {
+            // An open Kafka transaction commits at its deadline when no
+            // source transaction is half produced.
+            let deadline = eos
+                .as_ref()
+                .and_then(Transactional::deadline)
+                .filter(|_| txn.is_none());
+            let next = match deadline {
+                Some(at) => match tokio::time::timeout_at(at.into(), events.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        if let Some(t) = eos.as_mut() {
+                            if !t.commit_to(&producer, &ack_tx).await? {
+                                return Ok(());
+                            }
+                        }
+                        continue;
+                    }
+                },
+                None => events.recv().await,
+            };
+            let Some(batch) = next else { break };
+            for event in batch.as_ref() {
+                let pending = match event {
+                    Event::Begin(meta) => {
+                        // Kafka holds it already (exactly-once, after a restart).
+                        if eos.as_ref().is_some_and(|t| t.holds(meta)) {
+                            continue;
+                        }
+                        if let Some(t) = eos.as_mut() {
+                            t.begin(&producer)?;
+                        }
+                        let mut open = Producing::new(Arc::clone(meta));
+                        let begin = envelope::begin(meta, PgTimestamp::now()).to_string();
+                        let key = envelope::transaction_key(meta).to_string();
+                        open.deliveries.push(
+                            send(&producer, &transactions_topic, Some(&key), Some(&begin)).await?,
+                        );
+                        txn = Some(open);
+                        continue;
+                    }
+                    Event::Changes(changes) => {
+                        let Some(open) = txn.as_mut() else { continue };
+                        for change in changes {
+                            open.change(&producer, &config, &source, &mut names, &mut keys, change)
+                                .await?;
+                        }
+                        continue;
+                    }
+                    Event::Commit(meta) => {
+                        let Some(mut open) = txn.take() else {
+                            // Skipped: confirm it, Kafka has it.
+                            if eos.as_ref().is_some_and(|t| t.holds(meta)) {
+                                confirm(&mut eos, &ack_tx, Pending::position(meta.end_lsn, true))
+                                    .await?;
+                            }
+                            continue;
+                        };
+                        let counts: Vec<(String, u64)> = open
+                            .per_table
+                            .into_iter()
+                            .map(|(table, n)| (table.to_string(), n))
+                            .collect();
+                        let end = envelope::end(meta, &counts, PgTimestamp::now()).to_string();
+                        let key = envelope::transaction_key(meta).to_string();
+                        open.deliveries.push(
+                            send(&producer, &transactions_topic, Some(&key), Some(&end)).await?,
+                        );
+                        let mut produced: BTreeMap<Arc<str>, TopicCounts> = BTreeMap::new();
+                        for sent in &open.deliveries {
+                            produced
+                                .entry(Arc::clone(&sent.topic))
+                                .or_default()
+                                .produced += 1;
+                        }
+                        stats.add(&produced);
+                        if let Some(t) = eos.as_mut() {
+                            t.finished(meta, open.deliveries.len());
+                        }
+                        Pending {
+                            lsn: meta.end_lsn,
+                            deliveries: open.deliveries,
+                            commit: true,
+                        }
+                    }
+                    Event::Idle { wal_end } if txn.is_none() => Pending::position(*wal_end, false),
+                    // Heartbeats and other non-transactional messages are not audited.
+                    Event::Idle { .. } | Event::Message(_) => continue,
+                };
+                if !confirm(&mut eos, &ack_tx, pending).await? {
+                    return Ok(());
+                }
+            }
+            // Between source transactions: commit the Kafka transaction when
+            // it is full or old.
+            if txn.is_none() {
+                if let Some(t) = eos.as_mut().filter(|t| t.due()) {
+                    if !t.commit_to(&producer, &ack_tx).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        // Closed (shutdown): whole source transactions are committed.
+        if let Some(t) = eos.as_mut().filter(|_| txn.is_none()) {
+            t.commit_to(&producer, &ack_tx).await?;
+        }
+        Ok::<(), KafkaSinkError>(())
+    }
+    .await;
+    // A transaction cut off by shutdown or an error is not confirmed: blue
+    // sends it again (and exactly-once aborts what Kafka holds of it).
+    if let Some(t) = eos.as_mut() {
+        t.abort(&producer).await;
+    }
+    drop(ack_tx);
+    let acked = acker.await.unwrap_or(Ok(()));
+    // librdkafka's flush blocks: not on the runtime's threads.
+    let _ = blocking(move || producer.flush(Duration::from_secs(10))).await;
+    produced?;
+    acked
+}
+
+/// Hands `pending` to the acker, or (exactly-once) to the open Kafka
+/// transaction, whose commit releases it. False once the acker is gone.
+async fn confirm(
+    eos: &mut Option<Transactional>,
+    acker: &mpsc::Sender<Pending>,
+    pending: Pending,
+) -> Result<bool, KafkaSinkError> {
+    let pending = match eos.as_mut() {
+        Some(t) => match t.hold(pending) {
+            Some(p) => p,
+            None => return Ok(true),
+        },
+        None => pending,
+    };
+    Ok(acker.send(pending).await.is_ok())
+}
+
+/// A blocking librdkafka call, off the runtime's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(t) => t,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

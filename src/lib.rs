@@ -22,6 +22,7 @@ pub mod event;
 pub mod http;
 pub mod local;
 pub mod lsn;
+pub mod monitor;
 pub mod ops;
 pub mod pgoutput;
 pub mod pipeline;

@@ -11,7 +11,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
-use teal::http::Monitor;
+use teal::monitor::Monitor;
 use teal::ops::stream;
 use teal::sink::kafka::KafkaConfig;
 use tokio_util::sync::CancellationToken;

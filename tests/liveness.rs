@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use teal::apply::ApplyStats;
-use teal::http::Monitor;
+use teal::monitor::Monitor;
 use teal::ops::stream::{self, StreamConfig, StreamError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

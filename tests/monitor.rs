@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use teal::http::Monitor;
+use teal::monitor::Monitor;
 use teal::ops::stream::{self, StreamConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -240,7 +240,7 @@ async fn lag_rises_while_green_is_blocked_and_returns_to_zero() {
         .wait_metrics("caught up after the first rows", |s| {
             s[LAG_BYTES] == 0.0
                 && s[LAG_SECONDS] == 0.0
-                && s["teal_transactions_total{slot=\"teal_slot\"}"] >= 1.0
+                && s["teal_apply_transactions_total{slot=\"teal_slot\"}"] >= 1.0
         })
         .await;
 
@@ -292,7 +292,7 @@ async fn lag_rises_while_green_is_blocked_and_returns_to_zero() {
         "the blocked transaction's apply latency ({max_latency} s) shows the block ({blocked_for:.1} s)"
     );
     assert_eq!(
-        after["teal_table_changes_total{slot=\"teal_slot\",table=\"public.acct\",operation=\"insert\"}"],
+        after["teal_apply_table_changes_total{slot=\"teal_slot\",table=\"public.acct\",operation=\"insert\"}"],
         150.0
     );
     assert_eq!(
@@ -313,16 +313,16 @@ async fn lag_rises_while_green_is_blocked_and_returns_to_zero() {
         "decoder busy {decode_busy} s: some, and not the idle time"
     );
     // Batch sizes: every batch holds at most 100 changes; two held more than 10.
-    let batches = after["teal_batches_total{slot=\"teal_slot\"}"];
+    let batches = after["teal_apply_batches_total{slot=\"teal_slot\"}"];
     let bucket = |le: &str| {
-        after[&format!("teal_batch_size_changes_bucket{{slot=\"teal_slot\",le=\"{le}\"}}")]
+        after[&format!("teal_apply_batch_size_changes_bucket{{slot=\"teal_slot\",le=\"{le}\"}}")]
     };
     assert_eq!(bucket("+Inf"), batches);
     assert_eq!(bucket("100"), batches);
     assert!(bucket("10") <= batches - 2.0, "the 100- and 50-row batches");
     assert_eq!(
-        after["teal_batch_size_changes_sum{slot=\"teal_slot\"}"],
-        after["teal_changes_total{slot=\"teal_slot\"}"]
+        after["teal_apply_batch_size_changes_sum{slot=\"teal_slot\"}"],
+        after["teal_apply_changes_total{slot=\"teal_slot\"}"]
     );
     twins.assert_converged(&["acct"], WAIT).await;
     running.stop().await;
@@ -363,7 +363,7 @@ async fn heartbeats_advance_the_slot_while_published_tables_are_idle() {
     .await;
     let s = running
         .wait_metrics("heartbeats counted, slot health read", |s| {
-            s["teal_heartbeats_total{slot=\"teal_slot\"}"] >= 2.0
+            s["teal_source_heartbeats_total{slot=\"teal_slot\"}"] >= 2.0
                 && s.contains_key("teal_slot_retained_wal_bytes{slot=\"teal_slot\"}")
         })
         .await;
@@ -372,7 +372,7 @@ async fn heartbeats_advance_the_slot_while_published_tables_are_idle() {
         1.0
     );
     assert_eq!(
-        s["teal_changes_total{slot=\"teal_slot\"}"], 0.0,
+        s["teal_apply_changes_total{slot=\"teal_slot\"}"], 0.0,
         "heartbeats apply nothing"
     );
     running.stop().await;
@@ -510,7 +510,7 @@ async fn dashboard_draws_real_samples_in_headless_chromium() {
     }
     running
         .wait_metrics("all 500 rows applied", |s| {
-            s.get("teal_changes_total{slot=\"teal_slot\"}") == Some(&500.0)
+            s.get("teal_apply_changes_total{slot=\"teal_slot\"}") == Some(&500.0)
         })
         .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -630,7 +630,7 @@ async fn status_command_and_audit_trail() {
         .unwrap();
     running
         .wait_metrics("100 rows applied", |s| {
-            s.get("teal_changes_total{slot=\"teal_slot\"}") == Some(&100.0)
+            s.get("teal_apply_changes_total{slot=\"teal_slot\"}") == Some(&100.0)
         })
         .await;
     let addr = running.addr().to_string();

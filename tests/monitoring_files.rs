@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use teal::http::Monitor;
+use teal::monitor::Monitor;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -70,7 +70,7 @@ fn dashboard_and_alerts_use_exported_metrics() {
         "teal_lag_seconds",
         "teal_slot_retained_wal_bytes",
         "teal_up",
-        "teal_conflicts_total",
+        "teal_apply_conflicts_total",
     ] {
         assert!(
             alert_exprs.iter().any(|e| e.contains(needed)),

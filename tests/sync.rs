@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use teal::http::Monitor;
+use teal::monitor::Monitor;
 use teal::ops::sync::{self, OnExistingData, SyncConfig, SyncError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

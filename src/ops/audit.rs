@@ -18,18 +18,13 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{ApplyError, MapError};
 use crate::backoff::Backoff;
 use crate::config::ConnInfo;
-use crate::http::{Monitor, RunState};
 use crate::lsn::PgTimestamp;
+use crate::monitor::{Monitor, RunState, new_id};
 use crate::session::connect_plain;
 use crate::store::{AuditRecord, Store};
 
 /// How long the final audit write may take.
 const END_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A fresh random id (UUID v4) for a run or an operation.
-pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
 
 /// `user@host` of this process.
 pub fn performed_by() -> String {

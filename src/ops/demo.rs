@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ApplyConfig, ApplyStats};
 use crate::config::{AssemblerConfig, ConnInfo, ConnInfoError, SourceConfig};
-use crate::http::Monitor;
 use crate::local::{Cluster, LocalError, Options, PgBin};
+use crate::monitor::Monitor;
 use crate::ops::format_bytes;
 use crate::ops::stream::{self, MonitorConfig, StreamConfig, StreamError};
 use crate::ops::verify::{self, TableSum};

@@ -36,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::apply::ApplyStats;
-use crate::http::{HttpError, Monitor, RunState};
+use crate::http::HttpError;
 use crate::lsn::Lsn;
+use crate::monitor::{Monitor, RunState};
 use crate::ops::audit::{self, host_name};
 use crate::ops::stream::{self, StreamConfig, StreamError};
 use crate::session::{SessionError, connect_plain};

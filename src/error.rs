@@ -1,43 +1,161 @@
-//! The two error classes every stage reports in, decided in one place.
+//! What teal does about an error, decided in one place.
 //!
-//! A *transient* error (connection loss, server shutdown, serialization
-//! failure, resource exhaustion, a timeout) is retried with capped backoff from
-//! the last durable LSN. A *definite* error (a malformed frame, a missing table
-//! or column, a dropped slot, bad configuration) stops teal: retrying would
-//! fail the same way, and nothing partial has been committed.
+//! ```text
+//! SourceError, ApplyError, PipelineError, KafkaSinkError, ... ──kind()──▶ Kind ──policy()──▶ Policy
+//!                                                                          { retry: Timed | Stop, hint }
+//! ```
+//!
+//! Every error type maps its variants to a [`Kind`]; [`policy`] turns a
+//! kind into what to do (retry with capped backoff from the last durable
+//! position, or stop) and what the operator can do about it (the model is
+//! supabase/etl's error policy). A stop never leaves anything partial
+//! committed; a retry resumes from what green (and Kafka) hold.
+//!
+//! Messages name what teal was doing and leave the cause to the error
+//! chain: [`report`] (or [`Report`] in log fields) prints each cause once.
 
-/// Whether retrying can help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Retry with backoff from the last durable position.
-    Transient,
-    /// Stop and report; the operator has to act.
-    Definite,
+use std::fmt;
+
+/// What kind of failure an error is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A socket could not connect, broke, or was closed.
+    Connection,
+    /// A peer said nothing for `--replication-timeout`.
+    Timeout,
+    /// The server answered with this SQLSTATE.
+    Sql(String),
+    /// A conflict met in a batch: it is replayed change by change.
+    Replay,
+    /// A conflict the table's policy stops on.
+    Conflict,
+    /// Green's tables do not fit blue's (the message says what to run).
+    SchemaDrift,
+    /// Green's progress is behind what blue's slot already confirmed.
+    GreenBehind,
+    /// Blue sent something teal cannot read (malformed or unexpected).
+    Protocol,
+    /// Setup teal cannot work with: a setting, a missing slot or
+    /// publication, an old server, TLS files (the message says which).
+    Setup,
+    /// The server refused the login.
+    Auth,
+    /// Kafka did not take records or a transaction.
+    KafkaDelivery,
+    /// The Kafka producer cannot be made from the settings.
+    KafkaSetup,
+    /// A stage panicked.
+    Bug,
+    /// Stopping took longer than `--shutdown-timeout`.
+    ShutdownTimeout,
 }
 
-/// Classifies a PostgreSQL error by its SQLSTATE.
-///
-/// Transient: class 08 (connection exception), 53 (insufficient resources),
+/// Whether teal tries again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Again after a capped, growing delay, from the last durable position.
+    Timed,
+    /// Not until someone acts: retrying would fail the same way.
+    Stop,
+}
+
+/// What teal does about an error, and what the operator can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Retry or stop.
+    pub retry: Retry,
+    /// A line for the operator, when there is more to say than the message.
+    pub hint: Option<&'static str>,
+}
+
+/// The one decision: what teal does about a kind of error.
+pub fn policy(kind: &Kind) -> Policy {
+    use Retry::{Stop, Timed};
+    let (retry, hint) = match kind {
+        Kind::Connection | Kind::Replay | Kind::KafkaDelivery => (Timed, None),
+        Kind::Timeout => (
+            Timed,
+            Some("a link went silent: check the network between teal and the server"),
+        ),
+        Kind::Sql(code) => sql_policy(code),
+        Kind::Conflict => (
+            Stop,
+            Some(
+                "the rows are in teal.conflicts on green: fix green's row, or choose another --conflict policy for the table",
+            ),
+        ),
+        Kind::SchemaDrift => (
+            Stop,
+            Some("change green's table as the message says, then start teal again"),
+        ),
+        Kind::GreenBehind => (Stop, Some("resynchronize green (teal sync)")),
+        Kind::Protocol => (
+            Stop,
+            Some("blue sent something teal does not understand: please report it with the log"),
+        ),
+        Kind::Setup | Kind::ShutdownTimeout => (Stop, None),
+        Kind::Auth => (
+            Stop,
+            Some(
+                "check the user, the password (PGPASSWORD, ~/.pgpass) and the server's pg_hba.conf",
+            ),
+        ),
+        Kind::KafkaSetup => (Stop, Some("check --kafka-brokers and --kafka-property")),
+        Kind::Bug => (Stop, Some("a bug in teal: please report it with the log")),
+    };
+    Policy { retry, hint }
+}
+
+/// Retries a PostgreSQL error by its SQLSTATE when the next attempt may
+/// pass: class 08 (connection exception), 53 (insufficient resources),
 /// 57P01-57P03 (admin/crash shutdown, cannot connect now), 40001
 /// (serialization failure), 40P01 (deadlock), 55006 (object in use: a slot
 /// still held by the walsender of a connection that just died), 58030 (I/O
 /// error), 55P03 (a lock wait ran out), 25P03 and 25P04 (the server ended a
-/// session idle in a transaction, or in one too long). Everything else, notably class 42 (undefined table/column, syntax)
-/// and 22 (data exceptions), is definite.
-pub fn classify_sqlstate(code: &str) -> ErrorClass {
+/// session idle in a transaction, or in one too long). Everything else,
+/// notably class 42 (undefined table or column, syntax, privileges) and 22
+/// (data exceptions), stops.
+fn sql_policy(code: &str) -> (Retry, Option<&'static str>) {
     let transient = code.starts_with("08")
         || code.starts_with("53")
         || matches!(
             code,
-            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55006" | "58030"
-            // A lock wait that gave up; a session ended as idle in a
-            // transaction or too long in one: the next attempt may pass.
-            | "55P03" | "25P03" | "25P04"
+            "57P01"
+                | "57P02"
+                | "57P03"
+                | "40001"
+                | "40P01"
+                | "55006"
+                | "58030"
+                | "55P03"
+                | "25P03"
+                | "25P04"
         );
     if transient {
-        ErrorClass::Transient
-    } else {
-        ErrorClass::Definite
+        return (Retry::Timed, None);
+    }
+    let hint = match code {
+        "42501" => Some("grant teal's role the privilege the message names"),
+        "28P01" | "28000" => policy(&Kind::Auth).hint,
+        c if c.starts_with("42") => {
+            Some("green's tables or teal's role differ from what teal expects: see the message")
+        }
+        _ => None,
+    };
+    (Retry::Stop, hint)
+}
+
+/// Whether errors of `kind` are retried.
+pub fn retries(kind: &Kind) -> bool {
+    policy(kind).retry == Retry::Timed
+}
+
+/// The kind of a PostgreSQL driver error: its SQLSTATE, or a broken
+/// session when there is none (closed, I/O, timeout).
+pub fn postgres_kind(e: &tokio_postgres::Error) -> Kind {
+    match e.code() {
+        Some(code) => Kind::Sql(code.code().to_owned()),
+        None => Kind::Connection,
     }
 }
 
@@ -57,6 +175,15 @@ pub fn describe_postgres(e: &tokio_postgres::Error) -> String {
             s
         }
         None => e.to_string(),
+    }
+}
+
+/// An error and its causes, for log fields: `error = %Report(&e)`.
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&report(std::iter::successors(Some(self.0), |e| e.source())))
     }
 }
 
@@ -90,7 +217,7 @@ mod tests {
     use super::*;
 
     #[derive(Debug, thiserror::Error)]
-    #[error("cannot open a session on green: {source}")]
+    #[error("cannot open a session on green")]
     struct Outer {
         #[source]
         source: std::io::Error,
@@ -121,17 +248,24 @@ mod tests {
     }
 
     #[test]
-    fn sqlstates_are_classified() {
+    fn sqlstates_are_retried_or_stop() {
         for code in [
             "08006", "08001", "57P01", "57P03", "40001", "40P01", "53300", "55006", "55P03",
             "25P03",
         ] {
-            assert_eq!(classify_sqlstate(code), ErrorClass::Transient, "{code}");
+            assert!(retries(&Kind::Sql(code.into())), "{code}");
         }
         for code in [
             "42P01", "42703", "22P02", "XX000", "55000", "42704", "23505",
         ] {
-            assert_eq!(classify_sqlstate(code), ErrorClass::Definite, "{code}");
+            assert!(!retries(&Kind::Sql(code.into())), "{code}");
         }
+        assert!(
+            policy(&Kind::Sql("42501".into()))
+                .hint
+                .unwrap()
+                .contains("grant")
+        );
+        assert!(retries(&Kind::Timeout) && !retries(&Kind::Conflict));
     }
 }

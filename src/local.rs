@@ -37,7 +37,7 @@ pub enum LocalError {
     )]
     NoServerUser,
     /// A file-system or process operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,

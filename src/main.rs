@@ -705,8 +705,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let message = teal::error::report(e.chain());
+            let hint = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<stream::StreamError>())
+                .and_then(|s| teal::error::policy(&s.kind()).hint);
             tracing::error!(error = %message, "teal stopped");
             eprintln!("teal: {message}");
+            if let Some(hint) = hint {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::assembler::{Assembler, AssemblerError, AssemblerStats, EventSink, SinkClosed};
 use crate::config::{AssemblerConfig, SourceConfig};
-use crate::error::ErrorClass;
+use crate::error::Kind;
 use crate::event::{Change, Event};
 use crate::lsn::Lsn;
 use crate::pgoutput::{DecodeError, Decoder};
@@ -58,13 +58,13 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
-    /// Whether retrying could help.
-    pub fn class(&self) -> ErrorClass {
+    /// What kind of failure it is (see [`crate::error::policy`]).
+    pub fn kind(&self) -> Kind {
         match self {
-            PipelineError::Source(e) => e.class(),
-            PipelineError::Decode(_) | PipelineError::Assemble(_) | PipelineError::Panicked(_) => {
-                ErrorClass::Definite
-            }
+            PipelineError::Source(e) => e.kind(),
+            PipelineError::Decode(_) => Kind::Protocol,
+            PipelineError::Assemble(e) => e.kind(),
+            PipelineError::Panicked(_) => Kind::Bug,
         }
     }
 }
@@ -133,7 +133,7 @@ pub fn start_capture(
             let _in_run = assembler_span.enter();
             let result = assemble(assembler, source_rx, event_tx, session_tx, lag);
             if let Err(e) = &result {
-                tracing::error!(error = %e, "decoding stopped");
+                tracing::error!(error = %crate::error::Report(e), "decoding stopped");
             }
             result
         })

@@ -24,7 +24,7 @@ pub enum SessionError {
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
     /// Connecting or logging in failed.
-    #[error("cannot open a session on {target}: {source}")]
+    #[error("cannot open a session on {target}")]
     Connect {
         /// The target, without password.
         target: String,
@@ -35,26 +35,11 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    /// SQLSTATE, when green answered with an error.
-    pub fn sqlstate(&self) -> Option<&str> {
+    /// What kind of failure it is (see [`crate::error::policy`]).
+    pub fn kind(&self) -> crate::error::Kind {
         match self {
-            SessionError::Connect { source, .. } => source.code().map(|c| c.code()),
-            SessionError::Tls(_) => None,
-        }
-    }
-
-    /// Whether the failure was on the way (network, server starting) rather
-    /// than a refusal.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            SessionError::Connect { source, .. } => match source.code() {
-                None => true,
-                Some(code) => {
-                    crate::error::classify_sqlstate(code.code())
-                        == crate::error::ErrorClass::Transient
-                }
-            },
-            SessionError::Tls(_) => false,
+            SessionError::Connect { source, .. } => crate::error::postgres_kind(source),
+            SessionError::Tls(_) => crate::error::Kind::Setup,
         }
     }
 }
@@ -163,7 +148,7 @@ pub(crate) async fn connect_with(
             })?;
     tokio::spawn(tracing::Instrument::in_current_span(async move {
         if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "session ended");
+            tracing::debug!(error = %crate::error::Report(&e), "session ended");
         }
     }));
     Ok(client)

@@ -41,7 +41,7 @@ const MIGRATION_LOCK: i64 = 0x7465_616c_6d69_6772; // "tealmigr"
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A statement on green failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Sql {
         /// What teal was doing.
         context: String,
@@ -74,11 +74,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The SQLSTATE behind the error, if the server sent one.
-    pub fn sqlstate(&self) -> Option<&str> {
+    /// What kind of failure it is (see [`crate::error::policy`]).
+    pub fn kind(&self) -> crate::error::Kind {
         match self {
-            StoreError::Sql { source, .. } => source.code().map(|c| c.code()),
-            _ => None,
+            StoreError::Sql { source, .. } => crate::error::postgres_kind(source),
+            StoreError::TooNew { .. } | StoreError::Corrupt { .. } => crate::error::Kind::Setup,
         }
     }
 }

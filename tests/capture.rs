@@ -704,7 +704,10 @@ async fn missing_publication_and_slot_are_clear_errors(bin: &PgBin) {
         .wait_end(WAIT)
         .await
         .unwrap_err();
-    assert_eq!(err.class(), teal::error::ErrorClass::Definite);
+    assert_eq!(
+        teal::error::policy(&err.kind()).retry,
+        teal::error::Retry::Stop
+    );
     assert!(err.to_string().contains("needs pgoutput"), "{err}");
 }
 on_every_server!(missing_publication_and_slot_are_clear_errors);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use teal::config::ConnInfo;
-use teal::error::ErrorClass;
+use teal::error::{Retry, policy};
 use teal::source::{ReplicationClient, SourceError};
 
 use crate::on_every_server;
@@ -177,7 +177,7 @@ async fn authentication_methods(bin: &PgBin) {
     .await
     .err()
     .expect("a wrong password is refused");
-    assert_eq!(err.class(), ErrorClass::Definite);
+    assert_eq!(policy(&err.kind()).retry, Retry::Stop);
     assert!(err.to_string().contains("28P01"), "{err}");
     assert!(
         !err.to_string().contains("wrong"),
@@ -248,7 +248,7 @@ async fn sslmodes_verify_what_libpq_verifies(bin: &PgBin) {
     .err()
     .expect("verify-full rejects a certificate for another name");
     assert!(matches!(err, SourceError::TlsHandshake { .. }), "{err}");
-    assert_eq!(err.class(), ErrorClass::Definite);
+    assert_eq!(policy(&err.kind()).retry, Retry::Stop);
 
     // verify-ca checks the chain only.
     let ok = connect(&url(

@@ -20,8 +20,10 @@
 
 mod careful;
 mod claim;
+mod config;
 mod conflict;
 mod copy;
+mod error;
 #[cfg(test)]
 mod fixture;
 mod green;
@@ -35,14 +37,16 @@ mod statements;
 mod target;
 mod writer;
 
+pub use config::{ApplyConfig, ApplyStats, BatchSizes, TableCounts};
 pub use conflict::{ConflictKind, ConflictPolicies, ConflictPolicy};
+pub(crate) use error::describe;
+pub use error::{ApplyError, ConflictReport};
 pub use green::connect as green_session;
 pub use origin::origin_name;
 pub use target::{DriftError, MapError};
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -50,257 +54,13 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::Instant;
 use tokio_postgres::{Client, Statement};
 
-use crate::config::ConnInfo;
-use crate::error::{ErrorClass, classify_sqlstate};
-use crate::event::{Event, QualifiedName, TxnMeta};
-use crate::lsn::{Lsn, PgTimestamp, Xid};
-use crate::progress::{Bounds, Buckets, Consumer, Lag, Seconds, lock};
-use crate::store::{AppliedPosition, Store, StoreError};
+use crate::event::{Event, TxnMeta};
+use crate::lsn::{Lsn, PgTimestamp};
+use crate::progress::{Consumer, Lag, lock};
+use crate::store::{AppliedPosition, Store};
 
 use origin::Origin;
 use writer::Writer;
-
-/// A conflict, as written to the conflict log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConflictReport {
-    /// The slot teal streams from.
-    pub slot: String,
-    /// The table.
-    pub table: QualifiedName,
-    /// What kind of conflict.
-    pub kind: ConflictKind,
-    /// The policy in force.
-    pub policy: ConflictPolicy,
-    /// The row's key (JSON).
-    pub key: Option<String>,
-    /// The source row (JSON).
-    pub source_row: Option<String>,
-    /// Green's row (JSON), when there is one.
-    pub target_row: Option<String>,
-    /// Commit LSN of the source transaction.
-    pub commit_lsn: Lsn,
-    /// LSN of the change.
-    pub change_lsn: Lsn,
-    /// Source transaction id.
-    pub xid: Xid,
-    /// What was done.
-    pub resolution: String,
-}
-
-/// Why applying stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// Green could not be reached.
-    #[error(transparent)]
-    Connect(#[from] crate::session::SessionError),
-    /// teal's own tables on green.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A blue table does not fit green (or green's catalog could not be read).
-    #[error(transparent)]
-    Map(#[from] MapError),
-    /// A statement failed on green. The message names table and LSNs; row
-    /// values are left out on purpose (they may be sensitive).
-    #[error("{context}: {}", describe(.source))]
-    Sql {
-        /// What teal was applying.
-        context: String,
-        /// The driver's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// A conflict under the `error` policy.
-    #[error(
-        "conflict {} on {} at LSN {} (transaction {}, xid {}): policy error, so teal stopped; the source and green rows are in the conflicts table",
-        .0.kind, .0.table, .0.change_lsn, .0.commit_lsn, .0.xid
-    )]
-    Conflict(Box<ConflictReport>),
-    /// An update or delete for a table blue cannot identify rows of.
-    #[error(
-        "blue sent an update or delete for {table} at LSN {lsn}, but the table has no replica identity; set REPLICA IDENTITY FULL on it or add a primary key (on blue and green)"
-    )]
-    NoIdentity {
-        /// The table.
-        table: QualifiedName,
-        /// Change LSN.
-        lsn: Lsn,
-    },
-    /// A change cannot be applied as sent.
-    #[error("cannot apply the change to {table} at LSN {lsn} (transaction {commit_lsn}): {reason}")]
-    Unresolvable {
-        /// The table.
-        table: QualifiedName,
-        /// Change LSN.
-        lsn: Lsn,
-        /// Commit LSN.
-        commit_lsn: Lsn,
-        /// Why.
-        reason: String,
-    },
-    /// The fast path met a conflict: replay up to this commit LSN one change
-    /// at a time so the conflict policy can decide (handled by `teal stream`).
-    #[error(
-        "conflict detected in a batch; replaying transactions up to {through} change by change"
-    )]
-    Replay {
-        /// Replay carefully through this commit LSN.
-        through: Lsn,
-    },
-    /// Green did not answer within `--replication-timeout`: the session is
-    /// dropped unanswered and streaming resumes from green's progress.
-    #[error(
-        "green did not answer within {}s while {doing}; dropping the session and resuming from green's progress (--replication-timeout)",
-        after.as_secs()
-    )]
-    Timeout {
-        /// What teal waited for.
-        doing: &'static str,
-        /// The timeout.
-        after: Duration,
-    },
-    /// Green holds progress behind what blue's slot already confirmed: the
-    /// changes in between are gone from the slot.
-    #[error(
-        "green's progress for slot {slot:?} is at {green}, but the slot on blue already confirmed {slot_lsn}: green was restored from an older backup or its progress row was changed. The changes in between cannot be streamed again; resynchronize green (teal sync)"
-    )]
-    Behind {
-        /// The slot.
-        slot: String,
-        /// Green's applied end LSN.
-        green: Lsn,
-        /// The slot's confirmed flush LSN.
-        slot_lsn: Lsn,
-    },
-}
-
-/// The driver's error without detail (which may quote row values).
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    crate::error::describe_postgres(e)
-}
-
-impl ApplyError {
-    /// Retry from green's progress (connection trouble), or stop.
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            ApplyError::Connect(e) if e.is_transient() => ErrorClass::Transient,
-            ApplyError::Sql { source, .. } => sql_class(source),
-            ApplyError::Store(e) => e
-                .sqlstate()
-                .map_or(ErrorClass::Transient, classify_sqlstate),
-            ApplyError::Map(MapError::Catalog { source, .. }) => sql_class(source),
-            ApplyError::Replay { .. } | ApplyError::Timeout { .. } => ErrorClass::Transient,
-            _ => ErrorClass::Definite,
-        }
-    }
-}
-
-fn sql_class(e: &tokio_postgres::Error) -> ErrorClass {
-    match e.code() {
-        Some(code) => classify_sqlstate(code.code()),
-        // No SQLSTATE: the session broke (closed, I/O, timeout).
-        None => ErrorClass::Transient,
-    }
-}
-
-/// How the apply stage batches and resolves conflicts.
-#[derive(Debug, Clone)]
-pub struct ApplyConfig {
-    /// Green.
-    pub target: ConnInfo,
-    /// Slot name: the key of the progress row.
-    pub slot: String,
-    /// A batch closes after the source transaction that reaches this many changes.
-    pub batch_max_changes: u64,
-    /// A batch closes after the source transaction that ends this long after it began.
-    pub batch_max_delay: Duration,
-    /// Conflict policies.
-    pub conflicts: ConflictPolicies,
-    /// teal's schema on green.
-    pub store: Store,
-    /// `--replication-timeout`: the longest green may take to answer (a
-    /// batch of changes sent, a commit) before teal drops the session and
-    /// resumes from green's progress; also how long green keeps a session
-    /// of teal's idle inside a transaction. `None`: wait forever.
-    pub timeout: Option<Duration>,
-}
-
-impl ApplyConfig {
-    /// `--batch-max-changes` default.
-    pub const DEFAULT_BATCH_MAX_CHANGES: u64 = 10_000;
-    /// `--batch-max-delay-ms` default.
-    pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(50);
-
-    /// Defaults for everything but green and the slot: batches of 10,000
-    /// changes or 50 ms, conflicts stop teal, teal's schema is `teal`,
-    /// green gets 60 s to answer.
-    pub fn new(target: ConnInfo, slot: impl Into<String>) -> ApplyConfig {
-        ApplyConfig {
-            target,
-            slot: slot.into(),
-            batch_max_changes: Self::DEFAULT_BATCH_MAX_CHANGES,
-            batch_max_delay: Self::DEFAULT_BATCH_MAX_DELAY,
-            conflicts: ConflictPolicies::default(),
-            store: Store::new(Store::DEFAULT_SCHEMA),
-            timeout: Some(crate::config::SourceConfig::DEFAULT_REPLICATION_TIMEOUT),
-        }
-    }
-}
-
-/// Counters of the apply stage.
-#[derive(Debug, Default)]
-pub struct ApplyStats {
-    /// Source transactions applied.
-    pub transactions: AtomicU64,
-    /// Changes applied.
-    pub changes: AtomicU64,
-    /// Green transactions committed.
-    pub batches: AtomicU64,
-    /// Source transactions skipped because green already had them.
-    pub skipped_transactions: AtomicU64,
-    /// Conflicts resolved by policy.
-    pub conflicts: AtomicU64,
-    /// Inserts, updates and deletes applied by set-based statements (many
-    /// rows each).
-    pub set_based_rows: AtomicU64,
-    /// Updates not sent because a later update of the same row in the same
-    /// green transaction overwrote every column.
-    pub superseded_updates: AtomicU64,
-    /// Changes committed per table (`schema.table`).
-    pub tables: Mutex<BTreeMap<String, TableCounts>>,
-    /// Time the apply stage worked (applying and committing, including
-    /// waiting for green; not waiting for input).
-    pub busy: Seconds,
-    /// Green transactions by changes committed.
-    pub batch_sizes: Buckets<BatchSizes>,
-}
-
-/// Bucket bounds of the batch-size histogram (changes per green transaction).
-#[derive(Debug)]
-pub struct BatchSizes;
-
-impl Bounds for BatchSizes {
-    const BOUNDS: &'static [f64] = &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0];
-}
-
-/// Changes committed to one green table, by operation.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct TableCounts {
-    /// Rows inserted.
-    pub insert: u64,
-    /// Rows updated.
-    pub update: u64,
-    /// Rows deleted.
-    pub delete: u64,
-    /// TRUNCATEs.
-    pub truncate: u64,
-}
-
-impl ApplyStats {
-    /// A snapshot of the per-table counters.
-    pub fn tables(&self) -> BTreeMap<String, TableCounts> {
-        lock(&self.tables).clone()
-    }
-}
 
 /// The batch being built in the open green transaction.
 struct Batch {
@@ -566,7 +326,7 @@ impl Applier {
     async fn rollback(&mut self) {
         self.writer.reset();
         if let Err(e) = self.client.batch_execute("ROLLBACK").await {
-            tracing::debug!(error = %e, "rollback on green failed (the session is gone)");
+            tracing::debug!(error = %crate::error::Report(&e), "rollback on green failed (the session is gone)");
         }
     }
 
@@ -710,11 +470,11 @@ impl Applier {
                 if let Err(e) =
                     careful::log_conflict(&self.client, &self.config.store, report).await
                 {
-                    tracing::error!(error = %e, "could not record the conflict on green");
+                    tracing::error!(error = %crate::error::Report(&e), "could not record the conflict on green");
                 }
             }
             let refused =
-                matches!(&error, ApplyError::Sql { .. }) && error.class() == ErrorClass::Definite;
+                matches!(&error, ApplyError::Sql { .. }) && !crate::error::retries(&error.kind());
             if !refused {
                 return None;
             }

@@ -178,7 +178,7 @@ pub enum MapError {
     #[error(transparent)]
     Drift(Box<DriftError>),
     /// The catalog query failed.
-    #[error("reading green's catalog for {table}: {source}")]
+    #[error("reading green's catalog for {table}")]
     Catalog {
         /// The table.
         table: QualifiedName,
@@ -186,6 +186,16 @@ pub enum MapError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+impl MapError {
+    /// What kind of failure it is (see [`crate::error::policy`]).
+    pub fn kind(&self) -> crate::error::Kind {
+        match self {
+            MapError::Drift(_) => crate::error::Kind::SchemaDrift,
+            MapError::Catalog { source, .. } => crate::error::postgres_kind(source),
+        }
+    }
 }
 
 impl From<DriftError> for MapError {

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::AssemblerConfig;
-use crate::error::ErrorClass;
+use crate::error::Kind;
 use crate::event::{
     Cell, CellKind, Change, ChangeKind, Event, LogicalMessage, OldRow, Origin, QualifiedName,
     Relation, RowImage, TxnMeta,
@@ -120,9 +120,14 @@ pub enum AssemblerError {
 }
 
 impl AssemblerError {
-    /// Whether retrying can help: never, except when shutting down anyway.
-    pub fn class(&self) -> ErrorClass {
-        ErrorClass::Definite
+    /// What kind of failure it is (see [`crate::error::policy`]): blue's
+    /// stream made no sense, or the spill directory failed; retrying would
+    /// meet the same.
+    pub fn kind(&self) -> Kind {
+        match self {
+            AssemblerError::Spill(_) | AssemblerError::SinkClosed(_) => Kind::Setup,
+            _ => Kind::Protocol,
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use crate::lsn::Lsn;
 #[derive(Debug, thiserror::Error)]
 pub enum SpillError {
     /// The file system refused (disk full, permissions, ...).
-    #[error("spill file I/O failed in {dir}: {source}")]
+    #[error("spill file I/O failed in {dir}")]
     Io {
         /// The spill directory.
         dir: String,

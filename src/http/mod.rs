@@ -32,7 +32,7 @@ use crate::monitor::{Monitor, RunState};
 
 /// The endpoint could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} (--metrics-addr): {source}")]
+#[error("cannot listen on {addr} (--metrics-addr)")]
 pub struct HttpError {
     /// The address asked for.
     pub addr: SocketAddr,
@@ -93,7 +93,7 @@ pub async fn serve(
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(e) = served {
-            tracing::warn!(error = %e, "the metrics endpoint stopped");
+            tracing::warn!(error = %crate::error::Report(&e), "the metrics endpoint stopped");
         }
     }))
 }

@@ -23,6 +23,20 @@ use crate::monitor::{Monitor, RunState, new_id};
 use crate::session::connect_plain;
 use crate::store::{AuditRecord, Store};
 
+/// Why an audit row could not be written (logged; never stops teal).
+#[derive(Debug, thiserror::Error)]
+enum AuditError {
+    /// Green could not be reached.
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
+    /// The statement failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Green did not answer in time.
+    #[error("green did not answer in time")]
+    Timeout,
+}
+
 /// How long the final audit write may take.
 const END_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -115,20 +129,12 @@ impl StreamAudit {
         }
     }
 
-    async fn write(&self, record: &AuditRecord, migrate: bool) -> Result<(), String> {
-        let mut client = connect_plain(&self.target, "teal audit")
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn write(&self, record: &AuditRecord, migrate: bool) -> Result<(), AuditError> {
+        let mut client = connect_plain(&self.target, "teal audit").await?;
         if migrate {
-            self.store
-                .migrate(&mut client)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.store.migrate(&mut client).await?;
         }
-        self.store
-            .audit(&client, record)
-            .await
-            .map_err(|e| e.to_string())
+        Ok(self.store.audit(&client, record).await?)
     }
 
     /// Records the start (retrying until green takes it or `stop`), then,
@@ -140,7 +146,7 @@ impl StreamAudit {
             match self.write(&self.record, true).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot record the session start in teal's audit trail yet; retrying");
+                    tracing::warn!(error = %crate::error::Report(&e), "cannot record the session start in teal's audit trail yet; retrying");
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(backoff.next_delay()) => {}
@@ -156,17 +162,16 @@ impl StreamAudit {
         }
         let slot = self.record.slot.as_deref().unwrap_or_default();
         let marked = async {
-            let client = connect_plain(&self.target, "teal audit")
-                .await
-                .map_err(|e| e.to_string())?;
-            self.store
-                .audit_interrupted(&client, "stream", slot, &self.record.correlation_id)
-                .await
-                .map_err(|e| e.to_string())
+            let client = connect_plain(&self.target, "teal audit").await?;
+            Ok::<_, AuditError>(
+                self.store
+                    .audit_interrupted(&client, "stream", slot, &self.record.correlation_id)
+                    .await?,
+            )
         };
         let marked = tokio::time::timeout(END_TIMEOUT, marked)
             .await
-            .unwrap_or_else(|_| Err("green did not answer in time".into()));
+            .unwrap_or(Err(AuditError::Timeout));
         match marked {
             Ok(0) => {}
             Ok(n) => tracing::info!(
@@ -174,7 +179,7 @@ impl StreamAudit {
                 "earlier sessions of this slot ended without a record: marked interrupted"
             ),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot mark interrupted sessions in teal's audit trail")
+                tracing::warn!(error = %crate::error::Report(&e), "cannot mark interrupted sessions in teal's audit trail")
             }
         }
     }
@@ -198,7 +203,7 @@ impl StreamAudit {
                 "conflicts": a.conflicts.load(Relaxed),
                 "retries": monitor.retries(),
                 "applied_lsn": monitor.lag.applied_lsn().to_string(),
-                "error": error.map(ToString::to_string),
+                "error": error.map(|e| crate::error::Report(e).to_string()),
             }),
         );
         let mut records = vec![record];
@@ -219,7 +224,7 @@ impl StreamAudit {
             match tokio::time::timeout(END_TIMEOUT, self.write(r, false)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(operation = r.operation, error = %e, "cannot record the end in teal's audit trail")
+                    tracing::warn!(operation = r.operation, error = %crate::error::Report(&e), "cannot record the end in teal's audit trail")
                 }
                 Err(_) => tracing::warn!(
                     operation = r.operation,

@@ -64,7 +64,7 @@ pub enum DemoError {
     #[error(transparent)]
     Local(#[from] LocalError),
     /// A statement of the demo failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Sql {
         /// What the demo was doing.
         what: String,

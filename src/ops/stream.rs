@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::apply::{Applier, ApplyConfig, ApplyError, ApplyStats};
 use crate::backoff::Backoff;
 use crate::config::{AssemblerConfig, SourceConfig};
-use crate::error::ErrorClass;
+use crate::error::Kind;
 use crate::event::SharedBatch;
 use crate::http::HttpError;
 use crate::lsn::Lsn;
@@ -58,6 +58,19 @@ pub enum StreamError {
         /// What was stuck, when known.
         stuck: Option<String>,
     },
+}
+
+impl StreamError {
+    /// What kind of failure it is (see [`crate::error::policy`]).
+    pub fn kind(&self) -> Kind {
+        match self {
+            StreamError::Apply(e) => e.kind(),
+            StreamError::Capture(e) => e.kind(),
+            StreamError::Kafka(e) => e.kind(),
+            StreamError::Http(_) => Kind::Setup,
+            StreamError::ShutdownTimeout { .. } => Kind::ShutdownTimeout,
+        }
+    }
 }
 
 /// Everything `teal stream` needs.
@@ -205,7 +218,7 @@ async fn run_session(
     monitor.set_state(match &result {
         Ok(_) => RunState::Stopping,
         Err(e) => {
-            monitor.record_error(e.to_string());
+            monitor.record_error(crate::error::Report(e).to_string());
             RunState::Failed
         }
     });
@@ -253,14 +266,14 @@ async fn stream(
                 tracing::warn!(through = %through, "conflict in a batch; replaying it change by change");
                 careful_through = careful_through.max(Some(through));
             }
-            Err(e) if is_transient(&e) && !shutdown.is_cancelled() => {
-                monitor.record_error(e.to_string());
+            Err(e) if crate::error::retries(&e.kind()) && !shutdown.is_cancelled() => {
+                monitor.record_error(crate::error::Report(&e).to_string());
                 monitor
                     .retries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 monitor.set_state(RunState::Retrying);
                 let delay = backoff.next_delay_after(started.elapsed());
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "streaming interrupted; resuming from green's progress");
+                tracing::warn!(error = %crate::error::Report(&e), retry_in_ms = delay.as_millis() as u64, "streaming interrupted; resuming from green's progress");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.cancelled() => return Ok(stats),
@@ -275,18 +288,6 @@ async fn stream(
 async fn after_shutdown(shutdown: &CancellationToken, timeout: Duration) {
     shutdown.cancelled().await;
     tokio::time::sleep(timeout).await;
-}
-
-fn is_transient(e: &StreamError) -> bool {
-    match e {
-        StreamError::Apply(e) => e.class() == ErrorClass::Transient,
-        StreamError::Capture(e) => e.class() == ErrorClass::Transient,
-        StreamError::Http(_) | StreamError::ShutdownTimeout { .. } => false,
-        // A producer that cannot be created will not be next time either;
-        // delivery failures (librdkafka gave up) are retried from the slot.
-        StreamError::Kafka(KafkaSinkError::Config(_) | KafkaSinkError::NoBrokers) => false,
-        StreamError::Kafka(_) => true,
-    }
 }
 
 /// One run of capture + apply, from green's progress.
@@ -568,7 +569,7 @@ async fn watch_blue(config: StreamConfig, monitor: Arc<Monitor>, stop: Cancellat
             {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    tracing::debug!(error = %e, "cannot reach blue to watch the slot; trying again");
+                    tracing::debug!(error = %crate::error::Report(&e), "cannot reach blue to watch the slot; trying again");
                     continue;
                 }
             };
@@ -584,7 +585,9 @@ async fn watch_blue(config: StreamConfig, monitor: Arc<Monitor>, stop: Cancellat
             next_poll = now + poll;
             match tokio::time::timeout(answer, slot_health(c, &config.source.slot)).await {
                 Ok(Ok(h)) => monitor.set_slot_health(h),
-                Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the slot's state on blue"),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %crate::error::Report(&e), "cannot read the slot's state on blue")
+                }
                 Err(_) => {
                     client = None;
                     continue;
@@ -609,7 +612,7 @@ async fn watch_blue(config: StreamConfig, monitor: Arc<Monitor>, stop: Cancellat
                 }
                 Ok(Err(e)) if !warned => {
                     warned = true;
-                    tracing::warn!(error = %e, "cannot write heartbeats on blue (pg_logical_emit_message); lag is measured from changes only");
+                    tracing::warn!(error = %crate::error::Report(&e), "cannot write heartbeats on blue (pg_logical_emit_message); lag is measured from changes only");
                 }
                 Ok(Err(_)) => {}
                 Err(_) => client = None,

@@ -138,7 +138,7 @@ impl Connection {
             match result {
                 Ok(conn) => return Ok(conn),
                 Err(e) => {
-                    tracing::debug!(host = %host, error = %e, "connection attempt failed");
+                    tracing::debug!(host = %host, error = %crate::error::Report(&e), "connection attempt failed");
                     last = Some(e);
                 }
             }
@@ -166,7 +166,7 @@ impl Connection {
             .set_tcp_keepalive(&keepalive)
             .and_then(|()| socket.set_tcp_user_timeout(Some(timeout)));
         if let Err(e) = set {
-            tracing::debug!(host = %self.host, error = %e, "cannot set TCP keepalive and user timeout");
+            tracing::debug!(host = %self.host, error = %crate::error::Report(&e), "cannot set TCP keepalive and user timeout");
         }
     }
 
@@ -521,7 +521,7 @@ async fn tcp(hostname: &str, port: u16, name: &str) -> Result<TcpStream, SourceE
         .map_err(connect_error)?;
         // Before connecting, so the window scale is negotiated for it.
         if let Err(e) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
-            tracing::debug!(host = %name, error = %e, "cannot set the receive buffer size");
+            tracing::debug!(host = %name, error = %crate::error::Report(&e), "cannot set the receive buffer size");
         }
         match socket.connect(addr).await {
             Ok(stream) => {
@@ -531,7 +531,7 @@ async fn tcp(hostname: &str, port: u16, name: &str) -> Result<TcpStream, SourceE
                     .set_nodelay(true)
                     .and_then(|()| socket2::SockRef::from(&stream).set_keepalive(true));
                 if let Err(e) = tuned {
-                    tracing::debug!(host = %name, error = %e, "cannot set TCP_NODELAY and SO_KEEPALIVE");
+                    tracing::debug!(host = %name, error = %crate::error::Report(&e), "cannot set TCP_NODELAY and SO_KEEPALIVE");
                 }
                 return Ok(stream);
             }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 
-use crate::error::{ErrorClass, classify_sqlstate};
+use crate::error::Kind;
 
 use crate::tls::TlsConfigError;
 
@@ -41,7 +41,7 @@ impl std::error::Error for ServerError {}
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// TCP or Unix socket connect failed.
-    #[error("cannot connect to {host}: {source}")]
+    #[error("cannot connect to {host}")]
     Connect {
         /// Host and port.
         host: String,
@@ -58,7 +58,7 @@ pub enum SourceError {
         secs: u64,
     },
     /// The connection broke while in use.
-    #[error("connection to {host} lost: {source}")]
+    #[error("connection to {host} lost")]
     Io {
         /// Host and port.
         host: String,
@@ -70,7 +70,7 @@ pub enum SourceError {
     #[error(transparent)]
     TlsConfig(#[from] TlsConfigError),
     /// The TLS handshake failed (certificate rejected, protocol mismatch).
-    #[error("TLS handshake with {host} failed: {source}")]
+    #[error("TLS handshake with {host} failed")]
     TlsHandshake {
         /// Host and port.
         host: String,
@@ -133,15 +133,20 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    /// Retry (connection trouble, server restarting) or stop (everything else).
-    pub fn class(&self) -> ErrorClass {
+    /// What kind of failure it is (see [`crate::error::policy`]).
+    pub fn kind(&self) -> Kind {
         match self {
             SourceError::Connect { .. }
             | SourceError::ConnectTimeout { .. }
-            | SourceError::Io { .. }
-            | SourceError::Timeout { .. } => ErrorClass::Transient,
-            SourceError::Server { error, .. } => classify_sqlstate(&error.code),
-            _ => ErrorClass::Definite,
+            | SourceError::Io { .. } => Kind::Connection,
+            SourceError::Timeout { .. } => Kind::Timeout,
+            SourceError::Server { error, .. } => Kind::Sql(error.code.clone()),
+            SourceError::Auth { .. } => Kind::Auth,
+            SourceError::Protocol { .. } => Kind::Protocol,
+            SourceError::TlsConfig(_)
+            | SourceError::TlsHandshake { .. }
+            | SourceError::TlsRefused { .. }
+            | SourceError::Setup(_) => Kind::Setup,
         }
     }
 }

@@ -39,7 +39,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceConfig;
-use crate::error::ErrorClass;
 use crate::lsn::{Lsn, PgTimestamp};
 use crate::progress::Liveness;
 
@@ -119,11 +118,11 @@ pub async fn run(
         .await;
         match result {
             Ok(StreamEnd::Shutdown | StreamEnd::ConsumerGone) => return Ok(()),
-            Err(e) if e.class() == ErrorClass::Transient && !shutdown.is_cancelled() => {
+            Err(e) if crate::error::retries(&e.kind()) && !shutdown.is_cancelled() => {
                 let streamed = streaming_since.map_or(Duration::ZERO, |s: Instant| s.elapsed());
                 let delay = backoff.next_delay_after(streamed);
-                liveness.source_lost(e.to_string());
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
+                liveness.source_lost(crate::error::Report(&e).to_string());
+                tracing::warn!(error = %crate::error::Report(&e), retry_in_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.cancelled() => return Ok(()),
@@ -131,7 +130,7 @@ pub async fn run(
             }
             Err(_) if shutdown.is_cancelled() => return Ok(()),
             Err(e) => {
-                tracing::error!(error = %e, "replication stopped");
+                tracing::error!(error = %crate::error::Report(&e), "replication stopped");
                 return Err(e);
             }
         }

@@ -407,7 +407,9 @@ impl<'a> StreamLoop<'a> {
             Ok(Ok(())) => {
                 tracing::debug!(flush_lsn = %*self.flush.borrow(), "replication stream stopped cleanly")
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "replication stream did not stop cleanly"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::error::Report(&e), "replication stream did not stop cleanly")
+            }
             Err(_) => tracing::warn!("blue did not end the replication stream in time; closing"),
         }
         self.conn.close().await;

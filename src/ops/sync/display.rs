@@ -137,6 +137,8 @@ pub fn finished(
             rows = summary.rows,
             "copy stopped before it finished; teal sync starts it again next time"
         ),
-        Err(e) => tracing::error!(error = %e, rows = summary.rows, "copy failed"),
+        Err(e) => {
+            tracing::error!(error = %crate::error::Report(e), rows = summary.rows, "copy failed")
+        }
     }
 }

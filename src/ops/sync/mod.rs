@@ -60,7 +60,7 @@ pub enum SyncError {
     #[error("{0}")]
     Setup(String),
     /// A statement on blue failed.
-    #[error("{context} on blue: {source}")]
+    #[error("{context} on blue")]
     Blue {
         /// What teal was doing.
         context: String,
@@ -69,7 +69,7 @@ pub enum SyncError {
         source: tokio_postgres::Error,
     },
     /// A statement on green failed.
-    #[error("{context} on green: {source}")]
+    #[error("{context} on green")]
     Green {
         /// What teal was doing.
         context: String,
@@ -78,7 +78,7 @@ pub enum SyncError {
         source: tokio_postgres::Error,
     },
     /// Copying one chunk failed (blue's COPY or green's).
-    #[error("copying chunk {chunk} of {table} ({source_relation}): {source}")]
+    #[error("copying chunk {chunk} of {table} ({source_relation})")]
     Copy {
         /// Green's table.
         table: String,
@@ -235,7 +235,7 @@ pub async fn run(
         .instrument(span)
         .await
         .inspect_err(|e| {
-            monitor.record_error(e.to_string());
+            monitor.record_error(crate::error::Report(e).to_string());
             monitor.set_state(RunState::Failed);
         })?;
     if config.copy_only || shutdown.is_cancelled() {
@@ -712,7 +712,7 @@ impl SyncAudit {
             serde_json::json!({ "copy_workers": config.copy_workers, "chunk_rows": config.chunk_rows }),
         );
         if let Err(e) = store.audit(green, &record).await {
-            tracing::warn!(error = %e, "could not write the copy's audit row");
+            tracing::warn!(error = %crate::error::Report(&e), "could not write the copy's audit row");
         }
         SyncAudit {
             record: Some(record),
@@ -745,11 +745,11 @@ impl SyncAudit {
                 "chunks": summary.chunks,
                 "rows": summary.rows,
                 "bytes": summary.bytes,
-                "error": result.as_ref().err().map(ToString::to_string),
+                "error": result.as_ref().err().map(|e| crate::error::Report(e).to_string()),
             }),
         );
         if let Err(e) = self.store.audit(green, &record).await {
-            tracing::warn!(error = %e, "could not write the copy's audit row");
+            tracing::warn!(error = %crate::error::Report(&e), "could not write the copy's audit row");
         }
     }
 }

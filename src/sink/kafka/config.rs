@@ -100,7 +100,7 @@ pub enum KafkaSinkError {
     #[error("cannot create the Kafka producer: {0}")]
     Config(KafkaError),
     /// librdkafka refused a record.
-    #[error("producing to Kafka topic {topic}: {source}")]
+    #[error("producing to Kafka topic {topic}")]
     Produce {
         /// The topic.
         topic: String,
@@ -109,7 +109,7 @@ pub enum KafkaSinkError {
         source: KafkaError,
     },
     /// A record was not delivered.
-    #[error("Kafka did not take a record of the transaction ending at {lsn}: {source}")]
+    #[error("Kafka did not take a record of the transaction ending at {lsn}")]
     Delivery {
         /// End LSN of its transaction.
         lsn: Lsn,
@@ -118,7 +118,7 @@ pub enum KafkaSinkError {
         source: KafkaError,
     },
     /// A step of the transactional producer failed (`--kafka-exactly-once`).
-    #[error("Kafka transaction ({step}, through the source transaction ending at {lsn}): {source}")]
+    #[error("Kafka transaction ({step}, through the source transaction ending at {lsn})")]
     Transaction {
         /// init, begin, commit or abort.
         step: &'static str,
@@ -129,12 +129,13 @@ pub enum KafkaSinkError {
         source: KafkaError,
     },
     /// A table's primary key could not be read from blue's catalog.
-    #[error("reading the primary key of {table} on blue: {reason}")]
+    #[error("reading the primary key of {table} on blue")]
     Catalog {
         /// The table.
         table: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The progress topic could not be read back (`--kafka-exactly-once`).
     #[error("reading teal's position from Kafka topic {topic}: {reason}")]
@@ -144,6 +145,19 @@ pub enum KafkaSinkError {
         /// What went wrong.
         reason: String,
     },
+}
+
+impl KafkaSinkError {
+    /// What kind of failure it is (see [`crate::error::policy`]): a producer
+    /// that cannot be made will not be next time either; what librdkafka
+    /// gave up is retried from the slot.
+    pub fn kind(&self) -> crate::error::Kind {
+        match self {
+            KafkaSinkError::NoBrokers => crate::error::Kind::Setup,
+            KafkaSinkError::Config(_) => crate::error::Kind::KafkaSetup,
+            _ => crate::error::Kind::KafkaDelivery,
+        }
+    }
 }
 
 /// The producer: idempotent, `acks=all`; transactional with exactly-once.

@@ -204,7 +204,7 @@ impl Transactional {
         }
         let p = producer.clone();
         if let Err(e) = blocking(move || p.abort_transaction(Duration::from_secs(30))).await {
-            tracing::warn!(error = %e, "could not abort the open Kafka transaction; the next start aborts it");
+            tracing::warn!(error = %crate::error::Report(&e), "could not abort the open Kafka transaction; the next start aborts it");
         }
     }
 }

@@ -86,19 +86,19 @@ impl PrimaryKeys {
                 return Ok(key.clone());
             }
         }
-        let fail = |reason: String| KafkaSinkError::Catalog {
+        let fail = |source: Box<dyn std::error::Error + Send + Sync>| KafkaSinkError::Catalog {
             table: relation.name.to_string(),
-            reason,
+            source,
         };
         let client = match self.client.take() {
             Some(c) if !c.is_closed() => c,
             _ => crate::session::connect_plain(&self.blue, "teal kafka")
                 .await
-                .map_err(|e| fail(e.to_string()))?,
+                .map_err(|e| fail(e.into()))?,
         };
         let names = crate::session::primary_key_columns(&client, relation.rel_id).await;
         self.client = Some(client);
-        let names = names.map_err(|e| fail(e.to_string()))?;
+        let names = names.map_err(|e| fail(e.into()))?;
         let key: PrimaryKey = (!names.is_empty()).then(|| {
             names
                 .iter()

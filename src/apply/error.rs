@@ -108,19 +108,6 @@ pub enum ApplyError {
         /// The timeout.
         after: Duration,
     },
-    /// Green holds progress behind what blue's slot already confirmed: the
-    /// changes in between are gone from the slot.
-    #[error(
-        "green's progress for slot {slot:?} is at {green}, but the slot on blue already confirmed {slot_lsn}: green was restored from an older backup or its progress row was changed. The changes in between cannot be streamed again; resynchronize green (teal sync)"
-    )]
-    Behind {
-        /// The slot.
-        slot: String,
-        /// Green's applied end LSN.
-        green: Lsn,
-        /// The slot's confirmed flush LSN.
-        slot_lsn: Lsn,
-    },
 }
 
 /// The driver's error without detail (which may quote row values).
@@ -140,7 +127,6 @@ impl ApplyError {
             ApplyError::NoIdentity { .. } | ApplyError::Unresolvable { .. } => Kind::Setup,
             ApplyError::Replay { .. } => Kind::Replay,
             ApplyError::Timeout { .. } => Kind::Timeout,
-            ApplyError::Behind { .. } => Kind::GreenBehind,
         }
     }
 }

@@ -136,7 +136,7 @@ impl Monitor {
             (
                 SOURCE_HEARTBEATS,
                 "Heartbeat messages written on blue.",
-                load(&self.heartbeats),
+                self.slot_watch.heartbeats() as f64,
             ),
             (
                 SOURCE_RECEIVED_BYTES,
@@ -189,7 +189,7 @@ impl Monitor {
             }
         }
 
-        let health = lock(&self.slot_health).clone();
+        let health = self.slot_watch.health();
         out.family(
             SLOT_RETAINED_WAL_BYTES,
             "gauge",

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::apply::ApplyStats;
 use crate::lsn::PgTimestamp;
-use crate::progress::{CopyProgress, Lag, lock};
+use crate::progress::{CopyProgress, Lag, SlotWatch, lock};
 use crate::sink::kafka::KafkaStats;
 
 /// A fresh id (UUID v4): a run's correlation id, an audit operation's id.
@@ -50,17 +50,6 @@ pub enum RunState {
     Failed,
 }
 
-/// The slot as blue sees it (polled on an ordinary session).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct SlotHealth {
-    /// WAL the slot keeps on blue, in bytes (current WAL LSN minus restart_lsn).
-    pub retained_bytes: u64,
-    /// `pg_replication_slots.wal_status` (reserved, extended, unreserved, lost).
-    pub wal_status: Option<String>,
-    /// The slot's confirmed flush LSN.
-    pub confirmed_flush_lsn: Option<String>,
-}
-
 /// Everything the endpoint shows about one stream.
 pub struct Monitor {
     /// The slot.
@@ -73,12 +62,11 @@ pub struct Monitor {
     pub retries: AtomicU64,
     /// Errors of any kind (transient and definite).
     pub errors: AtomicU64,
-    /// Heartbeats written on blue.
-    pub heartbeats: AtomicU64,
+    /// What the slot watcher learns from blue: the slot's health, heartbeats.
+    pub slot_watch: Arc<SlotWatch>,
     state: Mutex<(RunState, Option<(String, Instant)>)>,
     /// Work pending and no stage moving for this long: stalled.
     stall_after_ms: AtomicU64,
-    slot_health: Mutex<Option<SlotHealth>>,
     addr: OnceLock<SocketAddr>,
     /// The last hour, sampled while the endpoint runs.
     pub history: History,
@@ -99,10 +87,9 @@ impl Monitor {
             apply: Arc::new(ApplyStats::default()),
             retries: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            heartbeats: AtomicU64::new(0),
+            slot_watch: Arc::new(SlotWatch::default()),
             state: Mutex::new((RunState::Starting, None)),
             stall_after_ms: AtomicU64::new(DEFAULT_STALL_AFTER.as_millis() as u64),
-            slot_health: Mutex::new(None),
             addr: OnceLock::new(),
             history: History::default(),
             correlation_id: new_id(),
@@ -191,11 +178,6 @@ impl Monitor {
         })
     }
 
-    /// Stores what blue said about the slot.
-    pub fn set_slot_health(&self, health: Option<SlotHealth>) {
-        *lock(&self.slot_health) = health;
-    }
-
     /// The endpoint's address, once it listens (set by [`crate::http::serve`]).
     pub fn set_addr(&self, addr: SocketAddr) {
         let _ = self.addr.set(addr);
@@ -217,7 +199,7 @@ impl Monitor {
             changes: a.changes.load(Ordering::Relaxed),
             transactions: a.transactions.load(Ordering::Relaxed),
             conflicts: a.conflicts.load(Ordering::Relaxed),
-            retained_bytes: lock(&self.slot_health).as_ref().map(|h| h.retained_bytes),
+            retained_bytes: self.slot_watch.health().map(|h| h.retained_bytes),
         });
     }
 
@@ -248,8 +230,8 @@ impl Monitor {
             "conflicts": a.conflicts.load(Ordering::Relaxed),
             "retries": self.retries(),
             "errors": self.errors(),
-            "heartbeats": self.heartbeats.load(Ordering::Relaxed),
-            "slot_health": *lock(&self.slot_health),
+            "heartbeats": self.slot_watch.heartbeats(),
+            "slot_health": self.slot_watch.health(),
             "tables": a.tables(),
             "last_error": self.last_error(),
             "copy": self.copy.get().map(|c| {

@@ -1,15 +1,25 @@
 //! `teal stream`: keep green an exact, transactionally consistent copy of
-//! blue's published tables.
+//! blue's published tables (and, with `--kafka-brokers`, publish the same
+//! changes to Kafka).
 //!
 //! ```text
-//! ┌─▶ green: migrate teal's schema, read progress(slot) ─▶ capture from there ─▶ apply
-//! │        │ transient error (green or blue gone): back off           │
-//! │        │ conflict in a batch: replay it change by change           │
-//! └────────┴───────────────────────────────────────────────────────────┘
+//! ┌─▶ attempt: green (claim, migrate, read progress) ─▶ pipeline: capture from the resume
+//! │           position ─▶ fan out ─▶ apply (green) and/or the Kafka sink, each confirming
+//! │           through progress; source::watch beside it (slot health, heartbeats)
+//! │    transient error (policy: retry): back off (reset after a healthy attempt)
+//! │    conflict in a batch: the next attempt replays it change by change
+//! └──────────────────────────────────────────────────────────────────────────
 //! ```
 //!
 //! Restarting from green's progress is what makes any failure safe: the
 //! open batch was never committed, so it is streamed and applied again.
+//!
+//! A conflict replay is a new attempt rather than a replay inside this one:
+//! apply hands each change to green and keeps nothing once it is sent, and
+//! blue resends exactly from green's progress; going through the one path
+//! every other failure already takes (and that the crash tests prove exactly
+//! once) costs a reconnect per conflict, which is rare, instead of a second
+//! buffer of the batch and a second way to resume.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,12 +32,13 @@ use crate::apply::{Applier, ApplyConfig, ApplyError, ApplyStats};
 use crate::backoff::Backoff;
 use crate::config::{AssemblerConfig, SourceConfig};
 use crate::error::Kind;
-use crate::event::SharedBatch;
 use crate::http::HttpError;
 use crate::lsn::Lsn;
-use crate::monitor::{Monitor, RunState, SlotHealth};
+use crate::monitor::{Monitor, RunState};
 use crate::ops::audit::StreamAudit;
-use crate::pipeline::{PipelineError, start_capture};
+use crate::pipeline::{
+    Acknowledged, ApplyInput, KafkaInput, PipelineError, fan_out, resume, start_capture,
+};
 use crate::progress::Progress;
 use crate::sink::kafka::{KafkaConfig, KafkaSinkError};
 
@@ -94,6 +105,17 @@ pub struct StreamConfig {
 }
 
 impl StreamConfig {
+    /// What the slot watcher beside the stream needs.
+    fn watch_config(&self) -> crate::source::slot_watch::WatchConfig {
+        crate::source::slot_watch::WatchConfig {
+            conninfo: self.source.conninfo.clone(),
+            slot: self.source.slot.clone(),
+            heartbeat_interval: self.monitor.heartbeat_interval,
+            slot_poll_interval: self.monitor.slot_poll_interval,
+            timeout: self.source.replication_timeout,
+        }
+    }
+
     /// `--shutdown-timeout` default (below the 30 s most supervisors wait
     /// before they kill).
     pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -122,8 +144,6 @@ pub struct MonitorConfig {
 impl MonitorConfig {
     /// `--heartbeat-interval` default.
     pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
-    /// The prefix of heartbeat messages.
-    pub const HEARTBEAT_PREFIX: &'static str = "teal.heartbeat";
 }
 
 impl Default for MonitorConfig {
@@ -180,7 +200,12 @@ async fn run_session(
         .await?;
     }
     tokio::spawn(
-        watch_blue(config.clone(), Arc::clone(&monitor), stopped.clone()).in_current_span(),
+        crate::source::slot_watch::watch(
+            config.watch_config(),
+            Arc::clone(&monitor.slot_watch),
+            stopped.clone(),
+        )
+        .in_current_span(),
     );
     // The audit trail lives on green: none without it (--no-apply).
     let audit = (!config.no_apply).then(|| {
@@ -248,18 +273,14 @@ async fn stream(
         }
         monitor.set_state(RunState::Starting);
         let started = tokio::time::Instant::now();
-        let result = if config.no_apply {
-            attempt_kafka_only(config, shutdown, monitor, &mut may_create_slot).await
-        } else {
-            attempt(
-                config,
-                shutdown,
-                monitor,
-                careful_through,
-                &mut may_create_slot,
-            )
-            .await
-        };
+        let result = attempt(
+            config,
+            shutdown,
+            monitor,
+            careful_through,
+            &mut may_create_slot,
+        )
+        .await;
         match result {
             Ok(()) => return Ok(stats),
             Err(StreamError::Apply(ApplyError::Replay { through })) => {
@@ -290,7 +311,8 @@ async fn after_shutdown(shutdown: &CancellationToken, timeout: Duration) {
     tokio::time::sleep(timeout).await;
 }
 
-/// One run of capture + apply, from green's progress.
+/// One run of capture and its consumers (apply, unless `--no-apply`; the
+/// Kafka sink with `--kafka-brokers`), from where they stand.
 async fn attempt(
     config: &StreamConfig,
     shutdown: &CancellationToken,
@@ -299,27 +321,34 @@ async fn attempt(
     may_create_slot: &mut bool,
 ) -> Result<(), StreamError> {
     let progress = Progress::new();
-    let consumer = progress.register();
-    // Kafka confirms through its own handle: the flush LSN is the minimum.
+    // Each consumer confirms through its own handle: the flush LSN is the minimum.
+    let apply_consumer = (!config.no_apply).then(|| progress.register());
     let kafka_consumer = config.kafka.as_ref().map(|_| progress.register());
-    let mut applier = Applier::connect(
-        config.apply.clone(),
-        consumer,
-        Arc::clone(&monitor.apply),
-        Arc::clone(&monitor.lag),
-    )
-    .await?;
-    applier.set_careful_through(careful_through);
-    let applied = applier.applied();
-    let mut source = config.source.clone();
-    // With Kafka on, the slot's confirmed position (what both hold) is where
-    // streaming starts; apply skips what green has.
-    if let (Some(a), None) = (applied, &config.kafka) {
-        source.start_lsn = source.start_lsn.max(Some(a.end_lsn));
+    let mut applier = match apply_consumer {
+        Some(consumer) => Some(
+            Applier::connect(
+                config.apply.clone(),
+                consumer,
+                Arc::clone(&monitor.apply),
+                Arc::clone(&monitor.lag),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    if let Some(applier) = applier.as_mut() {
+        applier.set_careful_through(careful_through);
     }
+    let green = applier.as_ref().and_then(Applier::applied);
+    let mut source = config.source.clone();
+    source.start_lsn = resume::start_position(
+        source.start_lsn,
+        green.map(|g| g.end_lsn),
+        config.kafka.is_some(),
+    );
     // A slot created while green already holds progress would start after
     // changes green never saw: only create it for a green that starts empty.
-    source.create_slot = *may_create_slot && applied.is_none();
+    source.create_slot = *may_create_slot && green.is_none();
     let run = shutdown.child_token();
     let (events, capture) = start_capture(
         source,
@@ -328,142 +357,118 @@ async fn attempt(
         Arc::clone(&monitor.lag),
         run.clone(),
     )?;
-    let (events, kafka) = match (&config.kafka, kafka_consumer) {
-        (Some(kafka), Some(kafka_consumer)) => {
-            let behind = kafka
-                .max_behind
-                .map(|max| (max, Arc::clone(&monitor.kafka)));
-            let (apply_events, kafka_events) = tee(events, behind);
-            let sink = tokio::spawn(
-                crate::sink::kafka::run(
-                    kafka.clone(),
-                    kafka_scope(config),
-                    kafka_consumer,
-                    kafka_events,
-                    Arc::clone(&monitor.kafka),
-                    None,
-                )
-                .in_current_span(),
-            );
-            (ApplyInput::Shared(apply_events), Some(sink))
+    let hold = config
+        .kafka
+        .as_ref()
+        .and_then(|k| k.max_behind)
+        .filter(|_| applier.is_some())
+        .map(|max| {
+            let stats = Arc::clone(&monitor.kafka);
+            let acknowledged: Acknowledged = Arc::new(move || {
+                stats
+                    .acknowledged_lsn
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            });
+            (max, acknowledged)
+        });
+    let (apply_events, kafka_events) =
+        fan_out(events, applier.is_some(), kafka_consumer.is_some(), hold);
+    let kafka = match (&config.kafka, kafka_consumer, kafka_events) {
+        (Some(kafka), Some(consumer), Some(events)) => {
+            let sink = KafkaRun {
+                config: kafka.clone(),
+                scope: kafka_scope(config),
+                consumer,
+                stats: Arc::clone(&monitor.kafka),
+                // Without green, Kafka's acknowledgements are what the lag measures.
+                lag: applier.is_none().then(|| Arc::clone(&monitor.lag)),
+            };
+            Some(tokio::spawn(sink.run(events).in_current_span()))
         }
-        _ => (ApplyInput::Owned(events), None),
+        _ => None,
     };
     let mut session = capture.session();
-    let applying = async {
-        // Before applying anything: is green behind what the slot already confirmed?
-        if let Some(a) = applied {
-            let connected = tokio::select! {
-                r = session.wait_for(Option::is_some) => r.ok().and_then(|s| s.clone()),
-                () = run.cancelled() => None,
+    let connected = tokio::select! {
+        r = session.wait_for(Option::is_some) => r.ok().and_then(|s| s.clone()),
+        () = run.cancelled() => None,
+    };
+    // Before applying anything: is green behind what the slot already confirmed?
+    let ready = connected.as_ref().map_or(Ok(()), |info| {
+        resume::check_green_not_behind(
+            &config.apply.slot,
+            green.map(|g| g.end_lsn),
+            info.slot_confirmed_flush_lsn,
+        )
+    });
+    let applied = match ready {
+        Err(e) => {
+            run.cancel();
+            Err(StreamError::from(e))
+        }
+        Ok(()) => {
+            if connected.is_some() {
+                monitor.set_state(RunState::Streaming);
+            }
+            let result = match (applier.as_mut(), apply_events) {
+                (Some(applier), Some(ApplyInput::Owned(events))) => applier.run(events).await,
+                (Some(applier), Some(ApplyInput::Shared(events))) => applier.run(events).await,
+                _ => Ok(()),
             };
-            if let Some(info) = &connected {
-                if let Some(slot_lsn) = info.slot_confirmed_flush_lsn.filter(|l| *l > a.end_lsn) {
-                    return Err(ApplyError::Behind {
-                        slot: config.apply.slot.clone(),
-                        green: a.end_lsn,
-                        slot_lsn,
-                    });
+            match (result, applier.as_mut()) {
+                (Err(e), Some(applier)) => {
+                    let e = applier.abandon(e).await;
+                    run.cancel();
+                    Err(StreamError::from(e))
                 }
+                (result, _) => result.map_err(StreamError::from),
             }
         }
-        monitor.set_state(RunState::Streaming);
-        match events {
-            ApplyInput::Owned(events) => applier.run(events).await,
-            ApplyInput::Shared(events) => applier.run(events).await,
-        }
-    };
-    let applied_result = match applying.await {
-        Err(e) => {
-            let e = applier.abandon(e).await;
-            run.cancel();
-            Err(e)
-        }
-        Ok(()) => Ok(()),
     };
     drop(applier);
-    let kafka_result = match kafka {
-        Some(sink) => {
-            if applied_result.is_err() {
-                run.cancel();
-            }
-            sink.await.unwrap_or(Ok(()))
-        }
+    let delivered = match kafka {
+        Some(sink) => sink.await.unwrap_or(Ok(())),
         None => Ok(()),
     };
-    if kafka_result.is_err() {
+    if delivered.is_err() {
         run.cancel();
     }
     let captured = capture.wait().await;
     if session.borrow().is_some() {
         *may_create_slot = false;
     }
-    applied_result?;
-    kafka_result?;
+    applied?;
+    delivered?;
     captured?;
     Ok(())
 }
 
-/// One run of capture + the Kafka sink alone (`--no-apply`), from the
-/// slot's confirmed position: Kafka's acknowledgements are all that is
-/// confirmed to blue.
-async fn attempt_kafka_only(
-    config: &StreamConfig,
-    shutdown: &CancellationToken,
-    monitor: &Monitor,
-    may_create_slot: &mut bool,
-) -> Result<(), StreamError> {
-    let Some(kafka) = &config.kafka else {
-        return Err(StreamError::Kafka(KafkaSinkError::NoBrokers));
-    };
-    let progress = Progress::new();
-    let consumer = progress.register();
-    let mut source = config.source.clone();
-    source.create_slot = *may_create_slot;
-    let run = shutdown.child_token();
-    let (events, capture) = start_capture(
-        source,
-        config.assembler.clone(),
-        progress,
-        Arc::clone(&monitor.lag),
-        run.clone(),
-    )?;
-    let mut session = capture.session();
-    let sink = crate::sink::kafka::run(
-        kafka.clone(),
-        kafka_scope(config),
-        consumer,
-        events,
-        Arc::clone(&monitor.kafka),
-        Some(Arc::clone(&monitor.lag)),
-    );
-    let streaming = async {
-        if session.wait_for(Option::is_some).await.is_ok() {
-            monitor.set_state(RunState::Streaming);
+/// The Kafka sink of one attempt, started on its input.
+struct KafkaRun {
+    config: KafkaConfig,
+    scope: crate::sink::kafka::Scope,
+    consumer: crate::progress::Consumer,
+    stats: Arc<crate::sink::kafka::KafkaStats>,
+    lag: Option<Arc<crate::progress::Lag>>,
+}
+
+impl KafkaRun {
+    async fn run(self, input: KafkaInput) -> Result<(), KafkaSinkError> {
+        let KafkaRun {
+            config,
+            scope,
+            consumer,
+            stats,
+            lag,
+        } = self;
+        match input {
+            KafkaInput::Owned(events) => {
+                crate::sink::kafka::run(config, scope, consumer, events, stats, lag).await
+            }
+            KafkaInput::Shared(events) => {
+                crate::sink::kafka::run(config, scope, consumer, events, stats, lag).await
+            }
         }
-        std::future::pending::<()>().await
-    };
-    let result = tokio::select! {
-        r = sink => r,
-        () = streaming => Ok(()),
-    };
-    if result.is_err() {
-        run.cancel();
     }
-    let captured = capture.wait().await;
-    if session.borrow().is_some() {
-        *may_create_slot = false;
-    }
-    result?;
-    captured?;
-    Ok(())
-}
-
-/// What apply reads: the capture's batches, or (with Kafka on) the batches
-/// it shares with the Kafka sink.
-enum ApplyInput {
-    Owned(tokio::sync::mpsc::Receiver<Vec<crate::event::Event>>),
-    Shared(tokio::sync::mpsc::Receiver<SharedBatch>),
 }
 
 /// The Kafka sink's producer name and transaction size: apply's batch limits.
@@ -474,168 +479,4 @@ fn kafka_scope(config: &StreamConfig) -> crate::sink::kafka::Scope {
         max_delay: config.apply.batch_max_delay,
         blue: config.source.conninfo.clone(),
     }
-}
-
-/// Batches of the consumer channel, shared by apply and Kafka (whichever
-/// takes a batch last owns it; apply copies it only while the sink still
-/// holds it), bounded both ( the slower one holds the other back, so Kafka can fall
-/// behind apply by at most its channel and librdkafka's queue). With
-/// `behind` (`--kafka-max-behind`), apply also waits while a batch would
-/// take green more than that many bytes of WAL past what Kafka acknowledged
-/// (counted from the first position streamed when Kafka has acknowledged
-/// nothing yet).
-fn tee(
-    mut events: tokio::sync::mpsc::Receiver<Vec<crate::event::Event>>,
-    behind: Option<(u64, Arc<crate::sink::kafka::KafkaStats>)>,
-) -> (
-    tokio::sync::mpsc::Receiver<SharedBatch>,
-    tokio::sync::mpsc::Receiver<SharedBatch>,
-) {
-    const KAFKA_BATCHES: usize = 64;
-    let (apply_tx, apply_rx) = tokio::sync::mpsc::channel(16);
-    let (kafka_tx, kafka_rx) = tokio::sync::mpsc::channel(KAFKA_BATCHES);
-    tokio::spawn(
-        async move {
-            let mut first: Option<u64> = None;
-            while let Some(batch) = events.recv().await {
-                let batch = SharedBatch(Arc::new(batch));
-                if kafka_tx.send(batch.clone()).await.is_err() {
-                    break;
-                }
-                if let (Some((max, stats)), Some(lsn)) = (&behind, last_position(&batch.0)) {
-                    let floor = *first.get_or_insert(lsn.0);
-                    let mut waited = false;
-                    loop {
-                        let acked = stats
-                            .acknowledged_lsn
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                            .max(floor);
-                        if lsn.0.saturating_sub(acked) <= *max || apply_tx.is_closed() {
-                            break;
-                        }
-                        if !waited {
-                            tracing::info!(kafka_acknowledged = %Lsn(acked), next = %lsn, max_behind = max, "apply waits for Kafka (--kafka-max-behind)");
-                            waited = true;
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-                if apply_tx.send(batch).await.is_err() {
-                    break;
-                }
-            }
-        }
-        .in_current_span(),
-    );
-    (apply_rx, kafka_rx)
-}
-
-/// The furthest position a batch of events reaches (commits and idle ends).
-fn last_position(batch: &[crate::event::Event]) -> Option<Lsn> {
-    batch
-        .iter()
-        .filter_map(|e| match e {
-            crate::event::Event::Commit(meta) => Some(meta.end_lsn),
-            crate::event::Event::Idle { wal_end } => Some(*wal_end),
-            _ => None,
-        })
-        .max()
-}
-
-/// Reads the slot's WAL retention from blue and writes heartbeats, on an
-/// ordinary session, until `stop`. Failures are logged and retried at the
-/// next tick: watching must never stop streaming.
-async fn watch_blue(config: StreamConfig, monitor: Arc<Monitor>, stop: CancellationToken) {
-    let heartbeat = config.monitor.heartbeat_interval;
-    let poll = config.monitor.slot_poll_interval;
-    let tick = heartbeat
-        .map_or(poll, |h| h.min(poll))
-        .max(Duration::from_millis(50));
-    let mut client: Option<tokio_postgres::Client> = None;
-    let (mut next_poll, mut next_heartbeat) =
-        (tokio::time::Instant::now(), tokio::time::Instant::now());
-    let mut warned = false;
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(tick) => {}
-            () = stop.cancelled() => return,
-        }
-        if client
-            .as_ref()
-            .is_none_or(tokio_postgres::Client::is_closed)
-        {
-            client = match crate::session::connect_plain(&config.source.conninfo, "teal monitor")
-                .await
-            {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::debug!(error = %crate::error::Report(&e), "cannot reach blue to watch the slot; trying again");
-                    continue;
-                }
-            };
-        }
-        let Some(c) = client.as_ref() else { continue };
-        let now = tokio::time::Instant::now();
-        // A session that stops answering is dropped (and reopened next tick).
-        let answer = config
-            .source
-            .replication_timeout
-            .unwrap_or(SourceConfig::DEFAULT_REPLICATION_TIMEOUT);
-        if now >= next_poll {
-            next_poll = now + poll;
-            match tokio::time::timeout(answer, slot_health(c, &config.source.slot)).await {
-                Ok(Ok(h)) => monitor.set_slot_health(h),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %crate::error::Report(&e), "cannot read the slot's state on blue")
-                }
-                Err(_) => {
-                    client = None;
-                    continue;
-                }
-            }
-        }
-        if let Some(interval) = heartbeat.filter(|_| now >= next_heartbeat) {
-            next_heartbeat = now + interval;
-            let sent = tokio::time::timeout(
-                answer,
-                c.execute(
-                    "SELECT pg_catalog.pg_logical_emit_message(false, $1, now()::text)",
-                    &[&MonitorConfig::HEARTBEAT_PREFIX],
-                ),
-            )
-            .await;
-            match sent {
-                Ok(Ok(_)) => {
-                    monitor
-                        .heartbeats
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Ok(Err(e)) if !warned => {
-                    warned = true;
-                    tracing::warn!(error = %crate::error::Report(&e), "cannot write heartbeats on blue (pg_logical_emit_message); lag is measured from changes only");
-                }
-                Ok(Err(_)) => {}
-                Err(_) => client = None,
-            }
-        }
-    }
-}
-
-async fn slot_health(
-    client: &tokio_postgres::Client,
-    slot: &str,
-) -> Result<Option<SlotHealth>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::float8, \
-                    wal_status, confirmed_flush_lsn::text \
-               FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await?;
-    Ok(row.map(|r| SlotHealth {
-        retained_bytes: r.get::<_, Option<f64>>(0).unwrap_or(0.0).max(0.0) as u64,
-        wal_status: r.get(1),
-        confirmed_flush_lsn: r.get(2),
-    }))
 }

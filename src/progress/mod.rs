@@ -14,11 +14,13 @@ mod copy;
 mod lag;
 mod liveness;
 mod meters;
+mod slot;
 
 pub use copy::{CopyProgress, TableCopy, TableCopySnapshot};
 pub use lag::{Lag, LatencySummary};
 pub use liveness::Liveness;
 pub use meters::{Bounds, Buckets, Seconds};
+pub use slot::{SlotHealth, SlotWatch};
 
 use std::sync::{Arc, Mutex};
 

@@ -23,6 +23,7 @@
 mod commands;
 mod conn;
 mod error;
+pub mod slot_watch;
 mod stream;
 
 pub use commands::{

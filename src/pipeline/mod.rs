@@ -1,4 +1,6 @@
-//! Wiring: bounded channels between the stages, and how they stop.
+//! Wiring: bounded channels between the stages, and how they stop; the
+//! fan-out to several consumers ([`fan_out`]) and where a stream resumes
+//! ([`resume`]).
 //!
 //! ```text
 //! source (own thread) ──Vec<SourceEvent>, cap 8──▶ decode+assemble (thread) ──Vec<Event>, cap 16──▶ consumer
@@ -33,6 +35,11 @@ use crate::pgoutput::{DecodeError, Decoder};
 use crate::progress::{Lag, Progress};
 use crate::source::{self, SessionInfo, SourceError, SourceEvent};
 
+mod fan_out;
+pub mod resume;
+
+pub use fan_out::{Acknowledged, ApplyInput, KafkaInput, fan_out};
+
 const SOURCE_CHANNEL_BATCHES: usize = 8;
 const EVENT_CHANNEL_BATCHES: usize = 16;
 /// Changes gathered before a batch goes to the consumer mid-transaction.
@@ -55,6 +62,19 @@ pub enum PipelineError {
     /// A stage panicked (a bug: please report it with the log).
     #[error("the {0} stage panicked")]
     Panicked(&'static str),
+    /// Green holds progress behind what blue's slot already confirmed: the
+    /// changes in between are gone from the slot.
+    #[error(
+        "green's progress for slot {slot:?} is at {green}, but the slot on blue already confirmed {slot_lsn}: green was restored from an older backup or its progress row was changed. The changes in between cannot be streamed again; resynchronize green (teal sync)"
+    )]
+    GreenBehind {
+        /// The slot.
+        slot: String,
+        /// Green's applied end LSN.
+        green: Lsn,
+        /// The slot's confirmed flush LSN.
+        slot_lsn: Lsn,
+    },
 }
 
 impl PipelineError {
@@ -65,6 +85,7 @@ impl PipelineError {
             PipelineError::Decode(_) => Kind::Protocol,
             PipelineError::Assemble(e) => e.kind(),
             PipelineError::Panicked(_) => Kind::Bug,
+            PipelineError::GreenBehind { .. } => Kind::GreenBehind,
         }
     }
 }

@@ -40,6 +40,17 @@ impl ApplyConfig {
     /// `--batch-max-delay-ms` default.
     pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(50);
 
+    /// Checks the batch limits before anything connects.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        if self.batch_max_changes == 0 {
+            return Err(crate::config::ConfigError {
+                flag: "--batch-max-changes",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Defaults for everything but green and the slot: batches of 10,000
     /// changes or 50 ms, conflicts stop teal, teal's schema is `teal`,
     /// green gets 60 s to answer.

@@ -57,6 +57,9 @@ pub enum StreamError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Http(#[from] HttpError),
+    /// A setting is out of its domain.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// A stage did not finish within `--shutdown-timeout` of the signal.
     #[error(
         "teal did not stop within {}s of the signal{}; exiting without finishing: nothing green did not commit was confirmed, blue sends it again",
@@ -78,7 +81,7 @@ impl StreamError {
             StreamError::Apply(e) => e.kind(),
             StreamError::Capture(e) => e.kind(),
             StreamError::Kafka(e) => e.kind(),
-            StreamError::Http(_) => Kind::Setup,
+            StreamError::Http(_) | StreamError::Config(_) => Kind::Setup,
             StreamError::ShutdownTimeout { .. } => Kind::ShutdownTimeout,
         }
     }
@@ -105,6 +108,24 @@ pub struct StreamConfig {
 }
 
 impl StreamConfig {
+    /// Checks every stage's settings and how they combine, before anything
+    /// connects; the error names the flag.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        self.source.validate()?;
+        self.assembler.validate()?;
+        if self.no_apply {
+            if self.kafka.is_none() {
+                return Err(crate::config::ConfigError {
+                    flag: "--no-apply",
+                    reason: "it streams to Kafka only: give --kafka-brokers too".into(),
+                });
+            }
+        } else {
+            self.apply.validate()?;
+        }
+        Ok(())
+    }
+
     /// What the slot watcher beside the stream needs.
     fn watch_config(&self) -> crate::source::slot_watch::WatchConfig {
         crate::source::slot_watch::WatchConfig {
@@ -177,6 +198,7 @@ pub async fn run_monitored(
     shutdown: CancellationToken,
     monitor: Arc<Monitor>,
 ) -> Result<Arc<ApplyStats>, StreamError> {
+    config.validate()?;
     let span = tracing::info_span!("run", correlation_id = %monitor.correlation_id);
     run_session(config, shutdown, monitor)
         .instrument(span)

@@ -93,9 +93,6 @@ impl KafkaConfig {
 /// Why the Kafka sink stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSinkError {
-    /// `--no-apply` without `--kafka-brokers`.
-    #[error("--no-apply streams to Kafka only: give --kafka-brokers")]
-    NoBrokers,
     /// The producer could not be created (a bad property, most likely).
     #[error("cannot create the Kafka producer: {0}")]
     Config(KafkaError),
@@ -153,7 +150,6 @@ impl KafkaSinkError {
     /// gave up is retried from the slot.
     pub fn kind(&self) -> crate::error::Kind {
         match self {
-            KafkaSinkError::NoBrokers => crate::error::Kind::Setup,
             KafkaSinkError::Config(_) => crate::error::Kind::KafkaSetup,
             _ => crate::error::Kind::KafkaDelivery,
         }

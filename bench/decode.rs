@@ -28,7 +28,7 @@ use teal::config::{AssemblerConfig, ConnInfo, SourceConfig};
 use teal::event::Event;
 use teal::lsn::Lsn;
 use teal::pgoutput::Decoder;
-use teal::progress::Progress;
+use teal::progress::FlushLsn;
 use teal::source::SourceEvent;
 use tokio_util::sync::CancellationToken;
 
@@ -123,7 +123,7 @@ fn record(path: &Path) {
         }
         let conninfo = ConnInfo::parse_with_env(&pg.url(), &|_| None).unwrap();
         let config = SourceConfig::new(conninfo, "bench", vec!["bench".into()]);
-        let progress = Progress::new();
+        let progress = FlushLsn::new();
         let consumer = progress.register();
         let flush = progress.subscribe();
         drop(progress);

@@ -395,7 +395,7 @@ impl StreamArgs {
             tombstones: !self.kafka_no_tombstones,
             db: source.conninfo.dbname.clone(),
             exactly_once: self.kafka_exactly_once,
-            progress_topic: self.kafka_progress_topic,
+            position_topic: self.kafka_progress_topic,
             max_behind: self.kafka_max_behind.0,
         });
         let apply = ApplyConfig {

@@ -125,9 +125,20 @@ pub struct Relation {
     pub replica_identity: ReplicaIdentity,
     /// Published columns in attribute order (dropped and generated ones excluded).
     pub columns: Vec<Column>,
+    /// This definition's number in the process ([`Relation::next_version`]):
+    /// each Relation message from blue is a new version, and caches of
+    /// what was derived from a definition (green mappings, statements,
+    /// spill files, Kafka keys) are keyed by it.
+    pub version: u64,
 }
 
 impl Relation {
+    /// A version number no definition had before in this process.
+    pub fn next_version() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The row as a JSON object keyed by column name (only the replica
     /// identity columns with `key_only`): text values as strings, NULL as
     /// null, `{"unchanged_toast":true}` and `{"binary_base64":"..."}`.

@@ -72,6 +72,7 @@ pub(super) fn mapping(name: &str, columns: usize, key: Key, fires_on_apply: bool
                 type_name: None,
             })
             .collect(),
+        version: Relation::next_version(),
     });
     let green_pk = match &key {
         Key::Columns(k) => Some(k.clone()),

@@ -27,9 +27,8 @@ pub(super) enum Kind {
 /// Identifies a prepared statement: table version, kind, shape.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct StatementKey {
-    /// The mapping (one per blue relation version), by address: mappings
-    /// live as long as the cache (both are cleared together).
-    mapping: usize,
+    /// The blue relation version the mapping was made for.
+    relation: u64,
     kind: Kind,
     /// Columns set (update) and how each key column is matched.
     shape: Vec<u8>,
@@ -56,7 +55,7 @@ impl Statements {
         text: impl FnOnce() -> String,
     ) -> Result<Statement, ApplyError> {
         let key = StatementKey {
-            mapping: Arc::as_ptr(mapping) as usize,
+            relation: mapping.relation.version,
             kind,
             shape,
         };

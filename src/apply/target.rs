@@ -138,7 +138,8 @@ struct GreenColumn {
 /// Mappings by blue relation version (a new Relation message is a new version).
 #[derive(Default)]
 pub(crate) struct Targets {
-    mappings: HashMap<usize, Arc<Mapping>>,
+    /// By blue relation version.
+    mappings: HashMap<u64, Arc<Mapping>>,
 }
 
 impl Targets {
@@ -161,7 +162,7 @@ impl Targets {
         client: &Client,
         rel: &Arc<Relation>,
     ) -> Result<Arc<Mapping>, MapError> {
-        let key = Arc::as_ptr(rel) as usize;
+        let key = rel.version;
         if let Some(m) = self.mappings.get(&key) {
             return Ok(Arc::clone(m));
         }

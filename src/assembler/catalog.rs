@@ -85,6 +85,7 @@ impl View<'_> {
             },
             replica_identity,
             columns,
+            version: Relation::next_version(),
         })
     }
 }

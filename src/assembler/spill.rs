@@ -64,7 +64,7 @@ pub(crate) struct SpillFile {
     dir: String,
     relations: Vec<Arc<Relation>>,
     /// Relation slot by the address of its Arc (shared Arcs are one relation version).
-    slots: HashMap<usize, u32>,
+    slots: HashMap<u64, u32>,
     /// Bytes written so far (logical end of file).
     len: u64,
     scratch: Vec<u8>,
@@ -100,7 +100,7 @@ impl SpillFile {
     }
 
     fn slot(&mut self, rel: &Arc<Relation>) -> u32 {
-        let key = Arc::as_ptr(rel) as usize;
+        let key = rel.version;
         if let Some(&slot) = self.slots.get(&key) {
             return slot;
         }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::apply::ApplyStats;
 use crate::lsn::PgTimestamp;
-use crate::progress::{CopyProgress, Lag, SlotWatch, lock};
+use crate::progress::{CopyStatus, Lag, SlotWatch, lock};
 use crate::sink::kafka::KafkaStats;
 
 /// A fresh id (UUID v4): a run's correlation id, an audit operation's id.
@@ -73,7 +73,7 @@ pub struct Monitor {
     /// This run's id, in its log lines and audit rows.
     pub correlation_id: String,
     /// The initial copy, while `teal sync` runs one.
-    copy: OnceLock<Arc<CopyProgress>>,
+    copy: OnceLock<Arc<CopyStatus>>,
     /// The Kafka sink's counters.
     pub kafka: Arc<KafkaStats>,
 }
@@ -99,7 +99,7 @@ impl Monitor {
     }
 
     /// Shows `progress` in `/status` and `/metrics` from now on.
-    pub fn set_copy(&self, progress: Arc<CopyProgress>) {
+    pub fn set_copy(&self, progress: Arc<CopyStatus>) {
         let _ = self.copy.set(progress);
     }
 

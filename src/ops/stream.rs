@@ -39,7 +39,7 @@ use crate::ops::audit::StreamAudit;
 use crate::pipeline::{
     Acknowledged, ApplyInput, KafkaInput, PipelineError, fan_out, resume, start_capture,
 };
-use crate::progress::Progress;
+use crate::progress::FlushLsn;
 use crate::sink::kafka::{KafkaConfig, KafkaSinkError};
 
 /// Why `teal stream` stopped.
@@ -342,7 +342,7 @@ async fn attempt(
     careful_through: Option<Lsn>,
     may_create_slot: &mut bool,
 ) -> Result<(), StreamError> {
-    let progress = Progress::new();
+    let progress = FlushLsn::new();
     // Each consumer confirms through its own handle: the flush LSN is the minimum.
     let apply_consumer = (!config.no_apply).then(|| progress.register());
     let kafka_consumer = config.kafka.as_ref().map(|_| progress.register());

@@ -33,7 +33,7 @@ use crate::event::{
 };
 use crate::lsn::Lsn;
 use crate::pipeline::{PipelineError, start_capture};
-use crate::progress::{Consumer, Progress};
+use crate::progress::{Consumer, FlushLsn};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,7 +98,7 @@ pub async fn run(
     out: Box<dyn Write + Send>,
     shutdown: CancellationToken,
 ) -> Result<(TailSummary, Arc<AssemblerStats>), TailError> {
-    let progress = Progress::new();
+    let progress = FlushLsn::new();
     let consumer = progress.register();
     let (events, capture) = start_capture(
         source,

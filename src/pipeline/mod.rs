@@ -32,7 +32,7 @@ use crate::error::Kind;
 use crate::event::{Change, Event};
 use crate::lsn::Lsn;
 use crate::pgoutput::{DecodeError, Decoder};
-use crate::progress::{Lag, Progress};
+use crate::progress::{FlushLsn, Lag};
 use crate::source::{self, SessionInfo, SourceError, SourceEvent};
 
 mod fan_out;
@@ -128,14 +128,14 @@ impl CaptureHandle {
 }
 
 /// Starts reading the slot. Consumers read transactions from the returned
-/// receiver and confirm what they made durable through the [`Progress`]
-/// consumers registered before this call (this takes the `Progress` itself,
+/// receiver and confirm what they made durable through the [`FlushLsn`]
+/// consumers registered before this call (this takes the `FlushLsn` itself,
 /// so that the source sees the flush watch close when they are all done).
 /// `lag` learns blue's WAL end and each commit received.
 pub fn start_capture(
     source_config: SourceConfig,
     assembler_config: AssemblerConfig,
-    progress: Progress,
+    progress: FlushLsn,
     lag: Arc<Lag>,
     shutdown: CancellationToken,
 ) -> Result<(mpsc::Receiver<Vec<Event>>, CaptureHandle), PipelineError> {

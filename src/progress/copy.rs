@@ -25,7 +25,7 @@ pub struct TableCopy {
 
 /// Every table's copy, in plan order.
 #[derive(Debug)]
-pub struct CopyProgress {
+pub struct CopyStatus {
     started: Instant,
     /// The tables.
     pub tables: Vec<TableCopy>,
@@ -51,10 +51,10 @@ pub struct TableCopySnapshot {
     pub fraction: f64,
 }
 
-impl CopyProgress {
+impl CopyStatus {
     /// A copy of `tables`, starting now.
-    pub fn new(tables: Vec<TableCopy>) -> CopyProgress {
-        CopyProgress {
+    pub fn new(tables: Vec<TableCopy>) -> CopyStatus {
+        CopyStatus {
             started: Instant::now(),
             tables,
             finished: AtomicU64::new(0),
@@ -66,7 +66,7 @@ impl CopyProgress {
         self.finished.store(1, Ordering::Relaxed);
     }
 
-    /// Whether [`CopyProgress::finish`] was called.
+    /// Whether [`CopyStatus::finish`] was called.
     pub fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Relaxed) == 1
     }
@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn fractions_follow_bytes_and_chunks() {
-        let p = CopyProgress::new(vec![table("a", 1000, 2), table("b", 3000, 1)]);
+        let p = CopyStatus::new(vec![table("a", 1000, 2), table("b", 3000, 1)]);
         p.tables[0].bytes.store(500, Ordering::Relaxed);
         let s = p.snapshot();
         assert_eq!(s[0].fraction, 0.5);

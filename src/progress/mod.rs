@@ -16,7 +16,7 @@ mod liveness;
 mod meters;
 mod slot;
 
-pub use copy::{CopyProgress, TableCopy, TableCopySnapshot};
+pub use copy::{CopyStatus, TableCopy, TableCopySnapshot};
 pub use lag::{Lag, LatencySummary};
 pub use liveness::Liveness;
 pub use meters::{Bounds, Buckets, Seconds};
@@ -36,20 +36,20 @@ struct Inner {
 
 /// Tracks the flush LSN over a fixed set of consumers.
 #[derive(Clone)]
-pub struct Progress {
+pub struct FlushLsn {
     inner: Arc<Inner>,
 }
 
-impl Default for Progress {
+impl Default for FlushLsn {
     fn default() -> Self {
-        Progress::new()
+        FlushLsn::new()
     }
 }
 
-impl Progress {
+impl FlushLsn {
     /// A tracker with no consumers; the flush LSN starts at 0/0 ("nothing confirmed").
-    pub fn new() -> Progress {
-        Progress {
+    pub fn new() -> FlushLsn {
+        FlushLsn {
             inner: Arc::new(Inner {
                 consumers: Mutex::new(Vec::new()),
                 flush: watch::Sender::new(Lsn::ZERO),
@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn flush_is_min_over_consumers_and_monotonic() {
-        let progress = Progress::new();
+        let progress = FlushLsn::new();
         let green = progress.register();
         let kafka = progress.register();
         green.confirm(Lsn(100));

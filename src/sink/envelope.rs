@@ -410,6 +410,7 @@ mod tests {
                 col("f", 701, false),
                 col("at", 1184, false),
             ],
+            version: Relation::next_version(),
         })
     }
 

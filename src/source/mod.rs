@@ -91,7 +91,7 @@ pub enum SourceEvent {
 /// Follows the slot until `shutdown` fires or a definite error happens,
 /// reconnecting after transient ones.
 ///
-/// `flush` must be a receiver of the consumers' [`crate::progress::Progress`]:
+/// `flush` must be a receiver of the consumers' [`crate::progress::FlushLsn`]:
 /// on shutdown the source closes `out`, waits for that watch to close (every
 /// consumer finished and dropped its handle), then confirms the final flush
 /// LSN to blue and ends the stream with CopyDone.

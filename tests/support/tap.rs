@@ -10,7 +10,7 @@ use teal::assembler::AssemblerStats;
 use teal::config::{AssemblerConfig, ConnInfo, SourceConfig};
 use teal::event::{Change, ChangeKind, Event, LogicalMessage, TxnMeta, Value};
 use teal::pipeline::{CaptureHandle, PipelineError, start_capture};
-use teal::progress::Progress;
+use teal::progress::FlushLsn;
 use teal::source::SessionInfo;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -60,7 +60,7 @@ impl Tap {
 
     pub fn start_with(source: SourceConfig, assembler: AssemblerConfig) -> Tap {
         init_logging();
-        let progress = Progress::new();
+        let progress = FlushLsn::new();
         let consumer = progress.register();
         let shutdown = CancellationToken::new();
         let (mut events, capture) = start_capture(

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::ConnInfo;
-use crate::progress::{CopyProgress, lock};
+use crate::progress::{CopyStatus, lock};
 use crate::session::connect_canonical;
 use crate::store::{Store, SyncChunk};
 
@@ -44,7 +44,7 @@ pub struct Work {
     /// Green tables with indexes to build once their chunks are copied.
     pub indexes: Vec<String>,
     /// Counters.
-    pub progress: Arc<CopyProgress>,
+    pub progress: Arc<CopyStatus>,
 }
 
 /// What a worker does next.

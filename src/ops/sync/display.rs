@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::format_bytes;
-use crate::progress::{CopyProgress, TableCopySnapshot};
+use crate::progress::{CopyStatus, TableCopySnapshot};
 
 use super::{CopySummary, SyncError};
 
@@ -19,7 +19,7 @@ const SCALE: u64 = 1000;
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Shows `progress` until `stop` (or until aborted).
-pub async fn show(progress: Arc<CopyProgress>, stop: CancellationToken) {
+pub async fn show(progress: Arc<CopyStatus>, stop: CancellationToken) {
     if std::io::stdout().is_terminal() {
         bars(&progress, &stop).await;
     } else {
@@ -39,7 +39,7 @@ fn describe(t: &TableCopySnapshot, elapsed: f64) -> String {
     )
 }
 
-async fn bars(progress: &CopyProgress, stop: &CancellationToken) {
+async fn bars(progress: &CopyStatus, stop: &CancellationToken) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
     let style = ProgressStyle::with_template(
         "{prefix:>28.bold} [{bar:30.cyan/blue}] {percent:>3}% {msg} (ETA {eta})",
@@ -82,7 +82,7 @@ async fn bars(progress: &CopyProgress, stop: &CancellationToken) {
     }
 }
 
-async fn log_lines(progress: &CopyProgress, stop: &CancellationToken) {
+async fn log_lines(progress: &CopyStatus, stop: &CancellationToken) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(LOG_EVERY) => {}
@@ -116,7 +116,7 @@ async fn log_lines(progress: &CopyProgress, stop: &CancellationToken) {
 
 /// The closing line of a copy.
 pub fn finished(
-    progress: &CopyProgress,
+    progress: &CopyStatus,
     summary: &CopySummary,
     elapsed: Duration,
     result: &Result<bool, SyncError>,

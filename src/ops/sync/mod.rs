@@ -44,7 +44,7 @@ use crate::ops::stream::{self, StreamConfig, StreamError};
 use crate::session::{SessionError, connect_plain};
 use std::sync::atomic::AtomicU64;
 
-use crate::progress::{CopyProgress, TableCopy};
+use crate::progress::{CopyStatus, TableCopy};
 use holder::{Held, Holder};
 
 use crate::source::{ReplicationClient, SourceError};
@@ -478,7 +478,7 @@ pub async fn copy(
         }
     };
 
-    let progress = Arc::new(CopyProgress::new(
+    let progress = Arc::new(CopyStatus::new(
         plans
             .iter()
             .zip(&per_table)

@@ -23,10 +23,10 @@ pub struct KafkaConfig {
     pub db: String,
     /// `--kafka-exactly-once`: a transactional producer (see the module docs).
     pub exactly_once: bool,
-    /// `--kafka-progress-topic` (default `<prefix>.teal_progress`): where
-    /// exactly-once keeps its position; best created with
-    /// `cleanup.policy=compact`.
-    pub progress_topic: Option<String>,
+    /// `--kafka-progress-topic` (default `<prefix>.teal_progress`; the flag
+    /// and topic keep their names): where exactly-once keeps teal's
+    /// position in Kafka; best created with `cleanup.policy=compact`.
+    pub position_topic: Option<String>,
     /// `--kafka-max-behind`: how far (bytes of WAL) green may get ahead of
     /// what Kafka acknowledged before apply waits (`None`: no limit beyond
     /// the channels between them).
@@ -62,14 +62,14 @@ impl KafkaConfig {
             tombstones: true,
             db: db.into(),
             exactly_once: false,
-            progress_topic: None,
+            position_topic: None,
             max_behind: None,
         }
     }
 
-    /// The exactly-once progress topic.
-    pub fn progress_topic(&self) -> String {
-        self.progress_topic
+    /// The topic of exactly-once's position.
+    pub fn position_topic(&self) -> String {
+        self.position_topic
             .clone()
             .unwrap_or_else(|| format!("{}.teal_progress", self.topic_prefix))
     }
@@ -134,10 +134,10 @@ pub enum KafkaSinkError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The progress topic could not be read back (`--kafka-exactly-once`).
+    /// The position topic could not be read back (`--kafka-exactly-once`).
     #[error("reading teal's position from Kafka topic {topic}: {reason}")]
-    Progress {
-        /// The progress topic.
+    Position {
+        /// The position topic.
         topic: String,
         /// What went wrong.
         reason: String,

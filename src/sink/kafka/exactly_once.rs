@@ -30,7 +30,7 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The transactional producer's state (`--kafka-exactly-once`).
 pub(super) struct Transactional {
     slot: String,
-    progress_topic: Arc<str>,
+    position_topic: Arc<str>,
     /// Commit LSN of the last source transaction Kafka holds (committed).
     holds_through: Option<Lsn>,
     max_records: u64,
@@ -64,17 +64,17 @@ impl Transactional {
                 lsn: Lsn::ZERO,
                 source,
             })?;
-        let progress_topic = config.progress_topic();
-        let (c, topic, slot) = (config.clone(), progress_topic.clone(), scope.slot.clone());
+        let position_topic = config.position_topic();
+        let (c, topic, slot) = (config.clone(), position_topic.clone(), scope.slot.clone());
         let holds_through = blocking(move || read_progress(&c, &topic, &slot)).await?;
         tracing::info!(
-            progress_topic,
+            position_topic,
             holds_through = %holds_through.map_or_else(|| "nothing".to_owned(), |l| l.to_string()),
             "exactly-once Kafka producer ready"
         );
         Ok(Transactional {
             slot: scope.slot.clone(),
-            progress_topic: progress_topic.into(),
+            position_topic: position_topic.into(),
             holds_through,
             max_records: scope.max_records.max(1),
             max_delay: scope.max_delay,
@@ -174,7 +174,7 @@ impl Transactional {
             "ts_ms": PgTimestamp::now().unix_micros().div_euclid(1000),
         })
         .to_string();
-        let sent = send(producer, &self.progress_topic, Some(&key), Some(&value)).await?;
+        let sent = send(producer, &self.position_topic, Some(&key), Some(&value)).await?;
         if let Some(p) = open.done.last_mut() {
             p.deliveries.push(sent);
         }
@@ -217,7 +217,7 @@ fn read_progress(
     topic: &str,
     slot: &str,
 ) -> Result<Option<Lsn>, KafkaSinkError> {
-    let fail = |reason: String| KafkaSinkError::Progress {
+    let fail = |reason: String| KafkaSinkError::Position {
         topic: topic.to_owned(),
         reason,
     };

@@ -82,7 +82,7 @@ impl PrimaryKeys {
             return Ok(None);
         }
         if let Some((seen, key)) = self.keys.get(&relation.rel_id) {
-            if Arc::ptr_eq(seen, relation) {
+            if seen.version == relation.version {
                 return Ok(key.clone());
             }
         }

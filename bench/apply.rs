@@ -22,8 +22,6 @@
 //! Run: `cargo bench --bench apply -- [--runs 3] [--scale 1.0] [--workloads w1,w2,w3,w4] [--modes backlog,live] [--teal-arg --binary]...`
 //! A JSON report is written to target/bench-apply.json.
 
-#[path = "../tests/support/cluster.rs"]
-#[allow(dead_code)]
 mod cluster;
 mod stats;
 

@@ -13,8 +13,6 @@
 //! Run: `cargo bench --bench decode` (the target is >= 3,000,000 changes/s and
 //! >= 500 MB/s on one core).
 
-#[path = "../tests/support/cluster.rs"]
-#[allow(dead_code)]
 mod cluster;
 
 use std::io::{BufReader, BufWriter, Read, Write};

@@ -10,8 +10,6 @@
 //!
 //! Run: `cargo bench --bench kafka -- [--runs 3] [--scale 1.0]`
 
-#[path = "../tests/support/cluster.rs"]
-#[allow(dead_code)]
 mod cluster;
 mod stats;
 

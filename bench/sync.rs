@@ -18,8 +18,6 @@
 //!
 //! Run: `cargo bench --bench sync -- [--runs 3] [--gib 1.0] [--workers 4] [--methods teal,dump,native] [--teal-arg ARG]...`
 
-#[path = "../tests/support/cluster.rs"]
-#[allow(dead_code)]
 mod cluster;
 mod stats;
 

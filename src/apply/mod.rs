@@ -382,6 +382,10 @@ impl Applier {
                 source,
             })?;
         if let Some(last) = &b.last {
+            debug_assert!(
+                self.applied.is_none_or(|a| last.commit_lsn >= a.end_lsn),
+                "a batch only applies transactions past green's progress"
+            );
             self.applied = Some(AppliedPosition {
                 commit_lsn: Some(last.commit_lsn),
                 end_lsn: self

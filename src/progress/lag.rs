@@ -156,7 +156,12 @@ impl Lag {
 
     /// A source transaction's commit arrived (it is complete and pending for green).
     pub fn commit_received(&self, end_lsn: Lsn, commit_ts: PgTimestamp) {
-        lock(&self.pending).push_back((end_lsn, commit_ts));
+        let mut pending = lock(&self.pending);
+        debug_assert!(
+            pending.back().is_none_or(|&(last, _)| last <= end_lsn),
+            "commits arrive in commit order"
+        );
+        pending.push_back((end_lsn, commit_ts));
     }
 
     /// Green committed everything up to `applied_lsn` (a batch or an idle

@@ -1,0 +1,60 @@
+//! Throwaway PostgreSQL clusters for the benches: teal's own
+//! [`teal::local`] clusters (the ones `teal demo` uses), panicking on any
+//! failure. Run as root, the server runs as the `postgres` user.
+
+#![allow(dead_code)]
+
+use std::ops::Deref;
+
+use tokio_postgres::{Client, NoTls};
+
+pub use teal::local::{Options, PgBin};
+
+/// The default server build (the newest /usr/lib/postgresql/*/bin, or `TEAL_PG_BIN`).
+pub fn default_bin() -> PgBin {
+    PgBin::find()
+        .and_then(PgBin::runnable)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A running throwaway cluster, stopped and removed on drop.
+pub struct Cluster(teal::local::Cluster);
+
+impl Deref for Cluster {
+    type Target = teal::local::Cluster;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Cluster {
+    pub fn start(bin: &PgBin) -> Cluster {
+        Cluster::start_with(bin, Options::default())
+    }
+
+    pub fn start_with(bin: &PgBin, mut options: Options) -> Cluster {
+        options.prefix = Some("teal-bench-".into());
+        Cluster(
+            teal::local::Cluster::start(bin, &options)
+                .unwrap_or_else(|e| panic!("PostgreSQL {} did not start: {e}", bin.version)),
+        )
+    }
+
+    /// An ordinary SQL client (superuser).
+    pub async fn client(&self) -> Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                self.port
+            ),
+            NoTls,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the bench cluster: {e}\n{}", self.log()));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+}

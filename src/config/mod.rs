@@ -3,6 +3,7 @@
 //! Every field documents itself and has its default as an associated const;
 //! `validate()` returns errors that name the command-line flag to fix.
 
+mod conn_string;
 mod conninfo;
 mod file;
 mod pgpass;

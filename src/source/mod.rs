@@ -20,6 +20,7 @@
 //! - a different system identifier after a reconnect (blue was replaced or
 //!   restored) stops teal.
 
+mod auth;
 mod commands;
 mod conn;
 mod error;

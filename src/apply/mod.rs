@@ -16,7 +16,17 @@
 //! - the progress row commits with the changes, so after any crash green
 //!   alone says where to resume; transactions at or before it are skipped;
 //! - only what green committed is confirmed to blue;
-//! - nothing of a batch that met an error is committed.
+//! - nothing of a batch that met an error is committed;
+//! - every wait for green is bounded (`--replication-timeout`), and one
+//!   session per slot applies (`claim`: a new one ends an older one
+//!   before it reads green's progress).
+//!
+//! Files: this one (the [`Applier`]: batches, commit, progress row),
+//! `writer` (dispatch of changes, the pipelined executor) with its pure
+//! planning in `run`, `set_based`, `row_key` and `copy`, `statements`
+//! (prepared statement cache), `careful` (conflicts), `target` (blue
+//! relation -> green table, drift), `green` (session settings), `origin`,
+//! `claim`, `config` (settings and counters), `error`.
 
 mod careful;
 mod claim;

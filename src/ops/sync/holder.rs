@@ -205,7 +205,7 @@ fn terminate(pid: Option<u32>) {
 }
 
 /// `teal snapshot-holder`: creates `slot` with an exported snapshot, prints
-/// [`Held`] as one JSON line, and keeps the connection open until SIGTERM or
+/// `Held` as one JSON line, and keeps the connection open until SIGTERM or
 /// SIGINT, or until its parent has been gone for `orphan_timeout`.
 pub async fn hold(
     source: &ConnInfo,

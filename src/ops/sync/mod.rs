@@ -17,7 +17,7 @@
 //! transactions that commit after it, so each change lands once.
 //!
 //! The snapshot is exported by the connection that created the slot, which
-//! `teal sync` keeps in a separate process ([`holder`]): when `teal sync` is
+//! `teal sync` keeps in a separate process (`holder`): when `teal sync` is
 //! killed, the snapshot lives on (for `--snapshot-hold`), and the next
 //! `teal sync` imports the same snapshot and copies only the chunks green
 //! lacks. When the snapshot is gone too, the copy starts over: the tables it

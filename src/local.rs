@@ -428,6 +428,16 @@ impl Cluster {
     pub fn url(&self) -> String {
         self.url_for("postgres", "sslmode=disable")
     }
+
+    /// An ordinary superuser session (no TLS), its connection driven by a
+    /// task on the current runtime.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
 }
 
 impl Drop for Cluster {

@@ -2,66 +2,15 @@
 //! A writer that waits on itself, a link that goes silent, a backoff that
 //! never resets, a stuck stage nobody sees, a SIGTERM that never ends teal.
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use teal::apply::ApplyStats;
-use teal::monitor::Monitor;
-use teal::ops::stream::{self, StreamConfig, StreamError};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::support::cluster::{Options, default_bin};
 use crate::support::proxy::Proxy;
+use crate::support::running::Running;
 use crate::support::tap::init_logging;
 use crate::support::twins::Twins;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// `teal stream` running in-process, with its monitor.
-struct Running {
-    task: JoinHandle<Result<Arc<ApplyStats>, StreamError>>,
-    shutdown: CancellationToken,
-    monitor: Arc<Monitor>,
-}
-
-impl Running {
-    /// Starts `teal stream` and waits until it streams from the slot.
-    async fn start(twins: &Twins, config: StreamConfig) -> Running {
-        init_logging();
-        let monitor = Arc::new(Monitor::new(config.apply.slot.clone()));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(stream::run_monitored(
-            config,
-            shutdown.clone(),
-            Arc::clone(&monitor),
-        ));
-        twins.wait_streaming().await;
-        Running {
-            task,
-            shutdown,
-            monitor,
-        }
-    }
-
-    /// The error the stream stopped with by itself.
-    async fn failure(self) -> StreamError {
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("stream stopped in time")
-            .expect("stream task")
-            .expect_err("stream failed")
-    }
-
-    async fn stop(self) -> Arc<ApplyStats> {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("stream stopped in time")
-            .expect("stream task")
-            .expect("stream ended without error")
-    }
-}
 
 /// Holds green's `tables` locked (ACCESS EXCLUSIVE) until dropped through
 /// [`GreenLock::release`], so that what blue commits meanwhile piles up and

@@ -4,15 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use teal::monitor::Monitor;
-use teal::ops::stream::{self, StreamConfig};
-use tokio_util::sync::CancellationToken;
+use teal::ops::stream::StreamConfig;
 
 use crate::support::cluster::default_bin;
-use crate::support::tap::init_logging;
 use crate::support::twins::Twins;
 use crate::support::wait::until_row;
 
@@ -162,30 +158,26 @@ pub(crate) fn check_exposition(text: &str) {
     }
 }
 
+/// `teal stream` in-process with its endpoint on a free port.
 struct Running {
-    task: tokio::task::JoinHandle<Result<Arc<teal::apply::ApplyStats>, stream::StreamError>>,
-    shutdown: CancellationToken,
-    monitor: Arc<Monitor>,
+    inner: crate::support::running::Running,
     token: Option<String>,
+}
+
+impl std::ops::Deref for Running {
+    type Target = crate::support::running::Running;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
 }
 
 impl Running {
     async fn start(twins: &Twins, mut config: StreamConfig) -> Running {
-        init_logging();
         config.monitor.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let monitor = Arc::new(Monitor::new(config.apply.slot.clone()));
         let token = config.monitor.metrics_token.clone();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(stream::run_monitored(
-            config,
-            shutdown.clone(),
-            Arc::clone(&monitor),
-        ));
-        twins.wait_streaming().await;
         Running {
-            task,
-            shutdown,
-            monitor,
+            inner: crate::support::running::Running::start(twins, config).await,
             token,
         }
     }
@@ -214,12 +206,7 @@ impl Running {
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("stream stopped in time")
-            .expect("stream task")
-            .expect("stream ended without error");
+        self.inner.stop().await;
     }
 }
 
@@ -757,7 +744,7 @@ async fn status_command_and_audit_trail() {
         .batch_execute("ALTER TABLE acct ADD COLUMN extra int; INSERT INTO acct VALUES (101, 1, 7)")
         .await
         .unwrap();
-    let ended = tokio::time::timeout(WAIT, running.task)
+    let ended = tokio::time::timeout(WAIT, running.inner.task)
         .await
         .expect("the stream stops on the schema error")
         .unwrap();
@@ -765,7 +752,7 @@ async fn status_command_and_audit_trail() {
         .expect_err("schema drift stops the stream")
         .to_string();
     assert!(e.contains("extra"), "{e}");
-    running.shutdown.cancel();
+    running.inner.shutdown.cancel();
     let rows = audit_rows(&twins.g).await;
     let summary: Vec<(&str, &str, bool)> = rows
         .iter()

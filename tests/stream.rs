@@ -1,54 +1,22 @@
 //! `teal stream` against real blue and green servers: green ends up equal to
 //! blue, table by table (row count and an order-independent checksum).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use teal::apply::{ApplyStats, ConflictPolicy};
-use teal::ops::stream::{self, StreamConfig, StreamError};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use teal::apply::ConflictPolicy;
+use teal::ops::stream::StreamConfig;
 
 use crate::on_every_server;
 use crate::support::cluster::{Options, PgBin};
-use crate::support::tap::init_logging;
+use crate::support::running::Running;
 use crate::support::twins::Twins;
 use crate::support::wait::until_row;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Running {
-    task: JoinHandle<Result<Arc<ApplyStats>, StreamError>>,
-    shutdown: CancellationToken,
-}
-
 /// Starts `teal stream` and waits until it streams from the slot.
 async fn start(twins: &Twins, config: StreamConfig) -> Running {
-    init_logging();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(stream::run(config, shutdown.clone()));
-    twins.wait_streaming().await;
-    Running { task, shutdown }
-}
-
-impl Running {
-    async fn stop(self) -> Arc<ApplyStats> {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("stream stopped in time")
-            .expect("stream task")
-            .expect("stream ended without error")
-    }
-
-    /// The error the stream stopped with by itself.
-    async fn failure(self) -> StreamError {
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("stream stopped in time")
-            .expect("stream task")
-            .expect_err("stream failed")
-    }
+    Running::start(twins, config).await
 }
 
 async fn each(client: &tokio_postgres::Client, statements: &[&str]) {

@@ -144,18 +144,9 @@ impl Cluster {
 
     /// An ordinary SQL client (superuser).
     pub async fn client(&self) -> Client {
-        let (client, conn) = tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=postgres dbname=postgres",
-                self.port
-            ),
-            NoTls,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to the test cluster: {e}\n{}", self.log()));
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
+        self.0
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test cluster: {e}\n{}", self.log()))
     }
 }

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod encoder;
 pub mod proxy;
+pub mod running;
 pub mod tap;
 pub mod twins;
 pub mod wait;

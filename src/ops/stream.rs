@@ -405,7 +405,19 @@ async fn attempt(
                 // Without green, Kafka's acknowledgements are what the lag measures.
                 lag: applier.is_none().then(|| Arc::clone(&monitor.lag)),
             };
-            Some(tokio::spawn(sink.run(events).in_current_span()))
+            // A failed sink ends the attempt at once (blue may be out of
+            // reach, and nothing else would notice).
+            let failed = run.clone();
+            Some(tokio::spawn(
+                async move {
+                    let delivered = sink.run(events).await;
+                    if delivered.is_err() {
+                        failed.cancel();
+                    }
+                    delivered
+                }
+                .in_current_span(),
+            ))
         }
         _ => None,
     };

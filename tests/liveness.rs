@@ -646,3 +646,36 @@ async fn lsn(client: &tokio_postgres::Client, sql: &str) -> teal::lsn::Lsn {
     let text: String = client.query_one(sql, &[]).await.unwrap().get(0);
     text.parse().unwrap()
 }
+
+/// Issue 16.2: a quiet blue is not a silent one. Blue sends nothing while
+/// nothing is published and teal keeps confirming; at half of
+/// --replication-timeout (here 1 s of 2 s) teal asks for a reply, blue
+/// answers, and the session stays up however long the quiet lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_blue_answers_the_ping_and_keeps_its_session() {
+    let twins = Twins::start(&default_bin(), "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let mut config = twins.config();
+    config.source.replication_timeout = Some(Duration::from_secs(2));
+    let running = Running::start(&twins, config).await;
+    twins
+        .b
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    twins.assert_converged(&["t"], WAIT).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let liveness = running.monitor.lag.liveness();
+    assert_eq!(
+        liveness.source_reconnects(),
+        0,
+        "no reconnect in 7 quiet seconds: {:?}",
+        liveness.last_source_error()
+    );
+    twins
+        .b
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    twins.assert_converged(&["t"], WAIT).await;
+    running.stop().await;
+}

@@ -373,3 +373,116 @@ async fn apply_sessions_are_set_up_like_the_apply_worker() {
         ]
     );
 }
+
+/// Issue 19.1: with channel_binding=require, a server that asks for a
+/// cleartext or MD5 password gets nothing (libpq does the same): the
+/// password never leaves teal, and the server never authorizes the session
+/// (its log, with log_connections on, shows no authorization). SCRAM with
+/// channel binding over TLS still works, and shows up in the same log.
+#[tokio::test]
+async fn channel_binding_require_sends_nothing_to_a_password_or_md5_server() {
+    let pki = Pki::new();
+    let cluster = tls_cluster(&crate::support::cluster::default_bin(), &pki).await;
+    let c = cluster.client().await;
+    c.batch_execute("ALTER SYSTEM SET log_connections = on")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let port = cluster.port;
+    for (user, password) in [("md5_user", "md5-secret"), ("pw_user", "pw-secret")] {
+        let err = connect(&format!(
+            "postgresql://{user}:{password}@127.0.0.1:{port}/postgres?sslmode=require&channel_binding=require"
+        ))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{user}: refused"));
+        assert!(matches!(err, SourceError::Auth { .. }), "{user}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("channel_binding=require") && message.contains("nothing was sent"),
+            "{user}: {message}"
+        );
+        assert!(!message.contains(password), "{message}");
+    }
+    let bound = connect(&format!(
+        "postgresql://scram_user:scram-secret@127.0.0.1:{port}/postgres?sslmode=require&channel_binding=require"
+    ))
+    .await
+    .expect("SCRAM with channel binding");
+    bound.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = cluster.log();
+    assert!(
+        log.contains("authorized: user=scram_user"),
+        "the log shows authorizations:\n{log}"
+    );
+    for user in ["md5_user", "pw_user"] {
+        assert!(
+            !log.contains(&format!("authorized: user={user}")),
+            "{user} was never authorized:\n{log}"
+        );
+    }
+}
+
+/// Issue 19.1: a server that starts SCRAM and then says AuthenticationOk
+/// without its final message (which would prove it knows the password)
+/// is refused, whatever channel_binding says. The server here is a test
+/// listener speaking just enough of the protocol.
+#[tokio::test]
+async fn a_server_skipping_scram_final_is_refused() {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        // StartupMessage.
+        let len = s.read_i32().await.unwrap();
+        let mut startup = vec![0; len as usize - 4];
+        s.read_exact(&mut startup).await.unwrap();
+        let message = |tag: u8, body: &[u8]| {
+            let mut m = vec![tag];
+            m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+            m.extend_from_slice(body);
+            m
+        };
+        let mut body = 10i32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"SCRAM-SHA-256\0\0");
+        s.write_all(&message(b'R', &body)).await.unwrap();
+        // SASLInitialResponse: mechanism, then the client-first message.
+        assert_eq!(s.read_u8().await.unwrap(), b'p');
+        let len = s.read_i32().await.unwrap();
+        let mut initial = vec![0; len as usize - 4];
+        s.read_exact(&mut initial).await.unwrap();
+        let first = String::from_utf8_lossy(&initial).into_owned();
+        let nonce = first.rsplit("r=").next().unwrap().to_owned();
+        let salt = base64::engine::general_purpose::STANDARD.encode(b"0123456789abcdef");
+        let mut body = 11i32.to_be_bytes().to_vec();
+        body.extend_from_slice(format!("r={nonce}server,s={salt},i=4096").as_bytes());
+        s.write_all(&message(b'R', &body)).await.unwrap();
+        // SASLResponse (client-final), then "Ok" without SASLFinal.
+        assert_eq!(s.read_u8().await.unwrap(), b'p');
+        let len = s.read_i32().await.unwrap();
+        let mut last = vec![0; len as usize - 4];
+        s.read_exact(&mut last).await.unwrap();
+        s.write_all(&message(b'R', &0i32.to_be_bytes()))
+            .await
+            .unwrap();
+        s.write_all(&message(b'Z', b"I")).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    });
+    let err = connect(&format!(
+        "postgresql://someone:secret@127.0.0.1:{port}/postgres?sslmode=disable"
+    ))
+    .await
+    .err()
+    .expect("refused");
+    assert!(matches!(err, SourceError::Auth { .. }), "{err}");
+    assert!(
+        err.to_string().contains("without its final message"),
+        "{err}"
+    );
+    server.abort();
+}

@@ -23,6 +23,17 @@ use crate::tls;
 use super::conn::{Connection, Frame, Stream, server_error};
 use super::error::SourceError;
 
+/// Where a SCRAM exchange stands.
+enum Sasl {
+    /// Not started (no SASL request yet).
+    None,
+    /// Started with this client; `plus`: with channel binding.
+    Started { client: ScramSha256, plus: bool },
+    /// The server's final message verified: it knows the password (and,
+    /// with `plus`, it is the server whose certificate the TLS session saw).
+    Verified { plus: bool },
+}
+
 pub(super) async fn authenticate(
     conn: &mut Connection,
     conninfo: &ConnInfo,
@@ -41,18 +52,39 @@ pub(super) async fn authenticate(
             )
         })
     };
-    let mut scram: Option<ScramSha256> = None;
-    let mut bound = false;
+    let require = conninfo.channel_binding == ChannelBinding::Require;
+    // With channel_binding=require, only SCRAM with channel binding proves
+    // the server is the one the TLS session reached: nothing is sent to a
+    // server that asks for anything else.
+    let refuse_unbound = |method: &str| {
+        auth_error(format!(
+            "channel_binding=require, but the server asks for {method} instead of SCRAM with channel binding; nothing was sent"
+        ))
+    };
+    let mut sasl = Sasl::None;
     loop {
         match conn.next_frame().await? {
-            Frame::Message(Message::AuthenticationOk) => break,
+            Frame::Message(Message::AuthenticationOk) => {
+                if matches!(sasl, Sasl::Started { .. }) {
+                    return Err(auth_error(
+                        "the server ended SCRAM authentication without its final message, so it never proved it knows the password".into(),
+                    ));
+                }
+                break;
+            }
             Frame::Message(Message::AuthenticationCleartextPassword) => {
+                if require {
+                    return Err(refuse_unbound("a cleartext password"));
+                }
                 let pw = password()?;
                 frontend::password_message(pw.expose().as_bytes(), &mut conn.write_buf)
                     .map_err(|e| conn.protocol(e.to_string()))?;
                 conn.flush().await?;
             }
             Frame::Message(Message::AuthenticationMd5Password(body)) => {
+                if require {
+                    return Err(refuse_unbound("an MD5 password"));
+                }
                 let pw = password()?;
                 let hash = md5_hash(
                     conninfo.user.as_bytes(),
@@ -64,6 +96,9 @@ pub(super) async fn authenticate(
                 conn.flush().await?;
             }
             Frame::Message(Message::AuthenticationSasl(body)) => {
+                if !matches!(sasl, Sasl::None) {
+                    return Err(conn.protocol("a second SASL authentication request"));
+                }
                 let mut offered_plain = false;
                 let mut offered_plus = false;
                 let mut mechanisms = body.mechanisms();
@@ -83,13 +118,16 @@ pub(super) async fn authenticate(
                         .and_then(|cert| tls::server_end_point(cert)),
                     _ => None,
                 };
-                let (mechanism, binding) = match (offered_plus, end_point) {
-                    (true, Some(hash)) => {
-                        bound = true;
-                        (
-                            sasl::SCRAM_SHA_256_PLUS,
-                            ScramBinding::tls_server_end_point(hash),
-                        )
+                let (mechanism, binding, plus) = match (offered_plus, end_point) {
+                    (true, Some(hash)) => (
+                        sasl::SCRAM_SHA_256_PLUS,
+                        ScramBinding::tls_server_end_point(hash),
+                        true,
+                    ),
+                    _ if require => {
+                        return Err(auth_error(
+                            "channel_binding=require, but channel binding is not possible on this connection (needs TLS, SCRAM-SHA-256-PLUS and a certificate signed with SHA-2)".into(),
+                        ));
                     }
                     _ if !offered_plain => {
                         return Err(auth_error(
@@ -99,26 +137,21 @@ pub(super) async fn authenticate(
                     }
                     // Over TLS without PLUS on offer, say "client supports, server doesn't" ('y').
                     _ if conn.tls && !offered_plus => {
-                        (sasl::SCRAM_SHA_256, ScramBinding::unrequested())
+                        (sasl::SCRAM_SHA_256, ScramBinding::unrequested(), false)
                     }
-                    _ => (sasl::SCRAM_SHA_256, ScramBinding::unsupported()),
+                    _ => (sasl::SCRAM_SHA_256, ScramBinding::unsupported(), false),
                 };
-                if conninfo.channel_binding == ChannelBinding::Require && !bound {
-                    return Err(auth_error(
-                        "channel_binding=require, but channel binding is not possible on this connection (needs TLS, SCRAM-SHA-256-PLUS and a certificate signed with SHA-2)".into(),
-                    ));
-                }
                 let pw = password()?;
                 let client = ScramSha256::new(pw.expose().as_bytes(), binding);
                 frontend::sasl_initial_response(mechanism, client.message(), &mut conn.write_buf)
                     .map_err(|e| conn.protocol(e.to_string()))?;
                 conn.flush().await?;
-                scram = Some(client);
+                sasl = Sasl::Started { client, plus };
             }
             Frame::Message(Message::AuthenticationSaslContinue(body)) => {
-                let client = scram
-                    .as_mut()
-                    .ok_or_else(|| conn.protocol("SASL continue without SASL start"))?;
+                let Sasl::Started { client, .. } = &mut sasl else {
+                    return Err(conn.protocol("SASL continue without SASL start"));
+                };
                 client
                     .update(body.data())
                     .map_err(|e| auth_error(format!("SCRAM exchange failed: {e}")))?;
@@ -127,12 +160,13 @@ pub(super) async fn authenticate(
                 conn.flush().await?;
             }
             Frame::Message(Message::AuthenticationSaslFinal(body)) => {
-                let client = scram
-                    .as_mut()
-                    .ok_or_else(|| conn.protocol("SASL final without SASL start"))?;
+                let Sasl::Started { client, plus } = &mut sasl else {
+                    return Err(conn.protocol("SASL final without SASL start"));
+                };
                 client.finish(body.data()).map_err(|e| {
                     auth_error(format!("the server's SCRAM signature does not verify: {e}"))
                 })?;
+                sasl = Sasl::Verified { plus: *plus };
             }
             Frame::Message(Message::ErrorResponse(body)) => {
                 return Err(SourceError::Server {
@@ -154,7 +188,7 @@ pub(super) async fn authenticate(
             _ => return Err(conn.protocol("unexpected message during authentication")),
         }
     }
-    if conninfo.channel_binding == ChannelBinding::Require && !bound {
+    if require && !matches!(sasl, Sasl::Verified { plus: true }) {
         return Err(auth_error(
             "channel_binding=require, but the server authenticated without SCRAM channel binding"
                 .into(),

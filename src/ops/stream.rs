@@ -460,7 +460,7 @@ async fn attempt(
     };
     drop(applier);
     let delivered = match kafka {
-        Some(sink) => sink.await.unwrap_or(Ok(())),
+        Some(sink) => crate::sink::kafka::joined(sink.await, "sink"),
         None => Ok(()),
     };
     if delivered.is_err() {

@@ -134,6 +134,9 @@ pub enum KafkaSinkError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A task of the sink panicked (a bug: please report it with the log).
+    #[error("the Kafka {0} panicked")]
+    Panicked(&'static str),
     /// The position topic could not be read back (`--kafka-exactly-once`).
     #[error("reading teal's position from Kafka topic {topic}: {reason}")]
     Position {
@@ -151,6 +154,7 @@ impl KafkaSinkError {
     pub fn kind(&self) -> crate::error::Kind {
         match self {
             KafkaSinkError::Config(_) => crate::error::Kind::KafkaSetup,
+            KafkaSinkError::Panicked(_) => crate::error::Kind::Bug,
             _ => crate::error::Kind::KafkaDelivery,
         }
     }

@@ -229,7 +229,7 @@ pub async fn run<B: AsRef<[Event]>>(
         t.abort(&producer).await;
     }
     drop(ack_tx);
-    let acked = acker.await.unwrap_or(Ok(()));
+    let acked = joined(acker.await, "acker");
     // librdkafka's flush blocks: not on the runtime's threads.
     let _ = blocking(move || producer.flush(Duration::from_secs(10))).await;
     produced?;
@@ -253,10 +253,41 @@ async fn confirm(
     Ok(acker.send(pending).await.is_ok())
 }
 
+/// What a sink task ended with: its own result, or (it panicked, or was
+/// cancelled) a failure: never a success nobody saw.
+pub fn joined(
+    result: Result<Result<(), KafkaSinkError>, tokio::task::JoinError>,
+    task: &'static str,
+) -> Result<(), KafkaSinkError> {
+    result.unwrap_or(Err(KafkaSinkError::Panicked(task)))
+}
+
 /// A blocking librdkafka call, off the runtime's threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(f).await {
         Ok(t) => t,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_task_is_a_failure_not_a_success() {
+        let panicked = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("a bug");
+            }
+            Ok(())
+        })
+        .await;
+        assert!(matches!(
+            joined(panicked, "acker"),
+            Err(KafkaSinkError::Panicked("acker"))
+        ));
+        let ended = tokio::spawn(async { Ok(()) }).await;
+        assert!(joined(ended, "sink").is_ok());
     }
 }

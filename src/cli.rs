@@ -243,8 +243,14 @@ pub(crate) struct StreamArgs {
     pub(crate) kafka_transactions_topic: Option<String>,
 
     /// A librdkafka property key=value (repeatable): security.protocol, sasl.*, ssl.*, compression.type, ...
-    #[arg(long = "kafka-property", env = "TEAL_KAFKA_PROPERTY", value_delimiter = ',', value_parser = KafkaConfig::parse_property, hide_env_values = true)]
-    pub(crate) kafka_property: Vec<(String, String)>,
+    /// (Repeat the flag for several; values may hold commas. In
+    /// TEAL_KAFKA_PROPERTY: one per line.)
+    #[arg(
+        long = "kafka-property",
+        env = "TEAL_KAFKA_PROPERTY",
+        hide_env_values = true
+    )]
+    pub(crate) kafka_property: Vec<String>,
 
     /// No tombstone record after each delete.
     #[arg(long, env = "TEAL_KAFKA_NO_TOMBSTONES")]
@@ -387,11 +393,19 @@ impl StreamArgs {
                 "--target (green) is required, unless --no-apply streams to Kafka only"
             ),
         };
+        let properties = self
+            .kafka_property
+            .iter()
+            .flat_map(|v| v.lines())
+            .filter(|l| !l.trim().is_empty())
+            .map(KafkaConfig::parse_property)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| anyhow::anyhow!("invalid --kafka-property: {reason}"))?;
         let kafka = self.kafka_brokers.map(|brokers| KafkaConfig {
             brokers,
             topic_prefix: self.kafka_topic_prefix,
             transactions_topic: self.kafka_transactions_topic,
-            properties: self.kafka_property,
+            properties,
             tombstones: !self.kafka_no_tombstones,
             db: source.conninfo.dbname.clone(),
             exactly_once: self.kafka_exactly_once,
@@ -471,13 +485,17 @@ pub(crate) fn load_config_file() -> Result<(), String> {
         return Ok(());
     };
     let cli = Cli::command();
-    let mut flags: Vec<(String, String)> = Vec::new();
+    let mut flags: Vec<teal::config::FileFlag> = Vec::new();
     let mut add = |cmd: &clap::Command| {
         for arg in cmd.get_arguments() {
             if let (Some(long), Some(env)) = (arg.get_long(), arg.get_env())
                 && long != "config"
             {
-                flags.push((long.to_owned(), env.to_string_lossy().into_owned()));
+                flags.push(teal::config::FileFlag {
+                    long: long.to_owned(),
+                    env: env.to_string_lossy().into_owned(),
+                    delimiter: arg.get_value_delimiter().unwrap_or('\n'),
+                });
             }
         }
     };

@@ -840,3 +840,28 @@ async fn max_behind_holds_apply_back_while_kafka_is_down() {
     shutdown.cancel();
     running.await.unwrap().expect("stream stops cleanly");
 }
+
+/// Issue 19.4: --kafka-property is repeatable and its values may hold
+/// commas (it used to split on them, cutting a password and printing part
+/// of it); a malformed property is named without showing its value.
+#[test]
+fn kafka_property_values_keep_their_commas_and_stay_secret() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .env_clear()
+        .args(["stream", "--source", "host=127.0.0.1 port=1", "--slot", "s"])
+        .args(["--publication", "p", "--no-apply"])
+        .args(["--kafka-brokers", "127.0.0.1:1"])
+        .args(["--kafka-property", "sasl.password=hun,ter2"])
+        .args(["--kafka-property", "hunter3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("invalid --kafka-property: a property is not key=value"),
+        "the comma-valued property passed, the malformed one is named: {stderr}"
+    );
+    for secret in ["hun", "ter2", "hunter3"] {
+        assert!(!stderr.contains(secret), "{secret} in: {stderr}");
+    }
+}

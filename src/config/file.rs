@@ -4,7 +4,9 @@
 //! `conflict-table`, ...; `_` may stand for `-`). A value becomes the
 //! flag's environment variable unless that variable is already set, so the
 //! precedence is: command-line flag, then environment, then the file, then
-//! the built-in default. Arrays are joined with commas (repeatable flags).
+//! the built-in default. Arrays are joined with the flag's delimiter (a
+//! comma for comma-separated flags, a newline for those whose values may
+//! hold commas, like `--kafka-property`).
 
 use std::path::Path;
 
@@ -13,8 +15,12 @@ use std::path::Path;
 pub enum ConfigFileError {
     #[error("cannot read config file {path}: {reason}")]
     Read { path: String, reason: String },
-    #[error("config file {path} is not valid TOML: {reason}")]
-    Syntax { path: String, reason: String },
+    #[error("config file {path} is not valid TOML at line {line}, column {column}")]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+    },
     #[error(
         "config file {path}: unknown key {key:?} (keys are the long flag names of this command: {known})"
     )]
@@ -27,25 +33,41 @@ pub enum ConfigFileError {
     BadValue { path: String, key: String },
 }
 
-/// The environment assignments `text` asks for. `flags` maps each long flag
-/// name of the command to its environment variable.
+/// A long flag of the command, the environment variable it reads, and how
+/// its repeated values are separated there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFlag {
+    /// The long name (`batch-max-changes`).
+    pub long: String,
+    /// Its environment variable (`TEAL_BATCH_MAX_CHANGES`).
+    pub env: String,
+    /// What separates an array's items in the variable.
+    pub delimiter: char,
+}
+
+/// The environment assignments `text` asks for, one per key of `flags`.
+/// A syntax error names the line and column only: the line itself may hold
+/// a password.
 pub fn env_from_toml(
     path: &Path,
     text: &str,
-    flags: &[(String, String)],
+    flags: &[FileFlag],
 ) -> Result<Vec<(String, String)>, ConfigFileError> {
     let shown = path.display().to_string();
-    let table: toml::Table =
-        text.parse()
-            .map_err(|e: toml::de::Error| ConfigFileError::Syntax {
-                path: shown.clone(),
-                reason: e.to_string().trim().to_owned(),
-            })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e.span().map_or(0, |s| s.start.min(text.len()));
+        let before = text.get(..at).unwrap_or(text);
+        ConfigFileError::Syntax {
+            path: shown.clone(),
+            line: before.matches('\n').count() + 1,
+            column: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
+        }
+    })?;
     let mut out = Vec::with_capacity(table.len());
     for (key, value) in &table {
         let wanted = key.replace('_', "-");
-        let Some((_, env)) = flags.iter().find(|(flag, _)| *flag == wanted) else {
-            let mut known: Vec<&str> = flags.iter().map(|(f, _)| f.as_str()).collect();
+        let Some(flag) = flags.iter().find(|f| f.long == wanted) else {
+            let mut known: Vec<&str> = flags.iter().map(|f| f.long.as_str()).collect();
             known.sort_unstable();
             return Err(ConfigFileError::UnknownKey {
                 path: shown,
@@ -62,10 +84,10 @@ pub fn env_from_toml(
                 .iter()
                 .map(|v| scalar(v).ok_or_else(bad))
                 .collect::<Result<Vec<_>, _>>()?
-                .join(","),
+                .join(&flag.delimiter.to_string()),
             other => scalar(other).ok_or_else(bad)?,
         };
-        out.push((env.clone(), text));
+        out.push((flag.env.clone(), text));
     }
     Ok(out)
 }
@@ -73,7 +95,7 @@ pub fn env_from_toml(
 /// Reads `path` and returns the assignments, as [`env_from_toml`].
 pub fn env_from_file(
     path: &Path,
-    flags: &[(String, String)],
+    flags: &[FileFlag],
 ) -> Result<Vec<(String, String)>, ConfigFileError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigFileError::Read {
         path: path.display().to_string(),
@@ -96,15 +118,20 @@ fn scalar(v: &toml::Value) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn flags() -> Vec<(String, String)> {
+    fn flags() -> Vec<FileFlag> {
         [
-            ("source", "TEAL_SOURCE_URL"),
-            ("batch-max-changes", "TEAL_BATCH_MAX_CHANGES"),
-            ("conflict-table", "TEAL_CONFLICT_TABLE"),
-            ("create-slot", "TEAL_CREATE_SLOT"),
+            ("source", "TEAL_SOURCE_URL", ','),
+            ("batch-max-changes", "TEAL_BATCH_MAX_CHANGES", ','),
+            ("conflict-table", "TEAL_CONFLICT_TABLE", ','),
+            ("create-slot", "TEAL_CREATE_SLOT", ','),
+            ("kafka-property", "TEAL_KAFKA_PROPERTY", '\n'),
         ]
         .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .map(|(a, b, d)| FileFlag {
+            long: a.to_string(),
+            env: b.to_string(),
+            delimiter: *d,
+        })
         .collect()
     }
 
@@ -115,6 +142,7 @@ source = "postgresql://blue/db"
 batch_max_changes = 500
 conflict-table = ["public.a=source-wins", "public.b=target-wins"]
 create-slot = true
+kafka-property = ["sasl.password=hun,ter2", "compression.type=lz4"]
 "#;
         let mut got = env_from_toml(Path::new("t.toml"), text, &flags()).unwrap();
         got.sort();
@@ -127,6 +155,10 @@ create-slot = true
                     "public.a=source-wins,public.b=target-wins".to_owned()
                 ),
                 ("TEAL_CREATE_SLOT".to_owned(), "true".to_owned()),
+                (
+                    "TEAL_KAFKA_PROPERTY".to_owned(),
+                    "sasl.password=hun,ter2\ncompression.type=lz4".to_owned()
+                ),
                 (
                     "TEAL_SOURCE_URL".to_owned(),
                     "postgresql://blue/db".to_owned()
@@ -151,6 +183,15 @@ create-slot = true
                 .starts_with("config file t.toml is not valid TOML"),
             "{e}"
         );
+        // The line is not echoed: it may hold a password.
+        let text = "batch-max-changes = 5\nsource = \"postgresql://u:hunter2@blue/db";
+        let e = env_from_toml(Path::new("t.toml"), text, &flags()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config file t.toml is not valid TOML at line 2, column"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("hunter2"), "{e}");
         let e = env_from_file(Path::new("/nonexistent/teal.toml"), &flags()).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/teal.toml"), "{e}");
     }

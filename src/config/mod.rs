@@ -12,7 +12,7 @@ pub use conninfo::{
     ChannelBinding, ConnInfo, ConnInfoError, EnvLookup, Host, HostAddr, Password, RootCert,
     SslMode, os_user_name,
 };
-pub use file::{ConfigFileError, env_from_file, env_from_toml};
+pub use file::{ConfigFileError, FileFlag, env_from_file, env_from_toml};
 
 use std::path::PathBuf;
 use std::time::Duration;

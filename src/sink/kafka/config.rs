@@ -81,11 +81,13 @@ impl KafkaConfig {
             .unwrap_or_else(|| format!("{}.transactions", self.topic_prefix))
     }
 
-    /// Parses `key=value` (for `--kafka-property`).
+    /// Parses `key=value` (for `--kafka-property`). The value may be a
+    /// secret: an error never shows it.
     pub fn parse_property(s: &str) -> Result<(String, String), String> {
         match s.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-            _ => Err(format!("{s:?} is not key=value")),
+            Some(_) => Err("a property has no key before '='".into()),
+            None => Err("a property is not key=value (no '=')".into()),
         }
     }
 }

@@ -165,7 +165,15 @@ pub fn postgres_kind(e: &tokio_postgres::Error) -> Kind {
 pub fn describe_postgres(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
-            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            let code = db.code().code();
+            // Data exceptions quote the value that failed
+            // (`invalid input syntax for type integer: "abc"`).
+            let message = if code.starts_with("22") {
+                redact_quoted(db.message())
+            } else {
+                db.message().to_owned()
+            };
+            let mut s = format!("{} {code}: {message}", db.severity());
             if let Some(column) = db.column() {
                 s.push_str(&format!(" (column {column})"));
             }
@@ -176,6 +184,22 @@ pub fn describe_postgres(e: &tokio_postgres::Error) -> String {
         }
         None => e.to_string(),
     }
+}
+
+/// `message` with every double-quoted part replaced by `"…"`.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    let mut quoted = true;
+    for part in parts {
+        out.push('"');
+        out.push_str(if quoted { "…" } else { part });
+        quoted = !quoted;
+    }
+    out
 }
 
 /// An error and its causes, for log fields: `error = %Report(&e)`.
@@ -245,6 +269,19 @@ mod tests {
     struct Silent {
         #[source]
         source: std::io::Error,
+    }
+
+    #[test]
+    fn quoted_values_are_left_out() {
+        assert_eq!(
+            redact_quoted(r#"invalid input value for enum mood: "ecstatic""#),
+            r#"invalid input value for enum mood: "…""#
+        );
+        assert_eq!(
+            redact_quoted(r#"value "99999999999" is out of range for type integer"#),
+            r#"value "…" is out of range for type integer"#
+        );
+        assert_eq!(redact_quoted("no quotes"), "no quotes");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod kafka;
 mod liveness;
 mod monitor;
 mod monitoring_files;
+mod security;
 mod stream;
 mod sync;
 mod tail_cli;

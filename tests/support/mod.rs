@@ -26,3 +26,8 @@ macro_rules! on_every_server {
         }
     };
 }
+
+/// An error and its causes as teal prints them.
+pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    teal::error::Report(e).to_string()
+}

@@ -21,6 +21,9 @@ use std::fmt;
 pub enum Kind {
     /// A socket could not connect, broke, or was closed.
     Connection,
+    /// A server was never reached: the first connection failed
+    /// [`FIRST_CONNECT_TRIES`] times (teal exits with status 2).
+    Unreachable,
     /// A peer said nothing for `--replication-timeout`.
     Timeout,
     /// The server answered with this SQLSTATE.
@@ -50,6 +53,12 @@ pub enum Kind {
     ShutdownTimeout,
 }
 
+/// Connections to a server never reached before are tried this many
+/// times (with the reconnect backoff) before teal gives up: a wrong host or
+/// port is a mistake to report, not an outage to wait out. Once a session
+/// was established, a lost connection is retried without limit.
+pub const FIRST_CONNECT_TRIES: u32 = 10;
+
 /// Whether teal tries again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -73,6 +82,12 @@ pub fn policy(kind: &Kind) -> Policy {
     use Retry::{Stop, Timed};
     let (retry, hint) = match kind {
         Kind::Connection | Kind::Replay | Kind::KafkaDelivery => (Timed, None),
+        Kind::Unreachable => (
+            Stop,
+            Some(
+                "check the host and port in the connection string, and that the server is up and accepts connections from here",
+            ),
+        ),
         Kind::Timeout => (
             Timed,
             Some("a link went silent: check the network between teal and the server"),

@@ -221,16 +221,25 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let message = teal::error::report(e.chain());
-            let hint = e
-                .chain()
-                .find_map(|c| c.downcast_ref::<stream::StreamError>())
-                .and_then(|s| teal::error::policy(&s.kind()).hint);
+            let kind = e.chain().find_map(|c| {
+                c.downcast_ref::<stream::StreamError>()
+                    .map(stream::StreamError::kind)
+                    .or_else(|| {
+                        c.downcast_ref::<teal::pipeline::PipelineError>()
+                            .map(teal::pipeline::PipelineError::kind)
+                    })
+            });
             tracing::error!(error = %message, "teal stopped");
             eprintln!("teal: {message}");
-            if let Some(hint) = hint {
+            if let Some(hint) = kind.as_ref().and_then(|k| teal::error::policy(k).hint) {
                 eprintln!("hint: {hint}");
             }
-            ExitCode::FAILURE
+            // A server never reached: status 2, as for a bad setting.
+            if kind == Some(teal::error::Kind::Unreachable) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

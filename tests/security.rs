@@ -106,3 +106,66 @@ async fn refused_rows_are_named_never_shown() {
         assert!(!text.contains("ecstatic"), "no row value: {text}");
     }
 }
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Runs `teal stream` from `source` to `target` (fast retries); its exit
+/// status and stderr.
+async fn run_against(source: &str, target: &str) -> (Option<i32>, String) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .env_clear()
+        .args(["stream", "--slot", "s", "--publication", "p"])
+        .args(["--source", source, "--target", target])
+        .args(["--reconnect-max-delay", "1s", "--metrics-addr", "off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("teal gave up by itself")
+    .unwrap()
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 19.5: a server never reached (nothing listens, the host does not
+/// exist) is tried a stated number of times, then teal exits with status 2
+/// saying why (it retried forever, saying "replication connection lost").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_never_reached_is_reported_not_retried_forever() {
+    let green = crate::support::cluster::Cluster::start(&default_bin());
+    let blue = format!("postgresql://postgres@127.0.0.1:{}/postgres", closed_port());
+    let (code, stderr) = run_against(&blue, &green.url()).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("could not reach blue after 10 tries")
+            && stderr.contains("Connection refused")
+            && stderr.contains("hint: check the host and port"),
+        "{stderr}"
+    );
+    let (code, stderr) = run_against("host=nonexistent.invalid user=postgres", &green.url()).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("could not reach blue after 10 tries"),
+        "{stderr}"
+    );
+    let green_closed = format!("postgresql://postgres@127.0.0.1:{}/postgres", closed_port());
+    let (code, stderr) = run_against(&blue, &green_closed).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("could not reach green after 10 tries")
+            && stderr.contains("Connection refused"),
+        "{stderr}"
+    );
+}

@@ -60,6 +60,16 @@ pub enum StreamError {
     /// A setting is out of its domain.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// Green was never reached: its first connection failed
+    /// [`crate::error::FIRST_CONNECT_TRIES`] times.
+    #[error("could not reach green after {tries} tries")]
+    Unreachable {
+        /// How many tries.
+        tries: u32,
+        /// The last try's error.
+        #[source]
+        last: Box<StreamError>,
+    },
     /// A stage did not finish within `--shutdown-timeout` of the signal.
     #[error(
         "teal did not stop within {}s of the signal{}; exiting without finishing: nothing green did not commit was confirmed, blue sends it again",
@@ -82,6 +92,7 @@ impl StreamError {
             StreamError::Capture(e) => e.kind(),
             StreamError::Kafka(e) => e.kind(),
             StreamError::Http(_) | StreamError::Config(_) => Kind::Setup,
+            StreamError::Unreachable { .. } => Kind::Unreachable,
             StreamError::ShutdownTimeout { .. } => Kind::ShutdownTimeout,
         }
     }
@@ -289,6 +300,7 @@ async fn stream(
     );
     let mut careful_through: Option<Lsn> = None;
     let mut may_create_slot = config.source.create_slot;
+    let (mut ever_streamed, mut first_tries) = (false, 0);
     loop {
         if shutdown.is_cancelled() {
             return Ok(stats);
@@ -303,13 +315,28 @@ async fn stream(
             &mut may_create_slot,
         )
         .await;
+        ever_streamed |= monitor.state() != RunState::Starting;
         match result {
             Ok(()) => return Ok(stats),
             Err(StreamError::Apply(ApplyError::Replay { through })) => {
                 tracing::warn!(through = %through, "conflict in a batch; replaying it change by change");
                 careful_through = careful_through.max(Some(through));
             }
+            Err(e)
+                if !ever_streamed
+                    && matches!(e, StreamError::Apply(_))
+                    && e.kind() == Kind::Connection
+                    && first_tries + 1 >= crate::error::FIRST_CONNECT_TRIES =>
+            {
+                return Err(StreamError::Unreachable {
+                    tries: first_tries + 1,
+                    last: Box::new(e),
+                });
+            }
             Err(e) if crate::error::retries(&e.kind()) && !shutdown.is_cancelled() => {
+                if !ever_streamed {
+                    first_tries += 1;
+                }
                 monitor.record_error(crate::error::Report(&e).to_string());
                 monitor
                     .retries

@@ -126,6 +126,16 @@ pub enum SourceError {
         /// The timeout.
         after: std::time::Duration,
     },
+    /// Blue was never reached: the first connection failed
+    /// [`crate::error::FIRST_CONNECT_TRIES`] times.
+    #[error("could not reach blue after {tries} tries")]
+    Unreachable {
+        /// How many tries.
+        tries: u32,
+        /// The last try's error.
+        #[source]
+        last: Box<SourceError>,
+    },
     /// Blue is not set up for teal (old version, missing slot or publication);
     /// the message says what to run.
     #[error("{0}")]
@@ -143,10 +153,41 @@ impl SourceError {
             SourceError::Server { error, .. } => Kind::Sql(error.code.clone()),
             SourceError::Auth { .. } => Kind::Auth,
             SourceError::Protocol { .. } => Kind::Protocol,
-            SourceError::TlsConfig(_)
-            | SourceError::TlsHandshake { .. }
-            | SourceError::TlsRefused { .. }
-            | SourceError::Setup(_) => Kind::Setup,
+            SourceError::Unreachable { .. } => Kind::Unreachable,
+            // A handshake the network cut is retried; one TLS refused
+            // (certificate, protocol) is not.
+            SourceError::TlsHandshake { source, .. } => match source.kind() {
+                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::Other => {
+                    Kind::Setup
+                }
+                _ => Kind::Connection,
+            },
+            SourceError::TlsConfig(_) | SourceError::TlsRefused { .. } | SourceError::Setup(_) => {
+                Kind::Setup
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 19.5: a handshake the network cut is retried, one TLS refused is not.
+    #[test]
+    fn tls_handshakes_cut_by_the_network_are_retried() {
+        let handshake = |kind| SourceError::TlsHandshake {
+            host: "blue:5432".into(),
+            source: io::Error::new(kind, "x"),
+        };
+        assert_eq!(
+            handshake(io::ErrorKind::ConnectionReset).kind(),
+            Kind::Connection
+        );
+        assert_eq!(
+            handshake(io::ErrorKind::UnexpectedEof).kind(),
+            Kind::Connection
+        );
+        assert_eq!(handshake(io::ErrorKind::InvalidData).kind(), Kind::Setup);
     }
 }

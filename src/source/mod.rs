@@ -106,6 +106,7 @@ pub async fn run(
     let mut out = Some(out);
     let mut backoff = Backoff::new(config.reconnect_min_delay, config.reconnect_max_delay);
     let mut first_system: Option<SystemInfo> = None;
+    let mut first_tries = 0;
     loop {
         let mut streaming_since = None;
         let result = session(
@@ -120,7 +121,22 @@ pub async fn run(
         .await;
         match result {
             Ok(StreamEnd::Shutdown | StreamEnd::ConsumerGone) => return Ok(()),
+            Err(e)
+                if first_system.is_none()
+                    && e.kind() == crate::error::Kind::Connection
+                    && first_tries + 1 >= crate::error::FIRST_CONNECT_TRIES =>
+            {
+                let e = SourceError::Unreachable {
+                    tries: first_tries + 1,
+                    last: Box::new(e),
+                };
+                tracing::error!(error = %crate::error::Report(&e), "replication stopped");
+                return Err(e);
+            }
             Err(e) if crate::error::retries(&e.kind()) && !shutdown.is_cancelled() => {
+                if first_system.is_none() {
+                    first_tries += 1;
+                }
                 let streamed = streaming_since.map_or(Duration::ZERO, |s: Instant| s.elapsed());
                 let delay = backoff.next_delay_after(streamed);
                 liveness.source_lost(crate::error::Report(&e).to_string());

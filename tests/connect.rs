@@ -486,3 +486,41 @@ async fn a_server_skipping_scram_final_is_refused() {
     );
     server.abort();
 }
+
+/// Issue 19.7: a server that announces a 2 GiB message during startup gets
+/// a clear refusal at once: teal reserves nothing for it (it reserved the
+/// whole length before).
+#[tokio::test]
+async fn an_oversized_message_before_authentication_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let len = s.read_i32().await.unwrap();
+        let mut startup = vec![0; len as usize - 4];
+        s.read_exact(&mut startup).await.unwrap();
+        let mut header = vec![b'R'];
+        header.extend_from_slice(&i32::MAX.to_be_bytes());
+        s.write_all(&header).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    });
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        connect(&format!(
+            "postgresql://someone:secret@127.0.0.1:{port}/postgres?sslmode=disable"
+        )),
+    )
+    .await
+    .expect("refused at once")
+    .err()
+    .expect("refused");
+    assert!(matches!(err, SourceError::Protocol { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("longer than the server may send here"),
+        "{err}"
+    );
+    server.abort();
+}

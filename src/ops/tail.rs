@@ -238,7 +238,7 @@ fn write_message(w: &mut impl Write, m: &LogicalMessage, format: Format) -> io::
         Format::Text => writeln!(
             w,
             "MESSAGE prefix={} transactional={} lsn={} content_base64={}",
-            m.prefix,
+            escape(&m.prefix),
             m.transactional,
             m.lsn,
             BASE64.encode(&m.content)
@@ -347,7 +347,13 @@ fn write_row_change(
             writeln!(w, r#","lsn":"{lsn}"}}"#).map_err(out)
         }
         Format::Text => {
-            write!(w, "{} {}:", op.to_ascii_uppercase(), rel.name).map_err(out)?;
+            write!(
+                w,
+                "{} {}:",
+                op.to_ascii_uppercase(),
+                escape(&rel.name.to_string())
+            )
+            .map_err(out)?;
             if let Some(k) = key {
                 w.write_all(b" key(").map_err(out)?;
                 text_row(w, rel, k, Columns::KeyOnly, lsn)?;
@@ -417,17 +423,59 @@ fn text_row(
         if i > 0 {
             w.write_all(b" ").map_err(out)?;
         }
+        let name = escape(name);
         match value {
             Value::Null => write!(w, "{name}=NULL"),
             Value::UnchangedToast => write!(w, "{name}=(unchanged toast)"),
             Value::Text(t) => write!(
                 w,
                 "{name}='{}'",
-                utf8(rel, name, t, lsn)?.replace('\'', "''")
+                escape(utf8(rel, name.as_ref(), t, lsn)?).replace('\'', "''")
             ),
             Value::Binary(b) => write!(w, "{name}=(binary {})", BASE64.encode(b)),
         }
         .map_err(out)?;
     }
     Ok(())
+}
+
+/// `s` for a terminal line: control characters (newlines, escape
+/// sequences, C1 controls) and backslashes written as escapes, so row data
+/// can neither forge lines nor drive the terminal.
+fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() || c == '\\') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::escape;
+
+    /// Issue 19.12: row data cannot forge lines or drive the terminal.
+    #[test]
+    fn control_characters_and_backslashes_are_escaped() {
+        assert_eq!(escape("plain 'text' ✓"), "plain 'text' ✓");
+        assert_eq!(
+            escape("a\nINSERT public.t: id='9'\r\t\\"),
+            "a\\nINSERT public.t: id='9'\\r\\t\\\\"
+        );
+        assert_eq!(
+            escape("\u{1b}[31mred\u{9b}2J\u{7f}"),
+            "\\u{1b}[31mred\\u{9b}2J\\u{7f}"
+        );
+        assert!(!escape("x\u{1b}\n\u{85}").chars().any(char::is_control));
+    }
 }

@@ -357,10 +357,6 @@ fn build(raw: super::conn_string::Raw, env: EnvLookup<'_>) -> Result<ConnInfo, C
     let dbname = value("dbname", "PGDATABASE")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
-    let sslmode = match value("sslmode", "PGSSLMODE") {
-        Some(m) => m.parse().map_err(|e| invalid("sslmode", e))?,
-        None => SslMode::Prefer,
-    };
     let home = env("HOME").map(PathBuf::from);
     let sslrootcert = match value("sslrootcert", "PGSSLROOTCERT") {
         Some(s) if s == "system" => Some(RootCert::System),
@@ -370,6 +366,26 @@ fn build(raw: super::conn_string::Raw, env: EnvLookup<'_>) -> Result<ConnInfo, C
             .map(|h| h.join(".postgresql/root.crt"))
             .filter(|p| p.is_file())
             .map(RootCert::File),
+    };
+    // As libpq 16+: any publicly trusted certificate would pass a CA check
+    // against the system's store, so sslrootcert=system means verify-full
+    // (the default then) and refuses anything weaker.
+    let system_roots = sslrootcert == Some(RootCert::System);
+    let sslmode = match value("sslmode", "PGSSLMODE") {
+        Some(m) => {
+            let mode: SslMode = m.parse().map_err(|e| invalid("sslmode", e))?;
+            if system_roots && mode != SslMode::VerifyFull {
+                return Err(invalid(
+                    "sslmode",
+                    format!(
+                        "weak sslmode {m:?} may not be used with sslrootcert=system (use verify-full)"
+                    ),
+                ));
+            }
+            mode
+        }
+        None if system_roots => SslMode::VerifyFull,
+        None => SslMode::Prefer,
     };
     let sslcert = value("sslcert", "PGSSLCERT")
         .map(PathBuf::from)
@@ -550,6 +566,27 @@ mod tests {
         let c = parse("postgresql://u:hunter2@h/db");
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!c.to_string().contains("hunter2"));
+    }
+
+    /// Issue 19.2: as libpq 16+, sslrootcert=system means verify-full.
+    #[test]
+    fn system_roots_mean_verify_full() {
+        let parse = |s: &str| ConnInfo::parse_with_env(s, &no_env);
+        let c = parse("host=db.example user=u sslrootcert=system").unwrap();
+        assert_eq!(
+            (c.sslmode, c.sslrootcert),
+            (SslMode::VerifyFull, Some(RootCert::System))
+        );
+        for weak in ["disable", "allow", "prefer", "require", "verify-ca"] {
+            let err = parse(&format!("host=db user=u sslrootcert=system sslmode={weak}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("sslmode") && err.contains("verify-full"),
+                "{weak}: {err}"
+            );
+        }
+        assert!(parse("host=db user=u sslrootcert=system sslmode=verify-full").is_ok());
     }
 
     #[test]

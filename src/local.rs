@@ -185,14 +185,8 @@ pub fn server_owner() -> Result<Option<(u32, u32)>, LocalError> {
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
     }
-    let name = c"postgres";
-    // SAFETY: getpwnam with a valid C string; the record is read at once.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        return Err(LocalError::NoServerUser);
-    }
-    // SAFETY: pw is non-null and points to a valid passwd record.
-    unsafe { Ok(Some(((*pw).pw_uid, (*pw).pw_gid))) }
+    let user = crate::config::os_user(Some(c"postgres")).ok_or(LocalError::NoServerUser)?;
+    Ok(Some((user.uid, user.gid)))
 }
 
 /// Runs `cmd` (as `owner` when given); its output, or an error naming `what`.

@@ -32,6 +32,9 @@ pub enum SessionError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The connection string names no host.
+    #[error("the connection string names no host")]
+    NoHost,
 }
 
 impl SessionError {
@@ -39,7 +42,7 @@ impl SessionError {
     pub fn kind(&self) -> crate::error::Kind {
         match self {
             SessionError::Connect { source, .. } => crate::error::postgres_kind(source),
-            SessionError::Tls(_) => crate::error::Kind::Setup,
+            SessionError::Tls(_) | SessionError::NoHost => crate::error::Kind::Setup,
         }
     }
 }
@@ -81,13 +84,6 @@ pub(crate) async fn connect_with(
     timeout: Option<Duration>,
 ) -> Result<Client, SessionError> {
     let mut config = tokio_postgres::Config::new();
-    for host in &conninfo.hosts {
-        match &host.addr {
-            HostAddr::Tcp(h) => config.host(h),
-            HostAddr::Unix(dir) => config.host_path(dir),
-        };
-        config.port(host.port);
-    }
     config
         .user(&conninfo.user)
         .dbname(&conninfo.dbname)
@@ -115,13 +111,6 @@ pub(crate) async fn connect_with(
             ChannelBinding::Prefer => PgChannelBinding::Prefer,
             ChannelBinding::Require => PgChannelBinding::Require,
         });
-    if let Some(password) = conninfo
-        .hosts
-        .first()
-        .and_then(|h| conninfo.password_for(h))
-    {
-        config.password(password.expose());
-    }
     if let Some(t) = conninfo.connect_timeout {
         config.connect_timeout(t);
     }
@@ -138,14 +127,42 @@ pub(crate) async fn connect_with(
             config.keepalives_idle(Duration::from_secs(60));
         }
     }
-    let (client, connection) =
-        config
-            .connect(MakeRustls::new(conninfo)?)
-            .await
-            .map_err(|source| SessionError::Connect {
+    // Each host in turn, as libpq does, with its own password (the
+    // password file may hold a different line for each).
+    let tls = MakeRustls::new(conninfo)?;
+    let mut last = None;
+    let mut connected = None;
+    for host in &conninfo.hosts {
+        let mut config = config.clone();
+        match &host.addr {
+            HostAddr::Tcp(h) => config.host(h),
+            HostAddr::Unix(dir) => config.host_path(dir),
+        };
+        config.port(host.port);
+        if let Some(password) = conninfo.password_for(host) {
+            config.password(password.expose());
+        }
+        match config.connect(tls.clone()).await {
+            Ok(c) => {
+                connected = Some(c);
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(host = %host, error = %crate::error::Report(&e), "connection attempt failed");
+                last = Some(e);
+            }
+        }
+    }
+    let (client, connection) = match (connected, last) {
+        (Some(c), _) => c,
+        (None, Some(source)) => {
+            return Err(SessionError::Connect {
                 target: conninfo.to_string(),
                 source,
-            })?;
+            });
+        }
+        (None, None) => return Err(SessionError::NoHost),
+    };
     tokio::spawn(tracing::Instrument::in_current_span(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %crate::error::Report(&e), "session ended");

@@ -524,3 +524,37 @@ async fn an_oversized_message_before_authentication_is_refused() {
     );
     server.abort();
 }
+
+/// Issue 19.13: with several hosts, each gets its own line of the password
+/// file (green's sessions took the first host's for all of them).
+#[tokio::test]
+async fn each_host_gets_its_own_password_file_line() {
+    let pki = Pki::new();
+    let cluster = tls_cluster(&crate::support::cluster::default_bin(), &pki).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pgpass = pki.path("pgpass");
+    std::fs::write(
+        &pgpass,
+        format!("127.0.0.1:{}:*:scram_user:scram-secret\n", cluster.port),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let target = conninfo(&format!(
+        "host=127.0.0.1,127.0.0.1 port={closed},{} user=scram_user dbname=postgres sslmode=disable passfile={}",
+        cluster.port,
+        pgpass.display()
+    ));
+    let green = teal::session::connect_plain(&target, "teal-test")
+        .await
+        .unwrap_or_else(|e| panic!("{}", crate::support::report(&e)));
+    let who: String = green
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "scram_user");
+}

@@ -464,19 +464,65 @@ fn default_socket_dir() -> String {
     }
 }
 
-/// The name of the effective OS user (getpwuid), as libpq defaults the user.
+/// The name of the effective OS user, as libpq defaults the user.
 pub fn os_user_name() -> Option<String> {
-    // SAFETY: getpwuid returns a pointer to static storage or null; we copy the
-    // name out before any other call could overwrite it.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() || (*pw).pw_name.is_null() {
+    os_user(None).map(|u| u.name)
+}
+
+/// An operating-system account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OsUser {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+/// The account named `name`, or the effective user's: `getpwnam_r` /
+/// `getpwuid_r`, which (unlike `getpwnam`/`getpwuid`) are safe while other
+/// threads look accounts up too.
+pub(crate) fn os_user(name: Option<&std::ffi::CStr>) -> Option<OsUser> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: `pwd` and `buf` outlive the call, which writes the record
+        // into them; `found` is set to `&pwd` or null.
+        let (rc, pwd, found) = unsafe {
+            let mut pwd: libc::passwd = std::mem::zeroed();
+            let mut found: *mut libc::passwd = std::ptr::null_mut();
+            let rc = match name {
+                Some(n) => libc::getpwnam_r(
+                    n.as_ptr(),
+                    &mut pwd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut found,
+                ),
+                None => libc::getpwuid_r(
+                    libc::geteuid(),
+                    &mut pwd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut found,
+                ),
+            };
+            (rc, pwd, found)
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
             return None;
         }
-        std::ffi::CStr::from_ptr((*pw).pw_name)
+        // SAFETY: pw_name points into `buf`, NUL-terminated by getpw*_r.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
             .to_str()
-            .ok()
-            .map(str::to_owned)
+            .ok()?
+            .to_owned();
+        return Some(OsUser {
+            name,
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+        });
     }
 }
 
@@ -566,6 +612,23 @@ mod tests {
         let c = parse("postgresql://u:hunter2@h/db");
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!c.to_string().contains("hunter2"));
+    }
+
+    /// Issue 19.13: account lookups that other threads may run at once.
+    #[test]
+    fn os_accounts_are_looked_up_thread_safely() {
+        let me = os_user(None).expect("the effective user has an account");
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(me.uid, unsafe { libc::geteuid() });
+        let root = os_user(Some(c"root")).expect("root exists");
+        assert_eq!((root.name.as_str(), root.uid), ("root", 0));
+        assert_eq!(os_user(Some(c"no-such-user-teal")), None);
+        let lookups: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(|| (os_user(None), os_user(Some(c"root")))))
+            .collect();
+        for l in lookups {
+            assert_eq!(l.join().unwrap(), (Some(me.clone()), Some(root.clone())));
+        }
     }
 
     /// Issue 19.2: as libpq 16+, sslrootcert=system means verify-full.

@@ -8,6 +8,7 @@ mod conninfo;
 mod file;
 mod pgpass;
 
+pub(crate) use conninfo::os_user;
 pub use conninfo::{
     ChannelBinding, ConnInfo, ConnInfoError, EnvLookup, Host, HostAddr, Password, RootCert,
     SslMode, os_user_name,

@@ -298,9 +298,11 @@ impl Env {
     }
 
     fn blue_url(&self) -> String {
+        // libpq's form, for CREATE SUBSCRIPTION ... CONNECTION.
         format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.blue.port
+            "host=127.0.0.1 port={} user=postgres dbname=postgres password={}",
+            self.blue.port,
+            self.blue.password()
         )
     }
 
@@ -471,9 +473,9 @@ impl Subscriber {
                     ])
                     .args([
                         "--source",
-                        &env.blue.url(),
+                        &env.blue.cli_url(),
                         "--target",
-                        &green_cluster.url(),
+                        &green_cluster.cli_url(),
                     ])
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit());

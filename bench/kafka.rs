@@ -113,19 +113,19 @@ async fn run_once(bin: &cluster::PgBin, scale: f64) -> BTreeMap<Mode, (f64, u64)
                 "--heartbeat-interval",
                 "off",
             ])
-            .args(["--source", &blue.url()])
+            .args(["--source", &blue.cli_url()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         match m {
             Mode::Apply => {
-                cmd.args(["--target", &green.url()]);
+                cmd.args(["--target", &green.cli_url()]);
             }
             Mode::ApplyKafka => {
-                cmd.args(["--target", &green.url()])
+                cmd.args(["--target", &green.cli_url()])
                     .args(["--kafka-brokers", &mock.bootstrap_servers()]);
             }
             Mode::ApplyKafkaEos => {
-                cmd.args(["--target", &green.url()])
+                cmd.args(["--target", &green.cli_url()])
                     .args(["--kafka-brokers", &mock.bootstrap_servers()])
                     .arg("--kafka-exactly-once");
             }

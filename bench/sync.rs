@@ -115,7 +115,7 @@ fn settings(workers: usize) -> Options {
 }
 
 /// Fills blue: about `gib` GiB in all.
-async fn fill(b: &Client, gib: f64) -> u64 {
+async fn fill(blue: &Cluster, b: &Client, gib: f64) -> u64 {
     // Rows per GiB of each table's share (measured heap+TOAST bytes per row:
     // ledger ~90, wide ~230, docs ~2100, items ~120, events ~60).
     let n = |share: f64, bytes_per_row: f64| {
@@ -152,16 +152,7 @@ async fn fill(b: &Client, gib: f64) -> u64 {
     // In parallel, one session per table.
     let mut tasks = Vec::new();
     for sql in statements {
-        let (client, conn) = tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=postgres dbname=postgres",
-                port_of(b).await
-            ),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let client = blue.client().await;
         tasks.push(tokio::spawn(async move {
             client.batch_execute(&sql).await.unwrap();
         }));
@@ -172,15 +163,6 @@ async fn fill(b: &Client, gib: f64) -> u64 {
     b.batch_execute("VACUUM ANALYZE").await.unwrap();
     b.batch_execute("CHECKPOINT").await.unwrap();
     ledger + wide + docs + items + events
-}
-
-async fn port_of(c: &Client) -> u16 {
-    let p: String = c
-        .query_one("SELECT current_setting('port')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    p.parse().unwrap()
 }
 
 /// Heap + TOAST bytes of the tables (partitions included).
@@ -225,14 +207,9 @@ async fn copy(bin: &PgBin, blue: &Cluster, method: Method, args: &Args) -> (f64,
     let g = green.client().await;
     g.batch_execute(SCHEMA).await.unwrap();
     g.batch_execute("CHECKPOINT").await.unwrap();
-    let blue_url = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres",
-        blue.port
-    );
-    let green_url = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres",
-        green.port
-    );
+    // libpq URLs with the password, for pg_dump, pg_restore and CREATE
+    // SUBSCRIPTION; teal's command line gets the password-file form.
+    let (blue_url, green_url) = (blue.url(), green.url());
     let started = Instant::now();
     let cpu_before = children_cpu();
     match method {
@@ -246,7 +223,7 @@ async fn copy(bin: &PgBin, blue: &Cluster, method: Method, args: &Args) -> (f64,
                     "--publication",
                     "p",
                 ])
-                .args(["--source", &blue_url, "--target", &green_url])
+                .args(["--source", &blue.cli_url(), "--target", &green.cli_url()])
                 .args(["--copy-workers", &workers.to_string()])
                 .args(["--metrics-addr", "off", "--heartbeat-interval", "off"])
                 .args(&args.teal_args)
@@ -339,7 +316,7 @@ async fn main() {
         .await
         .unwrap();
     let filled = Instant::now();
-    let rows = fill(&b, args.gib).await;
+    let rows = fill(&blue, &b, args.gib).await;
     let bytes = table_bytes(&b).await;
     println!(
         "initial copy: PostgreSQL {}, {rows} rows, {:.2} GiB of heap+TOAST on blue (filled in {:.0} s), {} workers, {} runs",

@@ -2,15 +2,24 @@
 //!
 //! ```text
 //! server binaries (TEAL_PG_BIN, or the newest /usr/lib/postgresql/*/bin)
-//!   ──initdb (or copy of a template)──▶ data directory in a fresh temporary directory
+//!   ──initdb (or copy of a template)──▶ data directory in a fresh temporary directory (0700)
 //!   ──pg_ctl start──▶ 127.0.0.1:<free port>, wal_level = logical
+//!   ──over the private socket──▶ a random SCRAM password for `postgres`
 //!   ──drop──▶ immediate stop, directory removed
 //! ```
+//!
+//! Other local users get nothing from a throwaway cluster (issue 19.8): TCP
+//! connections need the superuser's random password (SCRAM), which only
+//! this process knows; trust is granted on the Unix socket alone, whose
+//! directory (the cluster's own, mode 0700) only the server's OS user and
+//! root can enter.
 //!
 //! PostgreSQL refuses to run as root, so when teal runs as root the server
 //! binaries run as the unprivileged `postgres` user (Debian's package creates
 //! it); a build that user cannot reach (under /root, say) is copied once into
-//! the system temporary directory.
+//! the system temporary directory, under a name holding our uid, and reused
+//! only while everything in it is ours and writable by no one else
+//! ([`check_private`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -45,6 +54,17 @@ pub enum LocalError {
         #[source]
         source: std::io::Error,
     },
+    /// A path teal would run or trust is not safely ours.
+    #[error("refusing to use {path}: {reason}; remove it (another local user may have planted it)")]
+    Unsafe {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Setting the superuser's password failed.
+    #[error("setting the password of the throwaway cluster's superuser")]
+    Password(#[source] tokio_postgres::Error),
     /// A server program failed.
     #[error("{what} failed:\n{output}")]
     Failed {
@@ -149,33 +169,111 @@ impl PgBin {
             return Ok(self);
         }
         let install = self.dir.parent().unwrap_or(&self.dir);
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
         let copy = std::env::temp_dir().join(format!(
-            "teal-pg{}-{}",
+            "teal-pg{}-{euid}-{}",
             self.version,
             install.to_string_lossy().replace('/', "_")
         ));
-        if !copy.join("bin/postgres").is_file() {
-            let staging = copy.with_extension("partial");
-            let _ = std::fs::remove_dir_all(&staging);
-            run(
-                Command::new("cp").arg("-a").arg(install).arg(&staging),
-                None,
-                "copying the server build",
-            )?;
-            run(
-                Command::new("chmod").args(["-R", "a+rX"]).arg(&staging),
-                None,
-                "making the server build readable",
-            )?;
-            if std::fs::rename(&staging, &copy).is_err() {
-                // Another process installed it first.
-                let _ = std::fs::remove_dir_all(&staging);
-            }
-        }
+        install_copy(install, &copy)?;
         Ok(PgBin {
             dir: copy.join("bin"),
             version: self.version,
         })
+    }
+}
+
+/// Copies the build at `install` to `copy` (readable by everyone, writable
+/// by us alone), or reuses a copy already there when [`check_private`]
+/// passes. The copy is made in a fresh private directory and renamed into
+/// place, so nobody can slip files into it while it is made.
+fn install_copy(install: &Path, copy: &Path) -> Result<(), LocalError> {
+    if std::fs::symlink_metadata(copy).is_err() {
+        let parent = copy.parent().unwrap_or(Path::new("/"));
+        let staging = tempfile::Builder::new()
+            .prefix("teal-pg-staging-")
+            .tempdir_in(parent)
+            .map_err(io("creating a temporary directory for the server build"))?;
+        // Not -a: the copy belongs to us, whoever owned the original.
+        run(
+            Command::new("cp")
+                .args(["-R", "-P", "--preserve=mode,timestamps,links"])
+                .arg(install.join("."))
+                .arg(staging.path()),
+            None,
+            "copying the server build",
+        )?;
+        run(
+            Command::new("chmod")
+                .args(["-R", "a+rX,go-w"])
+                .arg(staging.path()),
+            None,
+            "making the server build readable",
+        )?;
+        std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(io("setting permissions of the server build"))?;
+        let staging = staging.keep();
+        if std::fs::rename(&staging, copy).is_err() {
+            // Another process installed it first (checked below).
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+    }
+    check_private(copy, true)
+}
+
+/// Checks that `path` is a directory (not a link) that we own and nobody else
+/// may write to; with `recursive`, everything under it too. A directory
+/// with a predictable name in a shared place (the system temporary
+/// directory) may have been created by another local user first.
+pub fn check_private(path: &Path, recursive: bool) -> Result<(), LocalError> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let unsafe_because = |p: &Path, reason: String| LocalError::Unsafe {
+        path: p.to_path_buf(),
+        reason,
+    };
+    let meta =
+        std::fs::symlink_metadata(path).map_err(io(format!("checking {}", path.display())))?;
+    if !meta.is_dir() {
+        return Err(unsafe_because(path, "it is not a directory".into()));
+    }
+    let mut pending = vec![(path.to_path_buf(), meta)];
+    while let Some((p, meta)) = pending.pop() {
+        use std::os::unix::fs::MetadataExt;
+        if meta.uid() != euid {
+            return Err(unsafe_because(
+                &p,
+                format!("it belongs to uid {}, not to us (uid {euid})", meta.uid()),
+            ));
+        }
+        if !meta.file_type().is_symlink() && meta.mode() & 0o022 != 0 {
+            return Err(unsafe_because(
+                &p,
+                format!("others may write to it (mode {:o})", meta.mode() & 0o7777),
+            ));
+        }
+        if recursive && meta.is_dir() {
+            for entry in std::fs::read_dir(&p).map_err(io(format!("reading {}", p.display())))? {
+                let entry = entry.map_err(io(format!("reading {}", p.display())))?;
+                let meta = std::fs::symlink_metadata(entry.path())
+                    .map_err(io(format!("checking {}", entry.path().display())))?;
+                pending.push((entry.path(), meta));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the directory `path` (mode `mode`), or checks with
+/// [`check_private`] (not recursively) the one already there.
+pub fn private_dir(path: &Path, mode: u32) -> Result<(), LocalError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io(format!("setting permissions of {}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => check_private(path, false),
+        Err(e) => Err(io(format!("creating {}", path.display()))(e)),
     }
 }
 
@@ -223,7 +321,8 @@ fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> Result<(), LocalError> 
 }
 
 /// `initdb` into `data` (whose parent the server's user can write): user
-/// `postgres`, trust authentication, UTF8, C locale.
+/// `postgres` without a password, UTF8, C locale. [`Cluster::start`] replaces
+/// its pg_hba.conf and sets a password.
 pub fn initdb(bin: &PgBin, data: &Path) -> Result<(), LocalError> {
     let owner = server_owner()?;
     let parent = data.parent().unwrap_or(Path::new("/"));
@@ -262,7 +361,7 @@ fn free_port() -> Result<u16, LocalError> {
 pub struct Options {
     /// postgresql.conf lines (`name = value`), after teal's defaults.
     pub settings: Vec<(String, String)>,
-    /// pg_hba.conf lines placed before the catch-all `trust` lines.
+    /// pg_hba.conf lines placed before the catch-all `scram-sha-256` lines.
     pub hba: Vec<String>,
     /// Files written into the data directory before start (name, contents, mode).
     pub files: Vec<(String, Vec<u8>, u32)>,
@@ -281,6 +380,7 @@ pub struct Cluster {
     root: tempfile::TempDir,
     data: PathBuf,
     owner: Option<(u32, u32)>,
+    password: String,
 }
 
 impl Cluster {
@@ -291,7 +391,8 @@ impl Cluster {
             .prefix(options.prefix.as_deref().unwrap_or("teal-local-"))
             .tempdir()
             .map_err(io("creating a temporary directory"))?;
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
+        // The socket directory: only the server's user (and root) may enter.
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700))
             .map_err(io("setting permissions of the temporary directory"))?;
         let data = root.path().join("data");
         match &options.template {
@@ -304,12 +405,16 @@ impl Cluster {
             }
             None => initdb(bin, &data)?,
         }
+        // Trust on the socket alone (its directory is private); TCP needs a
+        // password, and until one is set below nobody can log in over TCP.
         let mut hba = String::from("local all all trust\n");
         for line in &options.hba {
             hba.push_str(line);
             hba.push('\n');
         }
-        hba.push_str("host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n");
+        hba.push_str(
+            "host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n",
+        );
         let write = |name: &Path, contents: &[u8]| {
             std::fs::write(name, contents).map_err(io(format!("writing {}", name.display())))
         };
@@ -325,7 +430,7 @@ impl Cluster {
              wal_level = logical\nmax_wal_senders = 20\nmax_replication_slots = 20\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
              max_connections = 150\nshared_buffers = 64MB\nlog_min_messages = warning\n\
-             logging_collector = off\n",
+             logging_collector = off\npassword_encryption = 'scram-sha-256'\n",
             root.path().display()
         );
         for (name, value) in &options.settings {
@@ -345,6 +450,8 @@ impl Cluster {
             root,
             data,
             owner,
+            // 122 random bits from the operating system's generator.
+            password: uuid::Uuid::new_v4().simple().to_string(),
         };
         for attempt in 0.. {
             cluster.port = free_port()?;
@@ -356,7 +463,48 @@ impl Cluster {
                 Err(e) => return Err(e),
             }
         }
+        cluster.set_password()?;
+        cluster.write_passfile()?;
         Ok(cluster)
+    }
+
+    /// `ALTER ROLE postgres PASSWORD` over the private Unix socket, on a
+    /// thread of its own (callers may or may not be inside a runtime).
+    fn set_password(&self) -> Result<(), LocalError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(self.root.path())
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres");
+        // A literal, not a parameter: utility statements take none. The
+        // password is hex, so it needs no quoting beyond the quotes.
+        let sql = format!("ALTER ROLE postgres PASSWORD '{}'", self.password);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(io("starting a runtime to set the password"))?;
+                    runtime.block_on(async {
+                        let (client, conn) = config
+                            .connect(tokio_postgres::NoTls)
+                            .await
+                            .map_err(LocalError::Password)?;
+                        let conn = tokio::spawn(conn);
+                        client
+                            .batch_execute(&sql)
+                            .await
+                            .map_err(LocalError::Password)?;
+                        drop(client);
+                        let _ = conn.await;
+                        Ok(())
+                    })
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     fn pg_ctl(&self, args: &[&str], what: &str) -> Result<(), LocalError> {
@@ -410,17 +558,61 @@ impl Cluster {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// URL for `user` on database `postgres`, with extra query parameters.
-    pub fn url_for(&self, user: &str, query: &str) -> String {
+    /// URL for `user` with `password` on database `postgres`, with extra
+    /// query parameters.
+    pub fn url_for(&self, user: &str, password: &str, query: &str) -> String {
         format!(
-            "postgresql://{user}@127.0.0.1:{}/postgres?{query}",
+            "postgresql://{user}:{password}@127.0.0.1:{}/postgres?{query}",
             self.port
         )
     }
 
-    /// Superuser URL without TLS.
+    /// Superuser URL without TLS, its password included: for this process
+    /// only (never a command line, a log or a message).
     pub fn url(&self) -> String {
-        self.url_for("postgres", "sslmode=disable")
+        self.url_for("postgres", &self.password, "sslmode=disable")
+    }
+
+    /// Superuser URL without TLS whose password is in a password file
+    /// (`passfile=`, mode 0600): for teal's command line, where `ps` would
+    /// show a password.
+    pub fn cli_url(&self) -> String {
+        format!(
+            "postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable&passfile={}",
+            self.port,
+            self.passfile().display()
+        )
+    }
+
+    fn passfile(&self) -> PathBuf {
+        self.root.path().join("pgpass")
+    }
+
+    /// Writes the password file [`Cluster::cli_url`] names (mode 0600).
+    fn write_passfile(&self) -> Result<(), LocalError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = self.passfile();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .map_err(io(format!("creating {}", file.display())))?;
+        std::io::Write::write_all(
+            &mut f,
+            format!("127.0.0.1:{}:*:postgres:{}\n", self.port, self.password).as_bytes(),
+        )
+        .map_err(io(format!("writing {}", file.display())))
+    }
+
+    /// The superuser's password (random, set at start).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The cluster's directory (data directory, socket, log), mode 0700.
+    pub fn dir(&self) -> &Path {
+        self.root.path()
     }
 
     /// An ordinary superuser session (no TLS), its connection driven by a
@@ -437,5 +629,106 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.pg_ctl(&["-m", "immediate", "-w", "stop"], "stopping PostgreSQL");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A stand-in server build: bin/postgres and lib/x.so.
+    fn fake_install(root: &Path) -> PathBuf {
+        let install = root.join("install");
+        std::fs::create_dir_all(install.join("bin")).unwrap();
+        std::fs::create_dir_all(install.join("lib")).unwrap();
+        std::fs::write(install.join("bin/postgres"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            install.join("bin/postgres"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(install.join("lib/x.so"), b"").unwrap();
+        install
+    }
+
+    fn assert_unsafe(result: Result<(), LocalError>, path: &Path, reason: &str) {
+        match result {
+            Err(LocalError::Unsafe { path: p, reason: r }) => {
+                assert_eq!(p, path);
+                assert!(r.contains(reason), "{r}");
+            }
+            other => panic!("expected Unsafe for {}, got {other:?}", path.display()),
+        }
+    }
+
+    /// Issue 19.8: the copy of a server build is made privately and reused
+    /// only while it is ours and nobody else may write to it.
+    #[test]
+    fn a_planted_server_copy_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let install = fake_install(tmp.path());
+
+        // Made fresh: ours, readable by all, writable by us alone.
+        let copy = tmp.path().join("copy");
+        install_copy(&install, &copy).unwrap();
+        assert!(copy.join("bin/postgres").is_file());
+        assert_eq!(std::fs::metadata(&copy).unwrap().mode() & 0o777, 0o755);
+        // Reused as it is.
+        install_copy(&install, &copy).unwrap();
+
+        // Something inside became writable by others.
+        std::fs::set_permissions(
+            copy.join("lib/x.so"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        assert_unsafe(
+            install_copy(&install, &copy),
+            &copy.join("lib/x.so"),
+            "others may write to it",
+        );
+
+        // A world-writable directory planted at the name.
+        let planted = tmp.path().join("planted");
+        std::fs::create_dir_all(planted.join("bin")).unwrap();
+        std::fs::write(planted.join("bin/postgres"), b"#!/bin/sh\nevil\n").unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_unsafe(
+            install_copy(&install, &planted),
+            &planted,
+            "others may write to it",
+        );
+
+        // A link planted at the name.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&copy, &link).unwrap();
+        assert_unsafe(install_copy(&install, &link), &link, "not a directory");
+
+        // Another user's directory (only root can make one to test with).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let foreign = tmp.path().join("foreign");
+            std::fs::create_dir_all(foreign.join("bin")).unwrap();
+            std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+            assert_unsafe(
+                install_copy(&install, &foreign),
+                &foreign,
+                "belongs to uid 65534",
+            );
+            assert_unsafe(private_dir(&foreign, 0o755), &foreign, "belongs to uid");
+        }
+    }
+
+    #[test]
+    fn private_dirs_are_created_with_their_mode_or_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        private_dir(&dir, 0o700).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        private_dir(&dir, 0o700).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o733)).unwrap();
+        assert_unsafe(private_dir(&dir, 0o700), &dir, "mode 733");
     }
 }

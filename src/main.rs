@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
@@ -202,10 +202,18 @@ fn main() -> ExitCode {
         eprintln!("teal: {e}");
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     if let Err(e) = init_logging(&cli.log_format, &cli.log) {
         eprintln!("teal: {}", teal::error::report(e.chain()));
         return ExitCode::from(2);
+    }
+    let exposed = cli::secrets_on_command_line(&matches);
+    if !exposed.is_empty() {
+        tracing::warn!("{}", cli::command_line_secrets_warning(&exposed));
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -613,10 +613,7 @@ async fn reconnects_after_a_server_restart_without_loss_or_repeats(bin: &PgBin) 
     drop(client);
     let mut tap = tap(&cluster).await;
     let total = 300;
-    let url = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres",
-        cluster.port
-    );
+    let url = cluster.url();
     let writer = tokio::spawn(async move {
         let mut n = 1;
         let mut client: Option<tokio_postgres::Client> = None;

@@ -314,7 +314,8 @@ async fn require_fails_against_a_server_without_tls() {
     .expect("no TLS on this server");
     assert!(matches!(err, SourceError::TlsRefused { .. }), "{err}");
     let ok = connect(&format!(
-        "postgresql://postgres@127.0.0.1:{}/postgres?sslmode=prefer",
+        "postgresql://postgres:{}@127.0.0.1:{}/postgres?sslmode=prefer",
+        cluster.password(),
         cluster.port
     ))
     .await

@@ -112,10 +112,7 @@ async fn kill_9_twenty_times_under_load() {
     let twins = Twins::start(&default_bin(), SCHEMA).await;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let url = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres",
-        twins.blue.port
-    );
+    let url = twins.blue.url();
     let mut teal = teal_stream(&twins);
     twins.wait_streaming().await;
     let writers = workload(url, 3, Arc::clone(&stop), Arc::clone(&done));
@@ -154,10 +151,7 @@ async fn restarts_of_green_and_blue_under_load(bin: &PgBin) {
     twins.wait_streaming().await;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let url = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres",
-        twins.blue.port
-    );
+    let url = twins.blue.url();
     let writers = workload(url, 2, Arc::clone(&stop), Arc::clone(&done));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let t = Arc::clone(&twins);

@@ -346,7 +346,7 @@ async fn a_silent_blue_link_is_dropped_and_streaming_resumes() {
         Options::default(),
     )
     .await;
-    let proxy = Proxy::start(twins.blue.port).await;
+    let proxy = Proxy::start(&twins.blue).await;
     let mut config = twins.config();
     config.source.conninfo = conninfo(&proxy.url());
     config.source.replication_timeout = Some(Duration::from_secs(3));
@@ -385,7 +385,7 @@ async fn a_silent_green_link_is_dropped_and_apply_resumes() {
                   CREATE TABLE hist (id bigint PRIMARY KEY, acct int);
                   INSERT INTO acct SELECT g, 0 FROM generate_series(1, 100) g;";
     let twins = Twins::start(&default_bin(), schema).await;
-    let proxy = Proxy::start(twins.green.port).await;
+    let proxy = Proxy::start(&twins.green).await;
     let mut config = twins.config();
     config.apply.target = conninfo(&proxy.url());
     config.apply.timeout = Some(Duration::from_secs(3));

@@ -175,7 +175,11 @@ impl std::ops::Deref for Running {
 impl Running {
     async fn start(twins: &Twins, mut config: StreamConfig) -> Running {
         config.monitor.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let token = config.monitor.metrics_token.clone();
+        let token = config
+            .monitor
+            .metrics_token
+            .as_ref()
+            .map(|t| t.expose().to_owned());
         Running {
             inner: crate::support::running::Running::start(twins, config).await,
             token,
@@ -684,7 +688,7 @@ async fn status_command_and_audit_trail() {
     assert_eq!(details["error"], serde_json::Value::Null, "{details}");
 
     // Stopped: from green's tables.
-    let green_url = twins.green.url();
+    let green_url = twins.green.cli_url();
     let (ok, out, err) = tokio::task::spawn_blocking({
         let (addr, url) = (addr.clone(), green_url.clone());
         move || {
@@ -791,9 +795,9 @@ async fn json_logs_carry_the_runs_correlation_id() {
         .args(["stream", "--slot", "teal_slot", "--publication", "teal_pub"])
         .args([
             "--source",
-            &twins.blue.url(),
+            &twins.blue.cli_url(),
             "--target",
-            &twins.green.url(),
+            &twins.green.cli_url(),
         ])
         .args([
             "--metrics-addr",

@@ -146,7 +146,7 @@ async fn run_against(source: &str, target: &str) -> (Option<i32>, String) {
 async fn a_server_never_reached_is_reported_not_retried_forever() {
     let green = crate::support::cluster::Cluster::start(&default_bin());
     let blue = format!("postgresql://postgres@127.0.0.1:{}/postgres", closed_port());
-    let (code, stderr) = run_against(&blue, &green.url()).await;
+    let (code, stderr) = run_against(&blue, &green.cli_url()).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("could not reach blue after 10 tries")
@@ -154,7 +154,8 @@ async fn a_server_never_reached_is_reported_not_retried_forever() {
             && stderr.contains("hint: check the host and port"),
         "{stderr}"
     );
-    let (code, stderr) = run_against("host=nonexistent.invalid user=postgres", &green.url()).await;
+    let (code, stderr) =
+        run_against("host=nonexistent.invalid user=postgres", &green.cli_url()).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("could not reach blue after 10 tries"),
@@ -168,4 +169,127 @@ async fn a_server_never_reached_is_reported_not_retried_forever() {
             && stderr.contains("Connection refused"),
         "{stderr}"
     );
+}
+
+/// Connects to 127.0.0.1:`port` as `user` with `password`: the error, if any.
+async fn try_login(port: u16, user: &str, password: Option<&str>) -> Option<String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .dbname("postgres");
+    if let Some(p) = password {
+        config.password(p);
+    }
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok(_) => None,
+        Err(e) => Some(format!("{e:?}")),
+    }
+}
+
+/// Issue 19.8: a throwaway cluster (`teal demo`'s, the tests') admits no
+/// other local user: TCP needs the superuser's random SCRAM password (trust
+/// on 127.0.0.1 let anyone in as superuser, and `COPY ... TO PROGRAM` runs
+/// commands as the server's OS user), and the socket directory is private.
+#[tokio::test]
+async fn throwaway_clusters_admit_no_one_without_their_password() {
+    let bin = default_bin();
+    // Started as the demo starts them (initdb, no template) and as the tests do.
+    let demo_like = tokio::task::spawn_blocking({
+        let bin = bin.clone();
+        move || teal::local::Cluster::start(&bin, &teal::local::Options::default()).unwrap()
+    })
+    .await
+    .unwrap();
+    let test_like = crate::support::cluster::Cluster::start(&bin);
+    let mut passwords = Vec::new();
+    for cluster in [&demo_like, &*test_like] {
+        let password = cluster.password();
+        assert!(
+            password.len() >= 32,
+            "a short password: {} chars",
+            password.len()
+        );
+        passwords.push(password.to_owned());
+        let refused = try_login(cluster.port, "postgres", None).await;
+        assert!(
+            refused.is_some(),
+            "logged in as postgres without a password"
+        );
+        let refused = try_login(cluster.port, "postgres", Some("postgres")).await;
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains("28P01")),
+            "a wrong password: {refused:?}"
+        );
+        // A role without a password (trust before) cannot log in either.
+        let c = cluster.connect().await.expect("the password is accepted");
+        c.batch_execute("CREATE ROLE someone LOGIN").await.unwrap();
+        let refused = try_login(cluster.port, "someone", None).await;
+        assert!(refused.is_some(), "logged in as a role without a password");
+        let method: String = c
+            .query_one(
+                "SELECT string_agg(DISTINCT auth_method, ',') FROM pg_hba_file_rules WHERE type = 'host'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(method, "scram-sha-256");
+        // The directory holding the socket, the data and the log.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(cluster.dir()).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700, "{}", cluster.dir().display());
+        // The command-line form keeps the password in a 0600 file.
+        let cli = cluster.cli_url();
+        assert!(!cli.contains(password), "{cli}");
+        let conninfo = teal::config::ConnInfo::parse_with_env(&cli, &|_| None).unwrap();
+        let green = teal::session::connect_plain(&conninfo, "teal-test")
+            .await
+            .unwrap_or_else(|e| panic!("{}", crate::support::report(&e)));
+        green.batch_execute("SELECT 1").await.unwrap();
+    }
+    assert_ne!(
+        passwords[0], passwords[1],
+        "each cluster has its own password"
+    );
+}
+
+/// Issue 19.9: a secret on the command line (readable by every local user
+/// through ps) draws one warning naming the flag and where to put the
+/// secret instead, and never the secret itself; from the environment, none.
+#[test]
+fn secrets_on_the_command_line_are_warned_about_once() {
+    let status = |env: &[(&str, &str)], args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+            .env_clear()
+            .envs(env.iter().copied())
+            .args([
+                "status",
+                "--metrics-addr",
+                &format!("127.0.0.1:{}", closed_port()),
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "nothing listens there");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = status(&[], &["--metrics-token", "sekrit-token-1"]);
+    assert_eq!(
+        stderr
+            .matches("a secret is on the command line (--metrics-token)")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("use TEAL_METRICS_TOKEN instead"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sekrit-token-1"), "{stderr}");
+
+    let stderr = status(&[("TEAL_METRICS_TOKEN", "sekrit-token-1")], &[]);
+    assert!(!stderr.contains("on the command line"), "{stderr}");
 }

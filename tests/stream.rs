@@ -533,7 +533,7 @@ async fn replication_origin_marks_green_commits(bin: &PgBin) {
     each(
         &twins.g,
         &[
-            "CREATE ROLE applier LOGIN",
+            "CREATE ROLE applier LOGIN PASSWORD 'applier-secret'",
             "GRANT SET ON PARAMETER session_replication_role TO applier",
             "GRANT CREATE ON DATABASE postgres TO applier",
             "GRANT ALL ON acct TO applier",
@@ -542,7 +542,9 @@ async fn replication_origin_marks_green_commits(bin: &PgBin) {
     .await;
     let mut config = twins.config();
     config.apply.target = teal::config::ConnInfo::parse_with_env(
-        &twins.green.url_for("applier", "sslmode=disable"),
+        &twins
+            .green
+            .url_for("applier", "applier-secret", "sslmode=disable"),
         &|_| None,
     )
     .unwrap();

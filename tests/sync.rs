@@ -473,9 +473,9 @@ async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
             .args(["sync", "--slot", "teal_slot", "--publication", "teal_pub"])
             .args([
                 "--source",
-                &twins.blue.url(),
+                &twins.blue.cli_url(),
                 "--target",
-                &twins.green.url(),
+                &twins.green.cli_url(),
             ])
             .args(["--copy-workers", "1", "--chunk-rows", "50000"])
             .args(["--metrics-addr", "off", "--heartbeat-interval", "off"])

@@ -24,7 +24,7 @@ impl Tail {
             .args([
                 "tail",
                 "--source",
-                &cluster.url(),
+                &cluster.cli_url(),
                 "--slot",
                 "tail_slot",
                 "--publication",
@@ -233,7 +233,7 @@ async fn text_format_and_bad_flags() {
             .output()
             .unwrap()
     };
-    let url = cluster.url();
+    let url = cluster.cli_url();
     let out = run(&[
         "tail",
         "--source",

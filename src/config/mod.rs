@@ -7,6 +7,7 @@ mod conn_string;
 mod conninfo;
 mod file;
 mod pgpass;
+mod secret;
 
 pub(crate) use conninfo::os_user;
 pub use conninfo::{
@@ -14,6 +15,7 @@ pub use conninfo::{
     SslMode, os_user_name,
 };
 pub use file::{ConfigFileError, FileFlag, env_from_file, env_from_toml};
+pub use secret::Secret;
 
 use std::path::PathBuf;
 use std::time::Duration;

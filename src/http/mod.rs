@@ -28,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Secret;
 use crate::monitor::{Monitor, RunState};
 
 /// The endpoint could not start.
@@ -44,14 +45,14 @@ pub struct HttpError {
 #[derive(Clone)]
 struct AppState {
     monitor: Arc<Monitor>,
-    token: Option<Arc<str>>,
+    token: Option<Secret>,
 }
 
 /// Listens on `addr` (port 0: any free port; see [`Monitor::addr`]) until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
     monitor: Arc<Monitor>,
-    token: Option<String>,
+    token: Option<Secret>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, HttpError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -62,10 +63,7 @@ pub async fn serve(
         .map_err(|source| HttpError { addr, source })?;
     monitor.set_addr(bound);
     tracing::info!(addr = %bound, "metrics and status on http://{bound}/metrics");
-    let state = AppState {
-        monitor,
-        token: token.map(Arc::from),
-    };
+    let state = AppState { monitor, token };
     let sampler = {
         let (monitor, shutdown) = (Arc::clone(&state.monitor), shutdown.clone());
         async move {
@@ -113,14 +111,7 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    // Constant time in the token's length: no early exit on the first difference.
-    given.is_some_and(|g| {
-        g.len() == token.len()
-            && g.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    })
+    given.is_some_and(|g| token.matches(g))
 }
 
 fn unauthorized() -> Response {

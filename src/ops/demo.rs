@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ApplyConfig, ApplyStats};
@@ -107,14 +107,12 @@ pub struct DemoSummary {
     pub drain: Duration,
 }
 
-async fn connect(url: &str) -> Result<Client, DemoError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(sql(format!("connecting to {url}")))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+/// A session on `cluster` (its URL holds the password: never in a message).
+async fn connect(cluster: &Cluster, side: &str) -> Result<Client, DemoError> {
+    cluster.connect().await.map_err(sql(format!(
+        "connecting to {side} on 127.0.0.1:{}",
+        cluster.port
+    )))
 }
 
 /// Runs the demo, writing its report to `out`. `shutdown` (Ctrl-C) stops
@@ -133,8 +131,8 @@ pub async fn run(
         "== blue: PostgreSQL {} on 127.0.0.1:{}; green: 127.0.0.1:{} (throwaway, removed at exit)",
         blue.bin.version, blue.port, green.port
     )?;
-    let b = connect(&blue.url()).await?;
-    let g = connect(&green.url()).await?;
+    let b = connect(&blue, "blue").await?;
+    let g = connect(&green, "green").await?;
     b.batch_execute(BANKING)
         .await
         .map_err(sql("creating the banking schema on blue"))?;
@@ -164,7 +162,7 @@ pub async fn run(
             "== dashboard: http://{addr}/  (metrics: http://{addr}/metrics, status: http://{addr}/status)"
         )?;
     }
-    let result = drive(&config, out, &shutdown, &blue.url(), (&b, &g), &mut teal).await;
+    let result = drive(&config, out, &shutdown, &blue, (&b, &g), &mut teal).await;
     stream_stop.cancel();
     let stats = match tokio::time::timeout(WAIT, &mut teal).await {
         Ok(Ok(Ok(stats))) => Some(stats),
@@ -245,7 +243,7 @@ async fn drive(
     config: &DemoConfig,
     out: &mut (dyn Write + Send),
     shutdown: &CancellationToken,
-    blue_url: &str,
+    blue: &Cluster,
     (b, g): (&Client, &Client),
     teal: &mut StreamTask,
 ) -> Result<DemoSummary, DemoError> {
@@ -284,7 +282,7 @@ async fn drive(
     let stop_writers = CancellationToken::new();
     let mut writers = Vec::with_capacity(config.writers);
     for _ in 0..config.writers {
-        let client = connect(blue_url).await?;
+        let client = connect(blue, "blue").await?;
         writers.push(tokio::spawn(write_transfers(
             client,
             Arc::clone(&written),

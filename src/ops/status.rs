@@ -23,7 +23,7 @@ pub struct StatusConfig {
     /// teal's endpoint (`--metrics-addr` of the running stream).
     pub addr: SocketAddr,
     /// Its bearer token, if it has one.
-    pub token: Option<String>,
+    pub token: Option<crate::config::Secret>,
     /// Green, read when the endpoint does not answer.
     pub target: Option<ConnInfo>,
     /// The slot (green's rows of other slots are left out).
@@ -110,7 +110,11 @@ pub async fn summary(config: &StatusConfig) -> Result<String, StatusError> {
 async fn fetch_status(config: &StatusConfig) -> Result<serde_json::Value, String> {
     let answer = tokio::time::timeout(
         Duration::from_secs(5),
-        crate::http::get(config.addr, "/status", config.token.as_deref()),
+        crate::http::get(
+            config.addr,
+            "/status",
+            config.token.as_ref().map(crate::config::Secret::expose),
+        ),
     )
     .await
     .unwrap_or_else(|_| Err("no answer within 5 s".into()))?;

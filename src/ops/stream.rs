@@ -159,7 +159,7 @@ pub struct MonitorConfig {
     /// `--metrics-addr`; `None` serves nothing.
     pub metrics_addr: Option<SocketAddr>,
     /// `--metrics-token`: bearer token for `/metrics` and `/status`.
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<crate::config::Secret>,
     /// `--heartbeat-interval`: a `pg_logical_emit_message` on blue this
     /// often (`None`: never), so lag is measured end to end and the slot
     /// advances while published tables are idle.

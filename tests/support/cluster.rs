@@ -1,6 +1,7 @@
 //! Throwaway PostgreSQL clusters for tests: teal's own [`teal::local`]
 //! clusters, started from an `initdb` template cached per server build (in
-//! the system temporary directory), panicking on any failure.
+//! the system temporary directory, in a directory of ours that nobody else
+//! may write to), panicking on any failure.
 //!
 //! PostgreSQL refuses to run as root, so when the tests run as root the
 //! server binaries run as the unprivileged `postgres` user.
@@ -74,9 +75,12 @@ pub fn next_bin() -> PgBin {
 fn template(bin: &PgBin) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let root = std::env::temp_dir().join("teal-pg-templates");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Ours alone (a template planted by another local user would configure
+    // every test server): a name per uid, created or checked as private.
+    // SAFETY: geteuid has no preconditions.
+    let root =
+        std::env::temp_dir().join(format!("teal-pg-templates-{}", unsafe { libc::geteuid() }));
+    teal::local::private_dir(&root, 0o755).unwrap_or_else(|e| panic!("{e}"));
     let key = format!(
         "v2-pg{}-{}",
         bin.version,

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Proxy {
     pub port: u16,
+    /// The upstream superuser's password.
+    password: String,
     /// Connections numbered below this are frozen.
     frozen_below: Arc<AtomicU64>,
     next: Arc<AtomicU64>,
@@ -19,8 +21,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Listens on a free port of 127.0.0.1 and forwards to `upstream_port`.
-    pub async fn start(upstream_port: u16) -> Proxy {
+    /// Listens on a free port of 127.0.0.1 and forwards to `upstream`.
+    pub async fn start(upstream: &teal::local::Cluster) -> Proxy {
+        let (upstream_port, password) = (upstream.port, upstream.password().to_owned());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let frozen_below = Arc::new(AtomicU64::new(0));
@@ -56,6 +59,7 @@ impl Proxy {
         });
         Proxy {
             port,
+            password,
             frozen_below,
             next,
             stop,
@@ -65,8 +69,8 @@ impl Proxy {
     /// The upstream server through this proxy, as `Cluster::url` gives it.
     pub fn url(&self) -> String {
         format!(
-            "postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable",
-            self.port
+            "postgresql://postgres:{}@127.0.0.1:{}/postgres?sslmode=disable",
+            self.password, self.port
         )
     }
 

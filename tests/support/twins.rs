@@ -77,7 +77,12 @@ impl Twins {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_teal"));
         cmd.env_clear()
             .args(["stream", "--slot", "teal_slot", "--publication", "teal_pub"])
-            .args(["--source", &self.blue.url(), "--target", &self.green.url()]);
+            .args([
+                "--source",
+                &self.blue.cli_url(),
+                "--target",
+                &self.green.cli_url(),
+            ]);
         cmd
     }
 

@@ -865,3 +865,79 @@ fn kafka_property_values_keep_their_commas_and_stay_secret() {
         assert!(!stderr.contains(secret), "{secret} in: {stderr}");
     }
 }
+
+/// Issue 19.11: topic names are escaped (README's rule), so `a.b` + `c`
+/// and `a` + `b.c` get topics of their own, and a name with a space or a
+/// non-ASCII letter gets one Kafka accepts (delivery failed forever, as
+/// "transient"); tables whose topics Kafka would still take for one stop
+/// teal at start, naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_names_are_escaped_and_collisions_refused_at_start() {
+    init_logging();
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let twins = Twins::start(
+        &default_bin(),
+        r#"CREATE SCHEMA "a.b"; CREATE SCHEMA a;
+           CREATE TABLE "a.b".c (id int PRIMARY KEY);
+           CREATE TABLE a."b.c" (id int PRIMARY KEY);
+           CREATE TABLE "Order Items" (id int PRIMARY KEY);
+           CREATE TABLE "café" (id int PRIMARY KEY);"#,
+    )
+    .await;
+    let (shutdown, _monitor, running) = stream_with_kafka(&twins, &brokers, false).await;
+    twins
+        .b
+        .batch_execute(
+            r#"INSERT INTO "a.b".c VALUES (1); INSERT INTO a."b.c" VALUES (2), (3);
+               INSERT INTO "Order Items" VALUES (4); INSERT INTO "café" VALUES (5);"#,
+        )
+        .await
+        .unwrap();
+    twins.wait_slot_confirmed("Kafka holds every record").await;
+    for (topic, ids) in [
+        ("teal.a-2Eb.c", vec![1]),
+        ("teal.a.b-2Ec", vec![2, 3]),
+        ("teal.public.Order-20Items", vec![4]),
+        ("teal.public.caf-C3-A9", vec![5]),
+    ] {
+        let (b, n) = (brokers.clone(), ids.len());
+        let records = tokio::task::spawn_blocking(move || read_topic(&b, topic, n))
+            .await
+            .unwrap();
+        let got: Vec<i64> = records
+            .into_iter()
+            .flatten()
+            .map(|(key, _)| key["id"].as_i64().expect("an id key"))
+            .collect();
+        assert_eq!(got, ids, "{topic}");
+    }
+    shutdown.cancel();
+    running.await.unwrap().expect("stream stops cleanly");
+
+    // Kafka refuses topics that differ only in '.' and '_'.
+    twins
+        .b
+        .batch_execute("CREATE SCHEMA x_y; CREATE SCHEMA x; CREATE TABLE x_y.z (id int); CREATE TABLE x.y_z (id int)")
+        .await
+        .unwrap();
+    let mut config = twins.config();
+    config.kafka = Some(KafkaConfig::new(&brokers, "postgres"));
+    let stopped = tokio::time::timeout(
+        WAIT,
+        stream::run_monitored(
+            config,
+            CancellationToken::new(),
+            Arc::new(Monitor::new("teal_slot")),
+        ),
+    )
+    .await
+    .expect("teal stops by itself, without retrying");
+    let err = crate::support::report(&stopped.expect_err("a collision"));
+    assert!(
+        err.contains(r#"no Kafka topic for table "x_y"."z""#)
+            && err.contains("teal.x_y.z collides with teal.x.y_z")
+            && err.contains(r#"table "x"."y_z""#),
+        "{err}"
+    );
+}

@@ -134,6 +134,9 @@ impl StreamConfig {
         } else {
             self.apply.validate()?;
         }
+        if let Some(kafka) = &self.kafka {
+            kafka.validate()?;
+        }
         Ok(())
     }
 
@@ -539,5 +542,6 @@ fn kafka_scope(config: &StreamConfig) -> crate::sink::kafka::Scope {
         max_records: config.apply.batch_max_changes,
         max_delay: config.apply.batch_max_delay,
         blue: config.source.conninfo.clone(),
+        publications: config.source.publications.clone(),
     }
 }

@@ -81,6 +81,11 @@ impl KafkaConfig {
             .unwrap_or_else(|| format!("{}.transactions", self.topic_prefix))
     }
 
+    /// Checks the topic names the flags give (see `sink::kafka::topics`).
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        super::topics::validate(self)
+    }
+
     /// Parses `key=value` (for `--kafka-property`). The value may be a
     /// secret: an error never shows it.
     pub fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -127,11 +132,12 @@ pub enum KafkaSinkError {
         #[source]
         source: KafkaError,
     },
-    /// A table's primary key could not be read from blue's catalog.
-    #[error("reading the primary key of {table} on blue")]
+    /// Blue's catalog could not be read (a table's primary key, the
+    /// published tables).
+    #[error("reading {what} on blue")]
     Catalog {
-        /// The table.
-        table: String,
+        /// What was being read.
+        what: String,
         /// What went wrong.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -139,6 +145,15 @@ pub enum KafkaSinkError {
     /// A task of the sink panicked (a bug: please report it with the log).
     #[error("the Kafka {0} panicked")]
     Panicked(&'static str),
+    /// A table's topic is not one Kafka accepts, or another's too
+    /// (see `sink::kafka::topics`).
+    #[error("no Kafka topic for table {table}: {reason}")]
+    Topic {
+        /// The table, quoted.
+        table: String,
+        /// What is wrong and with which other table.
+        reason: String,
+    },
     /// The position topic could not be read back (`--kafka-exactly-once`).
     #[error("reading teal's position from Kafka topic {topic}: {reason}")]
     Position {
@@ -157,6 +172,7 @@ impl KafkaSinkError {
         match self {
             KafkaSinkError::Config(_) => crate::error::Kind::KafkaSetup,
             KafkaSinkError::Panicked(_) => crate::error::Kind::Bug,
+            KafkaSinkError::Topic { .. } => crate::error::Kind::Setup,
             _ => crate::error::Kind::KafkaDelivery,
         }
     }

@@ -33,7 +33,8 @@
 //!
 //! Files: `config` (settings, the producer, errors), `record` (a source
 //! transaction as records), `acker` (confirming what Kafka acknowledged),
-//! `exactly_once` (the transactional producer), `stats` (counters);
+//! `exactly_once` (the transactional producer), `stats` (counters),
+//! `topics` (topic names: the escaping rule, collisions);
 //! the Debezium envelope itself is `sink::envelope`.
 
 mod acker;
@@ -41,6 +42,7 @@ mod config;
 mod exactly_once;
 mod record;
 mod stats;
+pub mod topics;
 
 pub use config::{KafkaConfig, KafkaSinkError};
 pub use stats::{DeliverySeconds, KafkaStats, TopicCounts};
@@ -62,7 +64,8 @@ use super::envelope::{self, Source};
 use acker::{Pending, acknowledge, send};
 use config::producer;
 use exactly_once::Transactional;
-use record::{Names, PrimaryKeys, Producing};
+use record::{PrimaryKeys, Producing};
+use topics::Names;
 
 /// Transactions (or idle positions) queued for the acker; bounds how far
 /// production runs ahead of acknowledgements, with librdkafka's own queue.
@@ -79,8 +82,10 @@ pub struct Scope {
     /// Age after which a Kafka transaction commits (at a source commit).
     pub max_delay: Duration,
     /// Blue, for the primary keys of tables whose replica identity is not
-    /// their primary key.
+    /// their primary key, and the published tables' topics at start.
     pub blue: ConnInfo,
+    /// The publications: every table in them gets its topic checked at start.
+    pub publications: Vec<String>,
 }
 
 /// Produces `events` to Kafka until the channel closes; confirms through
@@ -110,8 +115,9 @@ pub async fn run<B: AsRef<[Event]>>(
     };
     let transactions_topic: Arc<str> = config.transactions_topic().into();
     let mut txn: Option<Producing> = None;
-    let mut names = Names::default();
+    let mut names = Names::new(&config);
     let mut keys = PrimaryKeys::new(scope.blue.clone());
+    keys.check_topics(&scope.publications, &mut names).await?;
     let produced = async {
         loop {
             // An open Kafka transaction commits at its deadline when no

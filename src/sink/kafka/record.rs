@@ -17,6 +17,7 @@ use crate::lsn::PgTimestamp;
 
 use super::acker::{Sent, send};
 use super::config::{KafkaConfig, KafkaSinkError};
+use super::topics::Names;
 use crate::sink::envelope::{self, Order, Source};
 
 /// The source transaction being produced.
@@ -25,26 +26,6 @@ pub(super) struct Producing {
     pub(super) deliveries: Vec<Sent>,
     total: u64,
     pub(super) per_table: BTreeMap<Arc<str>, u64>,
-}
-
-/// Each table's topic and data-collection name, formatted once per table
-/// rather than once per change.
-#[derive(Default)]
-pub(super) struct Names(HashMap<QualifiedName, (Arc<str>, Arc<str>)>);
-
-impl Names {
-    fn of(&mut self, prefix: &str, relation: &Relation) -> (Arc<str>, Arc<str>) {
-        if let Some(names) = self.0.get(&relation.name) {
-            return names.clone();
-        }
-        let name = &relation.name;
-        let names: (Arc<str>, Arc<str>) = (
-            format!("{prefix}.{}.{}", name.namespace, name.name).into(),
-            name.to_string().into(),
-        );
-        self.0.insert(name.clone(), names.clone());
-        names
-    }
 }
 
 /// Primary keys of blue's tables whose replica identity is not their
@@ -71,6 +52,60 @@ impl PrimaryKeys {
         }
     }
 
+    /// The session on blue, connecting anew when there is none or it closed.
+    async fn client(&mut self) -> Result<&tokio_postgres::Client, crate::session::SessionError> {
+        if self
+            .client
+            .as_ref()
+            .is_none_or(tokio_postgres::Client::is_closed)
+        {
+            self.client = None;
+            let client = crate::session::connect_plain(&self.blue, "teal kafka").await?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_ref().expect("connected above"))
+    }
+
+    /// Gives every table in `publications` its topic in `names`, in name
+    /// order, so a collision stops teal at start, naming both tables,
+    /// rather than when the second table first changes.
+    pub(super) async fn check_topics(
+        &mut self,
+        publications: &[String],
+        names: &mut Names,
+    ) -> Result<(), KafkaSinkError> {
+        if publications.is_empty() {
+            return Ok(());
+        }
+        let fail = |source: Box<dyn std::error::Error + Send + Sync>| KafkaSinkError::Catalog {
+            what: "the published tables".to_owned(),
+            source,
+        };
+        let client = self.client().await.map_err(|e| fail(e.into()))?;
+        let rows = client
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = ANY($1)",
+                &[&publications],
+            )
+            .await
+            .map_err(|e| fail(e.into()))?;
+        // Byte order, whatever blue's collation: the same table is named
+        // first on every run.
+        let mut tables: Vec<QualifiedName> = rows
+            .iter()
+            .map(|row| QualifiedName {
+                namespace: row.get(0),
+                name: row.get(1),
+            })
+            .collect();
+        tables.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        tables.dedup();
+        for table in &tables {
+            names.of(table)?;
+        }
+        Ok(())
+    }
+
     /// The primary-key columns to key `relation`'s records by, when its
     /// replica identity columns are not them (`None`: use those).
     async fn primary_key(
@@ -86,18 +121,13 @@ impl PrimaryKeys {
                 return Ok(key.clone());
             }
         }
+        let what = format!("the primary key of {}", relation.name.quoted());
         let fail = |source: Box<dyn std::error::Error + Send + Sync>| KafkaSinkError::Catalog {
-            table: relation.name.to_string(),
+            what: what.clone(),
             source,
         };
-        let client = match self.client.take() {
-            Some(c) if !c.is_closed() => c,
-            _ => crate::session::connect_plain(&self.blue, "teal kafka")
-                .await
-                .map_err(|e| fail(e.into()))?,
-        };
-        let names = crate::session::primary_key_columns(&client, relation.rel_id).await;
-        self.client = Some(client);
+        let client = self.client().await.map_err(|e| fail(e.into()))?;
+        let names = crate::session::primary_key_columns(client, relation.rel_id).await;
         let names = names.map_err(|e| fail(e.into()))?;
         let key: PrimaryKey = (!names.is_empty()).then(|| {
             names
@@ -144,7 +174,7 @@ impl Producing {
         match &change.kind {
             ChangeKind::Truncate { relations, .. } => {
                 for relation in relations {
-                    let (topic, table) = names.of(&config.topic_prefix, relation);
+                    let (topic, table) = names.of(&relation.name)?;
                     let order = self.order(&table);
                     let value =
                         envelope::truncate(source, &self.meta, change, relation, order, now);
@@ -156,7 +186,7 @@ impl Producing {
             ChangeKind::Insert { relation, .. }
             | ChangeKind::Update { relation, .. }
             | ChangeKind::Delete { relation, .. } => {
-                let (topic, table) = names.of(&config.topic_prefix, relation);
+                let (topic, table) = names.of(&relation.name)?;
                 let order = self.order(&table);
                 let primary_key = keys.primary_key(relation).await?;
                 let Some((key, value)) = envelope::change(

@@ -4,6 +4,7 @@ mod support;
 
 mod assembler;
 mod capture;
+mod conformance;
 mod connect;
 mod crash;
 mod decoder;

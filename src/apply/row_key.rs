@@ -12,7 +12,7 @@ use crate::lsn::Lsn;
 
 use super::ApplyError;
 use super::param::Param;
-use super::sql::Match;
+use super::sql::{KeyColumn, Match};
 use super::target::{Key, Mapping};
 
 /// A key to find one row: columns with how they match, and the values.
@@ -66,11 +66,11 @@ impl<'a> RowKey<'a> {
         shape
     }
 
-    /// Green's (column, match) pairs, for statement text.
-    pub(super) fn columns<'m>(&self, mapping: &'m Mapping) -> Vec<(&'m str, Match)> {
+    /// Green's (column, type, match) triples, for statement text.
+    pub(super) fn columns<'m>(&self, mapping: &'m Mapping) -> Vec<KeyColumn<'m>> {
         self.matches
             .iter()
-            .map(|(i, m)| (mapping.columns[*i].as_str(), *m))
+            .map(|(i, m)| (mapping.columns[*i].as_str(), mapping.types[*i].as_str(), *m))
             .collect()
     }
 }
@@ -170,7 +170,10 @@ mod tests {
             matches!(same.params[..], [Param::Text(b"2")]),
             "unchanged: the new value"
         );
-        assert_eq!(key.columns(&m), [("\"c0\"", Match::Equal)]);
+        assert_eq!(
+            key.columns(&m),
+            [("\"c0\"", "pg_catalog.text", Match::Equal)]
+        );
     }
 
     #[test]

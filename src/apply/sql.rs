@@ -8,7 +8,10 @@ use std::fmt::Write;
 /// How a key value is compared in a WHERE clause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Match {
-    /// `col = $n` (typed by the column; primary keys and replica identities).
+    /// `col = $n::type` (primary keys and replica identities). The cast
+    /// gives the parameter the column's own type: left to inference, a
+    /// composite's `=` (`record = record`) would make it an anonymous
+    /// `record`, which has no input function.
     Equal,
     /// `col::text = $n::text` (whole-row identity: works for every type,
     /// including those without an equality operator, like json or point).
@@ -42,12 +45,15 @@ pub(crate) fn copy_in(table: &str, cols: &[&str], binary: bool) -> String {
     )
 }
 
-fn where_clause(s: &mut String, key: &[(&str, Match)], mut next: usize) {
-    for (i, (col, m)) in key.iter().enumerate() {
+/// A key column in a WHERE clause: quoted name, green's type, the match.
+pub(crate) type KeyColumn<'a> = (&'a str, &'a str, Match);
+
+fn where_clause(s: &mut String, key: &[KeyColumn<'_>], mut next: usize) {
+    for (i, (col, ty, m)) in key.iter().enumerate() {
         s.push_str(if i == 0 { " WHERE " } else { " AND " });
         match m {
             Match::Equal => {
-                let _ = write!(s, "{col} = ${next}");
+                let _ = write!(s, "{col} = ${next}::{ty}");
                 next += 1;
             }
             Match::Text => {
@@ -62,7 +68,7 @@ fn where_clause(s: &mut String, key: &[(&str, Match)], mut next: usize) {
 }
 
 /// The row to act on: by key, or (whole-row identity) one matching row by ctid.
-fn target(s: &mut String, table: &str, key: &[(&str, Match)], first: usize, one_row: bool) {
+fn target(s: &mut String, table: &str, key: &[KeyColumn<'_>], first: usize, one_row: bool) {
     if one_row {
         let _ = write!(s, " WHERE ctid = (SELECT ctid FROM {table}");
         where_clause(s, key, first);
@@ -73,7 +79,7 @@ fn target(s: &mut String, table: &str, key: &[(&str, Match)], first: usize, one_
 }
 
 /// `UPDATE t SET a = $1, b = $2 WHERE k = $3`.
-pub(crate) fn update(table: &str, set: &[&str], key: &[(&str, Match)], one_row: bool) -> String {
+pub(crate) fn update(table: &str, set: &[&str], key: &[KeyColumn<'_>], one_row: bool) -> String {
     let mut s = format!("UPDATE {table} SET ");
     for (i, col) in set.iter().enumerate() {
         if i > 0 {
@@ -86,7 +92,7 @@ pub(crate) fn update(table: &str, set: &[&str], key: &[(&str, Match)], one_row: 
 }
 
 /// `DELETE FROM t WHERE k = $1`.
-pub(crate) fn delete(table: &str, key: &[(&str, Match)], one_row: bool) -> String {
+pub(crate) fn delete(table: &str, key: &[KeyColumn<'_>], one_row: bool) -> String {
     let mut s = format!("DELETE FROM {table}");
     target(&mut s, table, key, 1, one_row);
     s
@@ -168,10 +174,16 @@ pub(crate) fn delete_many(table: &str, key: &[(&str, &str)]) -> String {
 }
 
 /// The row as JSON, for the conflict log.
-pub(crate) fn select_json(table: &str, key: &[(&str, Match)]) -> String {
+pub(crate) fn select_json(table: &str, key: &[KeyColumn<'_>]) -> String {
     let mut s = format!("SELECT row_to_json(t)::text FROM {table} t");
-    let qualified: Vec<(String, Match)> = key.iter().map(|(c, m)| (format!("t.{c}"), *m)).collect();
-    let refs: Vec<(&str, Match)> = qualified.iter().map(|(c, m)| (c.as_str(), *m)).collect();
+    let qualified: Vec<(String, &str, Match)> = key
+        .iter()
+        .map(|(c, ty, m)| (format!("t.{c}"), *ty, *m))
+        .collect();
+    let refs: Vec<KeyColumn<'_>> = qualified
+        .iter()
+        .map(|(c, ty, m)| (c.as_str(), *ty, *m))
+        .collect();
     where_clause(&mut s, &refs, 1);
     s.push_str(" LIMIT 1");
     s
@@ -251,17 +263,22 @@ mod tests {
             "COPY \"public\".\"Ledger\" (\"id\") FROM STDIN (FORMAT binary)"
         );
         assert_eq!(
-            update(t, &["\"memo\""], &[("\"id\"", Match::Equal)], false),
-            "UPDATE \"public\".\"Ledger\" SET \"memo\" = $1 WHERE \"id\" = $2"
+            update(
+                t,
+                &["\"memo\""],
+                &[("\"id\"", "integer", Match::Equal)],
+                false
+            ),
+            "UPDATE \"public\".\"Ledger\" SET \"memo\" = $1 WHERE \"id\" = $2::integer"
         );
         assert_eq!(
             update(
                 t,
                 &["\"a\"", "\"b\""],
                 &[
-                    ("\"a\"", Match::Text),
-                    ("\"b\"", Match::Null),
-                    ("\"c\"", Match::Text)
+                    ("\"a\"", "integer", Match::Text),
+                    ("\"b\"", "text", Match::Null),
+                    ("\"c\"", "\"s\".\"comp\"", Match::Text)
                 ],
                 true
             ),
@@ -271,13 +288,16 @@ mod tests {
         assert_eq!(
             delete(
                 t,
-                &[("\"k1\"", Match::Equal), ("\"k2\"", Match::Equal)],
+                &[
+                    ("\"k1\"", "\"s\".\"comp\"", Match::Equal),
+                    ("\"k2\"", "\"bit\"", Match::Equal)
+                ],
                 false
             ),
-            "DELETE FROM \"public\".\"Ledger\" WHERE \"k1\" = $1 AND \"k2\" = $2"
+            "DELETE FROM \"public\".\"Ledger\" WHERE \"k1\" = $1::\"s\".\"comp\" AND \"k2\" = $2::\"bit\""
         );
         assert_eq!(
-            delete(t, &[("\"v\"", Match::Null)], true),
+            delete(t, &[("\"v\"", "text", Match::Null)], true),
             "DELETE FROM \"public\".\"Ledger\" WHERE ctid = (SELECT ctid FROM \"public\".\"Ledger\" WHERE \"v\" IS NULL LIMIT 1)"
         );
         assert_eq!(
@@ -305,8 +325,8 @@ mod tests {
              WHERE __t.\"id\" = __v.c1::bigint"
         );
         assert_eq!(
-            select_json(t, &[("\"id\"", Match::Equal)]),
-            "SELECT row_to_json(t)::text FROM \"public\".\"Ledger\" t WHERE t.\"id\" = $1 LIMIT 1"
+            select_json(t, &[("\"id\"", "bigint", Match::Equal)]),
+            "SELECT row_to_json(t)::text FROM \"public\".\"Ledger\" t WHERE t.\"id\" = $1::bigint LIMIT 1"
         );
         assert_eq!(
             truncate(&["\"public\".\"a\"", "\"public\".\"b\""], true, true),

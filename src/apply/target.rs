@@ -107,6 +107,11 @@ pub(crate) struct Mapping {
     /// `None` when a cast function from text exists instead (`name`,
     /// `"char"`, `regclass`, `xml`...), whose result may differ.
     pub(crate) text_casts: Vec<Option<String>>,
+    /// For each blue column, green's type without modifier
+    /// (`format_type(oid, -1)`, so `"bit"`, `bpchar`: no length a cast
+    /// would cut to): key parameters are cast to it, so a composite key
+    /// compares as its own type, never as an anonymous `record`.
+    pub(crate) types: Vec<String>,
     /// Green runs triggers or rules on this table (or its partitions) when
     /// teal applies (enabled ALWAYS or REPLICA): they may read other
     /// tables, so changes are applied in blue's order, never regrouped.
@@ -129,6 +134,8 @@ struct GreenColumn {
     name: String,
     type_oid: u32,
     type_sql: String,
+    /// `format_type(oid, -1)`.
+    type_plain: String,
     generated: bool,
     category: String,
     base_type: QualifiedName,
@@ -234,7 +241,8 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
                     CASE WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_cast c \
                                           WHERE c.castsource = 'pg_catalog.text'::pg_catalog.regtype \
                                             AND c.casttarget IN (t.oid, bt.oid) AND c.castmethod = 'f') \
-                         THEN format_type(a.atttypid, -1) END \
+                         THEN format_type(a.atttypid, -1) END, \
+                    format_type(a.atttypid, -1) \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
              JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
@@ -257,6 +265,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
                 name: r.get(6),
             },
             text_cast: r.get(7),
+            type_plain: r.get(8),
         })
         .collect();
     let pk = crate::session::primary_key_columns(client, oid)
@@ -278,6 +287,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
 
     let mut columns = Vec::with_capacity(rel.columns.len());
     let mut text_casts = Vec::with_capacity(rel.columns.len());
+    let mut types = Vec::with_capacity(rel.columns.len());
     for (i, col) in rel.columns.iter().enumerate() {
         let Some(g) = green.iter().find(|g| g.name == col.name) else {
             return Err(DriftError::MissingColumn {
@@ -299,6 +309,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         check_type(rel, i, g, &blue_types[i])?;
         columns.push(quote_ident(&g.name));
         text_casts.push(g.text_cast.clone());
+        types.push(g.type_plain.clone());
     }
     let green_pk = (!pk.is_empty())
         .then(|| {
@@ -331,6 +342,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         key,
         green_pk,
         text_casts,
+        types,
         fires_on_apply,
     })
 }

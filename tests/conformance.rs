@@ -1,0 +1,340 @@
+//! Apply conformance (issue 18): each case streams the same changes from
+//! one blue through `teal stream` into one green and through PostgreSQL's
+//! built-in subscriber into another, and requires both greens to hold
+//! exactly what blue holds. Blue's sessions run with unusual DateStyle,
+//! IntervalStyle, extra_float_digits, TimeZone and bytea_output.
+//!
+//! The cases follow the apply scenarios of PostgreSQL's
+//! `src/test/subscription/t/*.pl` (types, replica identity, the bug
+//! regressions), written anew for teal.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::support::cluster::{Cluster, Options, PgBin};
+use crate::support::running::Running;
+use crate::support::twins::{Twins, checksum};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A case on blue and green of the default build (PostgreSQL 15 here) and
+/// on blue and green of the 16+ build (18).
+macro_rules! conformance {
+    ($case:ident) => {
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn default_server() {
+                let bin = crate::support::cluster::default_bin();
+                super::$case(&bin, &bin).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn server_16_plus() {
+                let bin = crate::support::cluster::next_bin();
+                super::$case(&bin, &bin).await
+            }
+        }
+    };
+}
+
+/// Blue, teal's green and the built-in subscriber's green.
+struct Trio {
+    twins: Twins,
+    teal: Running,
+    _native: Cluster,
+    n: Client,
+}
+
+/// Runs `sql` statements in order on `client`, naming the one that failed.
+async fn each(client: &Client, sql: &[&str]) {
+    for s in sql {
+        client
+            .batch_execute(s)
+            .await
+            .unwrap_or_else(|e| panic!("{s}: {e:?}"));
+    }
+}
+
+impl Trio {
+    /// `schema` on all three; blue publishes every table to both greens.
+    async fn start(blue_bin: &PgBin, green_bin: &PgBin, schema: &str) -> Trio {
+        let twins = Twins::start_with(
+            blue_bin,
+            green_bin,
+            schema,
+            Options::default(),
+            Options::default(),
+        )
+        .await;
+        each(
+            &twins.b,
+            &[
+                "ALTER DATABASE postgres SET DateStyle = 'SQL, DMY'",
+                "ALTER DATABASE postgres SET IntervalStyle = 'sql_standard'",
+                "ALTER DATABASE postgres SET TimeZone = 'Pacific/Chatham'",
+                "ALTER DATABASE postgres SET extra_float_digits = -3",
+                "ALTER DATABASE postgres SET bytea_output = 'escape'",
+            ],
+        )
+        .await;
+        let native = Cluster::start(green_bin);
+        let n = native.client().await;
+        n.batch_execute(schema)
+            .await
+            .expect("schema on the native green");
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres password={}",
+            twins.blue.port,
+            twins.blue.password()
+        );
+        n.batch_execute(&format!(
+            "CREATE SUBSCRIPTION native CONNECTION '{conninfo}' PUBLICATION teal_pub \
+             WITH (copy_data = false, streaming = on)"
+        ))
+        .await
+        .expect("the built-in subscription");
+        let teal = Running::start(&twins, twins.config()).await;
+        // Both slots stream before anything is written.
+        let deadline = Instant::now() + WAIT;
+        while crate::support::twins::int8(
+            &twins.b,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'native' AND active AND confirmed_flush_lsn IS NOT NULL",
+        )
+        .await
+            == 0
+        {
+            assert!(Instant::now() < deadline, "the built-in subscriber never streamed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Trio {
+            twins,
+            teal,
+            _native: native,
+            n,
+        }
+    }
+
+    /// Runs `sql` on blue, each string in its own transaction (or its own
+    /// BEGIN ... COMMIT).
+    async fn blue(&self, sql: &[&str]) {
+        each(&self.twins.b, sql).await;
+    }
+
+    /// Waits until both greens have everything blue wrote so far, then
+    /// requires `tables` to hold the same rows on all three.
+    async fn assert_same(&mut self, tables: &[&str]) {
+        let target = self.twins.blue_insert_lsn().await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.teal.task.is_finished() {
+                let why = match (&mut self.teal.task).await {
+                    Ok(Err(e)) => crate::support::report(&e),
+                    other => format!("{other:?}"),
+                };
+                panic!("teal stopped by itself before {target}: {why}");
+            }
+            let caught_up = crate::support::twins::int8(
+                &self.twins.b,
+                &format!(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('native', 'teal_slot') \
+                     AND confirmed_flush_lsn >= '{target}'"
+                ),
+            )
+            .await;
+            if caught_up == 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not both greens reached {target} within {WAIT:?}; the built-in subscriber's errors are in its log"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for t in tables {
+            let blue = checksum(&self.twins.b, t).await;
+            let native = checksum(&self.n, t).await;
+            let teal = checksum(&self.twins.g, t).await;
+            assert_eq!(
+                native, blue,
+                "{t}: the built-in subscriber's green differs from blue"
+            );
+            assert_eq!(
+                teal, native,
+                "{t}: teal's green differs from the built-in subscriber's"
+            );
+        }
+    }
+
+    /// Stops teal, requiring no conflict.
+    async fn stop(self) {
+        let stats = self.teal.stop().await;
+        assert_eq!(
+            stats.conflicts.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "teal met conflicts the built-in subscriber did not"
+        );
+    }
+}
+
+/// Composite types as keys and values, nested composites, arrays of
+/// composites, enums inside composites, ranges, range arrays and domains
+/// (the types of `002_types.pl`), through every statement shape: single
+/// rows, COPY, set-based INSERT, UPDATE and DELETE, key changes.
+async fn composite_and_container_types(blue: &PgBin, green: &PgBin) {
+    let schema = r#"
+        CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE TYPE basic AS (a int, b text);
+        CREATE TYPE with_enum AS (a int, m mood, ms mood[]);
+        CREATE TYPE nested AS (x basic, y with_enum[], r int4range);
+        CREATE TYPE floatrange AS RANGE (subtype = float8);
+        CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+        CREATE DOMAIN short_text AS text CHECK (length(VALUE) < 100);
+        CREATE TABLE comp_key (k basic PRIMARY KEY, v text);
+        CREATE TABLE nested_key (k nested PRIMARY KEY, v int);
+        CREATE TABLE arr_key (k basic[] PRIMARY KEY, v int);
+        CREATE TABLE dom_key (k positive PRIMARY KEY, r int4range, v short_text);
+        CREATE TABLE comp_vals (id int PRIMARY KEY, c basic, cs basic[], n nested, ns nested[],
+            e with_enum, r int4range, rs int4range[], fr floatrange, d positive, ds positive[]);
+        CREATE TABLE comp_full (c basic, n nested, rs int4range[], v int);
+        ALTER TABLE comp_full REPLICA IDENTITY FULL;
+    "#;
+    let mut trio = Trio::start(blue, green, schema).await;
+    let row = |i: &str| {
+        format!(
+            "({i}, ROW({i}, 'b' || {i})::basic, ARRAY[ROW({i}, 'x'), ROW(NULL, 'y \"q\" ,')]::basic[], \
+             ROW(ROW({i}, 'n')::basic, ARRAY[ROW({i}, 'happy', '{{sad,ok}}')]::with_enum[], int4range({i}, {i} + 5))::nested, \
+             ARRAY[ROW(ROW(1, 'a')::basic, NULL, 'empty')::nested, NULL]::nested[], ROW({i}, 'ok', '{{happy}}')::with_enum, \
+             int4range({i}, NULL), ARRAY[int4range(1, 2), 'empty'::int4range], floatrange(0.5, {i}), {i}, ARRAY[{i}, 1]::positive[])"
+        )
+    };
+    let comp_vals = |from: i32, to: i32| {
+        format!(
+            "INSERT INTO comp_vals SELECT (x).* FROM (SELECT {} AS x FROM generate_series({from}, {to}) g) s",
+            format!("ROW{}::comp_vals", row("g"))
+        )
+    };
+    trio.blue(&[
+        // Single rows and COPY-sized runs.
+        "INSERT INTO comp_key VALUES (ROW(1, 'one'), 'v1'), (ROW(2, 'two, \"2\"'), 'v2'), (ROW(NULL, 'n'), 'null a')",
+        "INSERT INTO comp_key SELECT ROW(g, 'g' || g)::basic, 'v' FROM generate_series(10, 60) g",
+        "INSERT INTO nested_key SELECT ROW(ROW(g, 'n')::basic, ARRAY[ROW(g, 'sad', '{ok}')]::with_enum[], int4range(g, g + 1))::nested, g FROM generate_series(1, 40) g",
+        "INSERT INTO arr_key SELECT ARRAY[ROW(g, 'a'), ROW(g + 1, NULL)]::basic[], g FROM generate_series(1, 40) g",
+        "INSERT INTO dom_key SELECT g, int4range(g, NULL), 'd' || g FROM generate_series(1, 40) g",
+        &comp_vals(1, 3),
+        &comp_vals(100, 140),
+        "INSERT INTO comp_full SELECT ROW(g, 'f')::basic, ROW(ROW(g, 'x')::basic, NULL, int4range(1, g + 2))::nested, ARRAY[int4range(g, g + 1)], g FROM generate_series(1, 40) g",
+    ])
+    .await;
+    trio.assert_same(&[
+        "comp_key",
+        "nested_key",
+        "arr_key",
+        "dom_key",
+        "comp_vals",
+        "comp_full",
+    ])
+    .await;
+    trio.blue(&[
+        // Few rows (one statement each) and many (set-based), values and keys.
+        "UPDATE comp_key SET v = 'small' WHERE (k).a IN (1, 2)",
+        "UPDATE comp_key SET v = 'many' WHERE (k).a >= 10",
+        "UPDATE comp_key SET k = ROW((k).a + 1000, (k).b)::basic WHERE (k).a BETWEEN 10 AND 12",
+        "UPDATE comp_key SET k = ROW((k).a, (k).b || '!')::basic WHERE (k).a BETWEEN 20 AND 45",
+        "UPDATE nested_key SET v = v + 1",
+        "UPDATE nested_key SET k = ROW((k).x, (k).y, int4range(lower((k).r), upper((k).r) + 1))::nested WHERE v < 5",
+        "UPDATE arr_key SET v = -v",
+        "UPDATE dom_key SET v = 'e' || k, r = int4range(k, k + 10)",
+        "UPDATE dom_key SET k = k + 1000 WHERE k < 4",
+        "UPDATE comp_vals SET c = ROW((c).a, 'changed')::basic, ns = ns || ROW(ROW(9, 'z')::basic, NULL, NULL)::nested, e = ROW(1, 'sad', '{}')::with_enum",
+        "UPDATE comp_vals SET rs = NULL, ds = '{}' WHERE id < 3",
+        "UPDATE comp_full SET v = v + 1",
+        "UPDATE comp_full SET v = 0 WHERE v < 4",
+        "DELETE FROM comp_key WHERE (k).a % 3 = 0",
+        "DELETE FROM nested_key WHERE v % 2 = 0",
+        "DELETE FROM arr_key WHERE v % 2 = 0",
+        "DELETE FROM comp_vals WHERE id % 2 = 0",
+        "DELETE FROM comp_full WHERE v % 3 = 0",
+        "DELETE FROM dom_key WHERE k = 1001",
+    ])
+    .await;
+    trio.assert_same(&[
+        "comp_key",
+        "nested_key",
+        "arr_key",
+        "dom_key",
+        "comp_vals",
+        "comp_full",
+    ])
+    .await;
+    trio.stop().await;
+}
+conformance!(composite_and_container_types);
+
+/// Composite, nested and array keys through the paths the built-in
+/// subscriber has no counterpart for: conflicts (green's row read for the
+/// conflict log, then overwritten) and the careful replay of a set-based
+/// statement that found fewer rows than it had changes.
+async fn composite_keys_through_conflicts_and_careful_replay(blue: &PgBin, green: &PgBin) {
+    let schema = r#"
+        CREATE TYPE basic AS (a int, b text);
+        CREATE TYPE nested AS (x basic, r int4range);
+        CREATE TABLE ck (k basic PRIMARY KEY, n nested, v text);
+        CREATE TABLE nk (k nested PRIMARY KEY, v text);
+    "#;
+    let twins =
+        Twins::start_with(blue, green, schema, Options::default(), Options::default()).await;
+    let ck = |from: i32, to: i32, v: &str| {
+        format!(
+            "INSERT INTO ck SELECT ROW(g, 'k ' || g)::basic, ROW(ROW(g, 'n')::basic, int4range(g, NULL))::nested, '{v}' \
+             FROM generate_series({from}, {to}) g"
+        )
+    };
+    let nk = |from: i32, to: i32, v: &str| {
+        format!(
+            "INSERT INTO nk SELECT ROW(ROW(g, 'n \"q\"')::basic, int4range(g, g + 1))::nested, '{v}' \
+             FROM generate_series({from}, {to}) g"
+        )
+    };
+    // Blue has 1..40 of each; green lacks 20 and holds 41, which blue will insert.
+    each(&twins.b, &[&ck(1, 40, "blue"), &nk(1, 40, "blue")]).await;
+    each(
+        &twins.g,
+        &[
+            &ck(1, 19, "blue"),
+            &ck(21, 41, "blue"),
+            &nk(1, 19, "blue"),
+            &nk(21, 41, "blue"),
+        ],
+    )
+    .await;
+    let mut config = twins.config();
+    config.apply.conflicts.default = teal::apply::ConflictPolicy::SourceWins;
+    let running = Running::start(&twins, config).await;
+    each(
+        &twins.b,
+        &[
+            // Set-based updates of 40 rows that find 39: replayed carefully,
+            // the missing row inserted.
+            "UPDATE ck SET v = 'changed'",
+            "UPDATE nk SET v = 'changed'",
+            // Inserts green already holds: its row logged, then overwritten.
+            &ck(41, 41, "from blue"),
+            &nk(41, 41, "from blue"),
+            // A few rows at a time: one statement per row.
+            "UPDATE ck SET v = 'one' WHERE (k).a = 5",
+            "DELETE FROM nk WHERE ((k).x).a IN (6, 7)",
+        ],
+    )
+    .await;
+    twins.assert_converged(&["ck", "nk"], WAIT).await;
+    let logged = crate::support::twins::int8(
+        &twins.g,
+        "SELECT count(*) FROM teal.conflicts WHERE table_name IN ('public.ck', 'public.nk')",
+    )
+    .await;
+    assert!(logged >= 4, "{logged} conflicts logged");
+    let stats = running.stop().await;
+    assert!(stats.conflicts.load(std::sync::atomic::Ordering::Relaxed) >= 4);
+}
+conformance!(composite_keys_through_conflicts_and_careful_replay);

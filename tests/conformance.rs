@@ -210,8 +210,8 @@ async fn composite_and_container_types(blue: &PgBin, green: &PgBin) {
     };
     let comp_vals = |from: i32, to: i32| {
         format!(
-            "INSERT INTO comp_vals SELECT (x).* FROM (SELECT {} AS x FROM generate_series({from}, {to}) g) s",
-            format!("ROW{}::comp_vals", row("g"))
+            "INSERT INTO comp_vals SELECT (x).* FROM (SELECT ROW{}::comp_vals AS x FROM generate_series({from}, {to}) g) s",
+            row("g")
         )
     };
     trio.blue(&[

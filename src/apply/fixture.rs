@@ -85,6 +85,7 @@ pub(super) fn mapping(name: &str, columns: usize, key: Key, fires_on_apply: bool
         green_pk,
         text_casts: vec![Some("pg_catalog.text".into()); columns],
         types: vec!["pg_catalog.text".into(); columns],
+        text_match: vec![true; columns],
         fires_on_apply,
         relation,
     })

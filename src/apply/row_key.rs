@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! Key::Columns (replica identity, or green's primary key under FULL) ──▶ col = $n
-//! Key::FullRow (FULL, no key on green) ──▶ col::text = $n::text / col IS NULL, one row
+//! Key::FullRow (FULL, no key on green) ──▶ col::text = $n::text (col = $n::type where green's text
+//!                                           cast is not the output text) / col IS NULL, one row
 //! ```
 
 use crate::event::{OldRow, RowImage, TxnMeta, Value};
@@ -115,7 +116,7 @@ pub(super) fn row_key<'a>(
                     reason: "REPLICA IDENTITY FULL, but blue sent no old row".into(),
                 });
             };
-            Ok(full_row_key(old))
+            Ok(full_row_key(mapping, old))
         }
         Key::None => Err(ApplyError::NoIdentity {
             table: mapping.name().clone(),
@@ -124,12 +125,20 @@ pub(super) fn row_key<'a>(
     }
 }
 
-/// Every column of `row` compared as text; unchanged-TOAST values are left
-/// out of the match.
-fn full_row_key(row: &RowImage) -> RowKey<'_> {
+/// Every column of `row` compared as text (which works for types without
+/// an equality operator, like json or point), or with the type's `=` where
+/// green's text cast is not the output text blue sent
+/// ([`Mapping::text_match`]); unchanged-TOAST values are left out of the
+/// match.
+fn full_row_key<'a>(mapping: &Mapping, row: &'a RowImage) -> RowKey<'a> {
     let mut key = RowKey::with_capacity(row.len(), true);
     for (i, v) in row.values().enumerate() {
-        key.push(i, v, Match::Text);
+        let text = if mapping.text_match.get(i).copied().unwrap_or(true) {
+            Match::Text
+        } else {
+            Match::Equal
+        };
+        key.push(i, v, text);
     }
     key
 }
@@ -141,7 +150,7 @@ pub(super) fn insert_key<'a>(mapping: &Mapping, new: Option<&'a RowImage>) -> Op
     let cols = match (&mapping.green_pk, &mapping.key) {
         (Some(pk), _) => pk.clone(),
         (None, Key::Columns(cols)) => cols.clone(),
-        _ => return Some(full_row_key(new)),
+        _ => return Some(full_row_key(mapping, new)),
     };
     let mut key = RowKey::with_capacity(cols.len(), false);
     for i in cols {
@@ -204,6 +213,12 @@ mod tests {
             [(0, Match::Text), (1, Match::Null), (3, Match::Equal)]
         );
         assert_eq!(key.params.len(), 2);
+        // A type whose text cast is not its output text (boolean, char(n),
+        // inet): compared with its own =.
+        let mut bool_first = (*m).clone();
+        bool_first.text_match[0] = false;
+        let key = row_key(&bool_first, Some(&old), None, Lsn(1), &txn(1)).unwrap();
+        assert_eq!(key.matches[0], (0, Match::Equal));
         let only_key = OldRow::Key(row(&[V::T("1"), V::N, V::N, V::N]));
         assert!(row_key(&m, Some(&only_key), None, Lsn(1), &txn(1)).is_err());
     }

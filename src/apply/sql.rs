@@ -175,7 +175,7 @@ pub(crate) fn delete_many(table: &str, key: &[(&str, &str)]) -> String {
 
 /// The row as JSON, for the conflict log.
 pub(crate) fn select_json(table: &str, key: &[KeyColumn<'_>]) -> String {
-    let mut s = format!("SELECT row_to_json(t)::text FROM {table} t");
+    let mut s = format!("SELECT row_to_json(t.*)::text FROM {table} t");
     let qualified: Vec<(String, &str, Match)> = key
         .iter()
         .map(|(c, ty, m)| (format!("t.{c}"), *ty, *m))
@@ -326,7 +326,7 @@ mod tests {
         );
         assert_eq!(
             select_json(t, &[("\"id\"", "bigint", Match::Equal)]),
-            "SELECT row_to_json(t)::text FROM \"public\".\"Ledger\" t WHERE t.\"id\" = $1::bigint LIMIT 1"
+            "SELECT row_to_json(t.*)::text FROM \"public\".\"Ledger\" t WHERE t.\"id\" = $1::bigint LIMIT 1"
         );
         assert_eq!(
             truncate(&["\"public\".\"a\"", "\"public\".\"b\""], true, true),

@@ -112,6 +112,12 @@ pub(crate) struct Mapping {
     /// would cut to): key parameters are cast to it, so a composite key
     /// compares as its own type, never as an anonymous `record`.
     pub(crate) types: Vec<String>,
+    /// For each blue column, whether green's `col::text` is the type's
+    /// output text, as blue sends it: false where a cast function to text
+    /// exists instead (`boolean` gives `true` where blue sends `t`,
+    /// `character` drops trailing blanks, `inet` adds a /32), so a
+    /// whole-row match compares such a column with its type's `=`.
+    pub(crate) text_match: Vec<bool>,
     /// Green runs triggers or rules on this table (or its partitions) when
     /// teal applies (enabled ALWAYS or REPLICA): they may read other
     /// tables, so changes are applied in blue's order, never regrouped.
@@ -136,6 +142,8 @@ struct GreenColumn {
     type_sql: String,
     /// `format_type(oid, -1)`.
     type_plain: String,
+    /// `col::text` is the output function's text.
+    text_match: bool,
     generated: bool,
     category: String,
     base_type: QualifiedName,
@@ -242,7 +250,10 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
                                           WHERE c.castsource = 'pg_catalog.text'::pg_catalog.regtype \
                                             AND c.casttarget IN (t.oid, bt.oid) AND c.castmethod = 'f') \
                          THEN format_type(a.atttypid, -1) END, \
-                    format_type(a.atttypid, -1) \
+                    format_type(a.atttypid, -1), \
+                    NOT EXISTS (SELECT 1 FROM pg_catalog.pg_cast c \
+                                WHERE c.casttarget = 'pg_catalog.text'::pg_catalog.regtype \
+                                  AND c.castsource IN (t.oid, bt.oid) AND c.castmethod = 'f') \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
              JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
@@ -266,6 +277,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
             },
             text_cast: r.get(7),
             type_plain: r.get(8),
+            text_match: r.get(9),
         })
         .collect();
     let pk = crate::session::primary_key_columns(client, oid)
@@ -288,6 +300,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
     let mut columns = Vec::with_capacity(rel.columns.len());
     let mut text_casts = Vec::with_capacity(rel.columns.len());
     let mut types = Vec::with_capacity(rel.columns.len());
+    let mut text_match = Vec::with_capacity(rel.columns.len());
     for (i, col) in rel.columns.iter().enumerate() {
         let Some(g) = green.iter().find(|g| g.name == col.name) else {
             return Err(DriftError::MissingColumn {
@@ -310,6 +323,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         columns.push(quote_ident(&g.name));
         text_casts.push(g.text_cast.clone());
         types.push(g.type_plain.clone());
+        text_match.push(g.text_match);
     }
     let green_pk = (!pk.is_empty())
         .then(|| {
@@ -343,6 +357,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         green_pk,
         text_casts,
         types,
+        text_match,
         fires_on_apply,
     })
 }

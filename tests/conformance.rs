@@ -78,7 +78,14 @@ impl Trio {
             ],
         )
         .await;
-        let native = Cluster::start(green_bin);
+        // Reports its flush position every second (10 s by default).
+        let native = Cluster::start_with(
+            green_bin,
+            Options {
+                settings: vec![("wal_receiver_status_interval".into(), "1".into())],
+                ..Options::default()
+            },
+        );
         let n = native.client().await;
         n.batch_execute(schema)
             .await
@@ -406,3 +413,61 @@ async fn full_identity_over_dropped_and_added_columns(blue: &PgBin, green: &PgBi
     trio.stop().await;
 }
 conformance!(full_identity_over_dropped_and_added_columns);
+
+/// REPLICA IDENTITY FULL over a DEFERRABLE primary key (which cannot be the
+/// replica identity): inside one transaction the key may hold duplicates,
+/// so rows are found by the whole old row (or an immediate unique index),
+/// never by the deferrable key.
+async fn full_identity_with_a_deferrable_key(blue: &PgBin, green: &PgBin) {
+    let schema = r#"
+        CREATE TABLE shift (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v text);
+        ALTER TABLE shift REPLICA IDENTITY FULL;
+        CREATE TABLE shift_imm (id int PRIMARY KEY DEFERRABLE, v text);
+        ALTER TABLE shift_imm REPLICA IDENTITY FULL;
+        CREATE TABLE tkey (k text PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v int);
+        ALTER TABLE tkey REPLICA IDENTITY FULL;
+        CREATE TABLE pair (a int, b text, v int, PRIMARY KEY (a, b) DEFERRABLE INITIALLY DEFERRED);
+        ALTER TABLE pair REPLICA IDENTITY FULL;
+        CREATE TABLE with_unique (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, code int NOT NULL UNIQUE, v int);
+        ALTER TABLE with_unique REPLICA IDENTITY FULL;
+    "#;
+    let mut trio = Trio::start(blue, green, schema).await;
+    trio.blue(&[
+        "INSERT INTO shift SELECT g, 'v' || g FROM generate_series(1, 40) g",
+        "INSERT INTO shift_imm SELECT g, 'v' || g FROM generate_series(1, 5) g",
+        "INSERT INTO tkey SELECT 'k' || g, g FROM generate_series(1, 30) g",
+        "INSERT INTO pair SELECT g % 5, 'b' || (g / 5), g FROM generate_series(1, 30) g",
+        "INSERT INTO with_unique SELECT g, g * 10, g FROM generate_series(1, 30) g",
+    ])
+    .await;
+    trio.assert_same(&["shift", "shift_imm", "tkey", "pair", "with_unique"])
+        .await;
+    trio.blue(&[
+        // Every key moves up by one: id 2 exists twice for a moment.
+        "UPDATE shift SET id = id + 1",
+        "UPDATE shift SET id = id - 1",
+        // Key rotation and a key changed and changed back, in one transaction.
+        "BEGIN; UPDATE shift SET id = 0 WHERE id = 1; UPDATE shift SET id = 1 WHERE id = 2; \
+         UPDATE shift SET id = 2 WHERE id = 0; UPDATE shift SET id = 100 WHERE id = 3; \
+         UPDATE shift SET id = 3 WHERE id = 100; COMMIT",
+        // Delete and re-insert of a key in one transaction.
+        "BEGIN; DELETE FROM shift WHERE id = 10; INSERT INTO shift VALUES (10, 'again'); \
+         UPDATE shift SET v = 'moved' WHERE id = 10; COMMIT",
+        // An immediate deferrable key (checked per statement) moving as a whole.
+        "UPDATE shift_imm SET id = id + 10",
+        // Text keys: every key renamed into the next one.
+        "UPDATE tkey SET k = 'k' || (v + 1)",
+        // One component of a composite key.
+        "UPDATE pair SET a = a + 1",
+        "UPDATE pair SET b = b || 'x' WHERE a = 2",
+        // A table with an immediate unique index as well.
+        "UPDATE with_unique SET id = id + 1, v = -v",
+        "DELETE FROM with_unique WHERE code % 20 = 0",
+        "DELETE FROM shift WHERE id % 7 = 0",
+    ])
+    .await;
+    trio.assert_same(&["shift", "shift_imm", "tkey", "pair", "with_unique"])
+        .await;
+    trio.stop().await;
+}
+conformance!(full_identity_with_a_deferrable_key);

@@ -100,7 +100,9 @@ pub(crate) struct Mapping {
     pub(crate) columns: Vec<String>,
     /// How to find a row.
     pub(crate) key: Key,
-    /// Blue columns forming green's primary key, when green has one they cover.
+    /// Blue columns forming a key of green that finds one row at any
+    /// moment (its primary key, else a unique index on NOT NULL columns;
+    /// never a DEFERRABLE one), when green has one they cover.
     pub(crate) green_pk: Option<Vec<usize>>,
     /// For each blue column, green's type without modifier when a text value
     /// cast to it goes through the type's input function (`'v'::text::T`);
@@ -280,9 +282,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
             text_match: r.get(9),
         })
         .collect();
-    let pk = crate::session::primary_key_columns(client, oid)
-        .await
-        .map_err(catalog)?;
+    let unique_keys = immediate_unique_keys(client, oid).await.map_err(catalog)?;
     let fires_on_apply: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \
@@ -325,13 +325,12 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         types.push(g.type_plain.clone());
         text_match.push(g.text_match);
     }
-    let green_pk = (!pk.is_empty())
-        .then(|| {
-            pk.iter()
-                .map(|name| rel.columns.iter().position(|c| &c.name == name))
-                .collect::<Option<Vec<_>>>()
-        })
-        .flatten();
+    // The first of green's keys whose columns blue sends.
+    let green_pk = unique_keys.iter().find_map(|key| {
+        key.iter()
+            .map(|name| rel.columns.iter().position(|c| &c.name == name))
+            .collect::<Option<Vec<_>>>()
+    });
     let identity: Vec<usize> = rel
         .columns
         .iter()
@@ -360,6 +359,33 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         text_match,
         fires_on_apply,
     })
+}
+
+/// Green's keys that find one row at any moment: the primary key, then
+/// unique indexes on NOT NULL columns (fewest columns first), each as its
+/// column names in index order; only immediate ones without predicate or
+/// expressions. A DEFERRABLE key may hold duplicates inside a transaction
+/// (blue's `UPDATE t SET id = id + 1` passes through them), so rows are
+/// never looked up by one.
+async fn immediate_unique_keys(
+    client: &Client,
+    oid: u32,
+) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT array_agg(a.attname::text ORDER BY k.n) \
+             FROM pg_catalog.pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(attnum, n) \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indisvalid \
+               AND i.indpred IS NULL AND i.indexprs IS NULL AND k.n <= i.indnkeyatts \
+             GROUP BY i.indexrelid, i.indisprimary \
+             HAVING i.indisprimary OR bool_and(a.attnotnull) \
+             ORDER BY i.indisprimary DESC, count(*), i.indexrelid",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Blue's type of each column as (SQL text, category, base type name) seen

@@ -59,14 +59,33 @@ async fn each(client: &Client, sql: &[&str]) {
 impl Trio {
     /// `schema` on all three; blue publishes every table to both greens.
     async fn start(blue_bin: &PgBin, green_bin: &PgBin, schema: &str) -> Trio {
+        Trio::start_with(blue_bin, green_bin, schema, schema).await
+    }
+
+    /// `blue_schema` on blue, `green_schema` on both greens.
+    async fn start_with(
+        blue_bin: &PgBin,
+        green_bin: &PgBin,
+        blue_schema: &str,
+        green_schema: &str,
+    ) -> Trio {
         let twins = Twins::start_with(
             blue_bin,
             green_bin,
-            schema,
+            blue_schema,
             Options::default(),
             Options::default(),
         )
         .await;
+        if green_schema != blue_schema {
+            twins
+                .g
+                .batch_execute(&format!(
+                    "DROP SCHEMA public CASCADE; CREATE SCHEMA public; {green_schema}"
+                ))
+                .await
+                .expect("green's own schema");
+        }
         each(
             &twins.b,
             &[
@@ -87,7 +106,7 @@ impl Trio {
             },
         );
         let n = native.client().await;
-        n.batch_execute(schema)
+        n.batch_execute(green_schema)
             .await
             .expect("schema on the native green");
         let conninfo = format!(
@@ -471,3 +490,146 @@ async fn full_identity_with_a_deferrable_key(blue: &PgBin, green: &PgBin) {
     trio.stop().await;
 }
 conformance!(full_identity_with_a_deferrable_key);
+
+/// TOAST (unchanged large values, FULL rows holding them), TRUNCATE of
+/// several tables, partitions, generated columns, green's own extra column
+/// and column order (`001_rep_changes.pl`, `010_truncate.pl`,
+/// `013_partition.pl`, `011_generated.pl`).
+async fn toast_truncate_partitions_generated_and_column_order(blue: &PgBin, green: &PgBin) {
+    let blue_schema = r#"
+        CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
+        CREATE TABLE docs_full (id int, body text, n int);
+        ALTER TABLE docs_full REPLICA IDENTITY FULL;
+        CREATE TABLE t1 (id int PRIMARY KEY);
+        CREATE TABLE t2 (id int PRIMARY KEY, t1 int REFERENCES t1);
+        CREATE TABLE parts (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+        CREATE TABLE parts_eu PARTITION OF parts FOR VALUES IN ('eu');
+        CREATE TABLE parts_us PARTITION OF parts FOR VALUES IN ('us');
+        CREATE TABLE parts_other PARTITION OF parts DEFAULT;
+        CREATE TABLE gen (a int PRIMARY KEY, b int GENERATED ALWAYS AS (a * 2) STORED, c text);
+        CREATE TABLE ordered (id int PRIMARY KEY, x text, y int);
+    "#;
+    // Green: the same, except that ordered has its columns in another
+    // order and a column of its own with a default.
+    let green_schema = blue_schema.replace(
+        "CREATE TABLE ordered (id int PRIMARY KEY, x text, y int);",
+        "CREATE TABLE ordered (y int, extra text DEFAULT 'green', x text, id int PRIMARY KEY);",
+    );
+    let mut trio = Trio::start_with(blue, green, blue_schema, &green_schema).await;
+    let big = "(SELECT string_agg(md5(g::text || ':' || i), '') FROM generate_series(1, 400) i)";
+    trio.blue(&[
+        &format!("INSERT INTO docs SELECT g, {big}, g FROM generate_series(1, 30) g"),
+        &format!("INSERT INTO docs_full SELECT g, {big}, g FROM generate_series(1, 30) g"),
+        "INSERT INTO t1 SELECT generate_series(1, 20)",
+        "INSERT INTO t2 SELECT g, g FROM generate_series(1, 20) g",
+        "INSERT INTO parts SELECT g, (ARRAY['eu', 'us', 'apac'])[1 + g % 3], g FROM generate_series(1, 60) g",
+        "INSERT INTO gen (a, c) SELECT g, 'c' || g FROM generate_series(1, 30) g",
+        "INSERT INTO ordered SELECT g, 'x' || g, g FROM generate_series(1, 30) g",
+    ])
+    .await;
+    let tables = [
+        "docs",
+        "docs_full",
+        "t1",
+        "t2",
+        "parts",
+        "parts_eu",
+        "parts_us",
+        "parts_other",
+        "gen",
+    ];
+    trio.assert_same(&tables).await;
+    trio.blue(&[
+        // The large value unchanged: blue does not send it again.
+        "UPDATE docs SET n = n + 1",
+        "UPDATE docs SET n = 0 WHERE id < 4",
+        "UPDATE docs_full SET n = n + 1",
+        "DELETE FROM docs_full WHERE id % 4 = 0",
+        // A row moves between partitions.
+        "UPDATE parts SET region = 'us' WHERE region = 'eu' AND id < 20",
+        "UPDATE parts SET v = -v",
+        "DELETE FROM parts WHERE id % 5 = 0",
+        "UPDATE gen SET a = a + 100 WHERE a < 5",
+        "UPDATE gen SET c = 'changed'",
+        "UPDATE ordered SET y = -y, x = x || '!'",
+        "DELETE FROM ordered WHERE id % 3 = 0",
+        // Both tables in one TRUNCATE (t2 references t1).
+        "TRUNCATE t1, t2",
+        "INSERT INTO t1 VALUES (7)",
+    ])
+    .await;
+    trio.assert_same(&tables).await;
+    // Green's extra column took its default; the rest equals blue.
+    for client in [&trio.twins.g, &trio.n] {
+        let rows = client
+            .query("SELECT id, x, y, extra FROM ordered ORDER BY id", &[])
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 20);
+        for r in rows {
+            let (id, x, y, extra): (i32, String, i32, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            assert_eq!((x, y, extra.as_str()), (format!("x{id}!"), -id, "green"));
+        }
+    }
+    trio.stop().await;
+}
+conformance!(toast_truncate_partitions_generated_and_column_order);
+
+/// Large transactions streamed while in progress (`logical_decoding_work_mem`
+/// is 64kB on blue), two of them interleaved, one rolled back, one with a
+/// subtransaction rolled back (`016_stream_subxact.pl`, `018_stream_subxact_abort.pl`,
+/// `023_twophase_stream.pl`'s plain counterpart).
+async fn streamed_and_interleaved_transactions(blue: &PgBin, green: &PgBin) {
+    let schema = "CREATE TABLE big (id int PRIMARY KEY, who text, pad text);";
+    let mut trio = Trio::start(blue, green, schema).await;
+    let (one, two) = (
+        trio.twins.blue.client().await,
+        trio.twins.blue.client().await,
+    );
+    each(&one, &["BEGIN"]).await;
+    each(&two, &["BEGIN"]).await;
+    for round in 0..5 {
+        let base = round * 1000;
+        each(
+            &one,
+            &[&format!(
+                "INSERT INTO big SELECT g, 'one', repeat('x', 200) FROM generate_series({}, {}) g",
+                base + 1,
+                base + 400
+            )],
+        )
+        .await;
+        each(
+            &two,
+            &[&format!(
+                "INSERT INTO big SELECT g, 'two', repeat('y', 200) FROM generate_series({}, {}) g",
+                base + 501,
+                base + 900
+            )],
+        )
+        .await;
+        if round == 2 {
+            each(
+                &one,
+                &[
+                    "SAVEPOINT s",
+                    "UPDATE big SET pad = 'gone' WHERE who = 'one'",
+                    "ROLLBACK TO SAVEPOINT s",
+                ],
+            )
+            .await;
+        }
+    }
+    each(
+        &one,
+        &["UPDATE big SET pad = 'kept' WHERE id % 10 = 0", "COMMIT"],
+    )
+    .await;
+    each(&two, &["DELETE FROM big WHERE id % 7 = 0", "ROLLBACK"]).await;
+    trio.blue(&["UPDATE big SET who = who || '!' WHERE id % 3 = 0"])
+        .await;
+    trio.assert_same(&["big"]).await;
+    trio.stop().await;
+}
+conformance!(streamed_and_interleaved_transactions);

@@ -369,9 +369,15 @@ async fn composite_keys_through_conflicts_and_careful_replay(blue: &PgBin, green
         "SELECT count(*) FROM teal.conflicts WHERE table_name IN ('public.ck', 'public.nk')",
     )
     .await;
-    assert!(logged >= 4, "{logged} conflicts logged");
+    assert_eq!(
+        logged, 4,
+        "two updates of a missing row, two inserts of a present one"
+    );
     let stats = running.stop().await;
-    assert!(stats.conflicts.load(std::sync::atomic::Ordering::Relaxed) >= 4);
+    assert_eq!(
+        stats.conflicts.load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
 }
 conformance!(composite_keys_through_conflicts_and_careful_replay);
 

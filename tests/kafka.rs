@@ -22,9 +22,14 @@ use crate::support::twins::{Twins, int8};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// How long a topic must stay quiet after the expected records arrived for
+/// none to be missing from the count (a duplicate would arrive within it).
+const QUIET_AFTER: Duration = Duration::from_millis(800);
+
 /// Every record of `topic` (all partitions, from the start), per partition
-/// in offset order, until `count` arrived: (key, value) as JSON (null value
-/// for tombstones).
+/// in offset order: exactly `count` of them (key, value) as JSON (null value
+/// for tombstones). It waits for `count`, then for [`QUIET_AFTER`] more, and
+/// fails on any record beyond `count`: a duplicate cannot hide.
 fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Vec<(Value, Value)>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -48,18 +53,29 @@ fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Vec<(Value, Value
     let deadline = Instant::now() + WAIT;
     let parse =
         |b: Option<&[u8]>| b.map_or(Value::Null, |b| serde_json::from_slice(b).expect("JSON"));
-    while out.iter().map(Vec::len).sum::<usize>() < count {
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        let got = out.iter().map(Vec::len).sum::<usize>();
         assert!(
-            Instant::now() < deadline,
-            "{topic}: {} of {count} records",
-            out.iter().map(Vec::len).sum::<usize>()
+            got <= count,
+            "{topic}: {got} records where {count} were expected: {out:#?}"
         );
-        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+        if got == count {
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= QUIET_AFTER {
+                return out;
+            }
+        } else {
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: {got} of {count} records"
+            );
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.expect("a record");
             out[m.partition() as usize].push((parse(m.key()), parse(m.payload())));
         }
     }
-    out
 }
 
 /// A one-broker mock cluster (and its bootstrap address) and twins
@@ -286,7 +302,7 @@ async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
         collections
             .contains(&serde_json::json!({ "data_collection": "public.log", "event_count": 1 }))
     );
-    assert!(monitor.kafka.acknowledged() >= 7 + 4 + 6 + 8);
+    assert_eq!(monitor.kafka.acknowledged(), 7 + 4 + 6 + 8);
 
     let metrics = monitor.metrics_text();
     crate::monitor::check_exposition(&metrics);

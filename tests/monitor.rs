@@ -852,3 +852,27 @@ async fn json_logs_carry_the_runs_correlation_id() {
         assert_eq!(l["span"]["correlation_id"], id.as_str(), "{l}");
     }
 }
+
+/// The slot families' samples each follow their own HEADER (the retained
+/// WAL sample came after the wal_status header: invalid exposition as soon
+/// as the slot watcher had reported).
+#[test]
+fn slot_samples_follow_their_own_family() {
+    let monitor = teal::monitor::Monitor::new("s");
+    check_exposition(&monitor.metrics_text());
+    monitor
+        .slot_watch
+        .set_health(Some(teal::progress::SlotHealth {
+            retained_bytes: 1234,
+            wal_status: Some("reserved".into()),
+            confirmed_flush_lsn: None,
+        }));
+    let text = monitor.metrics_text();
+    check_exposition(&text);
+    let s = samples(&text);
+    assert_eq!(s["teal_slot_retained_wal_bytes{slot=\"s\"}"], 1234.0);
+    assert_eq!(
+        s["teal_slot_wal_status{slot=\"s\",status=\"reserved\"}"],
+        1.0
+    );
+}

@@ -190,25 +190,26 @@ impl Monitor {
         }
 
         let health = self.slot_watch.health();
+        // Each family's samples right after its own header.
         out.family(
             SLOT_RETAINED_WAL_BYTES,
             "gauge",
             "WAL blue keeps for the slot (current WAL LSN minus restart_lsn).",
         );
+        if let Some(h) = &health {
+            out.sample(SLOT_RETAINED_WAL_BYTES, &slot, h.retained_bytes as f64);
+        }
         out.family(
             SLOT_WAL_STATUS,
             "gauge",
             "1 for the slot's wal_status on blue (reserved, extended, unreserved, lost).",
         );
-        if let Some(h) = health {
-            out.sample(SLOT_RETAINED_WAL_BYTES, &slot, h.retained_bytes as f64);
-            if let Some(status) = &h.wal_status {
-                out.sample(
-                    SLOT_WAL_STATUS,
-                    &[("slot", &self.slot), ("status", status)],
-                    1.0,
-                );
-            }
+        if let Some(status) = health.as_ref().and_then(|h| h.wal_status.as_ref()) {
+            out.sample(
+                SLOT_WAL_STATUS,
+                &[("slot", &self.slot), ("status", status)],
+                1.0,
+            );
         }
 
         if let Some(copy) = self.copy.get() {

@@ -136,7 +136,9 @@ pub(crate) async fn connect_with(
         let mut config = config.clone();
         match &host.addr {
             HostAddr::Tcp(h) => config.host(h),
-            HostAddr::Unix(dir) => config.host_path(dir),
+            // As libpq: no TLS over a Unix socket, whatever sslmode says
+            // (there is no host name to verify, and nothing on the wire).
+            HostAddr::Unix(dir) => config.host_path(dir).ssl_mode(PgSslMode::Disable),
         };
         config.port(host.port);
         if let Some(password) = conninfo.password_for(host) {

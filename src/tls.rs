@@ -335,10 +335,13 @@ where
     type TlsConnect = RustlsConnect;
     type Error = TlsConfigError;
 
+    /// tokio-postgres asks for every host, also those it will not encrypt
+    /// (a Unix socket's empty name): a name that is not one is refused when
+    /// a handshake is attempted, not before.
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, TlsConfigError> {
         Ok(RustlsConnect {
             config: Arc::clone(&self.config),
-            server_name: server_name(domain)?,
+            server_name: server_name(domain).map_err(|e| e.to_string()),
         })
     }
 }
@@ -346,7 +349,7 @@ where
 /// One TLS handshake for tokio-postgres.
 pub struct RustlsConnect {
     config: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
+    server_name: Result<ServerName<'static>, String>,
 }
 
 impl<S> tokio_postgres::tls::TlsConnect<S> for RustlsConnect
@@ -361,8 +364,11 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
+            let name = self
+                .server_name
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.server_name, stream)
+                .connect(name, stream)
                 .await
                 .map(RustlsStream)
         })

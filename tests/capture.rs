@@ -9,7 +9,7 @@ use teal::config::{AssemblerConfig, Streaming};
 use teal::event::{ChangeKind, OldRow, ReplicaIdentity, Value};
 use teal::lsn::Lsn;
 
-use crate::on_every_server;
+use crate::on_every_major;
 use crate::support::cluster::{Cluster, Options, PgBin};
 use crate::support::tap::{Tap, op, source_config, text};
 
@@ -176,7 +176,7 @@ async fn every_dml_kind_with_exact_values(bin: &PgBin) {
         "the final status update confirmed the last transaction handled"
     );
 }
-on_every_server!(every_dml_kind_with_exact_values);
+on_every_major!(every_dml_kind_with_exact_values);
 
 async fn replica_identities(bin: &PgBin) {
     let (cluster, client) = blue(
@@ -297,7 +297,7 @@ async fn replica_identities(bin: &PgBin) {
     assert_eq!(k.get(1), Some(Value::Text(b"3")));
     tap.stop().await.unwrap();
 }
-on_every_server!(replica_identities);
+on_every_major!(replica_identities);
 
 async fn unchanged_toast_is_marked_not_sent(bin: &PgBin) {
     let (cluster, client) = blue(
@@ -333,7 +333,7 @@ async fn unchanged_toast_is_marked_not_sent(bin: &PgBin) {
     assert_eq!(text(&txns[2].changes[0], "body").as_deref(), Some("short"));
     tap.stop().await.unwrap();
 }
-on_every_server!(unchanged_toast_is_marked_not_sent);
+on_every_major!(unchanged_toast_is_marked_not_sent);
 
 async fn truncate_with_cascade_and_restart_identity(bin: &PgBin) {
     let (cluster, client) = blue(
@@ -375,7 +375,7 @@ async fn truncate_with_cascade_and_restart_identity(bin: &PgBin) {
     assert!(!*cascade && !*restart_identity);
     tap.stop().await.unwrap();
 }
-on_every_server!(truncate_with_cascade_and_restart_identity);
+on_every_major!(truncate_with_cascade_and_restart_identity);
 
 async fn million_row_streamed_transaction_spills(bin: &PgBin) {
     let (cluster, client) = blue(
@@ -436,7 +436,7 @@ async fn million_row_streamed_transaction_spills(bin: &PgBin) {
     );
     tap.stop().await.unwrap();
 }
-on_every_server!(million_row_streamed_transaction_spills);
+on_every_major!(million_row_streamed_transaction_spills);
 
 async fn large_transaction_without_streaming_spills_too(bin: &PgBin) {
     let (cluster, client) = blue(
@@ -473,7 +473,7 @@ async fn large_transaction_without_streaming_spills_too(bin: &PgBin) {
     assert_eq!(text(&after.changes[0], "payload").as_deref(), Some("after"));
     tap.stop().await.unwrap();
 }
-on_every_server!(large_transaction_without_streaming_spills_too);
+on_every_major!(large_transaction_without_streaming_spills_too);
 
 async fn rolled_back_streamed_transaction_is_dropped(bin: &PgBin) {
     let (cluster, client) = blue(bin, "CREATE TABLE t (id bigint PRIMARY KEY, payload text)").await;
@@ -497,7 +497,7 @@ async fn rolled_back_streamed_transaction_is_dropped(bin: &PgBin) {
     );
     tap.stop().await.unwrap();
 }
-on_every_server!(rolled_back_streamed_transaction_is_dropped);
+on_every_major!(rolled_back_streamed_transaction_is_dropped);
 
 async fn schema_changes_mid_stream(bin: &PgBin) {
     let (cluster, client) = blue(bin, "CREATE TABLE s (id int PRIMARY KEY, a text)").await;
@@ -515,7 +515,7 @@ async fn schema_changes_mid_stream(bin: &PgBin) {
         ],
     )
     .await;
-    let txns = tap.txns(5, WAIT).await;
+    let txns = tap.txns_with_changes(5, WAIT).await;
     let columns = |c: &teal::event::Change| {
         c.relations()[0]
             .columns
@@ -535,7 +535,7 @@ async fn schema_changes_mid_stream(bin: &PgBin) {
     assert_eq!(text(&txns[4].changes[0], "b").as_deref(), Some("0"));
     tap.stop().await.unwrap();
 }
-on_every_server!(schema_changes_mid_stream);
+on_every_major!(schema_changes_mid_stream);
 
 async fn hundred_concurrent_interleaved_transactions(bin: &PgBin) {
     let (cluster, _client) = blue(
@@ -596,7 +596,7 @@ async fn hundred_concurrent_interleaved_transactions(bin: &PgBin) {
     }
     tap.stop().await.unwrap();
 }
-on_every_server!(hundred_concurrent_interleaved_transactions);
+on_every_major!(hundred_concurrent_interleaved_transactions);
 
 async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
     let mut set = Vec::new();
@@ -665,7 +665,7 @@ async fn reconnects_after_a_server_restart_without_loss_or_repeats(bin: &PgBin) 
     );
     tap.stop().await.unwrap();
 }
-on_every_server!(reconnects_after_a_server_restart_without_loss_or_repeats);
+on_every_major!(reconnects_after_a_server_restart_without_loss_or_repeats);
 
 async fn missing_publication_and_slot_are_clear_errors(bin: &PgBin) {
     let cluster = Cluster::start(bin);
@@ -707,7 +707,7 @@ async fn missing_publication_and_slot_are_clear_errors(bin: &PgBin) {
     );
     assert!(err.to_string().contains("needs pgoutput"), "{err}");
 }
-on_every_server!(missing_publication_and_slot_are_clear_errors);
+on_every_major!(missing_publication_and_slot_are_clear_errors);
 
 async fn keepalive_reply_requests_are_answered_at_once(bin: &PgBin) {
     // Blue drops a client that stays silent for wal_sender_timeout; it asks for
@@ -743,7 +743,7 @@ async fn keepalive_reply_requests_are_answered_at_once(bin: &PgBin) {
     );
     tap.stop().await.unwrap();
 }
-on_every_server!(keepalive_reply_requests_are_answered_at_once);
+on_every_major!(keepalive_reply_requests_are_answered_at_once);
 
 async fn exported_snapshot_and_slot_drop(bin: &PgBin) {
     let cluster = Cluster::start(bin);
@@ -792,7 +792,7 @@ async fn exported_snapshot_and_slot_drop(bin: &PgBin) {
     assert!(repl.slot("snap_slot").await.unwrap().is_none());
     repl.close().await;
 }
-on_every_server!(exported_snapshot_and_slot_drop);
+on_every_major!(exported_snapshot_and_slot_drop);
 
 async fn binary_format_values(bin: &PgBin) {
     let (cluster, client) = blue(
@@ -822,4 +822,4 @@ async fn binary_format_values(bin: &PgBin) {
     assert_eq!(new.get(2), Some(Value::Null));
     tap.stop().await.unwrap();
 }
-on_every_server!(binary_format_values);
+on_every_major!(binary_format_values);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::cluster::{PgBin, default_bin};
+use crate::support::cluster::{Options, PgBin, default_bin};
 use crate::support::tap::init_logging;
 use crate::support::twins::{Twins, int8};
 
@@ -108,15 +108,35 @@ async fn assert_no_conflicts(twins: &Twins) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_twenty_times_under_load() {
+    let bin = default_bin();
+    kill_9_under_load(&bin, &bin, 20).await;
+}
+
+/// Across major versions (issue 18.5): an upgrade (14 -> 18) and a
+/// rollback's direction (18 -> 15).
+async fn kill_9_across_versions(blue: &PgBin, green: &PgBin) {
+    kill_9_under_load(blue, green, 8).await;
+}
+crate::on_version_pairs!(
+    kill_9_across_versions,
+    blue_14_green_18 => (14, 18),
+    blue_18_green_15 => (18, 15),
+);
+
+/// `teal stream` (the binary) killed with SIGKILL `rounds` times at random
+/// moments under a three-client workload: green ends equal to blue with no
+/// conflict (nothing applied twice or lost).
+async fn kill_9_under_load(blue: &PgBin, green: &PgBin, rounds: u64) {
     init_logging();
-    let twins = Twins::start(&default_bin(), SCHEMA).await;
+    let twins =
+        Twins::start_with(blue, green, SCHEMA, Options::default(), Options::default()).await;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let url = twins.blue.url();
     let mut teal = teal_stream(&twins);
     twins.wait_streaming().await;
     let writers = workload(url, 3, Arc::clone(&stop), Arc::clone(&done));
-    for round in 0..20 {
+    for round in 0..rounds {
         // A random moment: the first rounds early in a batch, later ones after longer runs.
         let ms = 100 + fastrand::u64(0..900) + round * 20;
         tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -12,7 +12,7 @@ use teal::ops::sync::{self, OnExistingData, SyncConfig, SyncError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::cluster::default_bin;
+use crate::support::cluster::{Options, PgBin, default_bin};
 use crate::support::tap::init_logging;
 use crate::support::twins::{Twins, int8};
 use crate::support::wait::until_row;
@@ -111,9 +111,14 @@ fn writer(url: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> JoinHandl
 
 /// Blue with the five tables filled (`big_rows` in the big one) and the
 /// writer running; green with the schema only.
-async fn loaded(big_rows: i64) -> (Twins, Arc<AtomicBool>, Arc<AtomicU64>, JoinHandle<()>) {
+async fn loaded(
+    blue: &PgBin,
+    green: &PgBin,
+    big_rows: i64,
+) -> (Twins, Arc<AtomicBool>, Arc<AtomicU64>, JoinHandle<()>) {
     init_logging();
-    let twins = Twins::start(&default_bin(), SCHEMA).await;
+    let twins =
+        Twins::start_with(blue, green, SCHEMA, Options::default(), Options::default()).await;
     fill_blue(&twins, big_rows).await;
     let (stop, done) = (
         Arc::new(AtomicBool::new(false)),
@@ -144,9 +149,14 @@ fn sync_config_on(twins: &Twins, slot: &str) -> SyncConfig {
     config
 }
 
+/// Blue 15, green 18: the copy of a major-version upgrade (issue 18.5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_copies_five_kinds_of_table_under_load_then_streams() {
-    let (twins, stop, done, writing) = loaded(2_000_000).await;
+    let (blue, green) = (
+        crate::support::cluster::bin(15),
+        crate::support::cluster::bin(18),
+    );
+    let (twins, stop, done, writing) = loaded(&blue, &green, 2_000_000).await;
     twins.g.batch_execute(GREEN_INDEXES).await.unwrap();
     let indexes_before = index_catalog(&twins.g).await;
     let oids_before: Vec<(String, i64)> = pairs(&twins.g, INDEX_OIDS).await;
@@ -465,7 +475,7 @@ async fn sync_checks_green_sets_sequences_and_does_not_copy_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
-    let (twins, stop, done, writing) = loaded(1_000_000).await;
+    let (twins, stop, done, writing) = loaded(&default_bin(), &default_bin(), 1_000_000).await;
 
     let sync_command = || {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_teal"));

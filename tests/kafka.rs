@@ -957,3 +957,41 @@ async fn topic_names_are_escaped_and_collisions_refused_at_start() {
         "{err}"
     );
 }
+
+/// `--kafka-no-tombstones`, `--kafka-topic-prefix` and
+/// `--kafka-transactions-topic` end to end: a delete is one record with no
+/// tombstone after it, on the prefix's topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tombstones_and_custom_topic_names() {
+    init_logging();
+    let (_mock, brokers, twins) = mock_and_acct().await;
+    let mut config = twins.config();
+    let mut kafka = KafkaConfig::new(brokers.clone(), "postgres");
+    kafka.tombstones = false;
+    kafka.topic_prefix = "bank".into();
+    kafka.transactions_topic = Some("bank_txns".into());
+    config.kafka = Some(kafka);
+    let running = crate::support::running::Running::start(&twins, config).await;
+    twins
+        .b
+        .batch_execute("INSERT INTO acct VALUES (1, 1), (2, 2); DELETE FROM acct WHERE id = 1")
+        .await
+        .unwrap();
+    twins.wait_slot_confirmed("Kafka holds every record").await;
+    let b = brokers.clone();
+    let records = tokio::task::spawn_blocking(move || read_topic(&b, "bank.public.acct", 3))
+        .await
+        .unwrap();
+    let ops: Vec<&str> = records
+        .iter()
+        .flatten()
+        .map(|(_, v)| v["op"].as_str().expect("no tombstone: every value is a change"))
+        .collect();
+    assert_eq!(ops.iter().filter(|op| **op == "d").count(), 1, "{ops:?}");
+    let b = brokers.clone();
+    let txns = tokio::task::spawn_blocking(move || read_topic(&b, "bank_txns", 2))
+        .await
+        .unwrap();
+    assert_eq!(txns.into_iter().flatten().count(), 2, "BEGIN and END");
+    running.stop().await;
+}

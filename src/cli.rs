@@ -218,7 +218,7 @@ pub(crate) struct StreamArgs {
     #[arg(long, env = "TEAL_SCHEMA", default_value = Store::DEFAULT_SCHEMA)]
     pub(crate) schema: String,
 
-    /// Serve /metrics, /status, /healthz and /readyz here ("off": not at all).
+    /// Serve the dashboard (/), /metrics, /status, /history, /healthz and /readyz here ("off": not at all).
     #[arg(long, env = "TEAL_METRICS_ADDR", default_value = "127.0.0.1:9187", value_parser = parse_listen_addr)]
     pub(crate) metrics_addr: OrOff<std::net::SocketAddr>,
 
@@ -307,7 +307,14 @@ pub(crate) struct SyncArgs {
 
     /// Green tables that already hold rows: error (stop, naming them),
     /// truncate (empty them) or skip-table (copy nothing into them).
-    #[arg(long, env = "TEAL_ON_EXISTING_DATA", default_value = "error")]
+    // The values are named in the help above: listing them again with
+    // their own help would switch `--help` to clap's long form.
+    #[arg(
+        long,
+        env = "TEAL_ON_EXISTING_DATA",
+        default_value = "error",
+        hide_possible_values = true
+    )]
     pub(crate) on_existing_data: OnExistingData,
 
     /// Exit after the copy instead of streaming (teal stream continues later).

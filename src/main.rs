@@ -207,7 +207,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    if let Err(e) = init_logging(&cli.log_format, &cli.log) {
+    // The demo's own report is its output: below warnings, log lines
+    // (migrations, origin, start position) would interleave with it.
+    let log = match (&cli.command, matches.value_source("log")) {
+        (Command::Demo(_), Some(clap::parser::ValueSource::DefaultValue)) => "warn",
+        _ => cli.log.as_str(),
+    };
+    if let Err(e) = init_logging(&cli.log_format, log) {
         eprintln!("teal: {}", teal::error::report(e.chain()));
         return ExitCode::from(2);
     }
@@ -225,6 +231,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let cli_json = cli.log_format == "json";
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -237,10 +244,19 @@ fn main() -> ExitCode {
                             .map(teal::pipeline::PipelineError::kind)
                     })
             });
-            tracing::error!(error = %message, "teal stopped");
-            eprintln!("teal: {message}");
-            if let Some(hint) = kind.as_ref().and_then(|k| teal::error::policy(k).hint) {
-                eprintln!("hint: {hint}");
+            let hint = kind.as_ref().and_then(|k| teal::error::policy(k).hint);
+            // Once: as a JSON log event for machines, else as two plain
+            // lines for people (the stages that stopped do not log it too).
+            if cli_json {
+                match hint {
+                    Some(hint) => tracing::error!(error = %message, hint, "teal stopped"),
+                    None => tracing::error!(error = %message, "teal stopped"),
+                }
+            } else {
+                eprintln!("teal: {message}");
+                if let Some(hint) = hint {
+                    eprintln!("hint: {hint}");
+                }
             }
             // A server never reached: status 2, as for a bad setting.
             if kind == Some(teal::error::Kind::Unreachable) {

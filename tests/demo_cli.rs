@@ -25,10 +25,17 @@ fn demo_streams_verifies_and_cleans_up_on_ctrl_c() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_teal"))
         .args(["demo", "--duration", "120s", "--writers", "2", "--pg-bin"])
         .arg(&bin.dir)
+        .env_remove("TEAL_LOG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("teal demo starts");
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let mut seen = Vec::new();
@@ -40,7 +47,10 @@ fn demo_streams_verifies_and_cleans_up_on_ctrl_c() {
             .next()
             .unwrap_or_else(|| panic!("demo ended early:\n{}", seen.join("\n")))
             .unwrap();
-        if line.contains("transfers (") && line.contains("lag:") {
+        if line.contains("transfers (")
+            && line.contains("green behind blue's WAL:")
+            && line.contains("teal_lag_bytes")
+        {
             live += 1;
         }
         seen.push(line);
@@ -53,7 +63,13 @@ fn demo_streams_verifies_and_cleans_up_on_ctrl_c() {
     seen.extend(lines.map(Result::unwrap));
     let status = child.wait().unwrap();
     let out = seen.join("\n");
-    assert!(status.success(), "demo failed ({status:?}):\n{out}");
+    let stderr = stderr.join().unwrap();
+    assert!(
+        status.success(),
+        "demo failed ({status:?}):\n{out}\n{stderr}"
+    );
+    // Its report alone: no INFO log lines interleaved (issue 18.8).
+    assert!(!stderr.contains("INFO"), "{stderr}");
     assert!(out.contains("== interrupted"), "{out}");
     for table in ["accounts", "transfers", "ledger"] {
         let line = out

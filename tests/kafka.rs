@@ -985,7 +985,11 @@ async fn no_tombstones_and_custom_topic_names() {
     let ops: Vec<&str> = records
         .iter()
         .flatten()
-        .map(|(_, v)| v["op"].as_str().expect("no tombstone: every value is a change"))
+        .map(|(_, v)| {
+            v["op"]
+                .as_str()
+                .expect("no tombstone: every value is a change")
+        })
         .collect();
     assert_eq!(ops.iter().filter(|op| **op == "d").count(), 1, "{ops:?}");
     let b = brokers.clone();

@@ -154,6 +154,13 @@ async fn a_server_never_reached_is_reported_not_retried_forever() {
             && stderr.contains("hint: check the host and port"),
         "{stderr}"
     );
+    // Said once (issue 18.8: a stage's ERROR line, "teal stopped" and the
+    // final line repeated it).
+    assert_eq!(
+        stderr.matches("could not reach blue").count(),
+        1,
+        "{stderr}"
+    );
     let (code, stderr) =
         run_against("host=nonexistent.invalid user=postgres", &green.cli_url()).await;
     assert_eq!(code, Some(2), "{stderr}");

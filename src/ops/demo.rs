@@ -162,7 +162,16 @@ pub async fn run(
             "== dashboard: http://{addr}/  (metrics: http://{addr}/metrics, status: http://{addr}/status)"
         )?;
     }
-    let result = drive(&config, out, &shutdown, &blue, (&b, &g), &mut teal).await;
+    let result = drive(
+        &config,
+        out,
+        &shutdown,
+        &blue,
+        (&b, &g),
+        &mut teal,
+        &monitor,
+    )
+    .await;
     stream_stop.cancel();
     let stats = match tokio::time::timeout(WAIT, &mut teal).await {
         Ok(Ok(Ok(stats))) => Some(stats),
@@ -246,6 +255,7 @@ async fn drive(
     blue: &Cluster,
     (b, g): (&Client, &Client),
     teal: &mut StreamTask,
+    monitor: &Monitor,
 ) -> Result<DemoSummary, DemoError> {
     // Writes count from the moment the slot streams.
     let deadline = Instant::now() + WAIT;
@@ -318,11 +328,15 @@ async fn drive(
             .await
             .map_err(sql("reading green's newest transfer"))?
             .get::<_, Option<i64>>(0);
+        // Two lags, named: green behind blue's WAL insert position (what
+        // has been written at all), and teal_lag_bytes as /metrics and the
+        // dashboard show it (behind the last WAL end blue reported to teal).
         writeln!(
             out,
-            "{:>5.1}s  blue: {n:>7} transfers ({rate:>6.0}/s)   lag: {:>10}   newest transfer on green: {}",
+            "{:>5.1}s  blue: {n:>7} transfers ({rate:>6.0}/s)   green behind blue's WAL: {:>10} (teal_lag_bytes {:>10})   newest transfer on green: {}",
             started.elapsed().as_secs_f64(),
             lag.map_or_else(|| "-".to_owned(), format_bytes),
+            format_bytes(monitor.lag.lag_bytes()),
             age.map_or_else(|| "none yet".to_owned(), |ms| format!("{ms} ms old")),
         )?;
     }

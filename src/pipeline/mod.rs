@@ -154,7 +154,7 @@ pub fn start_capture(
             let _in_run = assembler_span.enter();
             let result = assemble(assembler, source_rx, event_tx, session_tx, lag);
             if let Err(e) = &result {
-                tracing::error!(error = %crate::error::Report(e), "decoding stopped");
+                tracing::debug!(error = %crate::error::Report(e), "decoding stopped");
             }
             result
         })

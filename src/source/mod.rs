@@ -130,7 +130,8 @@ pub async fn run(
                     tries: first_tries + 1,
                     last: Box::new(e),
                 };
-                tracing::error!(error = %crate::error::Report(&e), "replication stopped");
+                // Reported once, by whoever ends the run (the binary prints it).
+                tracing::debug!(error = %crate::error::Report(&e), "replication stopped");
                 return Err(e);
             }
             Err(e) if crate::error::retries(&e.kind()) && !shutdown.is_cancelled() => {
@@ -148,7 +149,8 @@ pub async fn run(
             }
             Err(_) if shutdown.is_cancelled() => return Ok(()),
             Err(e) => {
-                tracing::error!(error = %crate::error::Report(&e), "replication stopped");
+                // Reported once, by whoever ends the run (the binary prints it).
+                tracing::debug!(error = %crate::error::Report(&e), "replication stopped");
                 return Err(e);
             }
         }

@@ -75,7 +75,11 @@ impl Twins {
     /// publication `teal_pub`), with an empty environment; callers add flags.
     pub fn teal_stream_command(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_teal"));
+        // Warnings and errors only unless a test asks for more (--log wins
+        // over TEAL_LOG): INFO lines of every teal a test starts flooded
+        // the test output.
         cmd.env_clear()
+            .env("TEAL_LOG", "warn")
             .args(["stream", "--slot", "teal_slot", "--publication", "teal_pub"])
             .args([
                 "--source",

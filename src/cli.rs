@@ -118,6 +118,17 @@ pub(crate) struct SourceArgs {
     #[arg(long, env = "TEAL_SOURCE_URL", hide_env_values = true)]
     pub(crate) source: String,
 
+    /// Only these published tables (schema.table, or table in any schema),
+    /// comma-separated: teal sync copies only them, and the stream, green
+    /// and Kafka get only their changes (the others are counted in
+    /// teal_source_skipped_changes_total).
+    #[arg(long, env = "TEAL_TABLES", value_delimiter = ',')]
+    pub(crate) tables: Vec<String>,
+
+    /// Not these tables (same form), comma-separated.
+    #[arg(long, env = "TEAL_EXCLUDE_TABLES", value_delimiter = ',')]
+    pub(crate) exclude_tables: Vec<String>,
+
     /// Logical replication slot on blue.
     #[arg(long, env = "TEAL_SLOT")]
     pub(crate) slot: String,
@@ -297,14 +308,6 @@ pub(crate) struct SyncArgs {
     #[arg(long, env = "TEAL_CHUNK_ROWS", default_value_t = SyncConfig::DEFAULT_CHUNK_ROWS, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) chunk_rows: u64,
 
-    /// Only these published tables (schema.table or table), comma-separated.
-    #[arg(long, env = "TEAL_TABLES", value_delimiter = ',')]
-    pub(crate) tables: Vec<String>,
-
-    /// Not these tables, comma-separated.
-    #[arg(long, env = "TEAL_EXCLUDE_TABLES", value_delimiter = ',')]
-    pub(crate) exclude_tables: Vec<String>,
-
     /// Green tables that already hold rows: error (stop, naming them),
     /// truncate (empty them) or skip-table (copy nothing into them).
     // The values are named in the help above: listing them again with
@@ -472,6 +475,10 @@ impl SourceArgs {
         let assembler = AssemblerConfig {
             max_memory: self.max_memory,
             spill_dir: self.spill_dir.unwrap_or_else(std::env::temp_dir),
+            tables: config::TableSelection {
+                include: self.tables,
+                exclude: self.exclude_tables,
+            },
         };
         source.validate()?;
         assembler.validate()?;

@@ -136,8 +136,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             config.copy_workers = usize::from(args.copy_workers);
             config.chunk_rows = args.chunk_rows;
-            config.tables = args.tables;
-            config.exclude_tables = args.exclude_tables;
             config.on_existing_data = args.on_existing_data;
             config.copy_only = args.copy_only;
             config.keep_indexes = args.keep_indexes;

@@ -26,6 +26,7 @@ impl Feed {
             asm: Assembler::new(AssemblerConfig {
                 max_memory,
                 spill_dir: std::env::temp_dir(),
+                ..AssemblerConfig::default()
             }),
             dec: Decoder::new(),
             lsn: 0x1000,

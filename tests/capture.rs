@@ -389,6 +389,7 @@ async fn million_row_streamed_transaction_spills(bin: &PgBin) {
         AssemblerConfig {
             max_memory: bound,
             spill_dir: std::env::temp_dir(),
+            ..AssemblerConfig::default()
         },
     );
     tap.connected(WAIT).await;
@@ -451,6 +452,7 @@ async fn large_transaction_without_streaming_spills_too(bin: &PgBin) {
         AssemblerConfig {
             max_memory: 2 * 1024 * 1024,
             spill_dir: std::env::temp_dir(),
+            ..AssemblerConfig::default()
         },
     );
     let session = tap.connected(WAIT).await;

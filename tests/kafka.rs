@@ -999,3 +999,110 @@ async fn no_tombstones_and_custom_topic_names() {
     assert_eq!(txns.into_iter().flatten().count(), 2, "BEGIN and END");
     running.stop().await;
 }
+
+/// Issue 18.4: `--tables` / `--exclude-tables` govern the stream, green and
+/// Kafka alike (they limited only teal sync's copy: the stream still
+/// applied the excluded tables' changes, which then hit update_missing);
+/// what they leave out is counted. A `--tables` entry naming no published
+/// table is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_selection_governs_stream_green_and_kafka() {
+    init_logging();
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let twins = Twins::start(
+        &default_bin(),
+        "CREATE TABLE kept (id int PRIMARY KEY, v int);
+         CREATE TABLE left_out (id int PRIMARY KEY, v int);
+         CREATE SCHEMA other; CREATE TABLE other.kept (id int PRIMARY KEY);",
+    )
+    .await;
+    // Blue holds rows of left_out that green never got.
+    twins
+        .b
+        .batch_execute("INSERT INTO left_out SELECT g, 0 FROM generate_series(1, 10) g")
+        .await
+        .unwrap();
+    let mut config = twins.config();
+    config.assembler.tables = teal::config::TableSelection {
+        include: vec!["kept".into(), "left_out".into()],
+        exclude: vec!["public.left_out".into(), "other.kept".into()],
+    };
+    config.kafka = Some(KafkaConfig::new(brokers.clone(), "postgres"));
+    let running = crate::support::running::Running::start(&twins, config.clone()).await;
+    twins
+        .b
+        .batch_execute(
+            "INSERT INTO kept SELECT g, g FROM generate_series(1, 5) g;
+             UPDATE left_out SET v = 1;
+             DELETE FROM left_out WHERE id > 8;
+             INSERT INTO other.kept VALUES (1);
+             TRUNCATE left_out, other.kept;
+             UPDATE kept SET v = -v WHERE id = 1",
+        )
+        .await
+        .unwrap();
+    twins.assert_converged(&["kept"], WAIT).await;
+    twins
+        .wait_slot_confirmed("green and Kafka have it all")
+        .await;
+    // Green: nothing of the other tables (no conflict either).
+    assert_eq!(int8(&twins.g, "SELECT count(*) FROM left_out").await, 0);
+    assert_eq!(int8(&twins.g, "SELECT count(*) FROM other.kept").await, 0);
+    assert_eq!(
+        int8(&twins.g, "SELECT count(*) FROM teal.conflicts").await,
+        0
+    );
+    // Counted: 10 updates, 2 deletes, 1 insert, 1 truncate (of both).
+    let metrics = running.monitor.metrics_text();
+    assert!(
+        metrics.contains("teal_source_skipped_changes_total{slot=\"teal_slot\"} 14"),
+        "{metrics}"
+    );
+    // Kafka: kept's 6 records, nothing for the others.
+    let b = brokers.clone();
+    let kept = tokio::task::spawn_blocking(move || read_topic(&b, "teal.public.kept", 6))
+        .await
+        .unwrap();
+    assert_eq!(kept.into_iter().flatten().count(), 6);
+    let b = brokers.clone();
+    let topics: Vec<String> = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .create()
+            .expect("consumer");
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .expect("metadata");
+        metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect()
+    })
+    .await
+    .unwrap();
+    assert!(
+        !topics
+            .iter()
+            .any(|t| t == "teal.public.left_out" || t == "teal.other.kept"),
+        "{topics:?}"
+    );
+    running.stop().await;
+
+    // A --tables entry that names no published table.
+    let mut typo = config;
+    typo.assembler.tables.include = vec!["kept".into(), "kpet".into()];
+    let err = stream::run_monitored(
+        typo,
+        CancellationToken::new(),
+        Arc::new(Monitor::new("teal_slot")),
+    )
+    .await
+    .expect_err("a typo is refused");
+    let err = crate::support::report(&err);
+    assert!(
+        err.contains("--tables") && err.contains("\"kpet\""),
+        "{err}"
+    );
+}

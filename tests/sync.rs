@@ -713,3 +713,45 @@ where
         .map(|r| (r.get(0), r.get(1)))
         .collect()
 }
+
+/// Issue 18.4: one table selection for the copy and the stream after it
+/// (`teal sync --copy-only --tables ...`, then `teal stream --tables ...`):
+/// the tables left out are neither copied nor streamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_selection_limits_the_copy_and_the_stream() {
+    init_logging();
+    let twins = Twins::start(&default_bin(), SCHEMA).await;
+    fill_blue(&twins, 1000).await;
+    let mut config = sync_config(&twins, 2, 5000);
+    config.stream.assembler.tables = teal::config::TableSelection {
+        include: vec!["big".into(), "docs".into(), "log".into()],
+        exclude: vec!["public.log".into()],
+    };
+    let summary = copy_once(&config).await.expect("the copy");
+    assert_eq!(summary.tables, 2, "{summary:?}");
+    let running = crate::support::running::Running::start(&twins, config.stream.clone()).await;
+    twins
+        .b
+        .batch_execute(
+            "UPDATE big SET v = -v WHERE id % 10 = 0;
+             DELETE FROM docs WHERE id % 3 = 0;
+             UPDATE log SET line = 'changed';
+             UPDATE \"Shop\".\"Items\" SET price = 0;
+             DELETE FROM events WHERE id % 2 = 0",
+        )
+        .await
+        .unwrap();
+    twins.assert_converged(&["big", "docs"], WAIT).await;
+    for t in ["log", "\"Shop\".\"Items\"", "events"] {
+        assert_eq!(
+            int8(&twins.g, &format!("SELECT count(*) FROM {t}")).await,
+            0,
+            "{t} was neither copied nor streamed"
+        );
+    }
+    assert_eq!(
+        int8(&twins.g, "SELECT count(*) FROM teal.conflicts").await,
+        0
+    );
+    running.stop().await;
+}

@@ -140,6 +140,10 @@ pub struct AssemblerStats {
     pub changes: AtomicU64,
     /// Transactions dropped because they were released before a reconnect.
     pub skipped_transactions: AtomicU64,
+    /// Changes of tables `--tables` / `--exclude-tables` leave out, as
+    /// received (a transaction blue sends again after a reconnect counts
+    /// again).
+    pub skipped_changes: AtomicU64,
     /// Changes written to spill files.
     pub spilled_changes: AtomicU64,
     /// Bytes written to spill files.
@@ -448,7 +452,24 @@ impl Assembler {
             shared: &self.catalog,
             local,
         };
-        let kind = build(&view)?;
+        let mut kind = build(&view)?;
+        if !self.config.tables.is_all() {
+            let tables = &self.config.tables;
+            let keep = match &mut kind {
+                ChangeKind::Insert { relation, .. }
+                | ChangeKind::Update { relation, .. }
+                | ChangeKind::Delete { relation, .. } => tables.selects(&relation.name),
+                ChangeKind::Truncate { relations, .. } => {
+                    relations.retain(|r| tables.selects(&r.name));
+                    !relations.is_empty()
+                }
+                ChangeKind::Message(_) => true,
+            };
+            if !keep {
+                self.stats.skipped_changes.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
         let size = buffer.push(top, xid.unwrap_or(top), Change { lsn, kind });
         let memory = self.memory + size;
         self.set_memory(memory);

@@ -218,6 +218,57 @@ pub struct AssemblerConfig {
     pub max_memory: u64,
     /// Directory for spill files (anonymous files, removed even on a crash).
     pub spill_dir: PathBuf,
+    /// `--tables` / `--exclude-tables`: changes of other tables are left
+    /// out of the stream (counted), so apply, Kafka and `teal sync`'s copy
+    /// see the same tables.
+    pub tables: TableSelection,
+}
+
+/// `--tables` / `--exclude-tables`: which published tables teal copies,
+/// applies and produces. An entry is `schema.name` (exact) or `name` (in
+/// any schema).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableSelection {
+    /// Only these (empty: every published table).
+    pub include: Vec<String>,
+    /// Not these.
+    pub exclude: Vec<String>,
+}
+
+impl TableSelection {
+    /// Whether `table` is selected.
+    pub fn selects(&self, table: &crate::event::QualifiedName) -> bool {
+        let named = |entry: &String| {
+            entry
+                .split_once('.')
+                .map_or(*entry == table.name, |(schema, name)| {
+                    schema == table.namespace && name == table.name
+                })
+        };
+        (self.include.is_empty() || self.include.iter().any(named))
+            && !self.exclude.iter().any(named)
+    }
+
+    /// Whether every table is selected.
+    pub fn is_all(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    /// Checks that no entry is empty.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (flag, entries) in [
+            ("--tables", &self.include),
+            ("--exclude-tables", &self.exclude),
+        ] {
+            if entries.iter().any(|e| e.trim().is_empty()) {
+                return Err(ConfigError {
+                    flag,
+                    reason: "an entry is empty (schema.table or table, comma-separated)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl AssemblerConfig {
@@ -249,7 +300,7 @@ impl AssemblerConfig {
             flag: "--spill-dir",
             reason: format!("cannot create files in {}: {e}", self.spill_dir.display()),
         })?;
-        Ok(())
+        self.tables.validate()
     }
 }
 
@@ -258,6 +309,7 @@ impl Default for AssemblerConfig {
         AssemblerConfig {
             max_memory: Self::DEFAULT_MAX_MEMORY,
             spill_dir: std::env::temp_dir(),
+            tables: TableSelection::default(),
         }
     }
 }
@@ -316,10 +368,38 @@ mod tests {
     }
 
     #[test]
+    fn tables_are_selected_by_schema_and_name_or_name_alone() {
+        let t = |s: &str, n: &str| crate::event::QualifiedName {
+            namespace: s.into(),
+            name: n.into(),
+        };
+        let all = TableSelection::default();
+        assert!(all.is_all() && all.selects(&t("a", "b")));
+        let some = TableSelection {
+            include: vec!["sales.orders".into(), "items".into()],
+            exclude: vec!["archive.items".into()],
+        };
+        assert!(some.selects(&t("sales", "orders")));
+        assert!(!some.selects(&t("public", "orders")));
+        assert!(some.selects(&t("public", "items")));
+        assert!(!some.selects(&t("archive", "items")));
+        let none_of = TableSelection {
+            include: vec![],
+            exclude: vec!["log".into()],
+        };
+        assert!(!none_of.selects(&t("public", "log")) && none_of.selects(&t("public", "logs")));
+        let empty = TableSelection {
+            include: vec!["a".into(), " ".into()],
+            exclude: vec![],
+        };
+        assert_eq!(empty.validate().unwrap_err().flag, "--tables");
+    }
+
+    #[test]
     fn spill_dir_must_be_writable() {
         let config = AssemblerConfig {
-            max_memory: AssemblerConfig::DEFAULT_MAX_MEMORY,
             spill_dir: "/nonexistent/teal".into(),
+            ..AssemblerConfig::default()
         };
         assert_eq!(config.validate().unwrap_err().flag, "--spill-dir");
         assert!(AssemblerConfig::default().validate().is_ok());

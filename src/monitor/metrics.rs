@@ -143,6 +143,11 @@ impl Monitor {
                 "Bytes of replication data received from blue.",
                 self.lag.received_bytes() as f64,
             ),
+            (
+                SOURCE_SKIPPED_CHANGES,
+                "Changes of tables --tables / --exclude-tables leave out (applied nowhere, produced nowhere).",
+                self.lag.skipped_changes_total() as f64,
+            ),
         ] {
             out.single(name, "counter", help, &slot, value);
         }

@@ -15,6 +15,8 @@ pub const SOURCE_WAL_END_LSN: &str = "teal_source_wal_end_lsn";
 pub const SOURCE_RECEIVED_BYTES: &str = "teal_source_received_bytes_total";
 /// Heartbeat messages written on blue.
 pub const SOURCE_HEARTBEATS: &str = "teal_source_heartbeats_total";
+/// Changes of tables `--tables` / `--exclude-tables` leave out.
+pub const SOURCE_SKIPPED_CHANGES: &str = "teal_source_skipped_changes_total";
 /// Time since blue was last heard.
 pub const SOURCE_IDLE_SECONDS: &str = "teal_source_idle_seconds";
 /// Replication sessions reopened after a transient error.

@@ -219,11 +219,58 @@ pub async fn run_monitored(
         .await
 }
 
+/// Each `--tables` entry must name a published table: a typo would
+/// otherwise leave every change out without a word. (When blue cannot be
+/// reached yet, the stream's own connection reports that.)
+async fn check_selection(config: &StreamConfig) -> Result<(), StreamError> {
+    let selection = &config.assembler.tables;
+    if selection.include.is_empty() {
+        return Ok(());
+    }
+    let Ok(blue) = crate::session::connect_plain(&config.source.conninfo, "teal").await else {
+        return Ok(());
+    };
+    let Ok(rows) = blue
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = ANY($1)",
+            &[&config.source.publications],
+        )
+        .await
+    else {
+        return Ok(());
+    };
+    let published: Vec<crate::event::QualifiedName> = rows
+        .iter()
+        .map(|r| crate::event::QualifiedName {
+            namespace: r.get(0),
+            name: r.get(1),
+        })
+        .collect();
+    for wanted in &selection.include {
+        let only = crate::config::TableSelection {
+            include: vec![wanted.clone()],
+            exclude: Vec::new(),
+        };
+        if !published.iter().any(|t| only.selects(t)) {
+            return Err(crate::config::ConfigError {
+                flag: "--tables",
+                reason: format!(
+                    "{wanted:?} is not a table the publication(s) {} publish",
+                    config.source.publications.join(",")
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
 async fn run_session(
     config: StreamConfig,
     shutdown: CancellationToken,
     monitor: Arc<Monitor>,
 ) -> Result<Arc<ApplyStats>, StreamError> {
+    check_selection(&config).await?;
     let stopped = shutdown.child_token();
     let _stop_helpers = stopped.clone().drop_guard();
     if let Some(addr) = config.monitor.metrics_addr {
@@ -543,5 +590,6 @@ fn kafka_scope(config: &StreamConfig) -> crate::sink::kafka::Scope {
         max_delay: config.apply.batch_max_delay,
         blue: config.source.conninfo.clone(),
         publications: config.source.publications.clone(),
+        tables: config.assembler.tables.clone(),
     }
 }

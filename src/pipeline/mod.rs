@@ -221,6 +221,8 @@ fn assemble(
         lag: Arc::clone(&lag),
         blocked: Duration::ZERO,
     };
+    let stats = assembler.stats();
+    let mut skipped_reported = 0;
     while let Some(batch) = input.blocking_recv() {
         let started = Instant::now();
         // Blue's WAL end and the bytes received go to `lag` once per batch.
@@ -257,6 +259,13 @@ fn assemble(
             }
         }
         lag.received(wal_end, bytes);
+        let skipped = stats
+            .skipped_changes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if skipped > skipped_reported {
+            lag.skipped_changes(skipped - skipped_reported);
+            skipped_reported = skipped;
+        }
         let flushed = sink.flush();
         // Busy time leaves out waiting for the consumer (backpressure).
         lag.decode_busy(

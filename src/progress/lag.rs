@@ -108,6 +108,7 @@ pub struct Lag {
     pending: Mutex<VecDeque<(Lsn, PgTimestamp)>>,
     window: Mutex<Window>,
     liveness: Arc<Liveness>,
+    skipped_changes: AtomicU64,
 }
 
 impl Default for Lag {
@@ -127,7 +128,18 @@ impl Lag {
             pending: Mutex::new(VecDeque::new()),
             window: Mutex::new(Window::new()),
             liveness: Arc::new(Liveness::new()),
+            skipped_changes: AtomicU64::new(0),
         }
+    }
+
+    /// `n` more changes of tables `--tables` / `--exclude-tables` leave out.
+    pub fn skipped_changes(&self, n: u64) {
+        self.skipped_changes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Changes left out by the table selection since start.
+    pub fn skipped_changes_total(&self) -> u64 {
+        self.skipped_changes.load(Ordering::Relaxed)
     }
 
     /// When the stages last moved (shared with the source thread).

@@ -117,10 +117,6 @@ pub struct SyncConfig {
     pub copy_workers: usize,
     /// Rows per chunk (about: chunks are page ranges).
     pub chunk_rows: u64,
-    /// Only these tables (`schema.name` or `name`); empty: all published.
-    pub tables: Vec<String>,
-    /// Not these.
-    pub exclude_tables: Vec<String>,
     /// Green tables that hold rows.
     pub on_existing_data: OnExistingData,
     /// Copy only; do not stream afterwards.
@@ -145,8 +141,6 @@ impl SyncConfig {
             stream,
             copy_workers: Self::DEFAULT_COPY_WORKERS,
             chunk_rows: Self::DEFAULT_CHUNK_ROWS,
-            tables: Vec::new(),
-            exclude_tables: Vec::new(),
             on_existing_data: OnExistingData::Error,
             copy_only: false,
             keep_indexes: false,

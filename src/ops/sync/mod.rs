@@ -221,8 +221,7 @@ pub async fn copy(
     let mut plans = plan::published_tables(
         &blue,
         &source.publications,
-        &config.tables,
-        &config.exclude_tables,
+        &config.stream.assembler.tables,
         version,
     )
     .await?;

@@ -183,13 +183,11 @@ struct Published {
 const GUESSED_ROWS_PER_PAGE: f64 = 60.0;
 
 /// Reads the published tables from blue (server version `version`, as
-/// `server_version_num`), with `include`/`exclude` applied (`schema.name`
-/// or `name`).
+/// `server_version_num`), with `--tables` / `--exclude-tables` applied.
 pub async fn published_tables(
     blue: &Client,
     publications: &[String],
-    include: &[String],
-    exclude: &[String],
+    selection: &crate::config::TableSelection,
     version: i32,
 ) -> Result<Vec<TablePlan>, SyncError> {
     let found: Vec<String> = blue
@@ -225,9 +223,10 @@ pub async fn published_tables(
         let (schema, name): (String, String) = (r.get(0), r.get(1));
         let columns: Option<Vec<String>> = r.get(2);
         let filter: Option<String> = r.get(3);
-        let full = format!("{schema}.{name}");
-        let selected = (include.is_empty() || include.iter().any(|i| *i == full || *i == name))
-            && !exclude.iter().any(|e| *e == full || *e == name);
+        let selected = selection.selects(&crate::event::QualifiedName {
+            namespace: schema.clone(),
+            name: name.clone(),
+        });
         if !selected {
             continue;
         }
@@ -265,10 +264,18 @@ pub async fn published_tables(
             }),
         }
     }
-    for wanted in include {
-        let known = tables
-            .iter()
-            .any(|t| format!("{}.{}", t.schema, t.name) == *wanted || t.name == *wanted);
+    for wanted in &selection.include {
+        let only = crate::config::TableSelection {
+            include: vec![wanted.clone()],
+            exclude: Vec::new(),
+        };
+        // Against everything published (an entry may be excluded too).
+        let known = rows.iter().any(|r| {
+            only.selects(&crate::event::QualifiedName {
+                namespace: r.get(0),
+                name: r.get(1),
+            })
+        });
         if !known {
             return Err(SyncError::Setup(format!(
                 "--tables names {wanted:?}, which the publication(s) {} do not publish",

@@ -86,6 +86,8 @@ pub struct Scope {
     pub blue: ConnInfo,
     /// The publications: every table in them gets its topic checked at start.
     pub publications: Vec<String>,
+    /// `--tables` / `--exclude-tables`: only those get topics.
+    pub tables: crate::config::TableSelection,
 }
 
 /// Produces `events` to Kafka until the channel closes; confirms through
@@ -117,7 +119,8 @@ pub async fn run<B: AsRef<[Event]>>(
     let mut txn: Option<Producing> = None;
     let mut names = Names::new(&config);
     let mut keys = PrimaryKeys::new(scope.blue.clone());
-    keys.check_topics(&scope.publications, &mut names).await?;
+    keys.check_topics(&scope.publications, &scope.tables, &mut names)
+        .await?;
     let produced = async {
         loop {
             // An open Kafka transaction commits at its deadline when no

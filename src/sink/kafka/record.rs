@@ -72,6 +72,7 @@ impl PrimaryKeys {
     pub(super) async fn check_topics(
         &mut self,
         publications: &[String],
+        selection: &crate::config::TableSelection,
         names: &mut Names,
     ) -> Result<(), KafkaSinkError> {
         if publications.is_empty() {
@@ -98,6 +99,7 @@ impl PrimaryKeys {
                 name: row.get(1),
             })
             .collect();
+        tables.retain(|t| selection.selects(t));
         tables.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         tables.dedup();
         for table in &tables {

@@ -59,15 +59,17 @@ async fn each(client: &Client, sql: &[&str]) {
 impl Trio {
     /// `schema` on all three; blue publishes every table to both greens.
     async fn start(blue_bin: &PgBin, green_bin: &PgBin, schema: &str) -> Trio {
-        Trio::start_with(blue_bin, green_bin, schema, schema).await
+        Trio::start_with(blue_bin, green_bin, schema, schema, "").await
     }
 
-    /// `blue_schema` on blue, `green_schema` on both greens.
+    /// `blue_schema` on blue, `green_schema` on both greens; the
+    /// publication's `options` (e.g. `publish_via_partition_root = true`).
     async fn start_with(
         blue_bin: &PgBin,
         green_bin: &PgBin,
         blue_schema: &str,
         green_schema: &str,
+        options: &str,
     ) -> Trio {
         let twins = Twins::start_with(
             blue_bin,
@@ -77,6 +79,13 @@ impl Trio {
             Options::default(),
         )
         .await;
+        if !options.is_empty() {
+            each(
+                &twins.b,
+                &[&format!("ALTER PUBLICATION teal_pub SET ({options})")],
+            )
+            .await;
+        }
         if green_schema != blue_schema {
             twins
                 .g
@@ -521,7 +530,7 @@ async fn toast_truncate_partitions_generated_and_column_order(blue: &PgBin, gree
         "CREATE TABLE ordered (id int PRIMARY KEY, x text, y int);",
         "CREATE TABLE ordered (y int, extra text DEFAULT 'green', x text, id int PRIMARY KEY);",
     );
-    let mut trio = Trio::start_with(blue, green, blue_schema, &green_schema).await;
+    let mut trio = Trio::start_with(blue, green, blue_schema, &green_schema, "").await;
     let big = "(SELECT string_agg(md5(g::text || ':' || i), '') FROM generate_series(1, 400) i)";
     trio.blue(&[
         &format!("INSERT INTO docs SELECT g, {big}, g FROM generate_series(1, 30) g"),
@@ -639,3 +648,53 @@ async fn streamed_and_interleaved_transactions(blue: &PgBin, green: &PgBin) {
     trio.stop().await;
 }
 conformance!(streamed_and_interleaved_transactions);
+
+/// `publish_via_partition_root`: blue publishes a partitioned table as its
+/// root, and green partitions it differently (`013_partition.pl`): green
+/// routes each row, moves included.
+async fn partitions_published_through_the_root(blue: &PgBin, green: &PgBin) {
+    let blue_schema = r#"
+        CREATE TABLE m (id int, k int, v text, PRIMARY KEY (id, k)) PARTITION BY LIST (k);
+        CREATE TABLE m_1 PARTITION OF m FOR VALUES IN (1, 2, 3);
+        CREATE TABLE m_2 PARTITION OF m FOR VALUES IN (4, 5, 6);
+        CREATE TABLE m_rest PARTITION OF m DEFAULT;
+    "#;
+    let green_schema = r#"
+        CREATE TABLE m (id int, k int, v text, PRIMARY KEY (id, k)) PARTITION BY RANGE (id);
+        CREATE TABLE m_low PARTITION OF m FOR VALUES FROM (MINVALUE) TO (50);
+        CREATE TABLE m_high PARTITION OF m FOR VALUES FROM (50) TO (MAXVALUE);
+        CREATE TABLE m_1 (id int, k int, v text);
+        CREATE TABLE m_2 (id int, k int, v text);
+        CREATE TABLE m_rest (id int, k int, v text);
+    "#;
+    let mut trio = Trio::start_with(
+        blue,
+        green,
+        blue_schema,
+        green_schema,
+        "publish_via_partition_root = true",
+    )
+    .await;
+    trio.blue(&[
+        "INSERT INTO m SELECT g, g % 8, 'v' || g FROM generate_series(1, 100) g",
+        // Across blue's partitions, and across green's.
+        "UPDATE m SET k = 5 WHERE k = 1",
+        "UPDATE m SET id = id + 50 WHERE id < 20",
+        "UPDATE m SET v = 'all'",
+        "DELETE FROM m WHERE id % 9 = 0",
+    ])
+    .await;
+    trio.assert_same(&["m"]).await;
+    for client in [&trio.twins.g, &trio.n] {
+        for leaf in ["m_1", "m_2", "m_rest"] {
+            let n =
+                crate::support::twins::int8(client, &format!("SELECT count(*) FROM {leaf}")).await;
+            assert_eq!(
+                n, 0,
+                "green's {leaf} is not a partition: changes went to the root"
+            );
+        }
+    }
+    trio.stop().await;
+}
+conformance!(partitions_published_through_the_root);

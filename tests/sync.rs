@@ -479,7 +479,9 @@ async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
 
     let sync_command = || {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_teal"));
+        // Warnings only, unless --log asks for more (the first run's log is read).
         cmd.env_clear()
+            .env("TEAL_LOG", "warn")
             .args(["sync", "--slot", "teal_slot", "--publication", "teal_pub"])
             .args([
                 "--source",
@@ -494,11 +496,12 @@ async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
         cmd
     };
     let mut first = sync_command()
+        .args(["--log", "info"])
         .stderr(Stdio::piped())
         .spawn()
         .expect("teal sync starts");
     // Its log and its snapshot holder's, which outlives it on the same pipe.
-    let first_log = echo_stderr(&mut first);
+    let first_log = capture_stderr(&mut first);
     until_row(
         &twins.g,
         "SELECT 1 FROM teal.sync_chunks WHERE copied_at IS NOT NULL HAVING count(*) >= 2",
@@ -626,19 +629,22 @@ async fn killed_sync_resumes_with_its_snapshot_and_ends_equal() {
     assert!(status.success(), "teal sync stopped cleanly: {status}");
     let first_log = first_log.join().unwrap();
     assert!(
+        first_log.contains("INFO"),
+        "the first run logged at info: {first_log}"
+    );
+    assert!(
         !first_log.contains("stopping: finishing what was received"),
         "the snapshot holder stops without saying it finishes a stream"
     );
 }
 
 /// Reads `child`'s stderr to its end (every process holding the pipe gone)
-/// on a thread, echoing it; the text comes back on join.
-fn echo_stderr(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
+/// on a thread; the text comes back on join.
+fn capture_stderr(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
     let mut stderr = child.stderr.take().expect("piped stderr");
     std::thread::spawn(move || {
         let mut text = String::new();
         let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-        eprint!("{text}");
         text
     })
 }

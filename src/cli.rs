@@ -63,6 +63,45 @@ pub(crate) enum Command {
     /// One screen about a stream: from the running teal's /status, or from
     /// green's tables (progress, conflicts, audit) when it is not running.
     Status(StatusArgs),
+    /// Compare green with blue: the published tables' schema, each
+    /// difference with its fix (the rows at an exact LSN: not built yet).
+    /// Exit status 0 equal, 1 differences, 2 could not verify.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct VerifyArgs {
+    /// Blue: libpq URL or key=value string.
+    #[arg(long, env = "TEAL_SOURCE_URL", hide_env_values = true)]
+    pub(crate) source: String,
+
+    /// Green: libpq URL or key=value string.
+    #[arg(long, env = "TEAL_TARGET_URL", hide_env_values = true)]
+    pub(crate) target: String,
+
+    /// The stream's slot on blue.
+    #[arg(long, env = "TEAL_SLOT")]
+    pub(crate) slot: String,
+
+    /// Publication(s) whose tables are compared, comma-separated.
+    #[arg(long, env = "TEAL_PUBLICATION", value_delimiter = ',', required = true)]
+    pub(crate) publication: Vec<String>,
+
+    /// Only these published tables (schema.table, or table in any schema).
+    #[arg(long, env = "TEAL_TABLES", value_delimiter = ',')]
+    pub(crate) tables: Vec<String>,
+
+    /// Not these tables.
+    #[arg(long, env = "TEAL_EXCLUDE_TABLES", value_delimiter = ',')]
+    pub(crate) exclude_tables: Vec<String>,
+
+    /// text (for people) or json (for programs) on stdout.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub(crate) format: String,
+
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    pub(crate) report: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -22,6 +22,19 @@ use teal::ops::tail;
 
 use cli::{Cli, Command, load_config_file};
 
+/// A command that said what it had to and ends with this exit status
+/// (`teal verify`: 1 differences, 2 could not verify).
+#[derive(Debug)]
+struct ExitStatus(u8);
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitStatus {}
+
 fn init_logging(format: &str, filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid --log filter")?;
     let builder = tracing_subscriber::fmt()
@@ -88,7 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(_) | Command::Stream(_) | Command::Sync(_) => {
             Some("stopping: finishing what was received, then confirming to blue")
         }
-        Command::Status(_) | Command::Demo(_) => Some("stopping"),
+        Command::Status(_) | Command::Demo(_) | Command::Verify(_) => Some("stopping"),
     };
     spawn_signal_handler(shutdown.clone(), is_demo.then(|| abort.clone()), stopping)?;
     match cli.command {
@@ -155,6 +168,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .parse()
                 .context("invalid TEAL_SOURCE_URL connection string")?;
             sync::hold(&source, &args.slot, args.orphan_timeout, shutdown).await?;
+        }
+        Command::Verify(args) => {
+            let config = teal::ops::verify::VerifyConfig {
+                source: args.source.parse().context("invalid --source")?,
+                target: args.target.parse().context("invalid --target")?,
+                slot: args.slot,
+                publications: args.publication,
+                tables: teal::config::TableSelection {
+                    include: args.tables,
+                    exclude: args.exclude_tables,
+                },
+            };
+            config.tables.validate()?;
+            let report = match teal::ops::verify::run(&config).await {
+                Ok(report) => report,
+                Err(e) => {
+                    eprintln!(
+                        "teal: could not verify: {}",
+                        teal::error::report(anyhow::Error::new(e).chain())
+                    );
+                    return Err(ExitStatus(2).into());
+                }
+            };
+            let json = serde_json::to_string_pretty(&report).context("writing the report")?;
+            if let Some(path) = &args.report {
+                std::fs::write(path, format!("{json}\n"))
+                    .with_context(|| format!("writing --report {}", path.display()))?;
+            }
+            if args.format == "json" {
+                println!("{json}");
+            } else {
+                print!("{}", report.text());
+            }
+            match report.exit_status() {
+                0 => {}
+                code => return Err(ExitStatus(code).into()),
+            }
         }
         Command::Status(args) => {
             if args.interval.is_zero() {
@@ -232,6 +282,9 @@ fn main() -> ExitCode {
     let cli_json = cli.log_format == "json";
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ExitStatus>().is_some() => {
+            ExitCode::from(e.downcast_ref::<ExitStatus>().map_or(1, |s| s.0))
+        }
         Err(e) => {
             let message = teal::error::report(e.chain());
             let kind = e.chain().find_map(|c| {

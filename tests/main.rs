@@ -17,3 +17,4 @@ mod security;
 mod stream;
 mod sync;
 mod tail_cli;
+mod verify;

@@ -63,9 +63,10 @@ pub(crate) enum Command {
     /// One screen about a stream: from the running teal's /status, or from
     /// green's tables (progress, conflicts, audit) when it is not running.
     Status(StatusArgs),
-    /// Compare green with blue: the published tables' schema, each
-    /// difference with its fix (the rows at an exact LSN: not built yet).
-    /// Exit status 0 equal, 1 differences, 2 could not verify.
+    /// Compare green with blue at one exact point of the running stream:
+    /// the published tables' schema (each difference with its fix), then
+    /// every row, naming each differing key. Needs teal stream running on
+    /// the slot. Exit status 0 equal, 1 differences, 2 could not verify.
     Verify(VerifyArgs),
 }
 
@@ -102,6 +103,10 @@ pub(crate) struct VerifyArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub(crate) report: Option<PathBuf>,
+
+    /// teal's schema on green (where the running stream's state is).
+    #[arg(long, env = "TEAL_SCHEMA", default_value = Store::DEFAULT_SCHEMA)]
+    pub(crate) schema: String,
 }
 
 #[derive(Args)]

@@ -179,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     include: args.tables,
                     exclude: args.exclude_tables,
                 },
+                schema: args.schema,
             };
             config.tables.validate()?;
             let report = match teal::ops::verify::run(&config).await {

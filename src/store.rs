@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "indexes built after the copy",
         include_str!("../sql/0004_sync_indexes.sql"),
     ),
+    (
+        5,
+        "verify points",
+        include_str!("../sql/0005_verify_points.sql"),
+    ),
 ];
 
 /// Lock key for migrations (any constant; shared by all teal processes).
@@ -116,7 +121,8 @@ impl Store {
         }
     }
 
-    fn quoted(&self) -> String {
+    /// The schema's name, quoted for SQL.
+    pub fn quoted(&self) -> String {
         quote_ident(&self.schema)
     }
 

@@ -39,6 +39,7 @@ mod fixture;
 mod green;
 mod origin;
 mod param;
+mod point;
 mod row_key;
 mod run;
 mod set_based;
@@ -118,6 +119,10 @@ pub struct Applier {
     stats: Arc<ApplyStats>,
     lag: Arc<Lag>,
     careful_through: Option<Lsn>,
+    /// The verify point apply goes on to (request id, blue's LSN).
+    point: Option<(i64, Lsn)>,
+    /// The newest verify request served (or given up).
+    points_done: i64,
 }
 
 impl Applier {
@@ -179,6 +184,8 @@ impl Applier {
             stats,
             lag,
             careful_through: None,
+            point: None,
+            points_done: 0,
         })
     }
 
@@ -201,11 +208,24 @@ impl Applier {
         mut events: mpsc::Receiver<B>,
     ) -> Result<(), ApplyError> {
         let mut at = Cursor::default();
+        let mut requests = point::watch(
+            self.config.target.clone(),
+            self.config.store.clone(),
+            self.config.slot.clone(),
+        );
+        let mut requests_alive = true;
+        // Events received past a verify point, applied once verify let go.
+        let mut stash: Option<Vec<Event>> = None;
         loop {
             let at_boundary = at.current.is_none();
-            let next = if at.batch.is_some() && at_boundary {
+            if at_boundary {
+                self.serve_hold(&mut at, &mut requests).await?;
+            }
+            let next: Option<Vec<Event>> = if let Some(s) = stash.take() {
+                Some(s)
+            } else if at.batch.is_some() && at_boundary {
                 match events.try_recv() {
-                    Ok(b) => Some(b),
+                    Ok(b) => Some(b.into()),
                     // Nothing more is ready: commit what the batch holds now.
                     Err(TryRecvError::Empty) => {
                         let busy = Instant::now();
@@ -215,8 +235,17 @@ impl Applier {
                     }
                     Err(TryRecvError::Disconnected) => None,
                 }
+            } else if requests_alive {
+                tokio::select! {
+                    next = events.recv() => next.map(Into::into),
+                    changed = requests.rx.changed() => {
+                        // A verify request: looked at on the next turn.
+                        requests_alive = changed.is_ok();
+                        continue;
+                    }
+                }
             } else {
-                events.recv().await
+                events.recv().await.map(Into::into)
             };
             let busy = Instant::now();
             let Some(next) = next else {
@@ -228,13 +257,22 @@ impl Applier {
                 }
                 return Ok(());
             };
-            within(
+            let leftover = within(
                 self.config.timeout,
                 "applying changes",
-                self.apply_events(next.into(), &mut at),
+                self.apply_events(next, &mut at),
             )
             .await??;
             self.lag.liveness().moved();
+            if let Some(leftover) = leftover {
+                // At the verify point: everything blue committed before it
+                // is in this batch or before; nothing after it is.
+                self.commit_within(&mut at.batch).await?;
+                self.serve_reached(&mut requests).await?;
+                stash = Some(leftover);
+                self.stats.busy.add(busy.elapsed());
+                continue;
+            }
             let full = at.batch.as_ref().is_some_and(|b| {
                 b.changes >= self.config.batch_max_changes
                     || b.started.elapsed() >= self.config.batch_max_delay
@@ -246,13 +284,25 @@ impl Applier {
         }
     }
 
-    /// Applies one batch of events from the assembler.
+    /// Applies one batch of events from the assembler; at the verify point
+    /// it stops and returns the events from there on.
     async fn apply_events(
         &mut self,
         events: Vec<Event>,
         at: &mut Cursor,
-    ) -> Result<(), ApplyError> {
-        for event in events {
+    ) -> Result<Option<Vec<Event>>, ApplyError> {
+        let mut events = events.into_iter();
+        while let Some(event) = events.next() {
+            if let Some((_, point)) = self.point {
+                let past = match &event {
+                    Event::Begin(meta) => meta.commit_lsn >= point,
+                    Event::Message(m) => at.current.is_none() && m.lsn >= point,
+                    _ => false,
+                };
+                if past {
+                    return Ok(Some(std::iter::once(event).chain(events).collect()));
+                }
+            }
             match event {
                 Event::Begin(meta) => {
                     at.skipping = self.applied.is_some_and(|a| meta.commit_lsn < a.end_lsn);
@@ -304,13 +354,107 @@ impl Applier {
                     }
                 }
                 Event::Message(_) => {}
-                Event::Idle { wal_end } => match at.batch.as_mut() {
-                    Some(b) => b.idle = Some(wal_end),
-                    None => self.record_idle(wal_end).await?,
-                },
+                Event::Idle { wal_end } => {
+                    match at.batch.as_mut() {
+                        Some(b) => b.idle = Some(wal_end),
+                        None => self.record_idle(wal_end).await?,
+                    }
+                    // Blue is past the point with nothing pending.
+                    if self.point.is_some_and(|(_, p)| wal_end >= p) {
+                        return Ok(Some(events.collect()));
+                    }
+                }
             }
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// A verify request to hold, at a transaction boundary: commit what is
+    /// open, say where green stands, and wait (at most
+    /// [`point::HOLD_LIMIT`]) for blue's point.
+    async fn serve_hold(
+        &mut self,
+        at: &mut Cursor,
+        requests: &mut point::Requests,
+    ) -> Result<(), ApplyError> {
+        let request = requests.rx.borrow_and_update().clone();
+        let Some(request) = request else {
+            return Ok(());
+        };
+        if request.state != "hold" || request.id <= self.points_done || self.point.is_some() {
+            return Ok(());
+        }
+        self.commit_within(&mut at.batch).await?;
+        self.answer(request.id, "holding").await?;
+        let deadline = Instant::now() + point::HOLD_LIMIT;
+        loop {
+            let now = requests.rx.borrow_and_update().clone();
+            match now {
+                Some(r) if r.id == request.id && r.state == "at" => {
+                    match r.lsn {
+                        Some(lsn) if self.applied.is_none_or(|a| a.end_lsn <= lsn) => {
+                            self.point = Some((r.id, lsn));
+                        }
+                        _ => {
+                            self.answer(r.id, "missed").await?;
+                            self.points_done = r.id;
+                        }
+                    }
+                    return Ok(());
+                }
+                Some(r) if r.id == request.id && matches!(r.state.as_str(), "hold" | "holding") => {
+                }
+                _ => {
+                    self.points_done = request.id;
+                    return Ok(());
+                }
+            }
+            match tokio::time::timeout_at(deadline, requests.rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    self.answer(request.id, "missed").await?;
+                    self.points_done = request.id;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// At the verify point (the batch committed): say so and wait (at most
+    /// [`point::HOLD_LIMIT`]) until verify has green's snapshot.
+    async fn serve_reached(&mut self, requests: &mut point::Requests) -> Result<(), ApplyError> {
+        let Some((id, _)) = self.point.take() else {
+            return Ok(());
+        };
+        self.points_done = id;
+        self.answer(id, "reached").await?;
+        let deadline = Instant::now() + point::HOLD_LIMIT;
+        loop {
+            let now = requests.rx.borrow_and_update().clone();
+            match now {
+                Some(r) if r.id == id && matches!(r.state.as_str(), "at" | "reached") => {}
+                _ => return Ok(()),
+            }
+            match tokio::time::timeout_at(deadline, requests.rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.answer(id, "missed").await,
+            }
+        }
+    }
+
+    /// Writes apply's answer to verify request `id`.
+    async fn answer(&mut self, id: i64, state: &str) -> Result<(), ApplyError> {
+        let applied = self.applied.map(|a| a.end_lsn);
+        within(
+            self.config.timeout,
+            "answering teal verify",
+            point::answer(&self.client, &self.config.store, id, state, applied),
+        )
+        .await?
+        .map_err(|source| ApplyError::Sql {
+            context: format!("answering teal verify's request {id}"),
+            source,
+        })
     }
 
     /// [`Applier::commit`] within `--replication-timeout`.

@@ -291,13 +291,34 @@ impl ReplicationClient {
         name: &str,
         snapshot: SnapshotAction,
     ) -> Result<CreatedSlot, SourceError> {
+        self.create(name, snapshot, false).await
+    }
+
+    /// Creates a slot that lives as long as this connection (blue drops it
+    /// when the connection ends, however it ends), for its consistent point
+    /// and exported snapshot.
+    pub async fn create_temporary_slot(
+        &mut self,
+        name: &str,
+        snapshot: SnapshotAction,
+    ) -> Result<CreatedSlot, SourceError> {
+        self.create(name, snapshot, true).await
+    }
+
+    async fn create(
+        &mut self,
+        name: &str,
+        snapshot: SnapshotAction,
+        temporary: bool,
+    ) -> Result<CreatedSlot, SourceError> {
+        let temporary = if temporary { " TEMPORARY" } else { "" };
         let sql = if self.server_version >= 15 {
             let action = match snapshot {
                 SnapshotAction::Export => "export",
                 SnapshotAction::Nothing => "nothing",
             };
             format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{action}')",
+                "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT '{action}')",
                 quote_ident(name)
             )
         } else {
@@ -306,7 +327,7 @@ impl ReplicationClient {
                 SnapshotAction::Nothing => "NOEXPORT_SNAPSHOT",
             };
             format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {action}",
+                "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput {action}",
                 quote_ident(name)
             )
         };

@@ -3,19 +3,21 @@
 //!
 //! ```text
 //! blue's publications (--tables/--exclude-tables) ──schema.rs──▶ schema differences, each with its fix
-//!                                                  (data at an exact LSN: not built yet)
+//!   (none that break apply) ──data.rs──▶ one exact point of the running stream, every
+//!                                        table's rows compared there, differing keys named
 //! ──▶ report: text for people, JSON for programs (--format json, --report FILE)
 //! ```
 //!
-//! Built so far: the schema comparison. Comparing the rows at one exact
-//! point of the stream (chunk checksums, bisection to the differing keys,
-//! invariants) is not built yet: when the schema matches, verify says so
-//! and exits with status 2 ("could not verify"), never 0.
+//! The rows are compared only when no schema difference breaks apply, and
+//! only with a running `teal stream` on the slot (it pauses at the point;
+//! see `data`). Not built yet: chunking and bisection, parallel workers,
+//! `--invariant`, `--show-values`, `teal repair`.
 //!
 //! `checksum` holds the whole-table checksum the demo and the tests use on
 //! quiet databases.
 
 mod checksum;
+pub mod data;
 pub mod schema;
 
 pub use checksum::{TableSum, table_sum};
@@ -42,6 +44,8 @@ pub struct VerifyConfig {
     pub publications: Vec<String>,
     /// `--tables` / `--exclude-tables`.
     pub tables: TableSelection,
+    /// teal's schema on green (`--schema`), where the stream's state is.
+    pub schema: String,
 }
 
 /// The result, as `--format json` and `--report FILE` write it.
@@ -58,6 +62,8 @@ pub struct VerifyReport {
     pub tables_compared: usize,
     /// Schema differences, those that break apply first.
     pub schema: Vec<SchemaDifference>,
+    /// Each table's rows at `verified_lsn`.
+    pub tables: Vec<data::TableResult>,
     /// Why the result is not complete, when it is not.
     pub unverified: Option<String>,
 }
@@ -96,14 +102,46 @@ impl VerifyReport {
                     "  {} {}: {}\n",
                     if d.breaks_apply {
                         "BREAKS APPLY"
-                    } else {
+                    } else if d.note {
                         "note        "
+                    } else {
+                        "differs     "
                     },
                     d.table,
                     d.difference
                 ));
                 if let Some(fix) = &d.fix {
                     out.push_str(&format!("               fix: {fix};\n"));
+                }
+            }
+        }
+        if let Some(lsn) = &self.verified_lsn {
+            out.push_str(&format!("rows at blue's LSN {lsn}:\n"));
+            for t in &self.tables {
+                out.push_str(&format!(
+                    "  {} {}: {} rows on blue, {} on green{}\n",
+                    if t.differences_total == 0 {
+                        "equal  "
+                    } else {
+                        "DIFFERS"
+                    },
+                    t.table,
+                    t.rows_blue,
+                    t.rows_green,
+                    if t.differences_total == 0 {
+                        String::new()
+                    } else {
+                        format!(", {} differing row(s)", t.differences_total)
+                    }
+                ));
+                for d in &t.differences {
+                    out.push_str(&format!("      {} {}\n", d.kind, d.key));
+                }
+                if t.differences.len() < t.differences_total {
+                    out.push_str(&format!(
+                        "      ... and {} more\n",
+                        t.differences_total - t.differences.len()
+                    ));
                 }
             }
         }
@@ -141,6 +179,21 @@ pub enum VerifyError {
     /// The publications publish nothing (after the selection).
     #[error("the publication(s) {0} publish no tables (after --tables/--exclude-tables)")]
     NoTables(String),
+    /// No exact point of the stream could be taken.
+    #[error("no exact point to compare at: {0}")]
+    NoPoint(String),
+    /// Blue refused something (the message says what).
+    #[error("blue: {0}")]
+    Blue(String),
+    /// Green refused something.
+    #[error("green: {context}")]
+    Green {
+        /// What was being done.
+        context: &'static str,
+        /// What the server said.
+        #[source]
+        source: tokio_postgres::Error,
+    },
 }
 
 /// Compares green with blue (see the module documentation for what is
@@ -171,23 +224,32 @@ pub async fn run(config: &VerifyConfig) -> Result<VerifyReport, VerifyError> {
             side: "blue or green",
             source,
         })?;
-    let (equal, unverified) = if differences.is_empty() {
-        (
-            None,
-            Some(
-                "the schema matches, but comparing the rows at an exact point of the stream is not built yet (issue 20)"
-                    .to_owned(),
-            ),
-        )
-    } else {
-        (Some(false), None)
-    };
-    Ok(VerifyReport {
+    let mut report = VerifyReport {
         verified_lsn: None,
-        equal,
-        duration_seconds: started.elapsed().as_secs_f64(),
+        equal: None,
+        duration_seconds: 0.0,
         tables_compared: tables.len(),
         schema: differences,
-        unverified,
-    })
+        tables: Vec::new(),
+        unverified: None,
+    };
+    if report.schema.iter().any(|d| d.breaks_apply) {
+        report.equal = Some(false);
+        report.unverified = Some("the rows were not compared: green's schema breaks apply".into());
+    } else {
+        let point = data::take_point(config, &blue, &green).await?;
+        let (b, g) = data::sessions(config, &point).await?;
+        for table in &tables {
+            report
+                .tables
+                .push(data::compare_table(&b, &g, table).await?);
+        }
+        report.verified_lsn = Some(point.lsn.to_string());
+        report.equal = Some(
+            report.schema.iter().all(|d| d.note)
+                && report.tables.iter().all(|t| t.differences_total == 0),
+        );
+    }
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
 }

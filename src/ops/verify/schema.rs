@@ -33,6 +33,10 @@ pub struct SchemaDifference {
     /// Whether it makes apply fail (or lose data) as soon as a change
     /// meets it.
     pub breaks_apply: bool,
+    /// Expected while teal streams (a sequence behind blue's: sequences
+    /// are not replicated), to fix before a cutover; it does not make
+    /// green unequal.
+    pub note: bool,
     /// SQL that makes green fit, when one statement does.
     pub fix: Option<String>,
 }
@@ -211,6 +215,8 @@ fn diff_table(
     let mut add = |difference: String, breaks_apply: bool, fix: Option<String>| {
         out.push(SchemaDifference {
             table: name.clone(),
+            note: difference.starts_with("sequence ")
+                && difference.contains(" on blue (after a cutover"),
             difference,
             breaks_apply,
             fix,
@@ -414,6 +420,7 @@ pub async fn compare(
                 table: table.to_string(),
                 difference: "the table is missing on green".into(),
                 breaks_apply: true,
+                note: false,
                 fix: Some(create_table(table, &b)),
             }),
             Some(g) => out.extend(diff_table(table, &b, &g)),

@@ -1,0 +1,381 @@
+//! Comparing the rows at one exact point of the stream.
+//!
+//! ```text
+//! green: verify_points 'hold' ──(apply pauses at a boundary: 'holding')
+//! blue:  temporary slot, exported snapshot S at consistent point L
+//! green: 'at' L ──(apply goes on with every commit before L, pauses: 'reached')
+//!        snapshot G exported by a session of verify's; 'released' (apply goes on)
+//! each table: rows' md5s summed in S on blue and in G on green (on the
+//!        servers; no row leaves them when the sums agree); a table whose
+//!        sums differ is read again as (key, row md5) on both sides, and
+//!        every differing key is named
+//! ```
+//!
+//! Exact: S holds exactly the transactions blue committed before L, and
+//! green, paused at `reached`, holds exactly those too (apply stopped
+//! before the first commit at or past L, or when blue's position passed L
+//! with nothing pending), so G shows what S shows, whatever runs on blue
+//! and whatever apply does after `released`. See `apply::point`.
+//!
+//! Not built yet: chunking and bisection of large tables (a differing
+//! table is read whole as keys and md5s, held in memory), parallel workers,
+//! `--invariant`, `--show-values`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::event::{QualifiedName, quote_ident};
+use crate::lsn::Lsn;
+use crate::source::{ReplicationClient, SnapshotAction};
+use crate::store::Store;
+
+use super::{VerifyConfig, VerifyError};
+
+/// How long verify waits for the running stream at each step.
+const STEP_WAIT: Duration = Duration::from_secs(30);
+/// Differences listed per table (the count is always complete).
+pub const MAX_LISTED: usize = 1000;
+
+/// One differing row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RowDifference {
+    /// The row's primary key as JSON (`null` for a table without one).
+    pub key: serde_json::Value,
+    /// `missing_on_green`, `extra_on_green` or `different`.
+    pub kind: &'static str,
+}
+
+/// One table's comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableResult {
+    /// `schema.table`.
+    pub table: String,
+    /// Rows on blue at the point.
+    pub rows_blue: i64,
+    /// Rows on green at the point.
+    pub rows_green: i64,
+    /// Differing rows (all of them counted).
+    pub differences_total: usize,
+    /// The first [`MAX_LISTED`] of them.
+    pub differences: Vec<RowDifference>,
+}
+
+/// Both sides' snapshots at one point of the stream, held while the
+/// tables are read.
+pub struct Point {
+    /// Blue's consistent point.
+    pub lsn: Lsn,
+    blue_snapshot: String,
+    green_snapshot: String,
+    /// Holds S (and the temporary slot) while open.
+    _blue_holder: ReplicationClient,
+    /// Holds G (its transaction) while open.
+    _green_holder: Client,
+}
+
+fn green_sql(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> VerifyError {
+    move |source| VerifyError::Green { context, source }
+}
+
+/// Waits until the request's state is one of `states`; its state then.
+async fn wait_state(
+    green: &Client,
+    table: &str,
+    id: i64,
+    states: &[&str],
+) -> Result<Option<String>, VerifyError> {
+    let deadline = Instant::now() + STEP_WAIT;
+    loop {
+        let state: String = green
+            .query_one(&format!("SELECT state FROM {table} WHERE id = $1"), &[&id])
+            .await
+            .map_err(green_sql("reading the verify request"))?
+            .get(0);
+        if states.contains(&state.as_str()) {
+            return Ok(Some(state));
+        }
+        if state == "missed" || Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Takes the point: see the module documentation.
+pub async fn take_point(
+    config: &VerifyConfig,
+    blue: &Client,
+    green: &Client,
+) -> Result<Point, VerifyError> {
+    let store = Store::new(config.schema.clone());
+    let table = format!("{}.verify_points", store.quoted());
+    let id: i64 = match green
+        .query_one(
+            &format!("INSERT INTO {table} (slot, state) VALUES ($1, 'hold') RETURNING id"),
+            &[&config.slot],
+        )
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Err(VerifyError::NoPoint(format!(
+                "no running teal stream: green has no {table} (teal stream of this version has not run on this green, or --schema differs)"
+            )));
+        }
+        Err(e) => return Err(green_sql("asking the running teal stream to hold")(e)),
+    };
+    let missed = format!("UPDATE {table} SET state = 'missed', updated_at = now() WHERE id = $1");
+    let give_up = |why: String| {
+        let missed = missed.clone();
+        async move {
+            let _ = green.execute(&missed, &[&id]).await;
+            VerifyError::NoPoint(why)
+        }
+    };
+    if wait_state(green, &table, id, &["holding"]).await?.is_none() {
+        return Err(give_up(format!(
+            "no running teal stream on slot {:?} paused within {STEP_WAIT:?} (is teal stream running, with this green and --schema?)",
+            config.slot
+        ))
+        .await);
+    }
+    let mut holder = ReplicationClient::connect(&config.source)
+        .await
+        .map_err(|e| VerifyError::Blue(e.to_string()))?;
+    let created = holder
+        .create_temporary_slot(&format!("teal_verify_{id}"), SnapshotAction::Export)
+        .await
+        .map_err(|e| VerifyError::Blue(e.to_string()))?;
+    let Some(blue_snapshot) = created.snapshot_name else {
+        return Err(give_up("blue exported no snapshot".into()).await);
+    };
+    let lsn = created.consistent_point;
+    green
+        .execute(
+            &format!(
+                "UPDATE {table} SET state = 'at', lsn = $2::text::pg_lsn, updated_at = now() WHERE id = $1"
+            ),
+            &[&id, &lsn.to_string()],
+        )
+        .await
+        .map_err(green_sql("giving the running teal stream blue's point"))?;
+    // A message past the point tells apply at once that blue is past it.
+    let _ = blue
+        .execute(
+            "SELECT pg_catalog.pg_logical_emit_message(false, 'teal.verify', $1::text)",
+            &[&id.to_string()],
+        )
+        .await;
+    if wait_state(green, &table, id, &["reached"]).await?.is_none() {
+        return Err(give_up(format!(
+            "the running teal stream did not reach blue's point {lsn} within {STEP_WAIT:?}"
+        ))
+        .await);
+    }
+    let green_holder = crate::session::connect_plain(&config.target, "teal verify")
+        .await
+        .map_err(|source| VerifyError::Connect {
+            side: "green",
+            source,
+        })?;
+    let green_snapshot: String = {
+        green_holder
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(green_sql("opening green's snapshot"))?;
+        green_holder
+            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+            .await
+            .map_err(green_sql("exporting green's snapshot"))?
+            .get(0)
+    };
+    green
+        .execute(
+            &format!("UPDATE {table} SET state = 'released', updated_at = now() WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(green_sql("letting the running teal stream go on"))?;
+    Ok(Point {
+        lsn,
+        blue_snapshot,
+        green_snapshot,
+        _blue_holder: holder,
+        _green_holder: green_holder,
+    })
+}
+
+/// A session reading in `snapshot`, with the canonical text formats.
+async fn in_snapshot(client: &Client, snapshot: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&crate::config::canonical_format_statements())
+        .await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            snapshot.replace('\'', "''")
+        ))
+        .await
+}
+
+/// Opens blue's and green's reading sessions at `point`.
+pub async fn sessions(
+    config: &VerifyConfig,
+    point: &Point,
+) -> Result<(Client, Client), VerifyError> {
+    let connect = |conninfo, side| async move {
+        crate::session::connect_plain(conninfo, "teal verify")
+            .await
+            .map_err(|source| VerifyError::Connect { side, source })
+    };
+    let b = connect(&config.source, "blue").await?;
+    let g = connect(&config.target, "green").await?;
+    in_snapshot(&b, &point.blue_snapshot)
+        .await
+        .map_err(|e| VerifyError::Blue(format!("importing blue's snapshot: {e}")))?;
+    in_snapshot(&g, &point.green_snapshot)
+        .await
+        .map_err(green_sql("importing green's snapshot"))?;
+    Ok((b, g))
+}
+
+/// The columns blue sends (not generated) and its primary key.
+async fn columns_and_key(
+    blue: &Client,
+    table: &QualifiedName,
+) -> Result<(Vec<String>, Vec<String>), tokio_postgres::Error> {
+    let q = table.quoted();
+    let cols = blue
+        .query(
+            "SELECT attname::text FROM pg_catalog.pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
+             ORDER BY attnum",
+            &[&q],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let key = crate::session::primary_key_columns(
+        blue,
+        blue.query_one("SELECT $1::text::regclass::oid", &[&q])
+            .await?
+            .get(0),
+    )
+    .await?;
+    Ok((cols, key))
+}
+
+/// Compares `table` in both snapshots.
+pub async fn compare_table(
+    blue: &Client,
+    green: &Client,
+    table: &QualifiedName,
+) -> Result<TableResult, VerifyError> {
+    let (cols, key) = columns_and_key(blue, table)
+        .await
+        .map_err(|e| VerifyError::Blue(format!("reading {}'s columns: {e}", table)))?;
+    let row = format!(
+        "md5(ROW({})::text)",
+        cols.iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let sum = format!(
+        "SELECT count(*), coalesce(md5(string_agg(h, '' ORDER BY h COLLATE \"C\")), '') \
+         FROM (SELECT {row} AS h FROM {} t) s",
+        table.quoted()
+    );
+    let (b, g) =
+        futures_util::future::join(blue.query_one(&sum, &[]), green.query_one(&sum, &[])).await;
+    let b = b.map_err(|e| VerifyError::Blue(format!("summing {table}: {e}")))?;
+    let g = g.map_err(green_sql("summing a table"))?;
+    let (rows_blue, sum_blue): (i64, String) = (b.get(0), b.get(1));
+    let (rows_green, sum_green): (i64, String) = (g.get(0), g.get(1));
+    let mut result = TableResult {
+        table: table.to_string(),
+        rows_blue,
+        rows_green,
+        differences_total: 0,
+        differences: Vec::new(),
+    };
+    if rows_blue == rows_green && sum_blue == sum_green {
+        return Ok(result);
+    }
+    // Row by row: (key, md5) on both sides.
+    let key_sql = if key.is_empty() {
+        "NULL::text".to_owned()
+    } else {
+        format!(
+            "json_build_object({})::text",
+            key.iter()
+                .map(|k| format!(
+                    "{}, {}",
+                    crate::source::quote_sql_literal(k),
+                    quote_ident(k)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let rows_sql = format!("SELECT {key_sql}, {row} FROM {} t", table.quoted());
+    let (b, g) =
+        futures_util::future::join(blue.query(&rows_sql, &[]), green.query(&rows_sql, &[])).await;
+    let b = b.map_err(|e| VerifyError::Blue(format!("reading {table}'s rows: {e}")))?;
+    let g = g.map_err(green_sql("reading a table's rows"))?;
+    let mut push = |key: Option<String>, kind: &'static str| {
+        result.differences_total += 1;
+        if result.differences.len() < MAX_LISTED {
+            result.differences.push(RowDifference {
+                key: key
+                    .and_then(|k| serde_json::from_str(&k).ok())
+                    .unwrap_or(serde_json::Value::Null),
+                kind,
+            });
+        }
+    };
+    if key.is_empty() {
+        // No key: rows are their md5s, counted.
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        for r in &b {
+            *counts.entry(r.get(1)).or_default() += 1;
+        }
+        for r in &g {
+            *counts.entry(r.get(1)).or_default() -= 1;
+        }
+        for n in counts.values() {
+            for _ in 0..n.unsigned_abs() {
+                push(
+                    None,
+                    if *n > 0 {
+                        "missing_on_green"
+                    } else {
+                        "extra_on_green"
+                    },
+                );
+            }
+        }
+    } else {
+        let mut blue_rows: HashMap<String, String> =
+            b.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut found: Vec<(String, &'static str)> = Vec::new();
+        for r in &g {
+            let (k, h): (String, String) = (r.get(0), r.get(1));
+            match blue_rows.remove(&k) {
+                None => found.push((k, "extra_on_green")),
+                Some(bh) if bh != h => found.push((k, "different")),
+                Some(_) => {}
+            }
+        }
+        found.extend(blue_rows.into_keys().map(|k| (k, "missing_on_green")));
+        found.sort();
+        for (k, kind) in found {
+            push(Some(k), kind);
+        }
+    }
+    Ok(result)
+}

@@ -365,6 +365,35 @@ async fn exact_under_load_and_names_every_differing_key() {
         ],
         "{text}"
     );
+    // One audit row per run: ten equal, one not; counts, never keys.
+    let audit: Vec<(String, i64)> = twins
+        .g
+        .query(
+            "SELECT status, count(*) FROM teal.audit WHERE operation = 'verify' GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        audit,
+        [("failed".to_owned(), 1), ("succeeded".to_owned(), 10)]
+    );
+    let details: String = twins
+        .g
+        .query_one(
+            "SELECT details::text FROM teal.audit WHERE operation = 'verify' AND status = 'failed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        details.contains("\"differing_rows\": 3") && !details.contains("p7"),
+        "{details}"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut transfers = 0;
     for w in load {

@@ -207,9 +207,57 @@ pub async fn run(config: &VerifyConfig) -> Result<VerifyReport, VerifyError> {
     };
     let blue = connect(&config.source, "blue").await?;
     let green = connect(&config.target, "green").await?;
+    let mut record = crate::ops::audit::running(
+        "verify",
+        &crate::monitor::new_id(),
+        &config.slot,
+        &config.source,
+        &config.target,
+        serde_json::json!({}),
+    );
+    let result = compare(config, &blue, &green, started).await;
+    // One audit row (operation verify) when green has teal's schema: the
+    // point, the result, counts (never keys or values).
+    let (status, details) = match &result {
+        Ok(r) => (
+            if r.equal == Some(true) {
+                "succeeded"
+            } else {
+                "failed"
+            },
+            serde_json::json!({
+                "verified_lsn": r.verified_lsn,
+                "equal": r.equal,
+                "schema_differences": r.schema.iter().filter(|d| !d.note).count(),
+                "differing_rows": r.tables.iter().map(|t| t.differences_total).sum::<usize>(),
+                "tables": r.tables_compared,
+            }),
+        ),
+        Err(e) => (
+            "failed",
+            serde_json::json!({ "error": crate::error::Report(e).to_string() }),
+        ),
+    };
+    crate::ops::audit::finish(&mut record, status, started, details);
+    if let Err(e) = crate::store::Store::new(config.schema.clone())
+        .audit(&green, &record)
+        .await
+    {
+        tracing::debug!(error = %crate::error::Report(&e), "no audit row for verify");
+    }
+    result
+}
+
+/// The comparison itself (see [`run`]).
+async fn compare(
+    config: &VerifyConfig,
+    blue: &tokio_postgres::Client,
+    green: &tokio_postgres::Client,
+    started: Instant,
+) -> Result<VerifyReport, VerifyError> {
     // The same formats on both sides: format_type's output depends on them
     // no more than the search path, which both sessions leave at default.
-    let tables = schema::published_tables(&blue, &config.publications, &config.tables)
+    let tables = schema::published_tables(blue, &config.publications, &config.tables)
         .await
         .map_err(|source| VerifyError::Catalog {
             side: "blue",
@@ -218,7 +266,7 @@ pub async fn run(config: &VerifyConfig) -> Result<VerifyReport, VerifyError> {
     if tables.is_empty() {
         return Err(VerifyError::NoTables(config.publications.join(",")));
     }
-    let differences = schema::compare(&blue, &green, &tables)
+    let differences = schema::compare(blue, green, &tables)
         .await
         .map_err(|source| VerifyError::Catalog {
             side: "blue or green",
@@ -237,7 +285,7 @@ pub async fn run(config: &VerifyConfig) -> Result<VerifyReport, VerifyError> {
         report.equal = Some(false);
         report.unverified = Some("the rows were not compared: green's schema breaks apply".into());
     } else {
-        let point = data::take_point(config, &blue, &green).await?;
+        let point = data::take_point(config, blue, green).await?;
         let (b, g) = data::sessions(config, &point).await?;
         for table in &tables {
             report

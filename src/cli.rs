@@ -107,6 +107,21 @@ pub(crate) struct VerifyArgs {
     /// teal's schema on green (where the running stream's state is).
     #[arg(long, env = "TEAL_SCHEMA", default_value = Store::DEFAULT_SCHEMA)]
     pub(crate) schema: String,
+
+    /// NAME=SQL, repeatable: a query of one value run on both sides at the
+    /// verified point; verify fails unless both give the same true result
+    /// (e.g. ledger_balanced=SELECT sum(amount) = 0 FROM ledger).
+    #[arg(long = "invariant", value_parser = parse_invariant)]
+    pub(crate) invariants: Vec<(String, String)>,
+}
+
+fn parse_invariant(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, sql)) if !name.trim().is_empty() && !sql.trim().is_empty() => {
+            Ok((name.trim().to_owned(), sql.trim().to_owned()))
+        }
+        _ => Err("expected NAME=SQL (a name, '=', then a query of one value)".into()),
+    }
 }
 
 #[derive(Args)]

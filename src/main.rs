@@ -180,6 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     exclude: args.exclude_tables,
                 },
                 schema: args.schema,
+                invariants: args.invariants,
             };
             config.tables.validate()?;
             let report = match teal::ops::verify::run(&config).await {

@@ -293,11 +293,14 @@ async fn exact_under_load_and_names_every_differing_key() {
     for round in 0..10 {
         let (code, report, text) = tokio::task::spawn_blocking({
             let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
-            move || verify_urls(&b, &g)
+            move || verify_urls(&b, &g, &[BALANCED])
         })
         .await
         .unwrap();
         assert_eq!(code, 0, "round {round}: {text}");
+        // Transfers are balanced in each transaction: at an exact point,
+        // on both sides.
+        assert_eq!(report["invariants"][0]["holds"], true, "{report:#}");
         assert_eq!(report["equal"], true);
         assert!(report["verified_lsn"].is_string(), "{report:#}");
         let tables = report["tables"].as_array().unwrap();
@@ -328,11 +331,36 @@ async fn exact_under_load_and_names_every_differing_key() {
         .unwrap();
     let (code, report, text) = tokio::task::spawn_blocking({
         let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
-        move || verify_urls(&b, &g)
+        move || {
+            verify_urls(
+                &b,
+                &g,
+                &[
+                    BALANCED,
+                    "--invariant",
+                    "fifty_pairs=SELECT count(*) = 50 FROM comp",
+                ],
+            )
+        }
     })
     .await
     .unwrap();
     assert_eq!(code, 1, "{text}");
+    let invariants = report["invariants"].as_array().unwrap();
+    assert_eq!(invariants[0]["holds"], true, "{report:#}");
+    assert_eq!(
+        (
+            &invariants[1]["blue"],
+            &invariants[1]["green"],
+            &invariants[1]["holds"]
+        ),
+        (&Value::from("t"), &Value::from("f"), &Value::from(false)),
+        "an invariant that fails on green only: {report:#}"
+    );
+    assert!(
+        text.contains("invariant fifty_pairs: FAILS (blue t, green f)"),
+        "{text}"
+    );
     let mut found = Vec::new();
     for t in report["tables"].as_array().unwrap() {
         for d in t["differences"].as_array().unwrap() {
@@ -403,8 +431,12 @@ async fn exact_under_load_and_names_every_differing_key() {
     running.stop().await;
 }
 
+/// Double entry: every transfer's ledger rows sum to zero.
+const BALANCED: &str =
+    "--invariant=ledger_balanced=SELECT coalesce(sum(amount), 0) = 0 FROM ledger";
+
 /// `teal verify` between two URLs: status, JSON report, output.
-fn verify_urls(blue: &str, green: &str) -> (i32, Value, String) {
+fn verify_urls(blue: &str, green: &str, extra: &[&str]) -> (i32, Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
@@ -412,6 +444,7 @@ fn verify_urls(blue: &str, green: &str) -> (i32, Value, String) {
         .args(["verify", "--slot", "teal_slot", "--publication", "teal_pub"])
         .args(["--source", blue, "--target", green, "--report"])
         .arg(&report)
+        .args(extra)
         .output()
         .unwrap();
     let text =

@@ -46,6 +46,23 @@ pub struct VerifyConfig {
     pub tables: TableSelection,
     /// teal's schema on green (`--schema`), where the stream's state is.
     pub schema: String,
+    /// `--invariant NAME=SQL`: queries of one value, evaluated on both
+    /// sides at the verified point; each must give the same result on
+    /// both, and that result must be true.
+    pub invariants: Vec<(String, String)>,
+}
+
+/// One invariant's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvariantResult {
+    /// Its name.
+    pub name: String,
+    /// Blue's result as text (`null` for SQL NULL), or the error.
+    pub blue: Option<String>,
+    /// Green's.
+    pub green: Option<String>,
+    /// Both the same and true.
+    pub holds: bool,
 }
 
 /// The result, as `--format json` and `--report FILE` write it.
@@ -64,6 +81,8 @@ pub struct VerifyReport {
     pub schema: Vec<SchemaDifference>,
     /// Each table's rows at `verified_lsn`.
     pub tables: Vec<data::TableResult>,
+    /// The invariants at `verified_lsn`.
+    pub invariants: Vec<InvariantResult>,
     /// Why the result is not complete, when it is not.
     pub unverified: Option<String>,
 }
@@ -144,6 +163,16 @@ impl VerifyReport {
                     ));
                 }
             }
+        }
+        for i in &self.invariants {
+            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "NULL".into());
+            out.push_str(&format!(
+                "invariant {}: {} (blue {}, green {})\n",
+                i.name,
+                if i.holds { "holds" } else { "FAILS" },
+                show(&i.blue),
+                show(&i.green)
+            ));
         }
         match (self.equal, &self.unverified) {
             (Some(true), _) => out.push_str("green equals blue\n"),
@@ -248,6 +277,52 @@ pub async fn run(config: &VerifyConfig) -> Result<VerifyReport, VerifyError> {
     result
 }
 
+/// `sql` on both sides (in the point's snapshots); its first column's
+/// first row as text. An error is a result too, and never holds.
+async fn invariant(
+    blue: &tokio_postgres::Client,
+    green: &tokio_postgres::Client,
+    name: &str,
+    sql: &str,
+) -> InvariantResult {
+    let (b, g) = futures_util::future::join(one_value(blue, sql), one_value(green, sql)).await;
+    let holds = matches!((&b, &g), (Ok(Some(x)), Ok(Some(y))) if x == y && x == "t");
+    let show = |r: Result<Option<String>, String>| match r {
+        Ok(v) => v,
+        Err(e) => Some(format!("error: {e}")),
+    };
+    InvariantResult {
+        name: name.to_owned(),
+        blue: show(b),
+        green: show(g),
+        holds,
+    }
+}
+
+/// The first column of `sql`'s first row, as text (the same rendering on
+/// both sides: canonical formats), inside a savepoint so that a failing
+/// query leaves the snapshot's transaction usable.
+async fn one_value(client: &tokio_postgres::Client, sql: &str) -> Result<Option<String>, String> {
+    let run = async {
+        client.batch_execute("SAVEPOINT teal_invariant").await?;
+        let messages = client.simple_query(sql).await;
+        let rolled = client
+            .batch_execute("ROLLBACK TO SAVEPOINT teal_invariant")
+            .await;
+        let messages = messages?;
+        rolled?;
+        Ok::<_, tokio_postgres::Error>(messages.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+            _ => None,
+        }))
+    };
+    match run.await {
+        Ok(Some(value)) => Ok(value),
+        Ok(None) => Err("no row".into()),
+        Err(e) => Err(crate::error::Report(&e).to_string()),
+    }
+}
+
 /// The comparison itself (see [`run`]).
 async fn compare(
     config: &VerifyConfig,
@@ -279,6 +354,7 @@ async fn compare(
         tables_compared: tables.len(),
         schema: differences,
         tables: Vec::new(),
+        invariants: Vec::new(),
         unverified: None,
     };
     if report.schema.iter().any(|d| d.breaks_apply) {
@@ -292,10 +368,14 @@ async fn compare(
                 .tables
                 .push(data::compare_table(&b, &g, table).await?);
         }
+        for (name, sql) in &config.invariants {
+            report.invariants.push(invariant(&b, &g, name, sql).await);
+        }
         report.verified_lsn = Some(point.lsn.to_string());
         report.equal = Some(
             report.schema.iter().all(|d| d.note)
-                && report.tables.iter().all(|t| t.differences_total == 0),
+                && report.tables.iter().all(|t| t.differences_total == 0)
+                && report.invariants.iter().all(|i| i.holds),
         );
     }
     report.duration_seconds = started.elapsed().as_secs_f64();

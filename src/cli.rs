@@ -68,6 +68,44 @@ pub(crate) enum Command {
     /// every row, naming each differing key. Needs teal stream running on
     /// the slot. Exit status 0 equal, 1 differences, 2 could not verify.
     Verify(VerifyArgs),
+    /// Make green's rows of the keys a `teal verify --report` names equal to
+    /// blue's, at one exact point of the running stream (which then goes on).
+    Repair(RepairArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct RepairArgs {
+    /// Blue: libpq URL or key=value string.
+    #[arg(long, env = "TEAL_SOURCE_URL", hide_env_values = true)]
+    pub(crate) source: String,
+
+    /// Green: libpq URL or key=value string.
+    #[arg(long, env = "TEAL_TARGET_URL", hide_env_values = true)]
+    pub(crate) target: String,
+
+    /// The stream's slot on blue.
+    #[arg(long, env = "TEAL_SLOT")]
+    pub(crate) slot: String,
+
+    /// Publication(s) the report was made for.
+    #[arg(long, env = "TEAL_PUBLICATION", value_delimiter = ',', required = true)]
+    pub(crate) publication: Vec<String>,
+
+    /// The JSON report of teal verify (--report FILE).
+    #[arg(long)]
+    pub(crate) report: PathBuf,
+
+    /// Say what would be done, change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+
+    /// text (for people) or json (for programs) on stdout.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub(crate) format: String,
+
+    /// teal's schema on green (where the running stream's state is).
+    #[arg(long, env = "TEAL_SCHEMA", default_value = Store::DEFAULT_SCHEMA)]
+    pub(crate) schema: String,
 }
 
 #[derive(Args)]

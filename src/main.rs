@@ -101,7 +101,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(_) | Command::Stream(_) | Command::Sync(_) => {
             Some("stopping: finishing what was received, then confirming to blue")
         }
-        Command::Status(_) | Command::Demo(_) | Command::Verify(_) => Some("stopping"),
+        Command::Status(_) | Command::Demo(_) | Command::Verify(_) | Command::Repair(_) => {
+            Some("stopping")
+        }
     };
     spawn_signal_handler(shutdown.clone(), is_demo.then(|| abort.clone()), stopping)?;
     match cli.command {
@@ -206,6 +208,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match report.exit_status() {
                 0 => {}
                 code => return Err(ExitStatus(code).into()),
+            }
+        }
+        Command::Repair(args) => {
+            let config = teal::ops::verify::VerifyConfig {
+                source: args.source.parse().context("invalid --source")?,
+                target: args.target.parse().context("invalid --target")?,
+                slot: args.slot,
+                publications: args.publication,
+                tables: teal::config::TableSelection::default(),
+                schema: args.schema,
+                invariants: Vec::new(),
+            };
+            let text = std::fs::read_to_string(&args.report)
+                .with_context(|| format!("reading --report {}", args.report.display()))?;
+            let report: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("--report {} is not JSON", args.report.display()))?;
+            let (keys, keyless) = teal::ops::verify::repair::keys_of(&report)
+                .map_err(|e| anyhow::anyhow!("--report {}: {e}", args.report.display()))?;
+            let done =
+                match teal::ops::verify::repair::run(&config, &keys, keyless, args.dry_run).await {
+                    Ok(done) => done,
+                    Err(e) => {
+                        eprintln!(
+                            "teal: could not repair: {}",
+                            teal::error::report(anyhow::Error::new(e).chain())
+                        );
+                        return Err(ExitStatus(2).into());
+                    }
+                };
+            if args.format == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&done).context("writing the result")?
+                );
+            } else {
+                let verb = if done.dry_run { "would be" } else { "" };
+                println!(
+                    "{} key(s) {verb} made equal to blue at LSN {}:",
+                    done.keys.len(),
+                    done.lsn
+                );
+                for k in &done.keys {
+                    println!("  {} {} {}", k.action, k.table, k.key);
+                }
+                for t in &done.skipped_tables {
+                    println!(
+                        "  not repaired: {t} has no primary key (its differing rows have no key)"
+                    );
+                }
             }
         }
         Command::Status(args) => {

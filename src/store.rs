@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "verify points",
         include_str!("../sql/0005_verify_points.sql"),
     ),
+    (6, "repairs", include_str!("../sql/0006_repairs.sql")),
 ];
 
 /// Lock key for migrations (any constant; shared by all teal processes).

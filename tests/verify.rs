@@ -393,7 +393,68 @@ async fn exact_under_load_and_names_every_differing_key() {
         ],
         "{text}"
     );
-    // One audit row per run: ten equal, one not; counts, never keys.
+    // teal repair, from that report, while the writers run.
+    let dir = tempfile::tempdir().unwrap();
+    let report_file = dir.path().join("report.json");
+    std::fs::write(&report_file, report.to_string()).unwrap();
+    let repair = |dry_run: bool| {
+        let (b, g, f) = (
+            twins.blue.cli_url(),
+            twins.green.cli_url(),
+            report_file.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+                .env_clear()
+                .args(["repair", "--slot", "teal_slot", "--publication", "teal_pub"])
+                .args(["--source", &b, "--target", &g, "--report"])
+                .arg(&f)
+                .args(dry_run.then_some("--dry-run"))
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        })
+    };
+    let (code, text) = repair(true).await.unwrap();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("2 key(s) would be made equal")
+            && text.contains(r#"inserted public.comp {"k":{"a":7,"b":"p7"}}"#)
+            && text.contains(r#"updated public.parts_eu {"id":150,"region":"eu"}"#)
+            && text.contains("not repaired: public.nokey has no primary key"),
+        "{text}"
+    );
+    assert_eq!(
+        crate::support::twins::int8(&twins.g, "SELECT count(*) FROM comp").await,
+        49,
+        "a dry run changes nothing"
+    );
+    let (code, text) = repair(false).await.unwrap();
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        crate::support::twins::int8(&twins.g, "SELECT count(*) FROM teal.repairs").await,
+        2
+    );
+    // The keyless table's extra row by hand; then green equals blue again.
+    twins
+        .g
+        .batch_execute("SET session_replication_role = replica; DELETE FROM nokey WHERE at = 99")
+        .await
+        .unwrap();
+    let (code, _, text) = tokio::task::spawn_blocking({
+        let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
+        move || verify_urls(&b, &g, &[BALANCED])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "repaired while the writers ran: {text}");
+
+    // One audit row per run: eleven equal (ten, and one after the repair),
+    // one not; counts, never keys.
     let audit: Vec<(String, i64)> = twins
         .g
         .query(
@@ -407,7 +468,15 @@ async fn exact_under_load_and_names_every_differing_key() {
         .collect();
     assert_eq!(
         audit,
-        [("failed".to_owned(), 1), ("succeeded".to_owned(), 10)]
+        [("failed".to_owned(), 1), ("succeeded".to_owned(), 11)]
+    );
+    assert_eq!(
+        crate::support::twins::int8(
+            &twins.g,
+            "SELECT count(*) FROM teal.audit WHERE operation = 'repair' AND status = 'succeeded'"
+        )
+        .await,
+        1
     );
     let details: String = twins
         .g

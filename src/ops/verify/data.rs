@@ -104,12 +104,78 @@ async fn wait_state(
     }
 }
 
+/// The running stream paused exactly at blue's point, until
+/// [`Held::release`] (or its hold limit).
+pub struct Held {
+    /// Blue's consistent point.
+    pub lsn: Lsn,
+    /// Blue's exported snapshot at it.
+    pub blue_snapshot: String,
+    id: i64,
+    table: String,
+    holder: ReplicationClient,
+}
+
+impl Held {
+    /// Lets the stream go on; blue's snapshot stays held by the returned
+    /// connection (drop it when done reading).
+    pub async fn release(self, green: &Client) -> Result<ReplicationClient, VerifyError> {
+        green
+            .execute(
+                &format!(
+                    "UPDATE {} SET state = 'released', updated_at = now() WHERE id = $1",
+                    self.table
+                ),
+                &[&self.id],
+            )
+            .await
+            .map_err(green_sql("letting the running teal stream go on"))?;
+        Ok(self.holder)
+    }
+}
+
 /// Takes the point: see the module documentation.
 pub async fn take_point(
     config: &VerifyConfig,
     blue: &Client,
     green: &Client,
 ) -> Result<Point, VerifyError> {
+    let held = hold_at_point(config, blue, green).await?;
+    let green_holder = crate::session::connect_plain(&config.target, "teal verify")
+        .await
+        .map_err(|source| VerifyError::Connect {
+            side: "green",
+            source,
+        })?;
+    let green_snapshot: String = {
+        green_holder
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(green_sql("opening green's snapshot"))?;
+        green_holder
+            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+            .await
+            .map_err(green_sql("exporting green's snapshot"))?
+            .get(0)
+    };
+    let (lsn, blue_snapshot) = (held.lsn, held.blue_snapshot.clone());
+    let holder = held.release(green).await?;
+    Ok(Point {
+        lsn,
+        blue_snapshot,
+        green_snapshot,
+        _blue_holder: holder,
+        _green_holder: green_holder,
+    })
+}
+
+/// Pauses the running stream exactly at a new point of blue's (see the
+/// module documentation), holding blue's snapshot there.
+pub async fn hold_at_point(
+    config: &VerifyConfig,
+    blue: &Client,
+    green: &Client,
+) -> Result<Held, VerifyError> {
     let store = Store::new(config.schema.clone());
     let table = format!("{}.verify_points", store.quoted());
     let id: i64 = match green
@@ -175,41 +241,17 @@ pub async fn take_point(
         ))
         .await);
     }
-    let green_holder = crate::session::connect_plain(&config.target, "teal verify")
-        .await
-        .map_err(|source| VerifyError::Connect {
-            side: "green",
-            source,
-        })?;
-    let green_snapshot: String = {
-        green_holder
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(green_sql("opening green's snapshot"))?;
-        green_holder
-            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
-            .await
-            .map_err(green_sql("exporting green's snapshot"))?
-            .get(0)
-    };
-    green
-        .execute(
-            &format!("UPDATE {table} SET state = 'released', updated_at = now() WHERE id = $1"),
-            &[&id],
-        )
-        .await
-        .map_err(green_sql("letting the running teal stream go on"))?;
-    Ok(Point {
+    Ok(Held {
         lsn,
         blue_snapshot,
-        green_snapshot,
-        _blue_holder: holder,
-        _green_holder: green_holder,
+        id,
+        table,
+        holder,
     })
 }
 
 /// A session reading in `snapshot`, with the canonical text formats.
-async fn in_snapshot(client: &Client, snapshot: &str) -> Result<(), tokio_postgres::Error> {
+pub async fn in_snapshot(client: &Client, snapshot: &str) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&crate::config::canonical_format_statements())
         .await?;

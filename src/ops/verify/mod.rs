@@ -18,6 +18,7 @@
 
 mod checksum;
 pub mod data;
+pub mod repair;
 pub mod schema;
 
 pub use checksum::{TableSum, table_sum};

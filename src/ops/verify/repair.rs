@@ -53,11 +53,12 @@ pub struct RepairReport {
     pub skipped_tables: Vec<String>,
 }
 
+/// Keys to repair, per table (`schema.table`).
+pub type TableKeys = Vec<(String, Vec<serde_json::Value>)>;
+
 /// The keys of a verify report (`--report FILE` of `teal verify`), per
 /// table; tables with keyless differences apart.
-pub fn keys_of(
-    report: &serde_json::Value,
-) -> Result<(Vec<(String, Vec<serde_json::Value>)>, Vec<String>), String> {
+pub fn keys_of(report: &serde_json::Value) -> Result<(TableKeys, Vec<String>), String> {
     let tables = report["tables"]
         .as_array()
         .ok_or("the report has no \"tables\" (is it teal verify's --report?)")?;

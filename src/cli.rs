@@ -151,6 +151,11 @@ pub(crate) struct VerifyArgs {
     /// (e.g. ledger_balanced=SELECT sum(amount) = 0 FROM ledger).
     #[arg(long = "invariant", value_parser = parse_invariant)]
     pub(crate) invariants: Vec<(String, String)>,
+
+    /// Put the differing rows' values in the report (off by default:
+    /// production rows are often personal data).
+    #[arg(long)]
+    pub(crate) show_values: bool,
 }
 
 fn parse_invariant(s: &str) -> Result<(String, String), String> {

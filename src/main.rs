@@ -183,6 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 schema: args.schema,
                 invariants: args.invariants,
+                show_values: args.show_values,
             };
             config.tables.validate()?;
             let report = match teal::ops::verify::run(&config).await {
@@ -219,6 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tables: teal::config::TableSelection::default(),
                 schema: args.schema,
                 invariants: Vec::new(),
+                show_values: false,
             };
             let text = std::fs::read_to_string(&args.report)
                 .with_context(|| format!("reading --report {}", args.report.display()))?;

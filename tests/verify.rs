@@ -414,6 +414,32 @@ async fn exact_under_load_and_names_every_differing_key() {
         ],
         "{text}"
     );
+    // Values only when asked for.
+    assert!(
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["differences"].as_array().unwrap())
+            .all(|d| d.get("blue").is_none() && d.get("green").is_none()),
+        "{report:#}"
+    );
+    let (_, shown, _) = tokio::task::spawn_blocking({
+        let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
+        move || verify_urls(&b, &g, &["--show-values", "--tables", "big"])
+    })
+    .await
+    .unwrap();
+    let row = &shown["tables"][0]["differences"][0];
+    assert_eq!(
+        (&row["blue"], &row["green"]),
+        (
+            &serde_json::json!({"id": 31337, "v": 31337}),
+            &serde_json::json!({"id": 31337, "v": -1})
+        ),
+        "{shown:#}"
+    );
+
     // teal repair, from that report, while the writers run.
     let dir = tempfile::tempdir().unwrap();
     let report_file = dir.path().join("report.json");

@@ -49,6 +49,12 @@ pub struct RowDifference {
     pub key: serde_json::Value,
     /// `missing_on_green`, `extra_on_green` or `different`.
     pub kind: &'static str,
+    /// Blue's row (`--show-values` only: rows are often personal data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blue: Option<serde_json::Value>,
+    /// Green's row (`--show-values` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub green: Option<serde_json::Value>,
 }
 
 /// One table's comparison.
@@ -324,6 +330,7 @@ pub async fn compare_table(
     blue: &Client,
     green: &Client,
     table: &QualifiedName,
+    show_values: bool,
 ) -> Result<TableResult, VerifyError> {
     let (cols, key) = columns_and_key(blue, table)
         .await
@@ -429,6 +436,8 @@ pub async fn compare_table(
                     .and_then(|k| serde_json::from_str(&k).ok())
                     .unwrap_or(serde_json::Value::Null),
                 kind,
+                blue: None,
+                green: None,
             });
         }
     };
@@ -469,6 +478,38 @@ pub async fn compare_table(
         found.sort();
         for (k, kind) in found {
             push(Some(k), kind);
+        }
+    }
+    if show_values && !key.is_empty() {
+        // Found by key through green's and blue's indexes.
+        let q = table.quoted();
+        let t_pk = key
+            .iter()
+            .map(|c| format!("t.{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let r_pk = key
+            .iter()
+            .map(|c| format!("r.{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let read = format!(
+            "SELECT row_to_json(t.*)::text FROM {q} t WHERE ({t_pk}) = \
+             (SELECT {r_pk} FROM pg_catalog.json_populate_record(NULL::{q}, $1::text::json) r)"
+        );
+        for d in &mut result.differences {
+            let k = d.key.to_string();
+            let row = |r: Option<tokio_postgres::Row>| {
+                r.and_then(|r| serde_json::from_str(&r.get::<_, String>(0)).ok())
+            };
+            d.blue = row(blue
+                .query_opt(&read, &[&k])
+                .await
+                .map_err(|e| VerifyError::Blue(format!("reading a row of {table}: {e}")))?);
+            d.green = row(green
+                .query_opt(&read, &[&k])
+                .await
+                .map_err(green_sql("reading a row"))?);
         }
     }
     Ok(result)

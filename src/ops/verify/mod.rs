@@ -51,6 +51,9 @@ pub struct VerifyConfig {
     /// sides at the verified point; each must give the same result on
     /// both, and that result must be true.
     pub invariants: Vec<(String, String)>,
+    /// `--show-values`: the differing rows' values in the report (off by
+    /// default: production rows are often personal data).
+    pub show_values: bool,
 }
 
 /// One invariant's results.
@@ -156,6 +159,12 @@ impl VerifyReport {
                 ));
                 for d in &t.differences {
                     out.push_str(&format!("      {} {}\n", d.kind, d.key));
+                    for (side, row) in [("blue ", &d.blue), ("green", &d.green)] {
+                        if let Some(row) = row {
+                            // JSON: control characters are escaped, no line is forged.
+                            out.push_str(&format!("        {side} {row}\n"));
+                        }
+                    }
                 }
                 if t.differences.len() < t.differences_total {
                     out.push_str(&format!(
@@ -367,7 +376,7 @@ async fn compare(
         for table in &tables {
             report
                 .tables
-                .push(data::compare_table(&b, &g, table).await?);
+                .push(data::compare_table(&b, &g, table, config.show_values).await?);
         }
         for (name, sql) in &config.invariants {
             report.invariants.push(invariant(&b, &g, name, sql).await);

@@ -501,7 +501,7 @@ async fn exact_under_load_and_names_every_differing_key() {
     assert_eq!(code, 0, "repaired while the writers ran: {text}");
 
     // One audit row per run: eleven equal (ten, and one after the repair),
-    // one not; counts, never keys.
+    // two not (all tables, and --show-values of one); counts, never keys.
     let audit: Vec<(String, i64)> = twins
         .g
         .query(
@@ -515,7 +515,7 @@ async fn exact_under_load_and_names_every_differing_key() {
         .collect();
     assert_eq!(
         audit,
-        [("failed".to_owned(), 1), ("succeeded".to_owned(), 11)]
+        [("failed".to_owned(), 2), ("succeeded".to_owned(), 11)]
     );
     assert_eq!(
         crate::support::twins::int8(
@@ -528,7 +528,8 @@ async fn exact_under_load_and_names_every_differing_key() {
     let details: String = twins
         .g
         .query_one(
-            "SELECT details::text FROM teal.audit WHERE operation = 'verify' AND status = 'failed'",
+            "SELECT details::text FROM teal.audit WHERE operation = 'verify' AND status = 'failed' \
+             AND details->>'tables' = '7'",
             &[],
         )
         .await

@@ -156,6 +156,10 @@ pub(crate) struct VerifyArgs {
     /// production rows are often personal data).
     #[arg(long)]
     pub(crate) show_values: bool,
+
+    /// Tables compared at once (each uses a session on blue and on green).
+    #[arg(long, env = "TEAL_VERIFY_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) workers: u16,
 }
 
 fn parse_invariant(s: &str) -> Result<(String, String), String> {

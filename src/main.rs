@@ -184,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 schema: args.schema,
                 invariants: args.invariants,
                 show_values: args.show_values,
+                workers: usize::from(args.workers),
             };
             config.tables.validate()?;
             let report = match teal::ops::verify::run(&config).await {
@@ -221,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 schema: args.schema,
                 invariants: Vec::new(),
                 show_values: false,
+                workers: 1,
             };
             let text = std::fs::read_to_string(&args.report)
                 .with_context(|| format!("reading --report {}", args.report.display()))?;

@@ -54,6 +54,8 @@ pub struct VerifyConfig {
     /// `--show-values`: the differing rows' values in the report (off by
     /// default: production rows are often personal data).
     pub show_values: bool,
+    /// `--workers`: tables compared at once (each a session on each side).
+    pub workers: usize,
 }
 
 /// One invariant's results.
@@ -372,14 +374,36 @@ async fn compare(
         report.unverified = Some("the rows were not compared: green's schema breaks apply".into());
     } else {
         let point = data::take_point(config, blue, green).await?;
-        let (b, g) = data::sessions(config, &point).await?;
-        for table in &tables {
-            report
-                .tables
-                .push(data::compare_table(&b, &g, table, config.show_values).await?);
+        // --workers pairs of sessions, each in both snapshots, take the
+        // tables in turn; the report keeps the tables' order.
+        let mut pairs = Vec::with_capacity(config.workers.max(1));
+        for _ in 0..config.workers.clamp(1, tables.len().max(1)) {
+            pairs.push(data::sessions(config, &point).await?);
         }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results = futures_util::future::try_join_all(pairs.iter().map(|(b, g)| {
+            let (tables, next) = (&tables, &next);
+            async move {
+                let mut mine = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(table) = tables.get(i) else {
+                        return Ok::<_, VerifyError>(mine);
+                    };
+                    mine.push((
+                        i,
+                        data::compare_table(b, g, table, config.show_values).await?,
+                    ));
+                }
+            }
+        }))
+        .await?;
+        let mut results: Vec<(usize, data::TableResult)> = results.into_iter().flatten().collect();
+        results.sort_by_key(|(i, _)| *i);
+        report.tables = results.into_iter().map(|(_, t)| t).collect();
+        let (b, g) = &pairs[0];
         for (name, sql) in &config.invariants {
-            report.invariants.push(invariant(&b, &g, name, sql).await);
+            report.invariants.push(invariant(b, g, name, sql).await);
         }
         report.verified_lsn = Some(point.lsn.to_string());
         report.equal = Some(

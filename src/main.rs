@@ -172,21 +172,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             sync::hold(&source, &args.slot, args.orphan_timeout, shutdown).await?;
         }
         Command::Verify(args) => {
-            let config = teal::ops::verify::VerifyConfig {
-                source: args.source.parse().context("invalid --source")?,
-                target: args.target.parse().context("invalid --target")?,
-                slot: args.slot,
-                publications: args.publication,
-                tables: teal::config::TableSelection {
-                    include: args.tables,
-                    exclude: args.exclude_tables,
-                },
-                schema: args.schema,
-                invariants: args.invariants,
-                show_values: args.show_values,
-                workers: usize::from(args.workers),
-            };
-            config.tables.validate()?;
+            let (format, report_file) = (args.format.clone(), args.report.clone());
+            let config = args.config()?;
             let report = match teal::ops::verify::run(&config).await {
                 Ok(report) => report,
                 Err(e) => {
@@ -198,11 +185,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let json = serde_json::to_string_pretty(&report).context("writing the report")?;
-            if let Some(path) = &args.report {
+            if let Some(path) = &report_file {
                 std::fs::write(path, format!("{json}\n"))
                     .with_context(|| format!("writing --report {}", path.display()))?;
             }
-            if args.format == "json" {
+            if format == "json" {
                 println!("{json}");
             } else {
                 print!("{}", report.text());
@@ -213,17 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Repair(args) => {
-            let config = teal::ops::verify::VerifyConfig {
-                source: args.source.parse().context("invalid --source")?,
-                target: args.target.parse().context("invalid --target")?,
-                slot: args.slot,
-                publications: args.publication,
-                tables: teal::config::TableSelection::default(),
-                schema: args.schema,
-                invariants: Vec::new(),
-                show_values: false,
-                workers: 1,
-            };
+            let config = args.sides.config()?;
             let text = std::fs::read_to_string(&args.report)
                 .with_context(|| format!("reading --report {}", args.report.display()))?;
             let report: serde_json::Value = serde_json::from_str(&text)

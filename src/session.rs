@@ -173,6 +173,31 @@ pub(crate) async fn connect_with(
     Ok(client)
 }
 
+/// The tables `publications` publish, distinct, in byte order of
+/// (schema, name) whatever blue's collation (the same order on every run).
+pub async fn published_tables(
+    client: &Client,
+    publications: &[String],
+) -> Result<Vec<crate::event::QualifiedName>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables \
+             WHERE pubname = ANY($1)",
+            &[&publications],
+        )
+        .await?;
+    let mut tables: Vec<crate::event::QualifiedName> = rows
+        .iter()
+        .map(|r| crate::event::QualifiedName {
+            namespace: r.get(0),
+            name: r.get(1),
+        })
+        .collect();
+    tables.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    tables.dedup();
+    Ok(tables)
+}
+
 /// The primary-key column names of table `oid`, in key order (empty
 /// without a primary key). Used on green here, and on blue by the Kafka
 /// sink to key records of tables whose replica identity is not the key.

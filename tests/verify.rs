@@ -20,29 +20,13 @@ const SCHEMA: &str = r#"
 
 /// `teal verify` (the binary): exit status and the JSON report.
 fn verify(twins: &Twins) -> (i32, Value, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-        .env_clear()
-        .args(["verify", "--slot", "teal_slot", "--publication", "teal_pub"])
-        .args([
-            "--source",
-            &twins.blue.cli_url(),
-            "--target",
-            &twins.green.cli_url(),
-        ])
-        .args(["--exclude-tables", "not_published"])
-        .args(["--format", "text", "--report"])
-        .arg(&report)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(&report).unwrap_or_else(|e| panic!("no report ({e}): {text}")),
-    )
-    .unwrap();
-    (out.status.code().unwrap_or(-1), json, text)
+    let (code, json, text) = verify_urls(
+        &twins.blue.cli_url(),
+        &twins.green.cli_url(),
+        &["--exclude-tables", "not_published", "--format", "text"],
+    );
+    assert!(!json.is_null(), "no report: {text}");
+    (code, json, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,22 +151,12 @@ async fn schema_differences_are_named_with_their_fix_and_the_fixes_work() {
 
 /// `teal verify` (the binary) that may not write a report: status and output.
 fn verify_status(twins: &Twins) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-        .env_clear()
-        .args(["verify", "--slot", "teal_slot", "--publication", "teal_pub"])
-        .args([
-            "--source",
-            &twins.blue.cli_url(),
-            "--target",
-            &twins.green.cli_url(),
-        ])
-        .args(["--exclude-tables", "not_published"])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let (code, _, text) = verify_urls(
+        &twins.blue.cli_url(),
+        &twins.green.cli_url(),
+        &["--exclude-tables", "not_published"],
+    );
+    (code, text)
 }
 
 /// Status 2 with the reason when verify cannot run.

@@ -249,6 +249,20 @@ impl TableSelection {
             && !self.exclude.iter().any(named)
     }
 
+    /// The first `--tables` entry that names none of `published`.
+    pub fn unmatched<'a>(
+        &'a self,
+        published: &[crate::event::QualifiedName],
+    ) -> Option<&'a String> {
+        self.include.iter().find(|wanted| {
+            let only = TableSelection {
+                include: vec![(*wanted).clone()],
+                exclude: Vec::new(),
+            };
+            !published.iter().any(|t| only.selects(t))
+        })
+    }
+
     /// Whether every table is selected.
     pub fn is_all(&self) -> bool {
         self.include.is_empty() && self.exclude.is_empty()

@@ -230,37 +230,19 @@ async fn check_selection(config: &StreamConfig) -> Result<(), StreamError> {
     let Ok(blue) = crate::session::connect_plain(&config.source.conninfo, "teal").await else {
         return Ok(());
     };
-    let Ok(rows) = blue
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = ANY($1)",
-            &[&config.source.publications],
-        )
-        .await
+    let Ok(published) = crate::session::published_tables(&blue, &config.source.publications).await
     else {
         return Ok(());
     };
-    let published: Vec<crate::event::QualifiedName> = rows
-        .iter()
-        .map(|r| crate::event::QualifiedName {
-            namespace: r.get(0),
-            name: r.get(1),
-        })
-        .collect();
-    for wanted in &selection.include {
-        let only = crate::config::TableSelection {
-            include: vec![wanted.clone()],
-            exclude: Vec::new(),
-        };
-        if !published.iter().any(|t| only.selects(t)) {
-            return Err(crate::config::ConfigError {
-                flag: "--tables",
-                reason: format!(
-                    "{wanted:?} is not a table the publication(s) {} publish",
-                    config.source.publications.join(",")
-                ),
-            }
-            .into());
+    if let Some(wanted) = selection.unmatched(&published) {
+        return Err(crate::config::ConfigError {
+            flag: "--tables",
+            reason: format!(
+                "{wanted:?} is not a table the publication(s) {} publish",
+                config.source.publications.join(",")
+            ),
         }
+        .into());
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ mod auth;
 mod commands;
 mod conn;
 mod error;
+mod frame;
 pub mod slot_watch;
 mod stream;
 

@@ -264,24 +264,19 @@ pub async fn published_tables(
             }),
         }
     }
-    for wanted in &selection.include {
-        let only = crate::config::TableSelection {
-            include: vec![wanted.clone()],
-            exclude: Vec::new(),
-        };
-        // Against everything published (an entry may be excluded too).
-        let known = rows.iter().any(|r| {
-            only.selects(&crate::event::QualifiedName {
-                namespace: r.get(0),
-                name: r.get(1),
-            })
-        });
-        if !known {
-            return Err(SyncError::Setup(format!(
-                "--tables names {wanted:?}, which the publication(s) {} do not publish",
-                publications.join(",")
-            )));
-        }
+    // Against everything published (an entry may be excluded too).
+    let published: Vec<crate::event::QualifiedName> = rows
+        .iter()
+        .map(|r| crate::event::QualifiedName {
+            namespace: r.get(0),
+            name: r.get(1),
+        })
+        .collect();
+    if let Some(wanted) = selection.unmatched(&published) {
+        return Err(SyncError::Setup(format!(
+            "--tables names {wanted:?}, which the publication(s) {} do not publish",
+            publications.join(",")
+        )));
     }
     let mut plans = Vec::new();
     for Published {

@@ -306,8 +306,26 @@ pub async fn sessions(
     Ok((b, g))
 }
 
-/// The columns blue sends (not generated) and its primary key.
-async fn columns_and_key(
+/// `t`'s row whose primary key `key` equals the JSON key in `$1` (as
+/// verify reports keys), typed by `table`'s row type, so the index is used
+/// and composite keys compare as their types.
+pub(super) fn by_key(table: &QualifiedName, key: &[String]) -> String {
+    let cols = |alias: &str| {
+        key.iter()
+            .map(|c| format!("{alias}.{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "({}) = (SELECT {} FROM pg_catalog.json_populate_record(NULL::{}, $1::text::json) r)",
+        cols("t"),
+        cols("r"),
+        table.quoted()
+    )
+}
+
+/// The columns blue sends (not generated) and its primary key, unquoted.
+pub(super) async fn columns_and_key(
     blue: &Client,
     table: &QualifiedName,
 ) -> Result<(Vec<String>, Vec<String>), tokio_postgres::Error> {
@@ -494,20 +512,10 @@ pub async fn compare_table(
     }
     if show_values && !key.is_empty() {
         // Found by key through green's and blue's indexes.
-        let q = table.quoted();
-        let t_pk = key
-            .iter()
-            .map(|c| format!("t.{}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let r_pk = key
-            .iter()
-            .map(|c| format!("r.{}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ");
         let read = format!(
-            "SELECT row_to_json(t.*)::text FROM {q} t WHERE ({t_pk}) = \
-             (SELECT {r_pk} FROM pg_catalog.json_populate_record(NULL::{q}, $1::text::json) r)"
+            "SELECT row_to_json(t.*)::text FROM {} t WHERE {}",
+            table.quoted(),
+            by_key(table, &key)
         );
         for d in &mut result.differences {
             let k = d.key.to_string();

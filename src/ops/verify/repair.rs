@@ -189,49 +189,21 @@ async fn repair_at(
     for (name, table_keys) in keys {
         let table = parse_table(name);
         let q = table.quoted();
-        let cols: Vec<String> = blue
-            .query(
-                "SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute \
-                 WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
-                 ORDER BY attnum",
-                &[&q],
-            )
+        let (cols, pk) = data::columns_and_key(&blue, &table)
             .await
-            .map_err(|e| VerifyError::Blue(format!("reading {name}'s columns: {e}")))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let oid: u32 = blue
-            .query_one("SELECT $1::text::regclass::oid", &[&q])
-            .await
-            .map_err(|e| VerifyError::Blue(format!("finding {name}: {e}")))?
-            .get(0);
-        let pk: Vec<String> = crate::session::primary_key_columns(&blue, oid)
-            .await
-            .map_err(|e| VerifyError::Blue(format!("reading {name}'s primary key: {e}")))?
-            .iter()
-            .map(|c| crate::event::quote_ident(c))
-            .collect();
+            .map_err(|e| VerifyError::Blue(format!("reading {name}'s columns and key: {e}")))?;
         if pk.is_empty() {
             continue;
         }
-        let t_pk = pk
-            .iter()
-            .map(|c| format!("t.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let r_pk = pk
-            .iter()
-            .map(|c| format!("r.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let by_key = format!(
-            "({t_pk}) = (SELECT {r_pk} FROM pg_catalog.json_populate_record(NULL::{q}, $1::text::json) r)"
-        );
+        let by_key = data::by_key(&table, &pk);
         let read = format!("SELECT row_to_json(t.*)::text FROM {q} t WHERE {by_key}");
         let green_has = format!("SELECT count(*) FROM {q} t WHERE {by_key}");
         let delete = format!("DELETE FROM {q} t WHERE {by_key}");
-        let column_list = cols.join(", ");
+        let column_list = cols
+            .iter()
+            .map(|c| crate::event::quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
         let insert = format!(
             "INSERT INTO {q} ({column_list}) SELECT {column_list} FROM pg_catalog.json_populate_record(NULL::{q}, $1::text::json)"
         );

@@ -71,22 +71,8 @@ pub async fn published_tables(
     publications: &[String],
     selection: &TableSelection,
 ) -> Result<Vec<QualifiedName>, tokio_postgres::Error> {
-    let rows = blue
-        .query(
-            "SELECT DISTINCT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables \
-             WHERE pubname = ANY($1)",
-            &[&publications],
-        )
-        .await?;
-    let mut tables: Vec<QualifiedName> = rows
-        .iter()
-        .map(|r| QualifiedName {
-            namespace: r.get(0),
-            name: r.get(1),
-        })
-        .filter(|t| selection.selects(t))
-        .collect();
-    tables.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut tables = crate::session::published_tables(blue, publications).await?;
+    tables.retain(|t| selection.selects(t));
     Ok(tables)
 }
 

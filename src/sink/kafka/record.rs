@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rdkafka::producer::FutureProducer;
 
 use crate::config::ConnInfo;
-use crate::event::{ChangeKind, QualifiedName, Relation, TxnMeta};
+use crate::event::{ChangeKind, Relation, TxnMeta};
 use crate::lsn::PgTimestamp;
 
 use super::acker::{Sent, send};
@@ -83,25 +83,11 @@ impl PrimaryKeys {
             source,
         };
         let client = self.client().await.map_err(|e| fail(e.into()))?;
-        let rows = client
-            .query(
-                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = ANY($1)",
-                &[&publications],
-            )
+        // In byte order: the same table is named first on every run.
+        let mut tables = crate::session::published_tables(client, publications)
             .await
             .map_err(|e| fail(e.into()))?;
-        // Byte order, whatever blue's collation: the same table is named
-        // first on every run.
-        let mut tables: Vec<QualifiedName> = rows
-            .iter()
-            .map(|row| QualifiedName {
-                namespace: row.get(0),
-                name: row.get(1),
-            })
-            .collect();
         tables.retain(|t| selection.selects(t));
-        tables.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        tables.dedup();
         for table in &tables {
             names.of(table)?;
         }

@@ -173,8 +173,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Verify(args) => {
             let (format, report_file) = (args.format.clone(), args.report.clone());
+            let (metrics_addr, metrics_token) = (args.metrics_addr, args.metrics_token.clone());
             let config = args.config()?;
-            let report = match teal::ops::verify::run(&config).await {
+            let progress = std::sync::Arc::new(teal::progress::VerifyProgress::new());
+            let stop = tokio_util::sync::CancellationToken::new();
+            if let Some(addr) = metrics_addr {
+                teal::http::serve_verify(
+                    addr,
+                    config.slot.clone(),
+                    std::sync::Arc::clone(&progress),
+                    metrics_token,
+                    stop.clone(),
+                )
+                .await?;
+            }
+            let display = tokio::spawn({
+                let (progress, stop) = (std::sync::Arc::clone(&progress), stop.clone());
+                async move { teal::ops::verify::display::show(&progress, stop).await }
+            });
+            let result = teal::ops::verify::run(&config, &progress).await;
+            stop.cancel();
+            let _ = display.await;
+            let report = match result {
                 Ok(report) => report,
                 Err(e) => {
                     eprintln!(

@@ -319,6 +319,8 @@ async fn exact_under_load_and_names_every_differing_key() {
                     BALANCED,
                     "--invariant",
                     "fifty_pairs=SELECT count(*) = 50 FROM comp",
+                    "--chunk-rows",
+                    "10000",
                 ],
             )
         }
@@ -352,7 +354,7 @@ async fn exact_under_load_and_names_every_differing_key() {
         }
     }
     found.sort_by(|a, b| a.0.cmp(&b.0));
-    // 50,000 rows: summed in 5 buckets, one of them read.
+    // 50,000 rows: summed in 5 chunks, one of them read.
     let big = report["tables"]
         .as_array()
         .unwrap()
@@ -360,7 +362,7 @@ async fn exact_under_load_and_names_every_differing_key() {
         .find(|t| t["table"] == "public.big")
         .unwrap();
     assert_eq!(
-        (&big["buckets"], &big["buckets_differing"]),
+        (&big["chunks"], &big["chunks_differing"]),
         (&Value::from(5), &Value::from(1)),
         "{big}"
     );
@@ -420,29 +422,7 @@ async fn exact_under_load_and_names_every_differing_key() {
     let dir = tempfile::tempdir().unwrap();
     let report_file = dir.path().join("report.json");
     std::fs::write(&report_file, report.to_string()).unwrap();
-    let repair = |dry_run: bool| {
-        let (b, g, f) = (
-            twins.blue.cli_url(),
-            twins.green.cli_url(),
-            report_file.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-                .env_clear()
-                .args(["repair", "--slot", "teal_slot", "--publication", "teal_pub"])
-                .args(["--source", &b, "--target", &g, "--report"])
-                .arg(&f)
-                .args(dry_run.then_some("--dry-run"))
-                .output()
-                .unwrap();
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned()
-                    + &String::from_utf8_lossy(&out.stderr),
-            )
-        })
-    };
-    let (code, text) = repair(true).await.unwrap();
+    let (code, text) = repair(&twins, &report_file, true).await;
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("3 key(s) would be made equal")
@@ -456,7 +436,7 @@ async fn exact_under_load_and_names_every_differing_key() {
         49,
         "a dry run changes nothing"
     );
-    let (code, text) = repair(false).await.unwrap();
+    let (code, text) = repair(&twins, &report_file, false).await;
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(
         crate::support::twins::int8(&twins.g, "SELECT count(*) FROM teal.repairs").await,
@@ -522,6 +502,32 @@ async fn exact_under_load_and_names_every_differing_key() {
     }
     assert!(transfers > 10, "the writers ran ({transfers})");
     running.stop().await;
+}
+
+/// `teal repair` from `report` (`--dry-run` when `dry_run`): status and output.
+async fn repair(twins: &Twins, report: &std::path::Path, dry_run: bool) -> (Option<i32>, String) {
+    let (b, g, f) = (
+        twins.blue.cli_url(),
+        twins.green.cli_url(),
+        report.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+            .env_clear()
+            .args(["repair", "--slot", "teal_slot", "--publication", "teal_pub"])
+            .args(["--source", &b, "--target", &g, "--report"])
+            .arg(&f)
+            .args(dry_run.then_some("--dry-run"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    })
+    .await
+    .unwrap()
 }
 
 /// Double entry: every transfer's ledger rows sum to zero.
@@ -590,7 +596,28 @@ async fn pgbench_writing_on_blue_and_ten_equal_verifications() {
         );
     }
     let running = crate::support::running::Running::start(&twins, twins.config()).await;
-    let mut writer = pgbench(&twins.blue, &["-c", "4", "-j", "2", "-T", "600", "-n"]);
+    // pgbench's TPC-B-like transaction, on accounts 1 to 190,000 of
+    // 200,000: the rows changed behind teal's back below are not ones the
+    // writer changes too.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("tpcb.sql");
+    std::fs::write(
+        &script,
+        "\\set aid random(1, 190000)\n\\set bid random(1, 2)\n\\set tid random(1, 20)\n\
+         \\set delta random(-5000, 5000)\nBEGIN;\n\
+         UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n\
+         SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n\
+         UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;\n\
+         UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;\n\
+         INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+         VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);\nEND;\n",
+    )
+    .unwrap();
+    let script = script.to_str().unwrap().to_owned();
+    let mut writer = pgbench(
+        &twins.blue,
+        &["-c", "4", "-j", "2", "-T", "600", "-n", "-f", &script],
+    );
     let bank = "--invariant=bank_balanced=SELECT (SELECT sum(abalance) FROM pgbench_accounts) \
                 = (SELECT sum(bbalance) FROM pgbench_branches) \
                 AND (SELECT sum(tbalance) FROM pgbench_tellers) = (SELECT sum(bbalance) FROM pgbench_branches)";
@@ -609,6 +636,147 @@ async fn pgbench_writing_on_blue_and_ten_equal_verifications() {
     // pgbench wrote all along: each verification was at a new point.
     lsns.dedup();
     assert_eq!(lsns.len(), 10, "{lsns:?}");
+
+    // Behind teal's back, while pgbench writes: one account deleted, one
+    // changed, one added on green.
+    twins
+        .g
+        .batch_execute(
+            "SET session_replication_role = replica;
+             DELETE FROM pgbench_accounts WHERE aid = 195001;
+             UPDATE pgbench_accounts SET abalance = abalance - 1 WHERE aid = 195002;
+             INSERT INTO pgbench_accounts VALUES (200001, 2, 0, '');",
+        )
+        .await
+        .unwrap();
+    // In process, with the metrics endpoint: verify names exactly those
+    // three keys, and /metrics counts them (never names them).
+    let config = teal::ops::verify::VerifyConfig {
+        source: twins.blue.url().parse().unwrap(),
+        target: twins.green.url().parse().unwrap(),
+        slot: "teal_slot".into(),
+        publications: vec!["teal_pub".into()],
+        tables: Default::default(),
+        schema: "teal".into(),
+        invariants: Vec::new(),
+        show_values: false,
+        workers: 2,
+        chunk_rows: 1000,
+    };
+    let progress = std::sync::Arc::new(teal::progress::VerifyProgress::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let addr = teal::http::serve_verify(
+        "127.0.0.1:0".parse().unwrap(),
+        "teal_slot".into(),
+        std::sync::Arc::clone(&progress),
+        Some(teal::config::Secret::new("s3cret")),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let report = teal::ops::verify::run(&config, &progress).await.unwrap();
+    assert_eq!(report.equal, Some(false), "{}", report.text());
+    let named: Vec<(String, String, &str)> = report
+        .tables
+        .iter()
+        .flat_map(|t| {
+            t.differences
+                .iter()
+                .map(|d| (t.table.clone(), d.key.to_string(), d.kind))
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (
+                "public.pgbench_accounts".to_owned(),
+                r#"{"aid":195001}"#.to_owned(),
+                "missing_on_green"
+            ),
+            (
+                "public.pgbench_accounts".to_owned(),
+                r#"{"aid":195002}"#.to_owned(),
+                "different"
+            ),
+            (
+                "public.pgbench_accounts".to_owned(),
+                r#"{"aid":200001}"#.to_owned(),
+                "extra_on_green"
+            ),
+        ],
+        "{}",
+        report.text()
+    );
+    let accounts = report
+        .tables
+        .iter()
+        .find(|t| t.table == "public.pgbench_accounts")
+        .unwrap();
+    // 200,000 rows in 200 chunks; the three keys fall in at most three.
+    assert_eq!(accounts.chunks, 200);
+    assert!((1..=3).contains(&accounts.chunks_differing), "{accounts:?}");
+    let (code, _) = teal::http::get(addr, "/metrics", None).await.unwrap();
+    assert_eq!(code, 401, "the token guards /metrics");
+    let (code, metrics) = teal::http::get(addr, "/metrics", Some("s3cret"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    for line in [
+        r#"teal_verify_differences_total{slot="teal_slot"} 3"#,
+        r#"teal_verify_equal{slot="teal_slot"} 0"#,
+        r#"teal_verify_tables{slot="teal_slot"} 4"#,
+        r#"teal_verify_tables_compared_total{slot="teal_slot"} 4"#,
+        &format!(
+            r#"teal_verify_chunks_differing_total{{slot="teal_slot"}} {}"#,
+            accounts.chunks_differing
+        ),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(!metrics.contains("195001"), "{metrics}");
+    stop.cancel();
+
+    // The command line the same way; repair from its report while pgbench
+    // writes; then equal again.
+    let report_file = dir.path().join("report.json");
+    let (code, report, text) = tokio::task::spawn_blocking({
+        let (b, g, f) = (
+            twins.blue.cli_url(),
+            twins.green.cli_url(),
+            report_file.clone(),
+        );
+        move || {
+            let (code, report, text) = verify_urls(&b, &g, &[bank]);
+            std::fs::write(&f, report.to_string()).unwrap();
+            (code, report, text)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(
+        report["tables"][0]["differences"].as_array().map(Vec::len),
+        Some(3),
+        "{report:#}"
+    );
+    let (code, text) = repair(&twins, &report_file, true).await;
+    assert_eq!(code, Some(0), "{text}");
+    for line in [
+        r#"inserted public.pgbench_accounts {"aid":195001}"#,
+        r#"updated public.pgbench_accounts {"aid":195002}"#,
+        r#"deleted public.pgbench_accounts {"aid":200001}"#,
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    let (code, text) = repair(&twins, &report_file, false).await;
+    assert_eq!(code, Some(0), "{text}");
+    let (code, _, text) = tokio::task::spawn_blocking({
+        let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
+        move || verify_urls(&b, &g, &[bank])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "repaired while pgbench wrote: {text}");
     let _ = writer.kill();
     let _ = writer.wait();
     let history =

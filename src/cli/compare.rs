@@ -10,6 +10,9 @@ use teal::config::TableSelection;
 use teal::ops::verify::VerifyConfig;
 use teal::store::Store;
 
+/// `--chunk-rows`' default.
+const DEFAULT_CHUNK_ROWS: i64 = 100_000;
+
 /// Blue, green and the stream both commands work with.
 #[derive(Args)]
 pub(crate) struct CompareArgs {
@@ -47,6 +50,7 @@ impl CompareArgs {
             invariants: Vec::new(),
             show_values: false,
             workers: 1,
+            chunk_rows: DEFAULT_CHUNK_ROWS,
         })
     }
 }
@@ -104,6 +108,19 @@ pub(crate) struct VerifyArgs {
     /// Tables compared at once (each uses a session on blue and on green).
     #[arg(long, env = "TEAL_VERIFY_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) workers: u16,
+
+    /// Rows per chunk when a table's sums differ: differing chunks' rows
+    /// are compared one by one, a chunk at a time in memory.
+    #[arg(long, default_value_t = DEFAULT_CHUNK_ROWS, value_parser = clap::value_parser!(i64).range(100..=100_000_000))]
+    pub(crate) chunk_rows: i64,
+
+    /// Serve /metrics (teal_verify_*) here while verifying.
+    #[arg(long, env = "TEAL_VERIFY_METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Bearer token required for /metrics.
+    #[arg(long, env = "TEAL_METRICS_TOKEN", hide_env_values = true, value_parser = super::parse_secret)]
+    pub(crate) metrics_token: Option<teal::config::Secret>,
 }
 
 impl VerifyArgs {
@@ -118,6 +135,7 @@ impl VerifyArgs {
         config.invariants = self.invariants;
         config.show_values = self.show_values;
         config.workers = usize::from(self.workers);
+        config.chunk_rows = self.chunk_rows;
         Ok(config)
     }
 }

@@ -96,6 +96,50 @@ pub async fn serve(
     }))
 }
 
+/// The endpoint of a `teal verify` run: `/metrics` (`teal_verify_*`,
+/// behind the bearer token when one is set) and `/healthz`, on `addr` until
+/// `shutdown`. Returns the bound address.
+pub async fn serve_verify(
+    addr: SocketAddr,
+    slot: String,
+    progress: Arc<crate::progress::VerifyProgress>,
+    token: Option<Secret>,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, HttpError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| HttpError { addr, source })?;
+    tracing::info!(addr = %bound, "verify metrics on http://{bound}/metrics");
+    let metrics = move |headers: HeaderMap| async move {
+        if !authorized(token.as_ref(), &headers) {
+            return unauthorized();
+        }
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::monitor::verify_metrics_text(&slot, &progress),
+        )
+            .into_response()
+    };
+    let app = Router::new()
+        .route("/metrics", routing::get(metrics))
+        .route("/healthz", routing::get(|| async { "ok\n" }));
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %crate::error::Report(&e), "the metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
+}
+
 /// How often [`Monitor::history`] gets a sample.
 const SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -103,8 +147,8 @@ const SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Whether the request carries the token (when one is set).
-fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = &state.token else {
+fn authorized(token: Option<&Secret>, headers: &HeaderMap) -> bool {
+    let Some(token) = token else {
         return true;
     };
     let given = headers
@@ -124,7 +168,7 @@ fn unauthorized() -> Response {
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
+    if !authorized(state.token.as_ref(), &headers) {
         return unauthorized();
     }
     (
@@ -138,7 +182,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
 }
 
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
+    if !authorized(state.token.as_ref(), &headers) {
         return unauthorized();
     }
     (
@@ -171,7 +215,7 @@ async fn history(
     headers: HeaderMap,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    if !authorized(&state, &headers) {
+    if !authorized(state.token.as_ref(), &headers) {
         return unauthorized();
     }
     (

@@ -330,6 +330,83 @@ impl Monitor {
     }
 }
 
+/// `/metrics` of a `teal verify` run (`teal_verify_*`, labelled with the
+/// slot): counts, never a key or a value.
+pub fn verify_metrics_text(slot: &str, progress: &crate::progress::VerifyProgress) -> String {
+    let s = progress.snapshot();
+    let mut out = Metrics::default();
+    let labels = [("slot", slot)];
+    for (name, kind, help, value) in [
+        (
+            VERIFY_TABLES,
+            "gauge",
+            "Tables teal verify compares.",
+            s.tables_total,
+        ),
+        (
+            VERIFY_TABLES_COMPARED,
+            "counter",
+            "Tables compared so far.",
+            s.tables_done,
+        ),
+        (
+            VERIFY_BYTES,
+            "gauge",
+            "Estimated bytes to read on blue (heap and TOAST of the compared tables).",
+            s.bytes_total,
+        ),
+        (
+            VERIFY_BYTES_COMPARED,
+            "counter",
+            "Estimated bytes of the tables compared so far.",
+            s.bytes_done,
+        ),
+        (
+            VERIFY_CHUNKS,
+            "counter",
+            "Chunks summed in tables whose sums differed.",
+            s.chunks,
+        ),
+        (
+            VERIFY_CHUNKS_DIFFERING,
+            "counter",
+            "Chunks whose rows were read and compared one by one.",
+            s.chunks_differing,
+        ),
+        (
+            VERIFY_DIFFERENCES,
+            "counter",
+            "Differing rows found (missing, extra or different on green).",
+            s.differences,
+        ),
+    ] {
+        out.single(name, kind, help, &labels, value as f64);
+    }
+    out.family(VERIFY_ROWS_COMPARED, "counter", "Rows compared, per side.");
+    for (side, rows) in [("blue", s.rows_blue), ("green", s.rows_green)] {
+        out.sample(
+            VERIFY_ROWS_COMPARED,
+            &[("slot", slot), ("side", side)],
+            rows as f64,
+        );
+    }
+    out.single(
+        VERIFY_EQUAL,
+        "gauge",
+        "1 green equals blue at the verified LSN, 0 it does not, NaN not known yet.",
+        &labels,
+        s.equal.map_or(f64::NAN, |e| f64::from(u8::from(e))),
+    );
+    out.single(
+        VERIFY_DURATION_SECONDS,
+        "gauge",
+        "Seconds since the run started.",
+        &labels,
+        s.elapsed_seconds,
+    );
+    out.text
+}
+
 /// Builds the exposition text: a family header, then its samples.
 #[derive(Default)]
 struct Metrics {

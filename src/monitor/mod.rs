@@ -16,6 +16,7 @@ mod metrics;
 pub mod names;
 
 pub use history::{HISTORY_LEN, History, Point};
+pub use metrics::verify_metrics_text;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

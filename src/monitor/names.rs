@@ -1,6 +1,6 @@
 //! Every metric teal exports, in one place:
 //! `teal_<subsystem>_<name>_<unit>[_total]` (subsystems: `lag`, `source`,
-//! `decode`, `apply`, `slot`, `copy`, `kafka`; process-wide: `retries`,
+//! `decode`, `apply`, `slot`, `copy`, `kafka`, `verify`; process-wide: `retries`,
 //! `errors`, `stalled`, `up`). The help texts are in `metrics.rs`.
 //!
 //! Renamed on 2026-12-06 (old -> new): `teal_received_wal_end_lsn` -> `teal_source_wal_end_lsn`, `teal_received_bytes_total` -> `teal_source_received_bytes_total`, `teal_heartbeats_total` -> `teal_source_heartbeats_total`, `teal_applied_lsn` -> `teal_apply_committed_lsn`, `teal_pending_transactions` -> `teal_apply_pending_transactions`, `teal_transactions_total` -> `teal_apply_transactions_total`, `teal_changes_total` -> `teal_apply_changes_total`, `teal_batches_total` -> `teal_apply_batches_total`, `teal_skipped_transactions_total` -> `teal_apply_skipped_transactions_total`, `teal_conflicts_total` -> `teal_apply_conflicts_total`, `teal_set_based_rows_total` -> `teal_apply_set_based_rows_total`, `teal_superseded_updates_total` -> `teal_apply_superseded_updates_total`, `teal_batch_size_changes` -> `teal_apply_batch_size_changes`, `teal_table_changes_total` -> `teal_apply_table_changes_total`, `teal_copy_chunks` -> `teal_copy_planned_chunks`.
@@ -85,3 +85,23 @@ pub const ERRORS: &str = "teal_errors_total";
 pub const STALLED: &str = "teal_stalled";
 /// 1 while streaming (or copying) and not stalled.
 pub const UP: &str = "teal_up";
+/// Tables `teal verify` compares.
+pub const VERIFY_TABLES: &str = "teal_verify_tables";
+/// Tables compared so far.
+pub const VERIFY_TABLES_COMPARED: &str = "teal_verify_tables_compared_total";
+/// Estimated bytes to read on blue.
+pub const VERIFY_BYTES: &str = "teal_verify_bytes";
+/// Of those, the compared tables'.
+pub const VERIFY_BYTES_COMPARED: &str = "teal_verify_bytes_compared_total";
+/// Rows compared, per side.
+pub const VERIFY_ROWS_COMPARED: &str = "teal_verify_rows_compared_total";
+/// Chunks summed in tables whose sums differed.
+pub const VERIFY_CHUNKS: &str = "teal_verify_chunks_total";
+/// Chunks whose rows were read.
+pub const VERIFY_CHUNKS_DIFFERING: &str = "teal_verify_chunks_differing_total";
+/// Differing rows found.
+pub const VERIFY_DIFFERENCES: &str = "teal_verify_differences_total";
+/// 1 green equals blue, 0 not, NaN not known yet.
+pub const VERIFY_EQUAL: &str = "teal_verify_equal";
+/// Seconds since the run started.
+pub const VERIFY_DURATION_SECONDS: &str = "teal_verify_duration_seconds";

@@ -15,12 +15,14 @@ mod lag;
 mod liveness;
 mod meters;
 mod slot;
+mod verify;
 
 pub use copy::{CopyStatus, TableCopy, TableCopySnapshot};
 pub use lag::{Lag, LatencySummary};
 pub use liveness::Liveness;
 pub use meters::{Bounds, Buckets, Seconds};
 pub use slot::{SlotHealth, SlotWatch};
+pub use verify::{VerifyProgress, VerifySnapshot};
 
 use std::sync::{Arc, Mutex};
 

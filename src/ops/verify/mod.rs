@@ -10,14 +10,15 @@
 //!
 //! The rows are compared only when no schema difference breaks apply, and
 //! only with a running `teal stream` on the slot (it pauses at the point;
-//! see `data`). Not built yet: chunking and bisection, parallel workers,
-//! `--invariant`, `--show-values`, `teal repair`.
+//! see `data`). `repair` makes green's rows equal to blue's for the keys a
+//! report names, at an exact point too.
 //!
 //! `checksum` holds the whole-table checksum the demo and the tests use on
 //! quiet databases.
 
 mod checksum;
 pub mod data;
+pub mod display;
 pub mod repair;
 pub mod schema;
 
@@ -29,6 +30,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::{ConnInfo, TableSelection};
+use crate::progress::VerifyProgress;
 use crate::session::{SessionError, connect_plain};
 
 /// What `teal verify` compares.
@@ -56,6 +58,9 @@ pub struct VerifyConfig {
     pub show_values: bool,
     /// `--workers`: tables compared at once (each a session on each side).
     pub workers: usize,
+    /// `--chunk-rows`: rows per chunk when a table's sums differ (a
+    /// differing chunk's keys and row hashes are what is held in memory).
+    pub chunk_rows: i64,
 }
 
 /// One invariant's results.
@@ -239,7 +244,10 @@ pub enum VerifyError {
 
 /// Compares green with blue (see the module documentation for what is
 /// compared so far).
-pub async fn run(config: &VerifyConfig) -> Result<VerifyReport, VerifyError> {
+pub async fn run(
+    config: &VerifyConfig,
+    progress: &VerifyProgress,
+) -> Result<VerifyReport, VerifyError> {
     let started = Instant::now();
     let connect = |conninfo, side| async move {
         connect_plain(conninfo, "teal verify")
@@ -256,7 +264,8 @@ pub async fn run(config: &VerifyConfig) -> Result<VerifyReport, VerifyError> {
         &config.target,
         serde_json::json!({}),
     );
-    let result = compare(config, &blue, &green, started).await;
+    let result = compare(config, &blue, &green, started, progress).await;
+    progress.finish(result.as_ref().ok().and_then(|r| r.equal));
     // One audit row (operation verify) when green has teal's schema: the
     // point, the result, counts (never keys or values).
     let (status, details) = match &result {
@@ -341,6 +350,7 @@ async fn compare(
     blue: &tokio_postgres::Client,
     green: &tokio_postgres::Client,
     started: Instant,
+    progress: &VerifyProgress,
 ) -> Result<VerifyReport, VerifyError> {
     // The same formats on both sides: format_type's output depends on them
     // no more than the search path, which both sessions leave at default.
@@ -373,34 +383,64 @@ async fn compare(
         report.equal = Some(false);
         report.unverified = Some("the rows were not compared: green's schema breaks apply".into());
     } else {
+        progress.phase("point");
+        let sizes = data::sizes(blue, &tables)
+            .await
+            .map_err(|source| VerifyError::Catalog {
+                side: "blue",
+                source,
+            })?;
+        let workers = config.workers.clamp(1, tables.len().max(1));
+        progress.plan(
+            tables.iter().map(ToString::to_string).zip(sizes).collect(),
+            workers,
+        );
         let point = data::take_point(config, blue, green).await?;
         // --workers pairs of sessions, each in both snapshots, take the
         // tables in turn; the report keeps the tables' order.
-        let mut pairs = Vec::with_capacity(config.workers.max(1));
-        for _ in 0..config.workers.clamp(1, tables.len().max(1)) {
+        let mut pairs = Vec::with_capacity(workers);
+        for _ in 0..workers {
             pairs.push(data::sessions(config, &point).await?);
         }
+        progress.phase("rows");
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let results = futures_util::future::try_join_all(pairs.iter().map(|(b, g)| {
-            let (tables, next) = (&tables, &next);
-            async move {
-                let mut mine = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(table) = tables.get(i) else {
-                        return Ok::<_, VerifyError>(mine);
-                    };
-                    mine.push((
-                        i,
-                        data::compare_table(b, g, table, config.show_values).await?,
-                    ));
+        let results =
+            futures_util::future::try_join_all(pairs.iter().enumerate().map(|(w, (b, g))| {
+                let (tables, next) = (&tables, &next);
+                async move {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(table) = tables.get(i) else {
+                            progress.worker(w, None);
+                            return Ok::<_, VerifyError>(mine);
+                        };
+                        let step =
+                            |s: &'static str| progress.worker(w, Some(format!("{table}: {s}")));
+                        let t = data::compare_table(
+                            b,
+                            g,
+                            table,
+                            config.show_values,
+                            config.chunk_rows,
+                            &step,
+                        )
+                        .await?;
+                        progress.table_done(
+                            i,
+                            (t.rows_blue.unsigned_abs(), t.rows_green.unsigned_abs()),
+                            (t.chunks.unsigned_abs(), t.chunks_differing.unsigned_abs()),
+                            t.differences_total as u64,
+                        );
+                        mine.push((i, t));
+                    }
                 }
-            }
-        }))
-        .await?;
+            }))
+            .await?;
         let mut results: Vec<(usize, data::TableResult)> = results.into_iter().flatten().collect();
         results.sort_by_key(|(i, _)| *i);
         report.tables = results.into_iter().map(|(_, t)| t).collect();
+        progress.phase("invariants");
         let (b, g) = &pairs[0];
         for (name, sql) in &config.invariants {
             report.invariants.push(invariant(b, g, name, sql).await);

@@ -1,6 +1,7 @@
-//! `teal verify` (issue 20), as far as it is built: the schema comparison,
-//! each difference with the statement that fixes green, and honest exit
-//! statuses (the row comparison is not built yet: 2, never 0).
+//! `teal verify` and `teal repair` (issue 20): the schema comparison, each
+//! difference with the statement that fixes green; rows compared at an
+//! exact point of the running stream under load, every differing key
+//! named; repair; exit statuses; metrics.
 
 use serde_json::Value;
 
@@ -180,6 +181,94 @@ fn an_unreachable_side_is_could_not_verify() {
         stderr.contains("could not verify") && stderr.contains("connecting to blue"),
         "{stderr}"
     );
+}
+
+/// A row's hash is made of its columns' texts: whatever makes two rows'
+/// texts differ makes their hashes differ (a value moved to the next
+/// column, a null against an empty string, trailing blanks of an
+/// unbounded `bpchar`, a numeric's scale, -0, jsonb's numbers), and the
+/// wide table (hashed as one text) too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_hashes_tell_apart_what_text_tells_apart() {
+    crate::support::tap::init_logging();
+    let wide: Vec<String> = (1..=120).map(|i| format!("c{i} int")).collect();
+    let schema = format!(
+        "CREATE TABLE t (id int PRIMARY KEY, a text, b text, c bpchar, d char(3), n numeric, f float8, j jsonb);
+         CREATE TABLE wide (id int PRIMARY KEY, {});",
+        wide.join(", ")
+    );
+    let twins = Twins::start(&default_bin(), &schema).await;
+    let rows = "INSERT INTO t VALUES (1, 'x', 'y', 'a', 'a', 1, 1, '{}'), (2, 'x', NULL, 'a', 'a', 1, 1, '{}'),
+                (3, 'x', 'y', 'a', 'a', 1, 1, '{}'), (4, 'x', 'y', 'a', 'a', 1.0, 1, '{}'),
+                (5, 'x', 'y', 'a', 'a', 1, 0, '{}'), (6, 'x', 'y', 'a', 'a', 1, 1, '{\"v\": 1.0}'),
+                (7, 'x', 'y', 'a', 'a', 1, 1, '{}');
+                INSERT INTO wide (id, c1, c120) VALUES (1, 1, 2), (2, 3, 4);";
+    twins.b.batch_execute(rows).await.unwrap();
+    twins.g.batch_execute(rows).await.unwrap();
+    let running = crate::support::running::Running::start(&twins, twins.config()).await;
+    let (code, _, text) = tokio::task::spawn_blocking({
+        let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
+        move || verify_urls(&b, &g, &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{text}");
+    twins
+        .g
+        .batch_execute(
+            "SET session_replication_role = replica;
+             UPDATE t SET a = 'xy', b = '' WHERE id = 1;  -- 'x','y' -> 'xy','': the same letters
+             UPDATE t SET b = '' WHERE id = 2;             -- null -> empty
+             UPDATE t SET c = 'a ' WHERE id = 3;           -- trailing blank (equal as bpchar)
+             UPDATE t SET n = 1.00 WHERE id = 4;           -- scale (equal as numeric)
+             UPDATE t SET f = '-0' WHERE id = 5;           -- -0 (equal as float8)
+             UPDATE t SET j = '{\"v\": 1.00}' WHERE id = 6; -- (equal as jsonb)
+             UPDATE t SET d = 'a  ' WHERE id = 7;          -- char(3) pads anyway: the same row
+             UPDATE wide SET c1 = 2, c120 = 1 WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    let (code, report, text) = tokio::task::spawn_blocking({
+        let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
+        move || verify_urls(&b, &g, &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{text}");
+    let found: Vec<(String, String, String)> = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| {
+            t["differences"].as_array().unwrap().iter().map(|d| {
+                (
+                    t["table"].as_str().unwrap().to_owned(),
+                    d["key"].to_string(),
+                    d["kind"].as_str().unwrap().to_owned(),
+                )
+            })
+        })
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("public.t", 1),
+        ("public.t", 2),
+        ("public.t", 3),
+        ("public.t", 4),
+        ("public.t", 5),
+        ("public.t", 6),
+        ("public.wide", 1),
+    ]
+    .iter()
+    .map(|(t, id)| {
+        (
+            (*t).to_owned(),
+            format!(r#"{{"id":{id}}}"#),
+            "different".to_owned(),
+        )
+    })
+    .collect();
+    assert_eq!(found, expected, "{text}");
+    running.stop().await;
 }
 
 const LOADED: &str = r#"

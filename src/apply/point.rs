@@ -32,8 +32,9 @@ use crate::store::Store;
 
 /// How long apply waits for verify's next step.
 pub const HOLD_LIMIT: Duration = Duration::from_secs(30);
-/// How often the requests are read.
-pub const POLL: Duration = Duration::from_millis(200);
+/// How often the requests are read (a trivial indexed query on green, 20
+/// a second: what a verification waits at each step, at most).
+pub const POLL: Duration = Duration::from_millis(50);
 
 /// The newest open request for this slot.
 #[derive(Debug, Clone, PartialEq, Eq)]

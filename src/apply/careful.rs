@@ -181,9 +181,10 @@ impl Writer {
             .statement(client, mapping, Kind::Update, shape, || {
                 sql::update(
                     &mapping.table,
-                    &mapping.column_list(),
+                    &mapping.set_columns(&set),
                     &key.columns(mapping),
                     key.one_row,
+                    mapping.noop_column(),
                 )
             })
             .await?;

@@ -87,6 +87,7 @@ pub(super) fn mapping(name: &str, columns: usize, key: Key, fires_on_apply: bool
         types: vec!["pg_catalog.text".into(); columns],
         text_match: vec![true; columns],
         fires_on_apply,
+        identity_always: vec![false; columns],
         relation,
     })
 }

@@ -170,6 +170,15 @@ fn set_stretch(
     if !castable || !key.iter().all(|k| cols.contains(k)) {
         return (1, None);
     }
+    // An identity column GENERATED ALWAYS cannot be set: a stretch takes it
+    // only in the key (matched, never changed), and needs another column
+    // to set.
+    let always = |c: &usize| mapping.identity_always.get(*c) == Some(&true);
+    if matches!(first.kind, ChangeKind::Update { .. })
+        && (cols.iter().any(|c| always(c) && !key.contains(c)) || cols.iter().all(always))
+    {
+        return (1, None);
+    }
     // Most changes that do not fit stop here, before anything is allocated.
     let Some(first_key) = set_row_key(key, &cols, first) else {
         return (1, None);

@@ -20,9 +20,30 @@ pub(crate) enum Match {
     Null,
 }
 
-/// `INSERT INTO t (a, b) VALUES ($1, $2)`, optionally `ON CONFLICT DO NOTHING`.
-pub(crate) fn insert(table: &str, cols: &[&str], skip_conflicts: bool) -> String {
-    let mut s = format!("INSERT INTO {table} ({}) VALUES (", cols.join(", "));
+/// What an INSERT says when green has an identity column GENERATED
+/// ALWAYS: blue's values go in as they are, as PostgreSQL's own subscriber
+/// writes them.
+fn overriding(overriding: bool) -> &'static str {
+    if overriding {
+        " OVERRIDING SYSTEM VALUE"
+    } else {
+        ""
+    }
+}
+
+/// `INSERT INTO t (a, b) VALUES ($1, $2)`, optionally `ON CONFLICT DO NOTHING`
+/// (and `OVERRIDING SYSTEM VALUE` before `VALUES` with `override_identity`).
+pub(crate) fn insert(
+    table: &str,
+    cols: &[&str],
+    skip_conflicts: bool,
+    override_identity: bool,
+) -> String {
+    let mut s = format!(
+        "INSERT INTO {table} ({}){} VALUES (",
+        cols.join(", "),
+        overriding(override_identity)
+    );
     for i in 0..cols.len() {
         if i > 0 {
             s.push_str(", ");
@@ -78,16 +99,49 @@ fn target(s: &mut String, table: &str, key: &[KeyColumn<'_>], first: usize, one_
     }
 }
 
-/// `UPDATE t SET a = $1, b = $2 WHERE k = $3`.
-pub(crate) fn update(table: &str, set: &[&str], key: &[KeyColumn<'_>], one_row: bool) -> String {
+/// A column of an UPDATE's new values: its quoted name, and green's type
+/// when it is an identity column GENERATED ALWAYS, which no UPDATE may set
+/// (only to DEFAULT): its new value is matched instead (`AND col = $n::type`),
+/// so an update that changed it finds no row and is a conflict, never a
+/// silent difference.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SetColumn<'a> {
+    /// Quoted name.
+    pub(crate) name: &'a str,
+    /// Green's type, for a GENERATED ALWAYS identity column.
+    pub(crate) always: Option<&'a str>,
+}
+
+/// `UPDATE t SET a = $1, b = $2 WHERE k = $3` (identity columns GENERATED
+/// ALWAYS matched, not set; see [`SetColumn`]). `noop` is a column the
+/// statement may set to itself when nothing else is left to set.
+pub(crate) fn update(
+    table: &str,
+    set: &[SetColumn<'_>],
+    key: &[KeyColumn<'_>],
+    one_row: bool,
+    noop: &str,
+) -> String {
     let mut s = format!("UPDATE {table} SET ");
+    let mut first = true;
     for (i, col) in set.iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
+        if col.always.is_none() {
+            if !first {
+                s.push_str(", ");
+            }
+            first = false;
+            let _ = write!(s, "{} = ${}", col.name, i + 1);
         }
-        let _ = write!(s, "{col} = ${}", i + 1);
+    }
+    if first {
+        let _ = write!(s, "{noop} = {noop}");
     }
     target(&mut s, table, key, set.len() + 1, one_row);
+    for (i, col) in set.iter().enumerate() {
+        if let Some(ty) = col.always {
+            let _ = write!(s, " AND {} = ${}::{ty}", col.name, i + 1);
+        }
+    }
     s
 }
 
@@ -131,12 +185,25 @@ fn unnest_match(s: &mut String, cols: &[(&str, &str)], key: &[usize]) {
 /// Updates of many rows, found by key, in one statement:
 /// `UPDATE t AS __t SET a = __v.c1::int4, b = __v.c2::text FROM unnest($1::text[], $2::text[]) AS __v(c1, c2) WHERE __t.a = __v.c1::int4`.
 /// `set` holds (column, type) pairs; `key` indexes into it.
-pub(crate) fn update_many(table: &str, set: &[(&str, &str)], key: &[usize]) -> String {
+/// Columns in `fixed` (identity columns GENERATED ALWAYS, which no UPDATE
+/// may set; key columns, so matched by the key, whose values a stretch
+/// never changes) are left out of SET; at least one column must be left.
+pub(crate) fn update_many(
+    table: &str,
+    set: &[(&str, &str)],
+    key: &[usize],
+    fixed: &[usize],
+) -> String {
     let mut s = format!("UPDATE {table} AS __t SET ");
+    let mut first = true;
     for (i, (col, ty)) in set.iter().enumerate() {
-        if i > 0 {
+        if fixed.contains(&i) {
+            continue;
+        }
+        if !first {
             s.push_str(", ");
         }
+        first = false;
         let _ = write!(s, "{col} = __v.c{}::{ty}", i + 1);
     }
     s.push_str(" FROM ");
@@ -147,7 +214,7 @@ pub(crate) fn update_many(table: &str, set: &[(&str, &str)], key: &[usize]) -> S
 
 /// Inserts of many rows in one statement:
 /// `INSERT INTO t (a, b) SELECT __v.c1::int4, __v.c2::text FROM unnest($1::text[], $2::text[]) AS __v(c1, c2)`.
-pub(crate) fn insert_many(table: &str, cols: &[(&str, &str)]) -> String {
+pub(crate) fn insert_many(table: &str, cols: &[(&str, &str)], override_identity: bool) -> String {
     let names: Vec<&str> = cols.iter().map(|(col, _)| *col).collect();
     let values: Vec<String> = cols
         .iter()
@@ -155,8 +222,9 @@ pub(crate) fn insert_many(table: &str, cols: &[(&str, &str)]) -> String {
         .map(|(i, (_, ty))| format!("__v.c{}::{ty}", i + 1))
         .collect();
     let mut s = format!(
-        "INSERT INTO {table} ({}) SELECT {} FROM ",
+        "INSERT INTO {table} ({}){} SELECT {} FROM ",
         names.join(", "),
+        overriding(override_identity),
         values.join(", ")
     );
     unnest_columns(&mut s, cols.len());
@@ -246,13 +314,18 @@ mod tests {
     #[test]
     fn statements_are_exact() {
         let t = "\"public\".\"Ledger\"";
+        let set = |name| SetColumn { name, always: None };
         assert_eq!(
-            insert(t, &["\"id\"", "\"memo\""], false),
+            insert(t, &["\"id\"", "\"memo\""], false, false),
             "INSERT INTO \"public\".\"Ledger\" (\"id\", \"memo\") VALUES ($1, $2)"
         );
         assert_eq!(
-            insert(t, &["\"id\""], true),
+            insert(t, &["\"id\""], true, false),
             "INSERT INTO \"public\".\"Ledger\" (\"id\") VALUES ($1) ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(
+            insert(t, &["\"id\""], true, true),
+            "INSERT INTO \"public\".\"Ledger\" (\"id\") OVERRIDING SYSTEM VALUE VALUES ($1) ON CONFLICT DO NOTHING"
         );
         assert_eq!(
             copy_in(t, &["\"id\"", "\"memo\""], false),
@@ -265,22 +338,50 @@ mod tests {
         assert_eq!(
             update(
                 t,
-                &["\"memo\""],
+                &[set("\"memo\"")],
                 &[("\"id\"", "integer", Match::Equal)],
-                false
+                false,
+                "\"memo\""
             ),
             "UPDATE \"public\".\"Ledger\" SET \"memo\" = $1 WHERE \"id\" = $2::integer"
+        );
+        // An identity column GENERATED ALWAYS is matched, not set; with
+        // nothing else to set, a column is set to itself.
+        let always = SetColumn {
+            name: "\"id\"",
+            always: Some("integer"),
+        };
+        assert_eq!(
+            update(
+                t,
+                &[always, set("\"memo\"")],
+                &[("\"id\"", "integer", Match::Equal)],
+                false,
+                "\"memo\""
+            ),
+            "UPDATE \"public\".\"Ledger\" SET \"memo\" = $2 WHERE \"id\" = $3::integer AND \"id\" = $1::integer"
         );
         assert_eq!(
             update(
                 t,
-                &["\"a\"", "\"b\""],
+                &[always],
+                &[("\"id\"", "integer", Match::Equal)],
+                false,
+                "\"memo\""
+            ),
+            "UPDATE \"public\".\"Ledger\" SET \"memo\" = \"memo\" WHERE \"id\" = $2::integer AND \"id\" = $1::integer"
+        );
+        assert_eq!(
+            update(
+                t,
+                &[set("\"a\""), set("\"b\"")],
                 &[
                     ("\"a\"", "integer", Match::Text),
                     ("\"b\"", "text", Match::Null),
                     ("\"c\"", "\"s\".\"comp\"", Match::Text)
                 ],
-                true
+                true,
+                "\"a\""
             ),
             "UPDATE \"public\".\"Ledger\" SET \"a\" = $1, \"b\" = $2 WHERE ctid = (SELECT ctid FROM \"public\".\"Ledger\" \
              WHERE \"a\"::text = $3::text AND \"b\" IS NULL AND \"c\"::text = $4::text LIMIT 1)"
@@ -308,16 +409,33 @@ mod tests {
                     ("\"memo\"", "text"),
                     ("\"k2\"", "\"s\".\"e\"")
                 ],
-                &[0, 2]
+                &[0, 2],
+                &[]
             ),
             "UPDATE \"public\".\"Ledger\" AS __t SET \"Id\" = __v.c1::integer, \"memo\" = __v.c2::text, \"k2\" = __v.c3::\"s\".\"e\" \
              FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[]) AS __v(c1, c2, c3) \
              WHERE __t.\"Id\" = __v.c1::integer AND __t.\"k2\" = __v.c3::\"s\".\"e\""
         );
         assert_eq!(
-            insert_many(t, &[("\"Id\"", "integer"), ("\"memo\"", "text")]),
+            update_many(
+                t,
+                &[("\"Id\"", "integer"), ("\"memo\"", "text")],
+                &[0],
+                &[0]
+            ),
+            "UPDATE \"public\".\"Ledger\" AS __t SET \"memo\" = __v.c2::text \
+             FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) AS __v(c1, c2) \
+             WHERE __t.\"Id\" = __v.c1::integer"
+        );
+        assert_eq!(
+            insert_many(t, &[("\"Id\"", "integer"), ("\"memo\"", "text")], false),
             "INSERT INTO \"public\".\"Ledger\" (\"Id\", \"memo\") SELECT __v.c1::integer, __v.c2::text \
              FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) AS __v(c1, c2)"
+        );
+        assert_eq!(
+            insert_many(t, &[("\"Id\"", "integer")], true),
+            "INSERT INTO \"public\".\"Ledger\" (\"Id\") OVERRIDING SYSTEM VALUE SELECT __v.c1::integer \
+             FROM unnest($1::pg_catalog.text[]) AS __v(c1)"
         );
         assert_eq!(
             delete_many(t, &[("\"id\"", "bigint")]),

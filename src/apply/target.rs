@@ -124,9 +124,39 @@ pub(crate) struct Mapping {
     /// teal applies (enabled ALWAYS or REPLICA): they may read other
     /// tables, so changes are applied in blue's order, never regrouped.
     pub(crate) fires_on_apply: bool,
+    /// For each blue column, whether green's is an identity column
+    /// GENERATED ALWAYS: inserts say OVERRIDING SYSTEM VALUE, updates
+    /// match it rather than set it (see [`crate::apply::sql::SetColumn`]).
+    pub(crate) identity_always: Vec<bool>,
 }
 
 impl Mapping {
+    /// Whether an INSERT must say OVERRIDING SYSTEM VALUE.
+    pub(crate) fn overrides_identity(&self) -> bool {
+        self.identity_always.contains(&true)
+    }
+
+    /// The new values of blue columns `set` (indexes) as an UPDATE takes them.
+    pub(crate) fn set_columns(&self, set: &[usize]) -> Vec<super::sql::SetColumn<'_>> {
+        set.iter()
+            .map(|&i| super::sql::SetColumn {
+                name: self.columns[i].as_str(),
+                always: self.identity_always[i].then(|| self.types[i].as_str()),
+            })
+            .collect()
+    }
+
+    /// A column an UPDATE may set to itself when nothing else is left to
+    /// set (the first that is not an identity column GENERATED ALWAYS;
+    /// the first column in a table of nothing else, which green refuses
+    /// with its own message).
+    pub(crate) fn noop_column(&self) -> &str {
+        self.identity_always
+            .iter()
+            .position(|a| !a)
+            .map_or(self.columns[0].as_str(), |i| self.columns[i].as_str())
+    }
+
     /// Green's column names, quoted, in blue's order (for statement text).
     pub(crate) fn column_list(&self) -> Vec<&str> {
         self.columns.iter().map(String::as_str).collect()
@@ -147,6 +177,7 @@ struct GreenColumn {
     /// `col::text` is the output function's text.
     text_match: bool,
     generated: bool,
+    identity_always: bool,
     category: String,
     base_type: QualifiedName,
     text_cast: Option<String>,
@@ -255,7 +286,8 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
                     format_type(a.atttypid, -1), \
                     NOT EXISTS (SELECT 1 FROM pg_catalog.pg_cast c \
                                 WHERE c.casttarget = 'pg_catalog.text'::pg_catalog.regtype \
-                                  AND c.castsource IN (t.oid, bt.oid) AND c.castmethod = 'f') \
+                                  AND c.castsource IN (t.oid, bt.oid) AND c.castmethod = 'f'), \
+                    a.attidentity = 'a' \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
              JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
@@ -280,6 +312,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
             text_cast: r.get(7),
             type_plain: r.get(8),
             text_match: r.get(9),
+            identity_always: r.get(10),
         })
         .collect();
     let unique_keys = immediate_unique_keys(client, oid).await.map_err(catalog)?;
@@ -301,6 +334,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
     let mut text_casts = Vec::with_capacity(rel.columns.len());
     let mut types = Vec::with_capacity(rel.columns.len());
     let mut text_match = Vec::with_capacity(rel.columns.len());
+    let mut identity_always = Vec::with_capacity(rel.columns.len());
     for (i, col) in rel.columns.iter().enumerate() {
         let Some(g) = green.iter().find(|g| g.name == col.name) else {
             return Err(DriftError::MissingColumn {
@@ -324,6 +358,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         text_casts.push(g.text_cast.clone());
         types.push(g.type_plain.clone());
         text_match.push(g.text_match);
+        identity_always.push(g.identity_always);
     }
     // The first of green's keys whose columns blue sends.
     let green_pk = unique_keys.iter().find_map(|key| {
@@ -358,6 +393,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         types,
         text_match,
         fires_on_apply,
+        identity_always,
     })
 }
 

@@ -463,7 +463,12 @@ impl Writer {
             Kind::Insert
         };
         self.statement(client, mapping, kind, Vec::new(), || {
-            sql::insert(&mapping.table, &mapping.column_list(), skip_conflicts)
+            sql::insert(
+                &mapping.table,
+                &mapping.column_list(),
+                skip_conflicts,
+                mapping.overrides_identity(),
+            )
         })
         .await
     }
@@ -494,10 +499,16 @@ impl Writer {
                         .iter()
                         .filter_map(|k| cols.iter().position(|c| c == k))
                         .collect();
-                    sql::update_many(&mapping.table, &typed, &key_at)
+                    let fixed: Vec<usize> = cols
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| mapping.identity_always[**c])
+                        .map(|(i, _)| i)
+                        .collect();
+                    sql::update_many(&mapping.table, &typed, &key_at, &fixed)
                 }
                 (Kind::DeleteMany, _) => sql::delete_many(&mapping.table, &typed),
-                _ => sql::insert_many(&mapping.table, &typed),
+                _ => sql::insert_many(&mapping.table, &typed, mapping.overrides_identity()),
             }
         })
         .await
@@ -563,13 +574,12 @@ impl Writer {
                     .collect();
                 let statement = self
                     .statement(client, mapping, Kind::Update, key.shape(&set), || {
-                        let set_cols: Vec<&str> =
-                            set.iter().map(|&i| mapping.columns[i].as_str()).collect();
                         sql::update(
                             &mapping.table,
-                            &set_cols,
+                            &mapping.set_columns(&set),
                             &key.columns(mapping),
                             key.one_row,
+                            mapping.noop_column(),
                         )
                     })
                     .await?;

@@ -205,7 +205,7 @@ async fn repair_at(
             .collect::<Vec<_>>()
             .join(", ");
         let insert = format!(
-            "INSERT INTO {q} ({column_list}) SELECT {column_list} FROM pg_catalog.json_populate_record(NULL::{q}, $1::text::json)"
+            "INSERT INTO {q} ({column_list}) OVERRIDING SYSTEM VALUE SELECT {column_list} FROM pg_catalog.json_populate_record(NULL::{q}, $1::text::json)"
         );
         let record_repair = format!(
             "INSERT INTO {}.repairs (operation_id, slot, table_name, key, action, lsn) \

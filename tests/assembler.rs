@@ -459,3 +459,58 @@ fn malformed_sequences_are_definite_errors_naming_the_lsn() {
     assert!(e.contains("two_phase") && e.contains("g1"), "{e}");
     assert!(err(vec![begin(1, 0x5000), begin(2, 0x6000)]).contains("another transaction is open"));
 }
+
+/// Transactions of a skipped origin (what teal applied to this side) are
+/// released empty, so the position moves on and nothing echoes; plain and
+/// streamed alike, and other origins are kept.
+#[test]
+fn transactions_of_skipped_origins_are_released_empty() {
+    let mut f = Feed {
+        asm: Assembler::new(AssemblerConfig {
+            skip_origins: vec!["teal_back".into()],
+            ..AssemblerConfig::default()
+        }),
+        dec: Decoder::new(),
+        lsn: 0x1000,
+        out: Vec::new(),
+    };
+    f.all([relation(None, &["id", "memo"])]);
+    let origin = |name: &str| Msg::Origin {
+        lsn: 0x100,
+        name: name.into(),
+    };
+    f.all([
+        begin(1, 0x5000),
+        origin("teal_back"),
+        insert(None, 1, 1),
+        commit(0x5000),
+    ]);
+    f.all([
+        begin(2, 0x5100),
+        origin("upstream"),
+        insert(None, 2, 1),
+        commit(0x5100),
+    ]);
+    f.all([begin(3, 0x5200), insert(None, 3, 1), commit(0x5200)]);
+    f.all([
+        Msg::StreamStart {
+            xid: 4,
+            first: true,
+        },
+        origin("teal_back"),
+        insert(Some(4), 4, 1),
+        Msg::StreamStop,
+        Msg::StreamStart {
+            xid: 4,
+            first: false,
+        },
+        insert(Some(4), 5, 1),
+        Msg::StreamStop,
+        stream_commit(4, 0x6000),
+    ]);
+    assert_eq!(
+        f.released(),
+        vec![(1, vec![]), (2, vec![2]), (3, vec![3]), (4, vec![])]
+    );
+    assert_eq!(f.asm.stats().echoed_changes.load(Ordering::Relaxed), 3);
+}

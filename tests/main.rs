@@ -7,6 +7,7 @@ mod capture;
 mod conformance;
 mod connect;
 mod crash;
+mod cutover;
 mod decoder;
 mod demo_cli;
 mod kafka;

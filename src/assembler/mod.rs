@@ -144,6 +144,10 @@ pub struct AssemblerStats {
     /// received (a transaction blue sends again after a reconnect counts
     /// again).
     pub skipped_changes: AtomicU64,
+    /// Changes of transactions whose origin is one of
+    /// [`AssemblerConfig::skip_origins`] (what teal applied to this side),
+    /// left out so that they do not echo back.
+    pub echoed_changes: AtomicU64,
     /// Changes written to spill files.
     pub spilled_changes: AtomicU64,
     /// Bytes written to spill files.
@@ -434,20 +438,29 @@ impl Assembler {
         xid: Option<Xid>,
         build: impl FnOnce(&View<'_>) -> Result<ChangeKind, AssemblerError>,
     ) -> Result<(), AssemblerError> {
-        let (buffer, local, top) = if let Some(top) = self.current_stream {
+        let (buffer, local, top, origin) = if let Some(top) = self.current_stream {
             let stream = self.streams.get_mut(&top).ok_or(AssemblerError::Protocol {
                 lsn,
                 what: format!("change for stream {top}, which was never started"),
             })?;
-            (&mut stream.buffer, Some(&stream.catalog), top)
+            (
+                &mut stream.buffer,
+                Some(&stream.catalog),
+                top,
+                stream.origin.as_ref(),
+            )
         } else if let Some(open) = self.open.as_mut() {
-            (&mut open.buffer, None, open.begin.xid)
+            (&mut open.buffer, None, open.begin.xid, open.origin.as_ref())
         } else {
             return Err(AssemblerError::Protocol {
                 lsn,
                 what: "change outside a transaction".into(),
             });
         };
+        if origin.is_some_and(|o| self.config.skip_origins.contains(&o.name)) {
+            self.stats.echoed_changes.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let view = View {
             shared: &self.catalog,
             local,

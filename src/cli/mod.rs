@@ -143,6 +143,12 @@ pub(crate) struct SourceArgs {
     #[arg(long, env = "TEAL_EXCLUDE_TABLES", value_delimiter = ',')]
     pub(crate) exclude_tables: Vec<String>,
 
+    /// Leave out the transactions blue received through these replication
+    /// origins, comma-separated (e.g. teal_<slot> of a teal streaming the
+    /// other way): their changes do not echo back.
+    #[arg(long, env = "TEAL_SKIP_ORIGINS", value_delimiter = ',')]
+    pub(crate) skip_origins: Vec<String>,
+
     /// Logical replication slot on blue.
     #[arg(long, env = "TEAL_SLOT")]
     pub(crate) slot: String,
@@ -306,6 +312,12 @@ pub(crate) struct StreamArgs {
     /// commit is never confirmed, so blue sends it again.
     #[arg(long, env = "TEAL_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = config::parse_duration)]
     pub(crate) shutdown_timeout: Duration,
+
+    /// Copy the published tables' sequences (owned, identity, or named in
+    /// a default) from blue to green this often, never backwards, e.g. 10s
+    /// ("off": never); a cutover then has little left to do.
+    #[arg(long, env = "TEAL_SYNC_SEQUENCES", default_value = "off", value_parser = parse_optional_duration)]
+    pub(crate) sync_sequences: OrOff<Duration>,
 }
 
 #[derive(Args)]
@@ -466,6 +478,7 @@ impl StreamArgs {
             kafka,
             no_apply: self.no_apply,
             shutdown_timeout: self.shutdown_timeout,
+            sync_sequences: self.sync_sequences.0,
         };
         config.validate()?;
         Ok(config)
@@ -493,6 +506,7 @@ impl SourceArgs {
                 include: self.tables,
                 exclude: self.exclude_tables,
             },
+            skip_origins: self.skip_origins,
         };
         source.validate()?;
         assembler.validate()?;

@@ -222,6 +222,13 @@ pub struct AssemblerConfig {
     /// out of the stream (counted), so apply, Kafka and `teal sync`'s copy
     /// see the same tables.
     pub tables: TableSelection,
+    /// Replication origins whose transactions are left out (their changes
+    /// dropped, the transaction kept empty so the position moves on): the
+    /// changes teal itself applied to this side, so that a stream back the
+    /// other way (after a cutover, or a rollback) never echoes them. By
+    /// name rather than PostgreSQL 16's `origin 'none'`, which would also
+    /// drop what the side receives from its own upstream subscriptions.
+    pub skip_origins: Vec<String>,
 }
 
 /// `--tables` / `--exclude-tables`: which published tables teal copies,
@@ -324,6 +331,7 @@ impl Default for AssemblerConfig {
             max_memory: Self::DEFAULT_MAX_MEMORY,
             spill_dir: std::env::temp_dir(),
             tables: TableSelection::default(),
+            skip_origins: Vec::new(),
         }
     }
 }

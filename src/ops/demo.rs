@@ -231,6 +231,7 @@ fn stream_config(blue: &Cluster, green: &Cluster) -> Result<StreamConfig, DemoEr
         kafka: None,
         no_apply: false,
         shutdown_timeout: StreamConfig::DEFAULT_SHUTDOWN_TIMEOUT,
+        sync_sequences: None,
     })
 }
 

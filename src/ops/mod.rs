@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod demo;
+pub mod sequences;
 pub mod status;
 pub mod stream;
 pub mod sync;

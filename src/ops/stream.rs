@@ -116,6 +116,10 @@ pub struct StreamConfig {
     /// `--shutdown-timeout`: after SIGTERM/SIGINT, how long teal may take
     /// to finish what it received before it exits anyway (status 1).
     pub shutdown_timeout: Duration,
+    /// `--sync-sequences`: copy the published tables' sequences from blue
+    /// to green this often (`None`: never), so that a cutover has little
+    /// left to do (see [`crate::ops::sequences`]).
+    pub sync_sequences: Option<Duration>,
 }
 
 impl StreamConfig {
@@ -289,6 +293,9 @@ async fn run_session(
                 .in_current_span(),
         )
     });
+    if let (Some(every), false) = (config.sync_sequences, config.no_apply) {
+        tokio::spawn(sync_sequences(config.clone(), every, stopped.clone()).in_current_span());
+    }
     tracing::info!(slot = %config.apply.slot, "stream session started");
     monitor.set_stall_after(config.monitor.stall_after.unwrap_or_else(|| {
         config
@@ -382,6 +389,69 @@ async fn stream(
                 }
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `--sync-sequences`: every `every`, blue's sequences of the published
+/// (and selected) tables onto green, never backwards. Failures are logged
+/// (once each until it works again) and retried at the next turn: the
+/// stream itself does not depend on it.
+async fn sync_sequences(config: StreamConfig, every: Duration, stop: CancellationToken) {
+    let mut last_error: Option<String> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let turn = async {
+            let blue = crate::session::connect_plain(&config.source.conninfo, "teal sequences")
+                .await
+                .map_err(|e| format!("connecting to blue: {}", crate::error::Report(&e)))?;
+            let green = crate::session::connect_plain(&config.apply.target, "teal sequences")
+                .await
+                .map_err(|e| format!("connecting to green: {}", crate::error::Report(&e)))?;
+            let tables: Vec<_> =
+                crate::session::published_tables(&blue, &config.source.publications)
+                    .await
+                    .map_err(|e| {
+                        format!("listing the published tables: {}", crate::error::Report(&e))
+                    })?
+                    .into_iter()
+                    .filter(|t| config.assembler.tables.selects(t))
+                    .collect();
+            let states = crate::ops::sequences::sync(&blue, &green, &tables)
+                .await
+                .map_err(|e| crate::error::Report(&e).to_string())?;
+            Ok::<_, String>(states)
+        };
+        match turn.await {
+            Ok(states) => {
+                let moved = states.iter().filter(|s| s.moved).count();
+                let missing: Vec<&str> = states
+                    .iter()
+                    .filter(|s| s.to_before.is_none())
+                    .map(|s| s.sequence.as_str())
+                    .collect();
+                tracing::debug!(sequences = states.len(), moved, "sequences synced");
+                let error = (!missing.is_empty())
+                    .then(|| format!("sequences missing on green: {}", missing.join(", ")));
+                if error.is_some() && error != last_error {
+                    tracing::warn!(
+                        error = error.as_deref().unwrap_or_default(),
+                        "--sync-sequences"
+                    );
+                }
+                last_error = error;
+            }
+            Err(e) => {
+                if last_error.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "--sync-sequences failed; trying again at the next turn");
+                }
+                last_error = Some(e);
+            }
         }
     }
 }

@@ -68,6 +68,7 @@ impl Twins {
             kafka: None,
             no_apply: false,
             shutdown_timeout: StreamConfig::DEFAULT_SHUTDOWN_TIMEOUT,
+            sync_sequences: None,
         }
     }
 

@@ -101,9 +101,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(_) | Command::Stream(_) | Command::Sync(_) => {
             Some("stopping: finishing what was received, then confirming to blue")
         }
-        Command::Status(_) | Command::Demo(_) | Command::Verify(_) | Command::Repair(_) => {
-            Some("stopping")
-        }
+        Command::Status(_)
+        | Command::Demo(_)
+        | Command::Verify(_)
+        | Command::Repair(_)
+        | Command::Cutover(_)
+        | Command::Rollback(_) => Some("stopping"),
     };
     spawn_signal_handler(shutdown.clone(), is_demo.then(|| abort.clone()), stopping)?;
     match cli.command {
@@ -218,6 +221,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 0 => {}
                 code => return Err(ExitStatus(code).into()),
             }
+        }
+        Command::Cutover(args) | Command::Rollback(args) if args.abort => {
+            let format = args.format.clone();
+            let config = args.config()?;
+            let report = teal::ops::cutover::abort(&config).await;
+            switch_output(&report, &format)?;
+        }
+        Command::Cutover(args) => {
+            let format = args.format.clone();
+            let config = args.config()?;
+            let report =
+                teal::ops::cutover::run(&config, teal::ops::cutover::SwitchKind::Cutover).await;
+            switch_output(&report, &format)?;
+        }
+        Command::Rollback(args) => {
+            let format = args.format.clone();
+            let config = args.config()?;
+            let report =
+                teal::ops::cutover::run(&config, teal::ops::cutover::SwitchKind::Rollback).await;
+            switch_output(&report, &format)?;
         }
         Command::Repair(args) => {
             let config = args.sides.config()?;
@@ -370,5 +393,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// A switch's report on stdout (text or JSON) and its exit status.
+fn switch_output(report: &teal::ops::cutover::SwitchReport, format: &str) -> anyhow::Result<()> {
+    if format == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).context("writing the report")?
+        );
+    } else {
+        print!("{}", report.text());
+    }
+    match report.exit_status() {
+        0 => Ok(()),
+        code => Err(ExitStatus(code).into()),
     }
 }

@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../sql/0005_verify_points.sql"),
     ),
     (6, "repairs", include_str!("../sql/0006_repairs.sql")),
+    (
+        7,
+        "blue-green switches",
+        include_str!("../sql/0007_switches.sql"),
+    ),
 ];
 
 /// Lock key for migrations (any constant; shared by all teal processes).

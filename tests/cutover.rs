@@ -1,7 +1,12 @@
-//! Issue 21: what a cutover needs, as far as built: sequences kept up on
-//! green while streaming (`--sync-sequences`).
+//! Issue 21: `teal cutover` and `teal rollback` with the running stream as
+//! the engine, and sequences kept up on green while streaming
+//! (`--sync-sequences`).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use crate::support::cluster::default_bin;
 use crate::support::twins::Twins;
@@ -109,4 +114,249 @@ async fn sync_sequences_keeps_green_up_with_blue_never_back() {
         "the rows streamed too"
     );
     running.stop().await;
+}
+
+const BANK: &str = "
+    CREATE ROLE app LOGIN PASSWORD 'app-pw';
+    CREATE TABLE ledger (id bigserial PRIMARY KEY, writer int NOT NULL, amount int NOT NULL);
+    GRANT SELECT, INSERT ON ledger TO app;
+    GRANT USAGE ON SEQUENCE ledger_id_seq TO app;
+";
+
+/// What the writers saw: every id acknowledged, and when each commit was.
+#[derive(Default)]
+struct Written {
+    acked: Mutex<Vec<i64>>,
+    commits: Mutex<Vec<Instant>>,
+}
+
+/// Four writers as role `app`, each inserting rows (ids from the side's
+/// sequence) into whichever side `target` names (the switch hook writes
+/// it), reconnecting whenever a session fails (fenced, terminated).
+fn writers(
+    urls: (String, String),
+    target: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+    written: Arc<Written>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4)
+        .map(|w| {
+            let (urls, target, stop, written) = (
+                urls.clone(),
+                target.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&written),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let side = std::fs::read_to_string(&target).unwrap_or_default();
+                    let url = if side.trim() == "green" {
+                        &urls.1
+                    } else {
+                        &urls.0
+                    };
+                    let Ok((client, conn)) =
+                        tokio_postgres::connect(url, tokio_postgres::NoTls).await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    };
+                    tokio::spawn(conn);
+                    while !stop.load(Ordering::Relaxed)
+                        && std::fs::read_to_string(&target).unwrap_or_default() == side
+                    {
+                        match client
+                            .query_one(
+                                "INSERT INTO ledger (writer, amount) VALUES ($1, 1) RETURNING id",
+                                &[&w],
+                            )
+                            .await
+                        {
+                            Ok(row) => {
+                                written.acked.lock().unwrap().push(row.get(0));
+                                written.commits.lock().unwrap().push(Instant::now());
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn ids(client: &tokio_postgres::Client) -> Vec<i64> {
+    client
+        .query("SELECT id FROM ledger ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn can_login(client: &tokio_postgres::Client, role: &str) -> bool {
+    client
+        .query_one(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Issue 21's acceptance, first part: with four writers that follow the
+/// switch hook, a cutover then a rollback. Every acknowledged write is on
+/// both sides exactly once (nothing lost, nothing echoed: no conflict on
+/// either side), the sequences of the side taking over are never behind,
+/// and each side is fenced exactly while the other takes the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_then_rollback_under_writers_loses_and_echoes_nothing() {
+    crate::support::tap::init_logging();
+    let twins = Twins::start(&default_bin(), BANK).await;
+    let running = crate::support::running::Running::start(&twins, twins.config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target");
+    std::fs::write(&target, "blue").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(Written::default());
+    let load = writers(
+        (
+            twins.blue.url_for("app", "app-pw", ""),
+            twins.green.url_for("app", "app-pw", ""),
+        ),
+        target.clone(),
+        Arc::clone(&stop),
+        Arc::clone(&written),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hook = |side: &str| format!("printf {side} > '{}'", target.display());
+
+    let (code, report, text) = tokio::task::spawn_blocking({
+        let args = vec![
+            "--fence-roles".to_owned(),
+            "app".to_owned(),
+            "--switch-hook".to_owned(),
+            hook("green"),
+        ];
+        let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
+        move || run_switch(&b, &g, "cutover", &args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert!(report["write_pause_ms"].as_f64().is_some(), "{report:#}");
+    assert!(
+        !can_login(&twins.b, "app").await,
+        "blue fenced after the cutover"
+    );
+    assert!(can_login(&twins.g, "app").await);
+    // Green's sequence is not behind blue's.
+    let seq = |c| async move {
+        crate::support::twins::int8(c, "SELECT last_value FROM ledger_id_seq").await
+    };
+    assert!(seq(&twins.g).await >= seq(&twins.b).await);
+    // The writers go on on green; their rows reach blue.
+    let on_green_before = written.acked.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        written.acked.lock().unwrap().len() > on_green_before + 10,
+        "the writers write on green"
+    );
+
+    let (code, report, text) = tokio::task::spawn_blocking({
+        let args = vec![
+            "--fence-roles".to_owned(),
+            "app".to_owned(),
+            "--switch-hook".to_owned(),
+            hook("blue"),
+        ];
+        let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
+        move || run_switch(&b, &g, "rollback", &args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert!(
+        can_login(&twins.b, "app").await,
+        "blue unfenced by the rollback"
+    );
+    assert!(
+        !can_login(&twins.g, "app").await,
+        "green fenced after the rollback"
+    );
+    assert!(seq(&twins.b).await >= seq(&twins.g).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in load {
+        w.await.unwrap();
+    }
+    // Green catches up with blue through the forward stream again.
+    let on_blue = ids(&twins.b).await;
+    crate::support::wait::until_row(
+        &twins.g,
+        "SELECT 1 WHERE (SELECT count(*) FROM ledger) = $1",
+        &[&(on_blue.len() as i64)],
+        Duration::from_secs(30),
+        "green has blue's rows",
+    )
+    .await;
+    let on_green = ids(&twins.g).await;
+    assert_eq!(on_blue, on_green, "the same rows on both sides");
+    let acked = written.acked.lock().unwrap().clone();
+    let missing: Vec<&i64> = acked
+        .iter()
+        .filter(|id| on_blue.binary_search(id).is_err())
+        .collect();
+    assert!(missing.is_empty(), "acknowledged and lost: {missing:?}");
+    assert!(acked.len() > 100, "the writers wrote ({})", acked.len());
+    for (side, c) in [("green", &twins.g), ("blue", &twins.b)] {
+        assert_eq!(
+            crate::support::twins::int8(c, "SELECT count(*) FROM teal.conflicts").await,
+            0,
+            "no conflict on {side}: nothing echoed"
+        );
+    }
+    // Audit rows of both switches.
+    assert_eq!(
+        crate::support::twins::int8(
+            &twins.g,
+            "SELECT count(*) FROM teal.audit WHERE operation IN ('cutover', 'rollback') AND status = 'succeeded'"
+        )
+        .await,
+        2
+    );
+    running.stop().await;
+}
+
+/// `teal cutover`/`rollback` between two URLs with `args`.
+fn run_switch(blue: &str, green: &str, command: &str, args: &[String]) -> (i32, Value, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .env_clear()
+        .env("TEAL_LOG", "warn")
+        .args([command, "--slot", "teal_slot", "--publication", "teal_pub"])
+        .args(["--source", blue, "--target", green])
+        .args([
+            "--format",
+            "json",
+            "--max-lag",
+            "16MB",
+            "--max-pause",
+            "10s",
+            "--timeout",
+            "60s",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = stdout.clone() + &String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        text,
+    )
 }

@@ -466,14 +466,18 @@ impl Assembler {
             local,
         };
         let mut kind = build(&view)?;
-        if !self.config.tables.is_all() {
+        if !self.config.tables.is_all() || self.config.own_schema.is_some() {
             let tables = &self.config.tables;
+            let own = self.config.own_schema.as_deref();
+            let selects = |name: &crate::event::QualifiedName| {
+                tables.selects(name) && own != Some(name.namespace.as_str())
+            };
             let keep = match &mut kind {
                 ChangeKind::Insert { relation, .. }
                 | ChangeKind::Update { relation, .. }
-                | ChangeKind::Delete { relation, .. } => tables.selects(&relation.name),
+                | ChangeKind::Delete { relation, .. } => selects(&relation.name),
                 ChangeKind::Truncate { relations, .. } => {
-                    relations.retain(|r| tables.selects(&r.name));
+                    relations.retain(|r| selects(&r.name));
                     !relations.is_empty()
                 }
                 ChangeKind::Message(_) => true,

@@ -140,7 +140,7 @@ impl VerifyArgs {
     }
 }
 
-fn parse_invariant(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_invariant(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, sql)) if !name.trim().is_empty() && !sql.trim().is_empty() => {
             Ok((name.trim().to_owned(), sql.trim().to_owned()))

@@ -20,9 +20,11 @@ use teal::store::Store;
 
 mod compare;
 mod secrets;
+mod switch;
 
 pub(crate) use compare::{RepairArgs, VerifyArgs};
 pub(crate) use secrets::{command_line_secrets_warning, secrets_on_command_line};
+pub(crate) use switch::SwitchArgs;
 
 /// Logical-replication CDC streamer for PostgreSQL.
 #[derive(Parser)]
@@ -77,6 +79,14 @@ pub(crate) enum Command {
     /// Make green's rows of the keys a `teal verify --report` names equal to
     /// blue's, at one exact point of the running stream (which then goes on).
     Repair(RepairArgs),
+    /// Switch the writers from blue to green: checks, fence blue, every
+    /// acknowledged write on green, sequences, the way back armed, then the
+    /// running teal stream turns round (green -> blue). Exit status 0
+    /// switched (or rehearsed), 1 no-go or aborted (blue writable), 2 error.
+    Cutover(SwitchArgs),
+    /// The same the other way: fence green, everything on blue, and the
+    /// stream goes back to blue -> green.
+    Rollback(SwitchArgs),
 }
 
 #[derive(Args)]
@@ -507,6 +517,7 @@ impl SourceArgs {
                 exclude: self.exclude_tables,
             },
             skip_origins: self.skip_origins,
+            own_schema: None,
         };
         source.validate()?;
         assembler.validate()?;

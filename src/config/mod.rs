@@ -229,6 +229,10 @@ pub struct AssemblerConfig {
     /// name rather than PostgreSQL 16's `origin 'none'`, which would also
     /// drop what the side receives from its own upstream subscriptions.
     pub skip_origins: Vec<String>,
+    /// teal's own schema on the side it applies to (`--schema`): its
+    /// tables are never streamed (a `FOR ALL TABLES` publication on a
+    /// side teal once applied to publishes them too).
+    pub own_schema: Option<String>,
 }
 
 /// `--tables` / `--exclude-tables`: which published tables teal copies,
@@ -332,6 +336,7 @@ impl Default for AssemblerConfig {
             spill_dir: std::env::temp_dir(),
             tables: TableSelection::default(),
             skip_origins: Vec::new(),
+            own_schema: None,
         }
     }
 }

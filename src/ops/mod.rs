@@ -2,7 +2,9 @@
 //! re-implements them.
 
 pub mod audit;
+pub mod cutover;
 pub mod demo;
+pub mod pair;
 pub mod sequences;
 pub mod status;
 pub mod stream;

@@ -36,6 +36,7 @@ use crate::http::HttpError;
 use crate::lsn::Lsn;
 use crate::monitor::{Monitor, RunState};
 use crate::ops::audit::StreamAudit;
+use crate::ops::pair::Direction;
 use crate::pipeline::{
     Acknowledged, ApplyInput, KafkaInput, PipelineError, fan_out, resume, start_capture,
 };
@@ -293,8 +294,30 @@ async fn run_session(
                 .in_current_span(),
         )
     });
+    // Which way the pair streams (see crate::ops::pair), and the watcher
+    // of switch requests (none without green).
+    let legs = Legs::default();
+    if !config.no_apply {
+        tokio::spawn(
+            crate::ops::pair::watch(
+                config.clone(),
+                Arc::clone(&legs.switches),
+                Arc::clone(&legs.direction),
+                stopped.clone(),
+            )
+            .in_current_span(),
+        );
+    }
     if let (Some(every), false) = (config.sync_sequences, config.no_apply) {
-        tokio::spawn(sync_sequences(config.clone(), every, stopped.clone()).in_current_span());
+        tokio::spawn(
+            sync_sequences(
+                config.clone(),
+                every,
+                Arc::clone(&legs.direction),
+                stopped.clone(),
+            )
+            .in_current_span(),
+        );
     }
     tracing::info!(slot = %config.apply.slot, "stream session started");
     monitor.set_stall_after(config.monitor.stall_after.unwrap_or_else(|| {
@@ -306,7 +329,7 @@ async fn run_session(
             / 2
     }));
     let result = tokio::select! {
-        result = stream(&config, &shutdown, &monitor) => result,
+        result = stream(&config, &shutdown, &monitor, &legs) => result,
         () = after_shutdown(&shutdown, config.shutdown_timeout) => Err(StreamError::ShutdownTimeout {
             after: config.shutdown_timeout,
             stuck: monitor.stalled(),
@@ -327,10 +350,47 @@ async fn run_session(
     result
 }
 
+/// The pair's legs: the direction the stream runs now, and the switch
+/// requests that end a leg.
+#[derive(Default)]
+struct Legs {
+    direction: Arc<std::sync::Mutex<Direction>>,
+    switches: Arc<crate::ops::pair::Switches>,
+}
+
+/// Before each attempt: records a switch that ended the last leg, reads
+/// which way the pair streams, and gives that leg's configuration.
+async fn next_leg(
+    config: &StreamConfig,
+    legs: &Legs,
+    current: &mut Option<Direction>,
+) -> Result<StreamConfig, StreamError> {
+    if config.no_apply {
+        return Ok(config.clone());
+    }
+    if let Some(request) = legs.switches.pending() {
+        if crate::ops::pair::record_switched(config, &request).await? {
+            tracing::info!(switch = %request.id, direction = ?request.to, "switched");
+        }
+        legs.switches.done(&request);
+    }
+    let direction = crate::ops::pair::read_direction(config).await?;
+    if *current != Some(direction) && direction == Direction::Reverse {
+        tracing::info!(
+            slot = %crate::ops::pair::reverse_slot(&config.apply.slot),
+            "streaming green -> blue (the pair was cut over)"
+        );
+    }
+    *current = Some(direction);
+    *crate::progress::lock(&legs.direction) = direction;
+    Ok(crate::ops::pair::leg(config, direction))
+}
+
 async fn stream(
     config: &StreamConfig,
     shutdown: &CancellationToken,
     monitor: &Arc<Monitor>,
+    legs: &Legs,
 ) -> Result<Arc<ApplyStats>, StreamError> {
     let stats = Arc::clone(&monitor.apply);
     let mut backoff = Backoff::new(
@@ -340,22 +400,32 @@ async fn stream(
     let mut careful_through: Option<Lsn> = None;
     let mut may_create_slot = config.source.create_slot;
     let (mut ever_streamed, mut first_tries) = (false, 0);
+    let mut direction: Option<Direction> = None;
     loop {
         if shutdown.is_cancelled() {
             return Ok(stats);
         }
         monitor.set_state(RunState::Starting);
         let started = tokio::time::Instant::now();
-        let result = attempt(
-            config,
-            shutdown,
-            monitor,
-            careful_through,
-            &mut may_create_slot,
-        )
-        .await;
+        let before = direction;
+        let result = match next_leg(config, legs, &mut direction).await {
+            Ok(leg) => {
+                if before.is_some() && before != direction {
+                    // A new leg: its own slot and progress.
+                    careful_through = None;
+                    may_create_slot = false;
+                }
+                // A switch request ends this leg as a shutdown would (what
+                // it received is committed first), not the process.
+                let run = shutdown.child_token();
+                legs.switches.leg_started(run.clone());
+                attempt(&leg, &run, monitor, careful_through, &mut may_create_slot).await
+            }
+            Err(e) => Err(e),
+        };
         ever_streamed |= monitor.state() != RunState::Starting;
         match result {
+            Ok(()) if !shutdown.is_cancelled() && legs.switches.pending().is_some() => {}
             Ok(()) => return Ok(stats),
             Err(StreamError::Apply(ApplyError::Replay { through })) => {
                 tracing::warn!(through = %through, "conflict in a batch; replaying it change by change");
@@ -397,7 +467,12 @@ async fn stream(
 /// (and selected) tables onto green, never backwards. Failures are logged
 /// (once each until it works again) and retried at the next turn: the
 /// stream itself does not depend on it.
-async fn sync_sequences(config: StreamConfig, every: Duration, stop: CancellationToken) {
+async fn sync_sequences(
+    config: StreamConfig,
+    every: Duration,
+    direction: Arc<std::sync::Mutex<Direction>>,
+    stop: CancellationToken,
+) {
     let mut last_error: Option<String> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -406,6 +481,8 @@ async fn sync_sequences(config: StreamConfig, every: Duration, stop: Cancellatio
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // After a cutover, green's are the ones in use: blue follows them.
+        let reversed = *crate::progress::lock(&direction) == Direction::Reverse;
         let turn = async {
             let blue = crate::session::connect_plain(&config.source.conninfo, "teal sequences")
                 .await
@@ -413,6 +490,11 @@ async fn sync_sequences(config: StreamConfig, every: Duration, stop: Cancellatio
             let green = crate::session::connect_plain(&config.apply.target, "teal sequences")
                 .await
                 .map_err(|e| format!("connecting to green: {}", crate::error::Report(&e)))?;
+            let (from, to) = if reversed {
+                (&green, &blue)
+            } else {
+                (&blue, &green)
+            };
             let tables: Vec<_> =
                 crate::session::published_tables(&blue, &config.source.publications)
                     .await
@@ -422,7 +504,7 @@ async fn sync_sequences(config: StreamConfig, every: Duration, stop: Cancellatio
                     .into_iter()
                     .filter(|t| config.assembler.tables.selects(t))
                     .collect();
-            let states = crate::ops::sequences::sync(&blue, &green, &tables)
+            let states = crate::ops::sequences::sync(from, to, &tables)
                 .await
                 .map_err(|e| crate::error::Report(&e).to_string())?;
             Ok::<_, String>(states)

@@ -354,12 +354,13 @@ async fn compare(
 ) -> Result<VerifyReport, VerifyError> {
     // The same formats on both sides: format_type's output depends on them
     // no more than the search path, which both sessions leave at default.
-    let tables = schema::published_tables(blue, &config.publications, &config.tables)
-        .await
-        .map_err(|source| VerifyError::Catalog {
-            side: "blue",
-            source,
-        })?;
+    let tables =
+        schema::published_tables(blue, &config.publications, &config.tables, &config.schema)
+            .await
+            .map_err(|source| VerifyError::Catalog {
+                side: "blue",
+                source,
+            })?;
     if tables.is_empty() {
         return Err(VerifyError::NoTables(config.publications.join(",")));
     }

@@ -65,14 +65,17 @@ struct TableShape {
     sequences: BTreeMap<String, Option<i64>>,
 }
 
-/// Blue's published tables (with the selection), in name order.
+/// Blue's published tables (with the selection, never teal's own schema
+/// `own_schema`, which a `FOR ALL TABLES` publication of a side teal once
+/// applied to publishes too), in name order.
 pub async fn published_tables(
     blue: &Client,
     publications: &[String],
     selection: &TableSelection,
+    own_schema: &str,
 ) -> Result<Vec<QualifiedName>, tokio_postgres::Error> {
     let mut tables = crate::session::published_tables(blue, publications).await?;
-    tables.retain(|t| selection.selects(t));
+    tables.retain(|t| selection.selects(t) && t.namespace != own_schema);
     Ok(tables)
 }
 

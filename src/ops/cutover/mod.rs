@@ -1,0 +1,1230 @@
+//! `teal cutover` and `teal rollback` (issue 21): a verified switch of the
+//! writers from one side to the other, reversible without losing a write.
+//! The running `teal stream` of the pair is the engine; these commands
+//! fence, check and ask it to turn round (see [`crate::ops::pair`]).
+//!
+//! ```text
+//! 0 pair state, interrupted switches undone       (teal.pairs, teal.switches on green)
+//! 1 go/no-go: stream running and caught up (--max-lag, --max-pause), slot healthy,
+//!   no schema difference, no invalid index, the way back possible, [--verify]
+//! 2 fence the side being left (--fence-roles | --fence-database | --fence-hook),
+//!   wait until no other session holds a transaction id          <- write pause starts
+//! 3 marker pg_logical_emit_message(true, 'teal.cutover', id); wait until the other
+//!   side committed past it: every transaction acknowledged before the fence is there
+//! 4 sequences copied (owned or not), checked taking-over >= left
+//! 5 the way back armed before the other side takes a write: cutover creates slot
+//!   <slot>_rev and publication teal_<slot>_rev on green (rollback: <slot> on blue stays)
+//!   --rehearse: undo 5 and 2 here and report
+//! 6 the stream switches (state 'switch' -> 'switched'), --switch-hook runs, the side
+//!   taking over is unfenced                                      <- write pause ends
+//! --timeout before 6 aborts: fence lifted, the way back dropped; after 6 never automatic
+//! ```
+
+pub mod checks;
+pub mod fence;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::config::{ConnInfo, TableSelection};
+use crate::event::QualifiedName;
+use crate::lsn::Lsn;
+use crate::ops::pair::{self, Direction};
+use crate::ops::sequences::SequenceState;
+use crate::store::Store;
+
+pub use checks::Check;
+pub use fence::{Fence, Fenced};
+
+/// What a cutover or rollback needs.
+#[derive(Debug, Clone)]
+pub struct CutoverConfig {
+    /// Blue.
+    pub source: ConnInfo,
+    /// Green.
+    pub target: ConnInfo,
+    /// The pair's forward slot (on blue).
+    pub slot: String,
+    /// Blue's publications (their tables are the pair's).
+    pub publications: Vec<String>,
+    /// `--tables` / `--exclude-tables` of the stream.
+    pub tables: TableSelection,
+    /// teal's schema (on green; on blue too once reversed).
+    pub schema: String,
+    /// How the side being left is fenced.
+    pub fence: Fence,
+    /// `--switch-hook`: run after the stream switched (repoint PgBouncer,
+    /// DNS, configuration); its exit status must be 0.
+    pub switch_hook: Option<String>,
+    /// `--max-lag`: bytes the stream may be behind at the start.
+    pub max_lag: u64,
+    /// `--max-pause`: the predicted write pause must be under it.
+    pub max_pause: Duration,
+    /// `--timeout`: from the start to the switch; beyond it, abort.
+    pub timeout: Duration,
+    /// `--verify`: green must equal blue (and the invariants hold) first.
+    pub verify: bool,
+    /// `--invariant NAME=SQL` for `--verify`.
+    pub invariants: Vec<(String, String)>,
+    /// `--rehearse`: steps 1 to 5, then everything back as it was.
+    pub rehearse: bool,
+}
+
+/// Which way a switch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchKind {
+    /// Blue to green.
+    Cutover,
+    /// Green back to blue.
+    Rollback,
+}
+
+/// One step, as the report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    /// Its name.
+    pub name: String,
+    /// Start, milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// End, milliseconds since the Unix epoch.
+    pub ended_ms: u64,
+    /// The LSN it is about, if any.
+    pub lsn: Option<String>,
+    /// What it did.
+    pub detail: String,
+}
+
+/// The result of a cutover, rollback or rehearsal.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchReport {
+    /// The switch's id (`teal.switches`, the audit row's details).
+    pub id: String,
+    /// `cutover`, `rollback` or `rehearsal`.
+    pub kind: &'static str,
+    /// `switched`, `rehearsed`, `no_go`, `aborted`, `failed`, or (`--abort`)
+    /// `undone`.
+    pub outcome: &'static str,
+    /// The go/no-go checks.
+    pub checks: Vec<Check>,
+    /// The steps done, in order.
+    pub steps: Vec<StepReport>,
+    /// From the fence to the side taking over being writable (or, in a
+    /// rehearsal, to the fence lifted).
+    pub write_pause_ms: Option<f64>,
+    /// The marker's LSN on the side left.
+    pub marker_lsn: Option<String>,
+    /// The sequences copied.
+    pub sequences: Vec<SequenceState>,
+    /// Why it did not switch, when it did not.
+    pub error: Option<String>,
+}
+
+impl SwitchReport {
+    /// 0 switched (or rehearsed), 1 no-go or aborted (the side left is
+    /// writable again), 2 error.
+    pub fn exit_status(&self) -> u8 {
+        match self.outcome {
+            "switched" | "rehearsed" | "undone" => 0,
+            "no_go" | "aborted" => 1,
+            _ => 2,
+        }
+    }
+
+    /// The report for people.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for c in &self.checks {
+            out.push_str(&format!(
+                "check {:<20} {:<4} {}{}\n",
+                c.name,
+                if c.go { "go" } else { "NO" },
+                c.value,
+                c.limit
+                    .as_ref()
+                    .map(|l| format!(" (limit {l})"))
+                    .unwrap_or_default()
+            ));
+        }
+        for s in &self.steps {
+            out.push_str(&format!(
+                "step  {:<20} {:>6} ms {}{}\n",
+                s.name,
+                s.ended_ms.saturating_sub(s.started_ms),
+                s.detail,
+                s.lsn
+                    .as_ref()
+                    .map(|l| format!(" at {l}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(p) = self.write_pause_ms {
+            out.push_str(&format!("write pause: {p:.0} ms\n"));
+        }
+        out.push_str(&format!("{} {}: {}", self.kind, self.id, self.outcome));
+        if let Some(e) = &self.error {
+            out.push_str(&format!(" ({e})"));
+        }
+        out.push('\n');
+        out
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Why a step failed: the outcome it leads to and the reason.
+struct Stop {
+    outcome: &'static str,
+    reason: String,
+}
+
+fn failed(reason: impl Into<String>) -> Stop {
+    Stop {
+        outcome: "failed",
+        reason: reason.into(),
+    }
+}
+
+fn sql_failed(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Stop + '_ {
+    move |e| failed(format!("{context}: {}", crate::error::Report(&e)))
+}
+
+/// A run's state.
+struct Run<'a> {
+    config: &'a CutoverConfig,
+    kind: SwitchKind,
+    blue: Client,
+    green: Client,
+    store: Store,
+    report: SwitchReport,
+    started: Instant,
+    id: uuid::Uuid,
+    /// The fence put up (to lift on abort).
+    fenced: Option<Fenced>,
+    /// The way back created (cutover: on green).
+    armed: bool,
+    pause_started: Option<Instant>,
+}
+
+impl Run<'_> {
+    /// The side being left.
+    fn left(&self) -> &Client {
+        match self.kind {
+            SwitchKind::Cutover => &self.blue,
+            SwitchKind::Rollback => &self.green,
+        }
+    }
+
+    /// The side taking over.
+    fn taking(&self) -> &Client {
+        match self.kind {
+            SwitchKind::Cutover => &self.green,
+            SwitchKind::Rollback => &self.blue,
+        }
+    }
+
+    fn left_name(&self) -> &'static str {
+        match self.kind {
+            SwitchKind::Cutover => "blue",
+            SwitchKind::Rollback => "green",
+        }
+    }
+
+    fn taking_name(&self) -> &'static str {
+        match self.kind {
+            SwitchKind::Cutover => "green",
+            SwitchKind::Rollback => "blue",
+        }
+    }
+
+    /// The slot the running leg streams from (on the side being left).
+    fn active_slot(&self) -> String {
+        match self.kind {
+            SwitchKind::Cutover => self.config.slot.clone(),
+            SwitchKind::Rollback => pair::reverse_slot(&self.config.slot),
+        }
+    }
+
+    fn step(&mut self, name: &str, started_ms: u64, lsn: Option<Lsn>, detail: impl Into<String>) {
+        let detail = detail.into();
+        tracing::info!(step = name, detail = %detail, "{}", self.report.kind);
+        self.report.steps.push(StepReport {
+            name: name.to_owned(),
+            started_ms,
+            ended_ms: now_ms(),
+            lsn: lsn.map(|l| l.to_string()),
+            detail,
+        });
+    }
+
+    fn remaining(&self) -> Duration {
+        self.config.timeout.saturating_sub(self.started.elapsed())
+    }
+
+    async fn set_step(&self, step: &str) -> Result<(), Stop> {
+        self.green
+            .execute(
+                &format!(
+                    "UPDATE {}.switches SET step = $2, updated_at = now() WHERE id = $1::text::uuid",
+                    self.store.quoted()
+                ),
+                &[&self.id.to_string(), &step],
+            )
+            .await
+            .map_err(sql_failed("recording the step on green"))?;
+        Ok(())
+    }
+}
+
+/// Runs a cutover (or, with `--rehearse`, a rehearsal) or a rollback. Never
+/// an error: what went wrong is the report's outcome and error.
+pub async fn run(config: &CutoverConfig, kind: SwitchKind) -> SwitchReport {
+    let id = uuid::Uuid::new_v4();
+    let kind_name = match (kind, config.rehearse) {
+        (SwitchKind::Cutover, false) => "cutover",
+        (SwitchKind::Rollback, _) => "rollback",
+        (SwitchKind::Cutover, true) => "rehearsal",
+    };
+    let mut report = SwitchReport {
+        id: id.to_string(),
+        kind: kind_name,
+        outcome: "failed",
+        checks: Vec::new(),
+        steps: Vec::new(),
+        write_pause_ms: None,
+        marker_lsn: None,
+        sequences: Vec::new(),
+        error: None,
+    };
+    let connect = |conninfo: &ConnInfo, side: &'static str| {
+        let conninfo = conninfo.clone();
+        async move {
+            crate::session::connect_plain(&conninfo, "teal cutover")
+                .await
+                .map_err(|e| format!("connecting to {side}: {}", crate::error::Report(&e)))
+        }
+    };
+    let (blue, green) = match (
+        connect(&config.source, "blue").await,
+        connect(&config.target, "green").await,
+    ) {
+        (Ok(b), Ok(g)) => (b, g),
+        (Err(e), _) | (_, Err(e)) => {
+            report.error = Some(e);
+            return report;
+        }
+    };
+    let mut run = Run {
+        config,
+        kind,
+        blue,
+        green,
+        store: Store::new(config.schema.clone()),
+        report,
+        started: Instant::now(),
+        id,
+        fenced: None,
+        armed: false,
+        pause_started: None,
+    };
+    let mut audit = crate::ops::audit::running(
+        match kind {
+            SwitchKind::Cutover => "cutover",
+            SwitchKind::Rollback => "rollback",
+        },
+        &id.to_string(),
+        &config.slot,
+        &config.source,
+        &config.target,
+        serde_json::json!({}),
+    );
+    let result = protocol(&mut run).await;
+    if let Err(stop) = result {
+        run.report.outcome = stop.outcome;
+        run.report.error = Some(stop.reason);
+        if run.fenced.is_some() || run.armed {
+            undo(&mut run).await;
+        }
+        let state = "aborted";
+        let _ = run
+            .green
+            .execute(
+                &format!(
+                    "UPDATE {}.switches SET state = $2, updated_at = now() WHERE id = $1::text::uuid",
+                    run.store.quoted()
+                ),
+                &[&run.id.to_string(), &state],
+            )
+            .await;
+    }
+    crate::ops::audit::finish(
+        &mut audit,
+        if run.report.exit_status() == 0 {
+            "succeeded"
+        } else {
+            "failed"
+        },
+        run.started,
+        serde_json::json!({
+            "switch": run.report.id,
+            "kind": run.report.kind,
+            "outcome": run.report.outcome,
+            "write_pause_ms": run.report.write_pause_ms,
+            "marker_lsn": run.report.marker_lsn,
+            "error": run.report.error,
+        }),
+    );
+    if let Err(e) = run.store.audit(&run.green, &audit).await {
+        tracing::warn!(error = %crate::error::Report(&e), "no audit row for the switch");
+    }
+    run.report
+}
+
+/// Lifts the fence and drops the way back this run put up (an abort
+/// before the switch). A failure is added to the report with what to run.
+async fn undo(run: &mut Run<'_>) {
+    let t = now_ms();
+    let mut notes = Vec::new();
+    if run.armed {
+        match drop_way_back(&run.green, &run.config.slot, Duration::from_secs(10)).await {
+            Ok(()) => notes.push("the way back dropped".to_owned()),
+            Err(e) => notes.push(format!("the way back not dropped ({e})")),
+        }
+        run.armed = false;
+    }
+    if let Some(fenced) = run.fenced.take() {
+        let side = run.left_name();
+        match fence::lift(run.left(), &fenced, side).await {
+            Ok(()) => notes.push(format!("{side} unfenced")),
+            Err(e) => {
+                let message = format!(
+                    "{side} IS STILL FENCED ({}): run `teal cutover --abort` with the same flags to lift it",
+                    crate::error::Report(&e)
+                );
+                tracing::error!("{message}");
+                notes.push(message);
+            }
+        }
+        if let Some(p) = run.pause_started {
+            run.report.write_pause_ms = Some(p.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    run.step("undo", t, None, notes.join("; "));
+}
+
+/// Drops slot `<slot>_rev` and publication `teal_<slot>_rev` on green,
+/// waiting up to `wait` for a session still streaming from the slot.
+async fn drop_way_back(green: &Client, slot: &str, wait: Duration) -> Result<(), String> {
+    let rev = pair::reverse_slot(slot);
+    let deadline = Instant::now() + wait;
+    loop {
+        let r = green
+            .query_opt(
+                "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&rev],
+            )
+            .await;
+        match r {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline && e.code().is_some() => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(crate::error::Report(&e).to_string()),
+        }
+    }
+    green
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            crate::event::quote_ident(&pair::reverse_publication(slot))
+        ))
+        .await
+        .map_err(|e| crate::error::Report(&e).to_string())
+}
+
+/// The published (and selected) tables, from blue.
+async fn tables(run: &Run<'_>) -> Result<Vec<QualifiedName>, Stop> {
+    crate::ops::verify::schema::published_tables(
+        &run.blue,
+        &run.config.publications,
+        &run.config.tables,
+        &run.config.schema,
+    )
+    .await
+    .map_err(sql_failed("listing the published tables on blue"))
+}
+
+async fn protocol(run: &mut Run<'_>) -> Result<(), Stop> {
+    let t = now_ms();
+    run.store.migrate(&mut run.green).await.map_err(|e| {
+        failed(format!(
+            "teal's schema on green: {}",
+            crate::error::Report(&e)
+        ))
+    })?;
+    undo_interrupted(run).await?;
+    let direction = pair::direction(&run.green, &run.store, &run.config.slot)
+        .await
+        .map_err(sql_failed("reading the pair's direction"))?;
+    match (run.kind, direction) {
+        (SwitchKind::Cutover, Direction::Reverse) => {
+            return Err(failed(
+                "the pair is cut over already (green takes the writes): teal rollback goes back",
+            ));
+        }
+        (SwitchKind::Rollback, Direction::Forward) => {
+            return Err(failed("the pair is not cut over: nothing to roll back"));
+        }
+        _ => {}
+    }
+    run.green
+        .execute(
+            &format!(
+                "INSERT INTO {}.switches (id, slot, kind, state, step) VALUES ($1::text::uuid, $2, $3, 'running', 'checks')",
+                run.store.quoted()
+            ),
+            &[&run.id.to_string(), &run.config.slot, &run.report.kind],
+        )
+        .await
+        .map_err(sql_failed("recording the switch on green"))?;
+    run.step("start", t, None, format!("pair streams {direction:?}"));
+
+    // 1. Go/no-go.
+    let tables = tables(run).await?;
+    go_no_go(run, &tables).await?;
+
+    // 2. Fence the side being left.
+    let t = now_ms();
+    run.set_step("fence").await?;
+    let planned = fence::plan(run.left(), &run.config.fence)
+        .await
+        .map_err(|e| failed(crate::error::Report(&e).to_string()))?;
+    // Recorded before it is put up: a crashed run's fence can be lifted.
+    run.green
+        .execute(
+            &format!(
+                "UPDATE {}.switches SET fence = $2::text::jsonb WHERE id = $1::text::uuid",
+                run.store.quoted()
+            ),
+            &[
+                &run.id.to_string(),
+                &serde_json::to_string(&planned).unwrap_or_default(),
+            ],
+        )
+        .await
+        .map_err(sql_failed("recording the fence on green"))?;
+    run.pause_started = Some(Instant::now());
+    run.fenced = Some(planned.clone());
+    fence::apply(run.left(), &planned, run.left_name())
+        .await
+        .map_err(|e| failed(crate::error::Report(&e).to_string()))?;
+    let quiet = fence::wait_quiet(run.left(), run.remaining().min(Duration::from_secs(30)))
+        .await
+        .map_err(|e| Stop {
+            outcome: "aborted",
+            reason: crate::error::Report(&e).to_string(),
+        })?;
+    run.step(
+        "fence",
+        t,
+        None,
+        format!(
+            "{} fenced; writers finished in {} ms",
+            run.left_name(),
+            quiet.as_millis()
+        ),
+    );
+
+    // 3. The marker, and the other side past it.
+    let t = now_ms();
+    run.set_step("marker").await?;
+    let marker: Lsn = run
+        .left()
+        .query_one(
+            "SELECT pg_catalog.pg_logical_emit_message(true, 'teal.cutover', $1)::text",
+            &[&run.id.to_string()],
+        )
+        .await
+        .map_err(sql_failed("writing the marker"))?
+        .get::<_, String>(0)
+        .parse()
+        .map_err(|_| failed("the marker's LSN does not parse"))?;
+    run.report.marker_lsn = Some(marker.to_string());
+    let reached = wait_applied(run, marker).await?;
+    run.step(
+        "marker",
+        t,
+        Some(marker),
+        format!("{} committed through {reached}", run.taking_name()),
+    );
+
+    // 4. Sequences.
+    let t = now_ms();
+    run.set_step("sequences").await?;
+    let synced = crate::ops::sequences::sync(run.left(), run.taking(), &tables)
+        .await
+        .map_err(|e| failed(crate::error::Report(&e).to_string()))?;
+    let again = crate::ops::sequences::sync(run.left(), run.taking(), &tables)
+        .await
+        .map_err(|e| failed(crate::error::Report(&e).to_string()))?;
+    let missing: Vec<&str> = again
+        .iter()
+        .filter(|s| s.to_before.is_none())
+        .map(|s| s.sequence.as_str())
+        .collect();
+    if !missing.is_empty() || again.iter().any(|s| s.moved) {
+        return Err(failed(format!(
+            "sequences not equal or ahead on {} after the copy (missing: {})",
+            run.taking_name(),
+            missing.join(", ")
+        )));
+    }
+    let moved = synced.iter().filter(|s| s.moved).count();
+    run.report.sequences = synced;
+    run.step(
+        "sequences",
+        t,
+        None,
+        format!(
+            "{} sequence(s), {moved} moved; {} >= {} for each",
+            run.report.sequences.len(),
+            run.taking_name(),
+            run.left_name()
+        ),
+    );
+
+    // 5. The way back, before the other side takes a write.
+    let t = now_ms();
+    run.set_step("way back").await?;
+    match run.kind {
+        SwitchKind::Cutover => {
+            arm_way_back(run, &tables).await?;
+            run.step(
+                "way back",
+                t,
+                None,
+                format!(
+                    "slot {} and publication {} on green",
+                    pair::reverse_slot(&run.config.slot),
+                    pair::reverse_publication(&run.config.slot)
+                ),
+            );
+        }
+        SwitchKind::Rollback => {
+            let kept = checks::slot_state(&run.blue, &run.config.slot)
+                .await
+                .map_err(sql_failed("reading the forward slot on blue"))?;
+            if kept.is_none() {
+                return Err(failed(format!(
+                    "slot {} is gone from blue: the stream cannot resume there",
+                    run.config.slot
+                )));
+            }
+            run.step(
+                "way back",
+                t,
+                None,
+                format!("slot {} on blue", run.config.slot),
+            );
+        }
+    }
+    if run.config.rehearse {
+        undo(run).await;
+        run.report.outcome = "rehearsed";
+        run.green
+            .execute(
+                &format!(
+                    "UPDATE {}.switches SET state = 'done', step = 'rehearsed', updated_at = now() WHERE id = $1::text::uuid",
+                    run.store.quoted()
+                ),
+                &[&run.id.to_string()],
+            )
+            .await
+            .map_err(sql_failed("recording the rehearsal"))?;
+        return Ok(());
+    }
+    if run.remaining().is_zero() {
+        return Err(Stop {
+            outcome: "aborted",
+            reason: format!(
+                "--timeout ({:?}) passed before the switch",
+                run.config.timeout
+            ),
+        });
+    }
+
+    // 6. The switch.
+    let t = now_ms();
+    switch_stream(run).await?;
+    // Past this point nothing is undone automatically.
+    run.fenced = None;
+    run.armed = false;
+    run.step(
+        "switch",
+        t,
+        None,
+        format!(
+            "the stream now streams {} -> {}",
+            run.taking_name(),
+            run.left_name()
+        ),
+    );
+    if run.kind == SwitchKind::Rollback {
+        let t = now_ms();
+        let note = match drop_way_back(&run.green, &run.config.slot, Duration::from_secs(30)).await
+        {
+            Ok(()) => "slot and publication dropped on green".to_owned(),
+            Err(e) => format!("not dropped ({e}): drop them by hand"),
+        };
+        run.step("way back dropped", t, None, note);
+    }
+    if let Some(hook) = run.config.switch_hook.clone() {
+        let t = now_ms();
+        let to = run.taking_name();
+        if let Err(e) = fence::run_hook(
+            &hook,
+            &[("TEAL_SWITCH_TO", to), ("TEAL_SWITCH", run.report.kind)],
+            run.remaining().max(Duration::from_secs(30)),
+        )
+        .await
+        {
+            mark_done(run, "switch hook failed").await;
+            return Err(failed(format!(
+                "the stream switched but --switch-hook failed ({e}): the writers were not repointed; \
+                 {} stays fenced; rerun the hook by hand, or `teal {}` goes back",
+                run.left_name(),
+                if run.kind == SwitchKind::Cutover {
+                    "rollback"
+                } else {
+                    "cutover"
+                }
+            )));
+        }
+        run.step("switch hook", t, None, "exit status 0");
+    }
+    let t = now_ms();
+    let unfenced = unfence_taking_over(run).await?;
+    if let Some(p) = run.pause_started {
+        run.report.write_pause_ms = Some(p.elapsed().as_secs_f64() * 1000.0);
+    }
+    run.step("unfence", t, None, unfenced);
+    mark_done(run, "done").await;
+    run.report.outcome = "switched";
+    Ok(())
+}
+
+/// The switch is over (past the point of no return), at `step`.
+async fn mark_done(run: &Run<'_>, step: &str) {
+    let _ = run
+        .green
+        .execute(
+            &format!(
+                "UPDATE {}.switches SET state = 'done', step = $2, updated_at = now() WHERE id = $1::text::uuid",
+                run.store.quoted()
+            ),
+            &[&run.id.to_string(), &step],
+        )
+        .await;
+}
+
+/// Step 1: the checks; a no-go stops here (nothing changed yet).
+async fn go_no_go(run: &mut Run<'_>, tables: &[QualifiedName]) -> Result<(), Stop> {
+    let t = now_ms();
+    let slot = run.active_slot();
+    let state = checks::confirm_rate(run.left(), &slot, Duration::from_millis(500))
+        .await
+        .map_err(sql_failed("reading the stream's slot"))?;
+    let Some((state, rate)) = state else {
+        return Err(failed(format!(
+            "no slot {slot} on {}: no teal stream of this pair",
+            run.left_name()
+        )));
+    };
+    if !state.active {
+        return Err(failed(format!(
+            "no teal stream is running for slot {slot} on {} (the slot is not active): start it first",
+            run.left_name()
+        )));
+    }
+    let mut list = vec![Check::new("stream_running", "yes", true)];
+    list.push(
+        Check::new(
+            "lag_bytes",
+            state.lag_bytes.to_string(),
+            state.lag_bytes <= run.config.max_lag,
+        )
+        .limit(run.config.max_lag.to_string()),
+    );
+    let predicted = if state.lag_bytes == 0 {
+        0.0
+    } else if rate > 0.0 {
+        state.lag_bytes as f64 / rate
+    } else {
+        f64::INFINITY
+    };
+    list.push(
+        Check::new(
+            "predicted_pause_s",
+            format!("{predicted:.3}"),
+            predicted <= run.config.max_pause.as_secs_f64(),
+        )
+        .limit(format!("{:.3}", run.config.max_pause.as_secs_f64())),
+    );
+    list.push(Check::new(
+        "slot_health",
+        state.wal_status.clone(),
+        matches!(state.wal_status.as_str(), "reserved" | "extended"),
+    ));
+    let differences = crate::ops::verify::schema::compare(run.left(), run.taking(), tables)
+        .await
+        .map_err(sql_failed("comparing the schemas"))?;
+    let breaking: Vec<String> = differences
+        .iter()
+        .filter(|d| !d.note)
+        .map(|d| format!("{}: {}", d.table, d.difference))
+        .collect();
+    list.push(Check::new(
+        "schema_differences",
+        if breaking.is_empty() {
+            "none".to_owned()
+        } else {
+            breaking.join("; ")
+        },
+        breaking.is_empty(),
+    ));
+    let invalid = checks::invalid_indexes(run.taking(), tables)
+        .await
+        .map_err(sql_failed("reading the indexes"))?;
+    list.push(Check::new(
+        "invalid_indexes",
+        if invalid.is_empty() {
+            "none".to_owned()
+        } else {
+            invalid.join(", ")
+        },
+        invalid.is_empty(),
+    ));
+    if run.kind == SwitchKind::Cutover {
+        let source = checks::reverse_source_ready(&run.green)
+            .await
+            .map_err(sql_failed("checking green for the way back"))?;
+        let target = checks::reverse_target_ready(&run.blue, tables)
+            .await
+            .map_err(sql_failed("checking blue for the way back"))?;
+        let why: Vec<String> = [
+            source.map(|s| format!("green: {s}")),
+            target.map(|s| format!("blue: {s}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        list.push(Check::new(
+            "way_back",
+            if why.is_empty() {
+                "possible".to_owned()
+            } else {
+                why.join("; ")
+            },
+            why.is_empty(),
+        ));
+    }
+    let sequences = crate::ops::sequences::used_by(run.left(), tables)
+        .await
+        .map_err(sql_failed("listing the sequences"))?;
+    let mut missing = Vec::new();
+    for s in &sequences {
+        let there: bool = run
+            .taking()
+            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[s])
+            .await
+            .map_err(sql_failed("looking for the sequences"))?
+            .get(0);
+        if !there {
+            missing.push(s.clone());
+        }
+    }
+    list.push(Check::new(
+        "sequences",
+        if missing.is_empty() {
+            format!("{} present on both sides", sequences.len())
+        } else {
+            format!("missing on {}: {}", run.taking_name(), missing.join(", "))
+        },
+        missing.is_empty(),
+    ));
+    if run.config.verify {
+        let (source, target) = match run.kind {
+            SwitchKind::Cutover => (run.config.source.clone(), run.config.target.clone()),
+            SwitchKind::Rollback => (run.config.target.clone(), run.config.source.clone()),
+        };
+        let verify = crate::ops::verify::VerifyConfig {
+            source,
+            target,
+            slot: slot.clone(),
+            publications: match run.kind {
+                SwitchKind::Cutover => run.config.publications.clone(),
+                SwitchKind::Rollback => vec![pair::reverse_publication(&run.config.slot)],
+            },
+            tables: run.config.tables.clone(),
+            schema: run.config.schema.clone(),
+            invariants: run.config.invariants.clone(),
+            show_values: false,
+            workers: 2,
+            chunk_rows: 100_000,
+        };
+        let progress = crate::progress::VerifyProgress::new();
+        let (value, go) = match crate::ops::verify::run(&verify, &progress).await {
+            Ok(r) => (
+                format!(
+                    "{} at {} ({} differing rows, {} invariant(s) failing)",
+                    if r.equal == Some(true) {
+                        "equal"
+                    } else {
+                        "NOT equal"
+                    },
+                    r.verified_lsn.as_deref().unwrap_or("-"),
+                    r.tables.iter().map(|t| t.differences_total).sum::<usize>(),
+                    r.invariants.iter().filter(|i| !i.holds).count()
+                ),
+                r.equal == Some(true),
+            ),
+            Err(e) => (
+                format!("could not verify: {}", crate::error::Report(&e)),
+                false,
+            ),
+        };
+        list.push(Check::new("verify", value, go));
+    }
+    let go = list.iter().all(|c| c.go);
+    let nos: Vec<&str> = list.iter().filter(|c| !c.go).map(|c| c.name).collect();
+    run.report.checks = list;
+    run.step(
+        "checks",
+        t,
+        None,
+        if go {
+            "go".to_owned()
+        } else {
+            format!("no-go: {}", nos.join(", "))
+        },
+    );
+    if go {
+        Ok(())
+    } else {
+        Err(Stop {
+            outcome: "no_go",
+            reason: format!("no-go: {}", nos.join(", ")),
+        })
+    }
+}
+
+/// Waits (until `--timeout`) for the side taking over to commit past
+/// `marker` on the running leg's slot; its committed end LSN.
+async fn wait_applied(run: &Run<'_>, marker: Lsn) -> Result<Lsn, Stop> {
+    let slot = run.active_slot();
+    let query = format!(
+        "SELECT end_lsn::text FROM {}.progress WHERE slot = $1",
+        run.store.quoted()
+    );
+    loop {
+        let at: Option<Lsn> = run
+            .taking()
+            .query_opt(&query, &[&slot])
+            .await
+            .map_err(sql_failed("reading the stream's progress"))?
+            .and_then(|r| r.get::<_, String>(0).parse().ok());
+        if let Some(at) = at.filter(|at| *at >= marker) {
+            return Ok(at);
+        }
+        if run.remaining().is_zero() {
+            return Err(Stop {
+                outcome: "aborted",
+                reason: format!(
+                    "--timeout ({:?}) passed before {} committed past the marker {marker} (at {})",
+                    run.config.timeout,
+                    run.taking_name(),
+                    at.map_or("nothing".to_owned(), |l| l.to_string())
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Step 5 of a cutover: publication and slot on green (stale ones of an
+/// earlier switch dropped first).
+async fn arm_way_back(run: &mut Run<'_>, tables: &[QualifiedName]) -> Result<(), Stop> {
+    let slot = &run.config.slot;
+    drop_way_back(&run.green, slot, Duration::from_secs(5))
+        .await
+        .map_err(|e| failed(format!("dropping a stale way back on green: {e}")))?;
+    run.armed = true;
+    let list: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
+    run.green
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            crate::event::quote_ident(&pair::reverse_publication(slot)),
+            list.join(", ")
+        ))
+        .await
+        .map_err(sql_failed("creating the reverse publication on green"))?;
+    run.green
+        .execute(
+            "SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&pair::reverse_slot(slot)],
+        )
+        .await
+        .map_err(sql_failed("creating the reverse slot on green"))?;
+    Ok(())
+}
+
+/// Step 6: asks the stream to switch and waits for it (until `--timeout`,
+/// at least 10 s); a stream that does not answer gets the request
+/// withdrawn, and the run aborts.
+async fn switch_stream(run: &mut Run<'_>) -> Result<(), Stop> {
+    let schema = run.store.quoted();
+    let id = run.id.to_string();
+    run.green
+        .execute(
+            &format!(
+                "UPDATE {schema}.switches SET state = 'switch', step = 'switch', updated_at = now() WHERE id = $1::text::uuid"
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(sql_failed("asking the stream to switch"))?;
+    let limit = Instant::now() + run.remaining().max(Duration::from_secs(10));
+    loop {
+        let state: String = run
+            .green
+            .query_one(
+                &format!("SELECT state FROM {schema}.switches WHERE id = $1::text::uuid"),
+                &[&id],
+            )
+            .await
+            .map_err(sql_failed("reading the switch"))?
+            .get(0);
+        if state == "switched" {
+            return Ok(());
+        }
+        if Instant::now() >= limit {
+            let withdrawn = run
+                .green
+                .execute(
+                    &format!(
+                        "UPDATE {schema}.switches SET state = 'aborted', updated_at = now() \
+                         WHERE id = $1::text::uuid AND state = 'switch'"
+                    ),
+                    &[&id],
+                )
+                .await
+                .map_err(sql_failed("withdrawing the switch"))?;
+            if withdrawn == 1 {
+                return Err(Stop {
+                    outcome: "aborted",
+                    reason:
+                        "the stream did not switch in time (is teal stream running for the slot?)"
+                            .into(),
+                });
+            }
+            // It switched meanwhile.
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The side taking over becomes writable: the fence the last switch the
+/// other way put on it (if any) is lifted.
+async fn unfence_taking_over(run: &mut Run<'_>) -> Result<String, Stop> {
+    let other = match run.kind {
+        SwitchKind::Cutover => "rollback",
+        SwitchKind::Rollback => "cutover",
+    };
+    let row = run
+        .green
+        .query_opt(
+            &format!(
+                "SELECT id::text, fence::text FROM {}.switches \
+                 WHERE slot = $1 AND kind = $2 AND state = 'done' AND fence IS NOT NULL \
+                   AND NOT coalesce((fence->>'lifted')::bool, false) \
+                 ORDER BY requested_at DESC LIMIT 1",
+                run.store.quoted()
+            ),
+            &[&run.config.slot, &other],
+        )
+        .await
+        .map_err(sql_failed("reading the fence to lift"))?;
+    let Some(row) = row else {
+        return Ok(format!("{} was not fenced", run.taking_name()));
+    };
+    let (id, fence_text): (String, String) = (row.get(0), row.get(1));
+    let fenced: Fenced = serde_json::from_str(&fence_text).map_err(|e| {
+        failed(format!(
+            "the fence recorded by {other} {id} does not read: {e}"
+        ))
+    })?;
+    fence::lift(run.taking(), &fenced, run.taking_name())
+        .await
+        .map_err(|e| {
+            failed(format!(
+                "{} stays fenced: {}",
+                run.taking_name(),
+                crate::error::Report(&e)
+            ))
+        })?;
+    run.green
+        .execute(
+            &format!(
+                "UPDATE {}.switches SET fence = fence || '{{\"lifted\": true}}' WHERE id = $1::text::uuid",
+                run.store.quoted()
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(sql_failed("recording the lifted fence"))?;
+    Ok(format!(
+        "{} unfenced (the fence of {other} {id})",
+        run.taking_name()
+    ))
+}
+
+/// Switches an earlier run left unfinished (killed): their fence lifted,
+/// their way back dropped, marked aborted. A switch the stream already
+/// made is not undone.
+async fn undo_interrupted(run: &mut Run<'_>) -> Result<(), Stop> {
+    let t = now_ms();
+    let schema = run.store.quoted();
+    let rows = run
+        .green
+        .query(
+            &format!(
+                "SELECT id::text, kind, state, step, fence::text FROM {schema}.switches \
+                 WHERE slot = $1 AND state IN ('running', 'switch') ORDER BY requested_at"
+            ),
+            &[&run.config.slot],
+        )
+        .await
+        .map_err(sql_failed("reading earlier switches"))?;
+    for row in rows {
+        let (id, kind, state, step, fence_text): (String, String, String, String, Option<String>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        if state == "switch" {
+            let withdrawn = run
+                .green
+                .execute(
+                    &format!(
+                        "UPDATE {schema}.switches SET state = 'aborted', updated_at = now() \
+                         WHERE id = $1::text::uuid AND state = 'switch'"
+                    ),
+                    &[&id],
+                )
+                .await
+                .map_err(sql_failed("withdrawing an earlier switch"))?;
+            if withdrawn == 0 {
+                // The stream made it: that switch happened.
+                continue;
+            }
+        }
+        let fenced_side = if kind == "rollback" { "green" } else { "blue" };
+        let mut notes = vec![format!("{kind} {id} was interrupted at {step}")];
+        if let Some(text) = fence_text {
+            let fenced: Fenced = serde_json::from_str(&text).map_err(|e| {
+                failed(format!(
+                    "the fence recorded by {kind} {id} does not read: {e}"
+                ))
+            })?;
+            let client = if kind == "rollback" {
+                &run.green
+            } else {
+                &run.blue
+            };
+            fence::lift(client, &fenced, fenced_side)
+                .await
+                .map_err(|e| {
+                    failed(format!(
+                        "{fenced_side} is fenced by {kind} {id} and could not be unfenced: {}",
+                        crate::error::Report(&e)
+                    ))
+                })?;
+            notes.push(format!("{fenced_side} unfenced"));
+        }
+        if kind != "rollback" {
+            drop_way_back(&run.green, &run.config.slot, Duration::from_secs(10))
+                .await
+                .map_err(|e| failed(format!("dropping {kind} {id}'s way back: {e}")))?;
+        }
+        run.green
+            .execute(
+                &format!(
+                    "UPDATE {schema}.switches SET state = 'aborted', updated_at = now() WHERE id = $1::text::uuid"
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(sql_failed("marking an earlier switch aborted"))?;
+        run.step("undo interrupted", t, None, notes.join("; "));
+    }
+    Ok(())
+}
+
+/// `teal cutover --abort`: only undoes what interrupted switches left.
+pub async fn abort(config: &CutoverConfig) -> SwitchReport {
+    let mut c = config.clone();
+    c.rehearse = false;
+    let id = uuid::Uuid::new_v4();
+    let mut report = SwitchReport {
+        id: id.to_string(),
+        kind: "abort",
+        outcome: "failed",
+        checks: Vec::new(),
+        steps: Vec::new(),
+        write_pause_ms: None,
+        marker_lsn: None,
+        sequences: Vec::new(),
+        error: None,
+    };
+    let blue = crate::session::connect_plain(&config.source, "teal cutover").await;
+    let green = crate::session::connect_plain(&config.target, "teal cutover").await;
+    let (blue, mut green) = match (blue, green) {
+        (Ok(b), Ok(g)) => (b, g),
+        (Err(e), _) | (_, Err(e)) => {
+            report.error = Some(crate::error::Report(&e).to_string());
+            return report;
+        }
+    };
+    let store = Store::new(config.schema.clone());
+    if let Err(e) = store.migrate(&mut green).await {
+        report.error = Some(crate::error::Report(&e).to_string());
+        return report;
+    }
+    let mut run = Run {
+        config: &c,
+        kind: SwitchKind::Cutover,
+        blue,
+        green,
+        store,
+        report,
+        started: Instant::now(),
+        id,
+        fenced: None,
+        armed: false,
+        pause_started: None,
+    };
+    match undo_interrupted(&mut run).await {
+        Ok(()) => {
+            if run.report.steps.is_empty() {
+                let t = now_ms();
+                run.step("undo interrupted", t, None, "nothing was left unfinished");
+            }
+            run.report.outcome = "undone";
+        }
+        Err(stop) => run.report.error = Some(stop.reason),
+    }
+    run.report
+}

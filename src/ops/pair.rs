@@ -1,0 +1,282 @@
+//! A pair of databases and the one `teal stream` that serves it: which way
+//! it streams, and the switches that turn it round (`teal cutover`, `teal
+//! rollback`). The state lives on green (`teal.pairs`, `teal.switches`),
+//! whichever way the stream runs.
+//!
+//! ```text
+//! forward: blue (slot S, its publications) ──▶ green      skips origin teal_S_rev
+//! reverse: green (slot S_rev, publication teal_S_rev) ──▶ blue   skips origin teal_S
+//!
+//! teal cutover:  ... fence blue, marker applied, sequences, S_rev created on green
+//!                ──▶ switches.state = 'switch' ──▶ the stream finishes its leg (all it
+//!                received committed), records direction = reverse and 'switched',
+//!                and streams green -> blue from S_rev's creation point
+//! teal rollback: the same the other way; S on blue resumes where it stopped
+//! ```
+//!
+//! Each leg skips the transactions the other leg applied (by replication
+//! origin, see [`crate::config::AssemblerConfig::skip_origins`]), so
+//! nothing echoes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{ApplyError, origin_name};
+use crate::ops::stream::StreamConfig;
+use crate::store::Store;
+
+/// Which way the stream of a pair runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Blue to green (before a cutover, after a rollback).
+    #[default]
+    Forward,
+    /// Green to blue (after a cutover).
+    Reverse,
+}
+
+/// The slot on green a reversed pair streams from (`<slot>_rev`).
+pub fn reverse_slot(slot: &str) -> String {
+    format!("{slot}_rev")
+}
+
+/// The publication on green a reversed pair streams (`teal_<slot>_rev`).
+pub fn reverse_publication(slot: &str) -> String {
+    format!("teal_{slot}_rev")
+}
+
+/// How often the stream reads switch requests.
+pub const POLL: Duration = Duration::from_millis(100);
+
+fn sql(context: &str) -> impl FnOnce(tokio_postgres::Error) -> ApplyError + '_ {
+    move |source| ApplyError::Sql {
+        context: context.to_owned(),
+        source,
+    }
+}
+
+/// Green's session for the pair's state (teal's schema migrated).
+pub async fn control_session(config: &StreamConfig) -> Result<Client, ApplyError> {
+    let mut client = crate::session::connect_plain(&config.apply.target, "teal control")
+        .await
+        .map_err(ApplyError::Connect)?;
+    config
+        .apply
+        .store
+        .migrate(&mut client)
+        .await
+        .map_err(ApplyError::Store)?;
+    Ok(client)
+}
+
+/// The pair's direction, read through a new control session.
+pub async fn read_direction(config: &StreamConfig) -> Result<Direction, ApplyError> {
+    let green = control_session(config).await?;
+    direction(&green, &config.apply.store, &config.apply.slot)
+        .await
+        .map_err(sql("reading the pair's direction"))
+}
+
+/// The pair's direction (forward when it never switched).
+pub async fn direction(
+    green: &Client,
+    store: &Store,
+    slot: &str,
+) -> Result<Direction, tokio_postgres::Error> {
+    let row = green
+        .query_opt(
+            &format!(
+                "SELECT direction FROM {}.pairs WHERE slot = $1",
+                store.quoted()
+            ),
+            &[&slot],
+        )
+        .await?;
+    Ok(match row.map(|r| r.get::<_, String>(0)).as_deref() {
+        Some("reverse") => Direction::Reverse,
+        _ => Direction::Forward,
+    })
+}
+
+/// The configuration of the leg `direction` of the pair `config` describes
+/// (its forward configuration).
+pub fn leg(config: &StreamConfig, direction: Direction) -> StreamConfig {
+    let slot = &config.apply.slot;
+    let mut leg = config.clone();
+    // teal's own tables on either side are never streamed.
+    leg.assembler.own_schema = Some(config.apply.store.schema().to_owned());
+    match direction {
+        Direction::Forward => {
+            leg.assembler
+                .skip_origins
+                .push(origin_name(&reverse_slot(slot)));
+        }
+        Direction::Reverse => {
+            let rev = reverse_slot(slot);
+            leg.source.conninfo = config.apply.target.clone();
+            leg.source.slot = rev.clone();
+            leg.source.publications = vec![reverse_publication(slot)];
+            leg.source.create_slot = false;
+            leg.source.start_lsn = None;
+            leg.apply.target = config.source.conninfo.clone();
+            leg.apply.slot = rev;
+            leg.assembler.skip_origins.push(origin_name(slot));
+            // Every published table of the reverse publication.
+            leg.assembler.tables = crate::config::TableSelection::default();
+            leg.kafka = None;
+            leg.no_apply = false;
+        }
+    }
+    leg
+}
+
+/// A switch the running stream was asked to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchRequest {
+    /// The switch's id.
+    pub id: uuid::Uuid,
+    /// The direction after it.
+    pub to: Direction,
+}
+
+/// What the stream's switch watcher shares with the stream: the current
+/// leg's stop token and the request that stopped it.
+#[derive(Default)]
+pub struct Switches {
+    leg: Mutex<Option<CancellationToken>>,
+    request: Mutex<Option<SwitchRequest>>,
+}
+
+impl Switches {
+    /// A leg starts: a request ends it through `token`.
+    pub fn leg_started(&self, token: CancellationToken) {
+        let mut leg = crate::progress::lock(&self.leg);
+        // A request that came while no leg ran ends this one at once.
+        if crate::progress::lock(&self.request).is_some() {
+            token.cancel();
+        }
+        *leg = Some(token);
+    }
+
+    /// The request that ended the last leg, if one did (it stays until
+    /// [`Self::done`]).
+    pub fn pending(&self) -> Option<SwitchRequest> {
+        crate::progress::lock(&self.request).clone()
+    }
+
+    /// `request` is recorded: the next one may come.
+    pub fn done(&self, request: &SwitchRequest) {
+        let mut pending = crate::progress::lock(&self.request);
+        if pending.as_ref() == Some(request) {
+            *pending = None;
+        }
+    }
+
+    fn requested(&self, request: SwitchRequest) {
+        let mut pending = crate::progress::lock(&self.request);
+        if pending.is_some() {
+            return;
+        }
+        *pending = Some(request);
+        drop(pending);
+        if let Some(leg) = crate::progress::lock(&self.leg).as_ref() {
+            leg.cancel();
+        }
+    }
+}
+
+/// Reads switch requests for the pair on green until `stop`: a request
+/// (state `switch`) whose direction differs from `current` ends the
+/// running leg. Errors are retried quietly (the stream reports green's).
+pub async fn watch(
+    config: StreamConfig,
+    switches: Arc<Switches>,
+    current: Arc<Mutex<Direction>>,
+    stop: CancellationToken,
+) {
+    let slot = config.apply.slot.clone();
+    let query = format!(
+        "SELECT id::text, kind FROM {}.switches WHERE slot = $1 AND state = 'switch' \
+         ORDER BY requested_at DESC LIMIT 1",
+        config.apply.store.quoted()
+    );
+    let mut client: Option<Client> = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(POLL) => {}
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = control_session(&config).await.ok();
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let Ok(row) = c.query_opt(&query, &[&slot]).await else {
+            client = None;
+            continue;
+        };
+        let Some(row) = row else { continue };
+        let (id, kind): (String, String) = (row.get(0), row.get(1));
+        let Ok(id) = id.parse() else { continue };
+        let to = if kind == "rollback" {
+            Direction::Forward
+        } else {
+            Direction::Reverse
+        };
+        if *crate::progress::lock(&current) != to {
+            tracing::info!(switch = %id, kind = %kind, "switch requested: finishing this leg");
+            switches.requested(SwitchRequest { id, to });
+        }
+    }
+}
+
+/// Records on green that the stream switched: the switch's state
+/// `switched` and the pair's direction, in one transaction. `false` (and
+/// nothing changed) when the command withdrew the request meanwhile (its
+/// timeout): the stream then goes on the way it went.
+pub async fn record_switched(
+    config: &StreamConfig,
+    request: &SwitchRequest,
+) -> Result<bool, ApplyError> {
+    let mut green = control_session(config).await?;
+    let schema = config.apply.store.quoted();
+    let slot = &config.apply.slot;
+    let direction = match request.to {
+        Direction::Forward => "forward",
+        Direction::Reverse => "reverse",
+    };
+    let tx = green
+        .transaction()
+        .await
+        .map_err(sql("recording a switch"))?;
+    let taken = tx
+        .execute(
+            &format!(
+                "UPDATE {schema}.switches SET state = 'switched', updated_at = now() \
+                 WHERE id = $1::text::uuid AND state = 'switch'"
+            ),
+            &[&request.id.to_string()],
+        )
+        .await
+        .map_err(sql("recording a switch"))?;
+    if taken == 0 {
+        tracing::warn!(switch = %request.id, "the switch was withdrawn before the stream switched; going on as before");
+        return Ok(false);
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO {schema}.pairs (slot, direction, reverse_slot, reverse_publication, switched_at) \
+             VALUES ($1, $2, $3, $4, now()) \
+             ON CONFLICT (slot) DO UPDATE SET direction = $2, reverse_slot = $3, \
+               reverse_publication = $4, switched_at = now(), updated_at = now()"
+        ),
+        &[&slot, &direction, &reverse_slot(slot), &reverse_publication(slot)],
+    )
+    .await
+    .map_err(sql("recording the pair's direction"))?;
+    tx.commit().await.map_err(sql("recording a switch"))?;
+    Ok(true)
+}

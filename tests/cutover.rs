@@ -346,9 +346,13 @@ fn run_switch(blue: &str, green: &str, command: &str, args: &[String]) -> (i32, 
             "16MB",
             "--max-pause",
             "10s",
-            "--timeout",
-            "60s",
         ])
+        .args(
+            (!args.iter().any(|a| a == "--timeout"))
+                .then_some(["--timeout", "60s"])
+                .into_iter()
+                .flatten(),
+        )
         .args(args)
         .output()
         .unwrap();
@@ -359,4 +363,300 @@ fn run_switch(blue: &str, green: &str, command: &str, args: &[String]) -> (i32, 
         serde_json::from_str(&stdout).unwrap_or(Value::Null),
         text,
     )
+}
+
+/// A rehearsal (steps 1 to 5, then everything back) leaves the pair as it
+/// was: blue writable, no slot or publication on green, the stream still
+/// blue -> green; its report has every check and the write pause. A
+/// timeout aborts the same way (exit 1, blue writable). Without a running
+/// stream, a cutover says so and exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rehearsal_and_timeout_leave_everything_as_it_was() {
+    crate::support::tap::init_logging();
+    let twins = Twins::start(&default_bin(), BANK).await;
+    let args = |extra: &[&str]| -> Vec<String> {
+        ["--fence-roles", "app"]
+            .iter()
+            .chain(extra)
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let run = |command: &'static str, args: Vec<String>| {
+        let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
+        tokio::task::spawn_blocking(move || run_switch(&b, &g, command, &args))
+    };
+    // No stream yet: the slot does not even exist.
+    let (code, _, text) = run("cutover", args(&[])).await.unwrap();
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("no slot teal_slot on blue"), "{text}");
+
+    let running = crate::support::running::Running::start(&twins, twins.config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target");
+    std::fs::write(&target, "blue").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(Written::default());
+    let load = writers(
+        (
+            twins.blue.url_for("app", "app-pw", ""),
+            twins.green.url_for("app", "app-pw", ""),
+        ),
+        target.clone(),
+        Arc::clone(&stop),
+        Arc::clone(&written),
+    );
+    let (code, report, text) = run("cutover", args(&["--rehearse"])).await.unwrap();
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(report["outcome"], "rehearsed", "{report:#}");
+    assert_eq!(report["kind"], "rehearsal");
+    let checks: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            "stream_running",
+            "lag_bytes",
+            "predicted_pause_s",
+            "slot_health",
+            "schema_differences",
+            "invalid_indexes",
+            "way_back",
+            "sequences"
+        ]
+    );
+    assert!(report["write_pause_ms"].as_f64().is_some(), "{report:#}");
+    assert!(report["marker_lsn"].is_string(), "{report:#}");
+    as_it_was(&twins.b, &twins.g).await;
+    // The writers went on on blue, and their rows still reach green.
+    let before = written.acked.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        written.acked.lock().unwrap().len() > before,
+        "blue takes writes"
+    );
+
+    // A timeout shorter than the checks: aborted before the switch.
+    let (code, report, text) = run("cutover", args(&["--timeout", "300ms"])).await.unwrap();
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(report["outcome"], "aborted", "{report:#}");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--timeout"),
+        "{report:#}"
+    );
+    as_it_was(&twins.b, &twins.g).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in load {
+        w.await.unwrap();
+    }
+    let on_blue = ids(&twins.b).await;
+    crate::support::wait::until_row(
+        &twins.g,
+        "SELECT 1 WHERE (SELECT count(*) FROM ledger) = $1",
+        &[&(on_blue.len() as i64)],
+        Duration::from_secs(30),
+        "green has blue's rows",
+    )
+    .await;
+    assert_eq!(on_blue, ids(&twins.g).await);
+    let audit: Vec<(String, String)> = twins
+        .g
+        .query(
+            "SELECT status, details->>'outcome' FROM teal.audit WHERE operation = 'cutover' ORDER BY started_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        audit,
+        [
+            // The one without a stream.
+            ("failed".to_owned(), "failed".to_owned()),
+            ("succeeded".to_owned(), "rehearsed".to_owned()),
+            ("failed".to_owned(), "aborted".to_owned())
+        ]
+    );
+    running.stop().await;
+}
+
+/// Blue writable, no way back left on green, the pair forward.
+async fn as_it_was(b: &tokio_postgres::Client, g: &tokio_postgres::Client) {
+    assert!(can_login(b, "app").await, "blue writable");
+    assert_eq!(
+        crate::support::twins::int8(
+            g,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'teal_slot_rev'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        crate::support::twins::int8(g, "SELECT count(*) FROM pg_publication").await,
+        0
+    );
+    assert_eq!(
+        crate::support::twins::int8(
+            g,
+            "SELECT count(*) FROM teal.pairs WHERE direction = 'reverse'"
+        )
+        .await,
+        0
+    );
+}
+
+/// kill -9 of `teal cutover` at each step, then `--abort` or a new run:
+/// blue is unfenced and the way back dropped, no acknowledged write is
+/// lost. Killed after asking the stream to switch: the stream switched
+/// (blue fenced, as after a cutover), and `teal rollback` brings the pair
+/// and blue's writers back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_each_step_then_aborted_or_rerun() {
+    crate::support::tap::init_logging();
+    let twins = Twins::start(&default_bin(), BANK).await;
+    let running = crate::support::running::Running::start(&twins, twins.config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target");
+    std::fs::write(&target, "blue").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(Written::default());
+    let load = writers(
+        (
+            twins.blue.url_for("app", "app-pw", ""),
+            twins.green.url_for("app", "app-pw", ""),
+        ),
+        target.clone(),
+        Arc::clone(&stop),
+        Arc::clone(&written),
+    );
+    let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
+    let killed_at = |step: &'static str| {
+        let (b, g) = (b.clone(), g.clone());
+        let green = twins.green.url();
+        async move {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+                .env_clear()
+                .env("TEAL_LOG", "warn")
+                .env("TEAL_CUTOVER_PAUSE_AT", step)
+                .args([
+                    "cutover",
+                    "--slot",
+                    "teal_slot",
+                    "--publication",
+                    "teal_pub",
+                ])
+                .args(["--source", &b, "--target", &g, "--fence-roles", "app"])
+                .args(["--max-lag", "16MB", "--max-pause", "10s"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let (client, conn) = tokio_postgres::connect(&green, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            crate::support::wait::until_row(
+                &client,
+                "SELECT 1 FROM teal.switches WHERE step = $1 AND state IN ('running', 'switch', 'switched') \
+                 AND kind = 'cutover'",
+                &[&step],
+                Duration::from_secs(30),
+                "the cutover at its step",
+            )
+            .await;
+            // SIGKILL: nothing of the command runs after this.
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    };
+    for (i, step) in ["fence", "marker", "sequences", "way back"]
+        .iter()
+        .enumerate()
+    {
+        killed_at(step).await;
+        if *step != "fence" {
+            assert!(!can_login(&twins.b, "app").await, "blue fenced at {step}");
+        }
+        let how: &[&str] = if i % 2 == 0 {
+            &["--abort"]
+        } else {
+            &["--rehearse"]
+        };
+        let (code, report, text) = tokio::task::spawn_blocking({
+            let (b, g) = (b.clone(), g.clone());
+            let args: Vec<String> = ["--fence-roles", "app"]
+                .iter()
+                .chain(how)
+                .map(|s| (*s).to_owned())
+                .collect();
+            move || run_switch(&b, &g, "cutover", &args)
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "after {step}: {text}");
+        let first = &report["steps"][0];
+        assert_eq!(first["name"], "undo interrupted", "{report:#}");
+        assert!(
+            first["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("was interrupted at {step}")),
+            "{report:#}"
+        );
+        as_it_was(&twins.b, &twins.g).await;
+    }
+    // Killed once the stream was asked to switch: it switched.
+    killed_at("switch").await;
+    crate::support::wait::until_row(
+        &twins.g,
+        "SELECT 1 FROM teal.pairs WHERE direction = 'reverse'",
+        &[],
+        Duration::from_secs(30),
+        "the stream switched",
+    )
+    .await;
+    assert!(
+        !can_login(&twins.b, "app").await,
+        "blue fenced, as after a cutover"
+    );
+    let (code, report, text) = tokio::task::spawn_blocking({
+        let (b, g) = (b.clone(), g.clone());
+        let args = vec!["--fence-roles".to_owned(), "app".to_owned()];
+        move || run_switch(&b, &g, "rollback", &args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    as_it_was(&twins.b, &twins.g).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in load {
+        w.await.unwrap();
+    }
+    let on_blue = ids(&twins.b).await;
+    crate::support::wait::until_row(
+        &twins.g,
+        "SELECT 1 WHERE (SELECT count(*) FROM ledger) = $1",
+        &[&(on_blue.len() as i64)],
+        Duration::from_secs(30),
+        "green has blue's rows",
+    )
+    .await;
+    assert_eq!(on_blue, ids(&twins.g).await);
+    let acked = written.acked.lock().unwrap().clone();
+    assert!(
+        acked.iter().all(|id| on_blue.binary_search(id).is_ok()),
+        "an acknowledged write was lost"
+    );
+    assert!(acked.len() > 50, "the writers wrote ({})", acked.len());
+    running.stop().await;
 }

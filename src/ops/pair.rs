@@ -205,6 +205,8 @@ pub async fn watch(
         config.apply.store.quoted()
     );
     let mut client: Option<Client> = None;
+    let mut turns: u64 = 0;
+    let mut warned: std::collections::HashMap<String, std::time::Instant> = Default::default();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -214,6 +216,10 @@ pub async fn watch(
             client = control_session(&config).await.ok();
         }
         let Some(c) = client.as_ref() else { continue };
+        turns += 1;
+        if turns % 20 == 0 {
+            warn_unfinished(c, &config, &mut warned).await;
+        }
         let Ok(row) = c.query_opt(&query, &[&slot]).await else {
             client = None;
             continue;
@@ -229,6 +235,64 @@ pub async fn watch(
         if *crate::progress::lock(&current) != to {
             tracing::info!(switch = %id, kind = %kind, "switch requested: finishing this leg");
             switches.requested(SwitchRequest { id, to });
+        }
+    }
+}
+
+/// How long a switch may stay at one step before the stream says it looks
+/// interrupted.
+const STUCK_AFTER_SECONDS: f64 = 30.0;
+
+/// Says (every minute) what a switch that looks interrupted left behind
+/// and the command that undoes it: a side fenced by a cutover or rollback
+/// that stopped before the switch, or a switch the stream made whose
+/// command never finished (switch hook, unfence).
+async fn warn_unfinished(
+    green: &Client,
+    config: &StreamConfig,
+    warned: &mut std::collections::HashMap<String, std::time::Instant>,
+) {
+    let Ok(rows) = green
+        .query(
+            &format!(
+                "SELECT id::text, kind, state, step FROM {}.switches \
+                 WHERE slot = $1 AND ((state = 'running' AND fence IS NOT NULL) OR state = 'switched') \
+                   AND extract(epoch FROM now() - updated_at) > $2",
+                config.apply.store.quoted()
+            ),
+            &[&config.apply.slot, &STUCK_AFTER_SECONDS],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let (id, kind, state, step): (String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if warned
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+        {
+            continue;
+        }
+        warned.insert(id.clone(), std::time::Instant::now());
+        let side = if kind == "rollback" { "green" } else { "blue" };
+        if state == "running" {
+            tracing::error!(
+                switch = %id,
+                step = %step,
+                "{side} is fenced by {kind} {id}, which has not moved for {STUCK_AFTER_SECONDS} s (at step {step}); \
+                 if that command is no longer running, `teal {kind} --abort` with the same --source, --target, \
+                 --slot and --publication lifts the fence (a new `teal {kind}` does too, then starts over)"
+            );
+        } else {
+            tracing::error!(
+                switch = %id,
+                "{kind} {id} switched the stream but did not finish (switch hook, unfence): \
+                 the writers may not be repointed; run the switch hook by hand and lift the fence \
+                 of the side taking over, or go back with `teal {}`",
+                if kind == "rollback" { "cutover" } else { "rollback" }
+            );
         }
     }
 }

@@ -266,6 +266,9 @@ impl Run<'_> {
         self.config.timeout.saturating_sub(self.started.elapsed())
     }
 
+    /// Records the step on green. (`TEAL_CUTOVER_PAUSE_AT=<step>` makes
+    /// the command wait a minute there: a failure-injection point for the
+    /// crash tests, which kill it at each step.)
     async fn set_step(&self, step: &str) -> Result<(), Stop> {
         self.green
             .execute(
@@ -277,6 +280,9 @@ impl Run<'_> {
             )
             .await
             .map_err(sql_failed("recording the step on green"))?;
+        if std::env::var("TEAL_CUTOVER_PAUSE_AT").is_ok_and(|at| at == step) {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
         Ok(())
     }
 }
@@ -732,10 +738,23 @@ async fn mark_done(run: &Run<'_>, step: &str) {
         .await;
 }
 
+/// How long the checks wait for the stream's slot to become active.
+const STREAM_GRACE: Duration = Duration::from_secs(10);
+
 /// Step 1: the checks; a no-go stops here (nothing changed yet).
 async fn go_no_go(run: &mut Run<'_>, tables: &[QualifiedName]) -> Result<(), Stop> {
     let t = now_ms();
     let slot = run.active_slot();
+    // A stream that just switched or restarted takes a moment to connect.
+    let grace = Instant::now() + run.remaining().min(STREAM_GRACE);
+    while Instant::now() < grace
+        && checks::slot_state(run.left(), &slot)
+            .await
+            .map_err(sql_failed("reading the stream's slot"))?
+            .is_some_and(|s| !s.active)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let state = checks::confirm_rate(run.left(), &slot, Duration::from_millis(500))
         .await
         .map_err(sql_failed("reading the stream's slot"))?;
@@ -992,12 +1011,13 @@ async fn switch_stream(run: &mut Run<'_>) -> Result<(), Stop> {
     run.green
         .execute(
             &format!(
-                "UPDATE {schema}.switches SET state = 'switch', step = 'switch', updated_at = now() WHERE id = $1::text::uuid"
+                "UPDATE {schema}.switches SET state = 'switch', updated_at = now() WHERE id = $1::text::uuid"
             ),
             &[&id],
         )
         .await
         .map_err(sql_failed("asking the stream to switch"))?;
+    run.set_step("switch").await?;
     let limit = Instant::now() + run.remaining().max(Duration::from_secs(10));
     loop {
         let state: String = run
@@ -1040,7 +1060,8 @@ async fn switch_stream(run: &mut Run<'_>) -> Result<(), Stop> {
 }
 
 /// The side taking over becomes writable: the fence the last switch the
-/// other way put on it (if any) is lifted.
+/// other way put on it (if any) is lifted, also when that switch's
+/// command died after the stream switched (it is done now).
 async fn unfence_taking_over(run: &mut Run<'_>) -> Result<String, Stop> {
     let other = match run.kind {
         SwitchKind::Cutover => "rollback",
@@ -1051,7 +1072,7 @@ async fn unfence_taking_over(run: &mut Run<'_>) -> Result<String, Stop> {
         .query_opt(
             &format!(
                 "SELECT id::text, fence::text FROM {}.switches \
-                 WHERE slot = $1 AND kind = $2 AND state = 'done' AND fence IS NOT NULL \
+                 WHERE slot = $1 AND kind = $2 AND state IN ('done', 'switched') AND fence IS NOT NULL \
                    AND NOT coalesce((fence->>'lifted')::bool, false) \
                  ORDER BY requested_at DESC LIMIT 1",
                 run.store.quoted()
@@ -1081,7 +1102,7 @@ async fn unfence_taking_over(run: &mut Run<'_>) -> Result<String, Stop> {
     run.green
         .execute(
             &format!(
-                "UPDATE {}.switches SET fence = fence || '{{\"lifted\": true}}' WHERE id = $1::text::uuid",
+                "UPDATE {}.switches SET fence = fence || '{{\"lifted\": true}}', state = 'done' WHERE id = $1::text::uuid",
                 run.store.quoted()
             ),
             &[&id],

@@ -660,3 +660,202 @@ async fn killed_at_each_step_then_aborted_or_rerun() {
     assert!(acked.len() > 50, "the writers wrote ({})", acked.len());
     running.stop().await;
 }
+
+/// The other fences and `--verify`: a cutover fencing blue database-wide
+/// (CONNECTION LIMIT 0) after `teal verify` found green equal with an
+/// invariant holding; a rollback fencing green through a hook; the next
+/// cutover lifts the hook's fence (`TEAL_FENCE=unfence`) and the rollback
+/// lifted blue's connection limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_database_fence_hook_and_verify() {
+    crate::support::tap::init_logging();
+    let twins = Twins::start(&default_bin(), BANK).await;
+    let running = crate::support::running::Running::start(&twins, twins.config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target");
+    let fences = dir.path().join("fences");
+    std::fs::write(&target, "blue").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(Written::default());
+    let load = writers(
+        (
+            twins.blue.url_for("app", "app-pw", ""),
+            twins.green.url_for("app", "app-pw", ""),
+        ),
+        target.clone(),
+        Arc::clone(&stop),
+        Arc::clone(&written),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let run = |command: &'static str, args: Vec<String>| {
+        let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
+        tokio::task::spawn_blocking(move || run_switch(&b, &g, command, &args))
+    };
+    let hook = |side: &str| format!("printf {side} > '{}'", target.display());
+    let limit = |c| async move {
+        crate::support::twins::int8(
+            c,
+            "SELECT datconnlimit::int8 FROM pg_database WHERE datname = current_database()",
+        )
+        .await
+    };
+    let (code, report, text) = run(
+        "cutover",
+        vec![
+            "--fence-database".into(),
+            "--verify".into(),
+            "--invariant".into(),
+            "positive=SELECT bool_and(amount > 0) FROM ledger".into(),
+            "--switch-hook".into(),
+            hook("green"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{text}");
+    let verify = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "verify")
+        .unwrap();
+    assert_eq!(verify["go"], true, "{verify}");
+    assert!(
+        verify["value"].as_str().unwrap().starts_with("equal at "),
+        "{verify}"
+    );
+    assert_eq!(limit(&twins.b).await, 0, "blue fenced database-wide");
+    // The hook below only records that it ran (it fences nothing): the
+    // writers stop first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in load {
+        w.await.unwrap();
+    }
+    let (code, report, text) = run(
+        "rollback",
+        vec![
+            "--fence-hook".into(),
+            format!("echo \"$TEAL_FENCE $TEAL_SIDE\" >> '{}'", fences.display()),
+            "--switch-hook".into(),
+            hook("blue"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(report["outcome"], "switched");
+    assert_eq!(limit(&twins.b).await, -1, "blue's limit as it was");
+    assert_eq!(std::fs::read_to_string(&fences).unwrap(), "fence green\n");
+    // The next cutover lifts the rollback's hook fence on green.
+    let (code, _, text) = run(
+        "cutover",
+        vec![
+            "--fence-roles".into(),
+            "app".into(),
+            "--switch-hook".into(),
+            hook("green"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&fences).unwrap(),
+        "fence green\nunfence green\n"
+    );
+    // Reversed now: blue catches up with green.
+    let on_green = ids(&twins.g).await;
+    crate::support::wait::until_row(
+        &twins.b,
+        "SELECT 1 WHERE (SELECT count(*) FROM ledger) = $1",
+        &[&(on_green.len() as i64)],
+        Duration::from_secs(30),
+        "blue has green's rows",
+    )
+    .await;
+    assert_eq!(on_green, ids(&twins.b).await);
+    let acked = written.acked.lock().unwrap().clone();
+    assert!(acked.iter().all(|id| on_green.binary_search(id).is_ok()));
+    running.stop().await;
+}
+
+/// A cutover killed with blue fenced: the running stream says so, naming
+/// the command that lifts the fence, until it is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_names_the_command_that_lifts_a_forgotten_fence() {
+    let twins = Twins::start(&default_bin(), BANK).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stream.log");
+    let mut stream = twins
+        .teal_stream_command()
+        .args(["--create-slot", "--metrics-addr", "off"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    twins.wait_streaming().await;
+    let mut cutover = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .env_clear()
+        .env("TEAL_LOG", "warn")
+        .env("TEAL_CUTOVER_PAUSE_AT", "marker")
+        .args([
+            "cutover",
+            "--slot",
+            "teal_slot",
+            "--publication",
+            "teal_pub",
+        ])
+        .args([
+            "--source",
+            &twins.blue.cli_url(),
+            "--target",
+            &twins.green.cli_url(),
+        ])
+        .args([
+            "--fence-roles",
+            "app",
+            "--max-lag",
+            "16MB",
+            "--max-pause",
+            "10s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::support::wait::until_row(
+        &twins.g,
+        "SELECT 1 FROM teal.switches WHERE step = 'marker'",
+        &[],
+        Duration::from_secs(30),
+        "the cutover at its marker",
+    )
+    .await;
+    cutover.kill().unwrap();
+    cutover.wait().unwrap();
+    assert!(!can_login(&twins.b, "app").await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let said = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("blue is fenced by cutover") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        said.contains("blue is fenced by cutover") && said.contains("`teal cutover --abort`"),
+        "{said}"
+    );
+    let (code, report, text) = tokio::task::spawn_blocking({
+        let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
+        move || run_switch(&b, &g, "cutover", &["--abort".to_owned()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(report["outcome"], "undone");
+    as_it_was(&twins.b, &twins.g).await;
+    let _ = stream.kill();
+    let _ = stream.wait();
+}

@@ -257,7 +257,7 @@ async fn warn_unfinished(
             &format!(
                 "SELECT id::text, kind, state, step FROM {}.switches \
                  WHERE slot = $1 AND ((state = 'running' AND fence IS NOT NULL) OR state = 'switched') \
-                   AND extract(epoch FROM now() - updated_at) > $2",
+                   AND extract(epoch FROM now() - updated_at)::float8 > $2::float8",
                 config.apply.store.quoted()
             ),
             &[&config.apply.slot, &STUCK_AFTER_SECONDS],

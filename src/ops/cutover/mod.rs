@@ -999,6 +999,29 @@ async fn arm_way_back(run: &mut Run<'_>, tables: &[QualifiedName]) -> Result<(),
         )
         .await
         .map_err(sql_failed("creating the reverse slot on green"))?;
+    // A new slot: the way back starts at its creation point, not where an
+    // earlier cutover's way back stopped (its progress row on blue).
+    let progress = format!("{}.progress", run.store.quoted());
+    let stale: bool = run
+        .blue
+        .query_one(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            &[&progress],
+        )
+        .await
+        .map_err(sql_failed("looking for teal's progress on blue"))?
+        .get(0);
+    if stale {
+        run.blue
+            .execute(
+                &format!("DELETE FROM {progress} WHERE slot = $1"),
+                &[&pair::reverse_slot(slot)],
+            )
+            .await
+            .map_err(sql_failed(
+                "forgetting an earlier way back's progress on blue",
+            ))?;
+    }
     Ok(())
 }
 

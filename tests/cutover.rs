@@ -123,6 +123,22 @@ const BANK: &str = "
     GRANT USAGE ON SEQUENCE ledger_id_seq TO app;
 ";
 
+/// pgbench's tables (scale 1, 10,000 accounts), its history keyed by a
+/// sequence so that every acknowledged transaction can be found.
+const PGBENCH: &str = "
+    CREATE ROLE app LOGIN PASSWORD 'app-pw';
+    CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int NOT NULL, filler char(88));
+    CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int NOT NULL, filler char(84));
+    CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int NOT NULL, filler char(84));
+    CREATE TABLE pgbench_history (id bigserial PRIMARY KEY, tid int, bid int, aid int, delta int,
+                                  mtime timestamp, filler char(22));
+    INSERT INTO pgbench_branches VALUES (1, 0);
+    INSERT INTO pgbench_tellers SELECT g, 1, 0 FROM generate_series(1, 10) g;
+    INSERT INTO pgbench_accounts SELECT g, 1, 0 FROM generate_series(1, 10000) g;
+    GRANT SELECT, INSERT, UPDATE ON pgbench_branches, pgbench_tellers, pgbench_accounts, pgbench_history TO app;
+    GRANT USAGE ON SEQUENCE pgbench_history_id_seq TO app;
+";
+
 /// What the writers saw: every id acknowledged, and when each commit was.
 #[derive(Default)]
 struct Written {
@@ -139,6 +155,59 @@ fn writers(
     stop: Arc<AtomicBool>,
     written: Arc<Written>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    writers_of(urls, target, stop, written, false)
+}
+
+/// pgbench's TPC-B-like transaction, its history row's id returned.
+async fn tpcb(client: &tokio_postgres::Client, n: u64) -> Result<i64, tokio_postgres::Error> {
+    let (aid, tid) = ((n % 10_000) as i32 + 1, (n % 10) as i32 + 1);
+    let delta = (n % 1001) as i32 - 500;
+    client.batch_execute("BEGIN").await?;
+    client
+        .execute(
+            "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+            &[&delta, &aid],
+        )
+        .await?;
+    client
+        .query(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            &[&aid],
+        )
+        .await?;
+    client
+        .execute(
+            "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2",
+            &[&delta, &tid],
+        )
+        .await?;
+    client
+        .execute(
+            "UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = 1",
+            &[&delta],
+        )
+        .await?;
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+             VALUES ($1, 1, $2, $3, now()) RETURNING id",
+            &[&tid, &aid, &delta],
+        )
+        .await?
+        .get(0);
+    client.batch_execute("COMMIT").await?;
+    Ok(id)
+}
+
+/// [`writers`], running pgbench's TPC-B-like transaction (`tpcb`) or one
+/// ledger insert per transaction.
+fn writers_of(
+    urls: (String, String),
+    target: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+    written: Arc<Written>,
+    tpcb_like: bool,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..4)
         .map(|w| {
             let (urls, target, stop, written) = (
@@ -148,6 +217,7 @@ fn writers(
                 Arc::clone(&written),
             );
             tokio::spawn(async move {
+                let mut n: u64 = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let side = std::fs::read_to_string(&target).unwrap_or_default();
                     let url = if side.trim() == "green" {
@@ -165,15 +235,21 @@ fn writers(
                     while !stop.load(Ordering::Relaxed)
                         && std::fs::read_to_string(&target).unwrap_or_default() == side
                     {
-                        match client
-                            .query_one(
-                                "INSERT INTO ledger (writer, amount) VALUES ($1, 1) RETURNING id",
-                                &[&w],
-                            )
-                            .await
-                        {
-                            Ok(row) => {
-                                written.acked.lock().unwrap().push(row.get(0));
+                        n += 1;
+                        let done = if tpcb_like {
+                            tpcb(&client, n * 4 + w as u64).await
+                        } else {
+                            client
+                                .query_one(
+                                    "INSERT INTO ledger (writer, amount) VALUES ($1, 1) RETURNING id",
+                                    &[&w],
+                                )
+                                .await
+                                .map(|row| row.get(0))
+                        };
+                        match done {
+                            Ok(id) => {
+                                written.acked.lock().unwrap().push(id);
                                 written.commits.lock().unwrap().push(Instant::now());
                             }
                             Err(_) => break,
@@ -182,6 +258,16 @@ fn writers(
                 }
             })
         })
+        .collect()
+}
+
+async fn history(client: &tokio_postgres::Client) -> Vec<i64> {
+    client
+        .query("SELECT id FROM pgbench_history ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
         .collect()
 }
 
@@ -206,22 +292,34 @@ async fn can_login(client: &tokio_postgres::Client, role: &str) -> bool {
         .get(0)
 }
 
-/// Issue 21's acceptance, first part: with four writers that follow the
-/// switch hook, a cutover then a rollback. Every acknowledged write is on
+/// Issue 21's acceptance: with four writers running pgbench's TPC-B-like
+/// transaction that follow the switch hook (green fenced for them while it mirrors:
+/// `--fence-target-roles`), a cutover then a rollback. Every acknowledged write is on
 /// both sides exactly once (nothing lost, nothing echoed: no conflict on
 /// either side), the sequences of the side taking over are never behind,
 /// and each side is fenced exactly while the other takes the writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutover_then_rollback_under_writers_loses_and_echoes_nothing() {
     crate::support::tap::init_logging();
-    let twins = Twins::start(&default_bin(), BANK).await;
-    let running = crate::support::running::Running::start(&twins, twins.config()).await;
+    let twins = Twins::start(&default_bin(), PGBENCH).await;
+    // Nobody writes to green by mistake while it mirrors.
+    let mut config = twins.config();
+    config.fence_target_roles = vec!["app".into()];
+    let running = crate::support::running::Running::start(&twins, config).await;
+    crate::support::wait::until_row(
+        &twins.g,
+        "SELECT 1 FROM pg_roles WHERE rolname = 'app' AND NOT rolcanlogin",
+        &[],
+        Duration::from_secs(10),
+        "green fenced for app while mirroring",
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("target");
     std::fs::write(&target, "blue").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(Written::default());
-    let load = writers(
+    let load = writers_of(
         (
             twins.blue.url_for("app", "app-pw", ""),
             twins.green.url_for("app", "app-pw", ""),
@@ -229,6 +327,7 @@ async fn cutover_then_rollback_under_writers_loses_and_echoes_nothing() {
         target.clone(),
         Arc::clone(&stop),
         Arc::clone(&written),
+        true,
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let hook = |side: &str| format!("printf {side} > '{}'", target.display());
@@ -255,7 +354,7 @@ async fn cutover_then_rollback_under_writers_loses_and_echoes_nothing() {
     assert!(can_login(&twins.g, "app").await);
     // Green's sequence is not behind blue's.
     let seq = |c| async move {
-        crate::support::twins::int8(c, "SELECT last_value FROM ledger_id_seq").await
+        crate::support::twins::int8(c, "SELECT last_value FROM pgbench_history_id_seq").await
     };
     assert!(seq(&twins.g).await >= seq(&twins.b).await);
     // The writers go on on green; their rows reach blue.
@@ -295,17 +394,44 @@ async fn cutover_then_rollback_under_writers_loses_and_echoes_nothing() {
         w.await.unwrap();
     }
     // Green catches up with blue through the forward stream again.
-    let on_blue = ids(&twins.b).await;
+    let on_blue = history(&twins.b).await;
     crate::support::wait::until_row(
         &twins.g,
-        "SELECT 1 WHERE (SELECT count(*) FROM ledger) = $1",
+        "SELECT 1 WHERE (SELECT count(*) FROM pgbench_history) = $1",
         &[&(on_blue.len() as i64)],
         Duration::from_secs(30),
         "green has blue's rows",
     )
     .await;
-    let on_green = ids(&twins.g).await;
-    assert_eq!(on_blue, on_green, "the same rows on both sides");
+    let on_green = history(&twins.g).await;
+    assert_eq!(on_blue, on_green, "the same transactions on both sides");
+    // The bank balances: every transaction whole, on both sides.
+    for c in [&twins.b, &twins.g] {
+        let sums: (i64, i64, i64) = {
+            let r = c
+                .query_one(
+                    "SELECT (SELECT sum(abalance) FROM pgbench_accounts), \
+                            (SELECT sum(tbalance) FROM pgbench_tellers), \
+                            (SELECT sum(bbalance) FROM pgbench_branches)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            (r.get(0), r.get(1), r.get(2))
+        };
+        assert!(sums.0 == sums.1 && sums.1 == sums.2, "{sums:?}");
+    }
+    twins
+        .assert_converged(
+            &[
+                "pgbench_accounts",
+                "pgbench_tellers",
+                "pgbench_branches",
+                "pgbench_history",
+            ],
+            Duration::from_secs(30),
+        )
+        .await;
     let acked = written.acked.lock().unwrap().clone();
     let missing: Vec<&i64> = acked
         .iter()

@@ -328,6 +328,12 @@ pub(crate) struct StreamArgs {
     /// ("off": never); a cutover then has little left to do.
     #[arg(long, env = "TEAL_SYNC_SEQUENCES", default_value = "off", value_parser = parse_optional_duration)]
     pub(crate) sync_sequences: OrOff<Duration>,
+
+    /// While streaming blue -> green, these roles may not log in to green
+    /// (NOLOGIN, their sessions ended), so nobody writes there by mistake;
+    /// teal cutover lifts the fence (comma-separated).
+    #[arg(long, env = "TEAL_FENCE_TARGET_ROLES", value_delimiter = ',')]
+    pub(crate) fence_target_roles: Vec<String>,
 }
 
 #[derive(Args)]
@@ -489,6 +495,7 @@ impl StreamArgs {
             no_apply: self.no_apply,
             shutdown_timeout: self.shutdown_timeout,
             sync_sequences: self.sync_sequences.0,
+            fence_target_roles: self.fence_target_roles,
         };
         config.validate()?;
         Ok(config)

@@ -232,6 +232,7 @@ fn stream_config(blue: &Cluster, green: &Cluster) -> Result<StreamConfig, DemoEr
         no_apply: false,
         shutdown_timeout: StreamConfig::DEFAULT_SHUTDOWN_TIMEOUT,
         sync_sequences: None,
+        fence_target_roles: Vec::new(),
     })
 }
 

@@ -344,3 +344,59 @@ pub async fn record_switched(
     tx.commit().await.map_err(sql("recording a switch"))?;
     Ok(true)
 }
+
+/// `--fence-target-roles` while streaming blue -> green: unless a fence is
+/// already up on green, the roles are fenced there (NOLOGIN, sessions
+/// ended) and the fence recorded as a finished rollback's, which the next
+/// cutover lifts.
+pub async fn fence_green(config: &StreamConfig) -> Result<(), ApplyError> {
+    let green = control_session(config).await?;
+    let schema = config.apply.store.quoted();
+    let up: bool = green
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM {schema}.switches WHERE slot = $1 AND kind = 'rollback' \
+                   AND state IN ('done', 'switched') AND fence IS NOT NULL \
+                   AND NOT coalesce((fence->>'lifted')::bool, false))"
+            ),
+            &[&config.apply.slot],
+        )
+        .await
+        .map_err(sql("reading green's fence"))?
+        .get(0);
+    if up {
+        return Ok(());
+    }
+    let fence = crate::ops::cutover::Fence::Roles(config.fence_target_roles.clone());
+    let refused = |e: crate::ops::cutover::fence::FenceError| ApplyError::Unresolvable {
+        table: crate::event::QualifiedName {
+            namespace: String::new(),
+            name: String::new(),
+        },
+        lsn: crate::lsn::Lsn::ZERO,
+        commit_lsn: crate::lsn::Lsn::ZERO,
+        reason: format!("--fence-target-roles: {}", crate::error::Report(&e)),
+    };
+    let planned = crate::ops::cutover::fence::plan(&green, &fence)
+        .await
+        .map_err(refused)?;
+    green
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.switches (id, slot, kind, state, step, fence) \
+                 VALUES ($1::text::uuid, $2, 'rollback', 'done', 'mirror fence', $3::text::jsonb)"
+            ),
+            &[
+                &uuid::Uuid::new_v4().to_string(),
+                &config.apply.slot,
+                &serde_json::to_string(&planned).unwrap_or_default(),
+            ],
+        )
+        .await
+        .map_err(sql("recording green's fence"))?;
+    crate::ops::cutover::fence::apply(&green, &planned, "green")
+        .await
+        .map_err(refused)?;
+    tracing::info!(roles = ?config.fence_target_roles, "green fenced for the application roles while mirroring");
+    Ok(())
+}

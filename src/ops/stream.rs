@@ -121,6 +121,10 @@ pub struct StreamConfig {
     /// to green this often (`None`: never), so that a cutover has little
     /// left to do (see [`crate::ops::sequences`]).
     pub sync_sequences: Option<Duration>,
+    /// `--fence-target-roles`: while the pair streams blue -> green, these
+    /// roles may not log in to green (nobody writes there by mistake); a
+    /// cutover lifts the fence.
+    pub fence_target_roles: Vec<String>,
 }
 
 impl StreamConfig {
@@ -375,6 +379,14 @@ async fn next_leg(
         legs.switches.done(&request);
     }
     let direction = crate::ops::pair::read_direction(config).await?;
+    if direction == Direction::Forward && !config.fence_target_roles.is_empty() {
+        crate::ops::pair::fence_green(config).await?;
+    }
+    if direction == Direction::Reverse && config.kafka.is_some() && *current != Some(direction) {
+        tracing::warn!(
+            "the Kafka audit stream is not produced while the pair streams green -> blue"
+        );
+    }
     if *current != Some(direction) && direction == Direction::Reverse {
         tracing::info!(
             slot = %crate::ops::pair::reverse_slot(&config.apply.slot),

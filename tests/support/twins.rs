@@ -69,6 +69,7 @@ impl Twins {
             no_apply: false,
             shutdown_timeout: StreamConfig::DEFAULT_SHUTDOWN_TIMEOUT,
             sync_sequences: None,
+            fence_target_roles: Vec::new(),
         }
     }
 

@@ -139,23 +139,57 @@ const PGBENCH: &str = "
     GRANT USAGE ON SEQUENCE pgbench_history_id_seq TO app;
 ";
 
+/// Four writers (see [`writers_of`]) following a target file that the
+/// switch hooks rewrite.
+struct Load {
+    dir: tempfile::TempDir,
+    target: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+    written: Arc<Written>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Writers on blue, as role app (pgbench's transaction with `tpcb`).
+    fn start(twins: &Twins, tpcb: bool) -> Load {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "blue").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(Written::default());
+        let tasks = writers_of(
+            (
+                twins.blue.url_for("app", "app-pw", ""),
+                twins.green.url_for("app", "app-pw", ""),
+            ),
+            target.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&written),
+            tpcb,
+        );
+        Load {
+            dir,
+            target,
+            stop,
+            written,
+            tasks,
+        }
+    }
+
+    /// Stops the writers and waits for them (the target file stays).
+    async fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.tasks) {
+            t.await.unwrap();
+        }
+    }
+}
+
 /// What the writers saw: every id acknowledged, and when each commit was.
 #[derive(Default)]
 struct Written {
     acked: Mutex<Vec<i64>>,
     commits: Mutex<Vec<Instant>>,
-}
-
-/// Four writers as role `app`, each inserting rows (ids from the side's
-/// sequence) into whichever side `target` names (the switch hook writes
-/// it), reconnecting whenever a session fails (fenced, terminated).
-fn writers(
-    urls: (String, String),
-    target: std::path::PathBuf,
-    stop: Arc<AtomicBool>,
-    written: Arc<Written>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    writers_of(urls, target, stop, written, false)
 }
 
 /// pgbench's TPC-B-like transaction, its history row's id returned.
@@ -199,8 +233,10 @@ async fn tpcb(client: &tokio_postgres::Client, n: u64) -> Result<i64, tokio_post
     Ok(id)
 }
 
-/// [`writers`], running pgbench's TPC-B-like transaction (`tpcb`) or one
-/// ledger insert per transaction.
+/// Four writers as role `app`, each running pgbench's TPC-B-like
+/// transaction (`tpcb_like`) or one ledger insert per transaction on
+/// whichever side `target` names (the switch hook writes it), reconnecting whenever a session fails (fenced,
+/// terminated).
 fn writers_of(
     urls: (String, String),
     target: std::path::PathBuf,
@@ -314,36 +350,17 @@ async fn cutover_then_rollback_under_writers_loses_and_echoes_nothing() {
         "green fenced for app while mirroring",
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let target = dir.path().join("target");
-    std::fs::write(&target, "blue").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(Written::default());
-    let load = writers_of(
-        (
-            twins.blue.url_for("app", "app-pw", ""),
-            twins.green.url_for("app", "app-pw", ""),
-        ),
-        target.clone(),
-        Arc::clone(&stop),
-        Arc::clone(&written),
-        true,
-    );
+    let mut load = Load::start(&twins, true);
+    let (target, written) = (load.target.clone(), Arc::clone(&load.written));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let hook = |side: &str| format!("printf {side} > '{}'", target.display());
 
-    let (code, report, text) = tokio::task::spawn_blocking({
-        let args = vec![
-            "--fence-roles".to_owned(),
-            "app".to_owned(),
-            "--switch-hook".to_owned(),
-            hook("green"),
-        ];
-        let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
-        move || run_switch(&b, &g, "cutover", &args)
-    })
-    .await
-    .unwrap();
+    let (code, report, text) = switch_on(
+        &twins,
+        "cutover",
+        &["--fence-roles", "app", "--switch-hook", &hook("green")],
+    )
+    .await;
     assert_eq!(code, 0, "{text}");
     assert_eq!(report["outcome"], "switched", "{report:#}");
     assert!(report["write_pause_ms"].as_f64().is_some(), "{report:#}");
@@ -365,18 +382,12 @@ async fn cutover_then_rollback_under_writers_loses_and_echoes_nothing() {
         "the writers write on green"
     );
 
-    let (code, report, text) = tokio::task::spawn_blocking({
-        let args = vec![
-            "--fence-roles".to_owned(),
-            "app".to_owned(),
-            "--switch-hook".to_owned(),
-            hook("blue"),
-        ];
-        let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
-        move || run_switch(&b, &g, "rollback", &args)
-    })
-    .await
-    .unwrap();
+    let (code, report, text) = switch_on(
+        &twins,
+        "rollback",
+        &["--fence-roles", "app", "--switch-hook", &hook("blue")],
+    )
+    .await;
     assert_eq!(code, 0, "{text}");
     assert_eq!(report["outcome"], "switched", "{report:#}");
     assert!(
@@ -389,10 +400,7 @@ async fn cutover_then_rollback_under_writers_loses_and_echoes_nothing() {
     );
     assert!(seq(&twins.b).await >= seq(&twins.g).await);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in load {
-        w.await.unwrap();
-    }
+    load.stop().await;
     // Green catches up with blue through the forward stream again.
     let on_blue = history(&twins.b).await;
     crate::support::wait::until_row(
@@ -458,6 +466,15 @@ async fn cutover_then_rollback_under_writers_loses_and_echoes_nothing() {
     running.stop().await;
 }
 
+/// [`run_switch`] on `twins`, off the async runtime's threads.
+async fn switch_on(twins: &Twins, command: &'static str, args: &[&str]) -> (i32, Value, String) {
+    let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || run_switch(&b, &g, command, &args))
+        .await
+        .unwrap()
+}
+
 /// `teal cutover`/`rollback` between two URLs with `args`.
 fn run_switch(blue: &str, green: &str, command: &str, args: &[String]) -> (i32, Value, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
@@ -517,20 +534,8 @@ async fn rehearsal_and_timeout_leave_everything_as_it_was() {
     assert!(text.contains("no slot teal_slot on blue"), "{text}");
 
     let running = crate::support::running::Running::start(&twins, twins.config()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let target = dir.path().join("target");
-    std::fs::write(&target, "blue").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(Written::default());
-    let load = writers(
-        (
-            twins.blue.url_for("app", "app-pw", ""),
-            twins.green.url_for("app", "app-pw", ""),
-        ),
-        target.clone(),
-        Arc::clone(&stop),
-        Arc::clone(&written),
-    );
+    let mut load = Load::start(&twins, false);
+    let written = Arc::clone(&load.written);
     let (code, report, text) = run("cutover", args(&["--rehearse"])).await.unwrap();
     assert_eq!(code, 0, "{text}");
     assert_eq!(report["outcome"], "rehearsed", "{report:#}");
@@ -577,10 +582,7 @@ async fn rehearsal_and_timeout_leave_everything_as_it_was() {
         "{report:#}"
     );
     as_it_was(&twins.b, &twins.g).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in load {
-        w.await.unwrap();
-    }
+    load.stop().await;
     let on_blue = ids(&twins.b).await;
     crate::support::wait::until_row(
         &twins.g,
@@ -649,20 +651,8 @@ async fn killed_at_each_step_then_aborted_or_rerun() {
     crate::support::tap::init_logging();
     let twins = Twins::start(&default_bin(), BANK).await;
     let running = crate::support::running::Running::start(&twins, twins.config()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let target = dir.path().join("target");
-    std::fs::write(&target, "blue").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(Written::default());
-    let load = writers(
-        (
-            twins.blue.url_for("app", "app-pw", ""),
-            twins.green.url_for("app", "app-pw", ""),
-        ),
-        target.clone(),
-        Arc::clone(&stop),
-        Arc::clone(&written),
-    );
+    let mut load = Load::start(&twins, false);
+    let written = Arc::clone(&load.written);
     let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
     let killed_at = |step: &'static str| {
         let (b, g) = (b.clone(), g.clone());
@@ -764,10 +754,7 @@ async fn killed_at_each_step_then_aborted_or_rerun() {
     assert_eq!(report["outcome"], "switched", "{report:#}");
     as_it_was(&twins.b, &twins.g).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in load {
-        w.await.unwrap();
-    }
+    load.stop().await;
     let on_blue = ids(&twins.b).await;
     crate::support::wait::until_row(
         &twins.g,
@@ -797,21 +784,9 @@ async fn fence_database_fence_hook_and_verify() {
     crate::support::tap::init_logging();
     let twins = Twins::start(&default_bin(), BANK).await;
     let running = crate::support::running::Running::start(&twins, twins.config()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let target = dir.path().join("target");
-    let fences = dir.path().join("fences");
-    std::fs::write(&target, "blue").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(Written::default());
-    let load = writers(
-        (
-            twins.blue.url_for("app", "app-pw", ""),
-            twins.green.url_for("app", "app-pw", ""),
-        ),
-        target.clone(),
-        Arc::clone(&stop),
-        Arc::clone(&written),
-    );
+    let mut load = Load::start(&twins, false);
+    let (target, written) = (load.target.clone(), Arc::clone(&load.written));
+    let fences = load.dir.path().join("fences");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let run = |command: &'static str, args: Vec<String>| {
         let (b, g) = (twins.blue.cli_url(), twins.green.cli_url());
@@ -854,10 +829,7 @@ async fn fence_database_fence_hook_and_verify() {
     // The hook below only records that it ran (it fences nothing): the
     // writers stop first.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in load {
-        w.await.unwrap();
-    }
+    load.stop().await;
     let (code, report, text) = run(
         "rollback",
         vec![

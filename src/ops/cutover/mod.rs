@@ -122,6 +122,21 @@ pub struct SwitchReport {
 }
 
 impl SwitchReport {
+    /// A run of `kind` that has done nothing yet (failed until it succeeds).
+    fn new(id: uuid::Uuid, kind: &'static str) -> SwitchReport {
+        SwitchReport {
+            id: id.to_string(),
+            kind,
+            outcome: "failed",
+            checks: Vec::new(),
+            steps: Vec::new(),
+            write_pause_ms: None,
+            marker_lsn: None,
+            sequences: Vec::new(),
+            error: None,
+        }
+    }
+
     /// 0 switched (or rehearsed), 1 no-go or aborted (the side left is
     /// writable again), 2 error.
     pub fn exit_status(&self) -> u8 {
@@ -296,17 +311,7 @@ pub async fn run(config: &CutoverConfig, kind: SwitchKind) -> SwitchReport {
         (SwitchKind::Rollback, _) => "rollback",
         (SwitchKind::Cutover, true) => "rehearsal",
     };
-    let mut report = SwitchReport {
-        id: id.to_string(),
-        kind: kind_name,
-        outcome: "failed",
-        checks: Vec::new(),
-        steps: Vec::new(),
-        write_pause_ms: None,
-        marker_lsn: None,
-        sequences: Vec::new(),
-        error: None,
-    };
+    let mut report = SwitchReport::new(id, kind_name);
     let connect = |conninfo: &ConnInfo, side: &'static str| {
         let conninfo = conninfo.clone();
         async move {
@@ -1056,18 +1061,7 @@ async fn switch_stream(run: &mut Run<'_>) -> Result<(), Stop> {
             return Ok(());
         }
         if Instant::now() >= limit {
-            let withdrawn = run
-                .green
-                .execute(
-                    &format!(
-                        "UPDATE {schema}.switches SET state = 'aborted', updated_at = now() \
-                         WHERE id = $1::text::uuid AND state = 'switch'"
-                    ),
-                    &[&id],
-                )
-                .await
-                .map_err(sql_failed("withdrawing the switch"))?;
-            if withdrawn == 1 {
+            if withdraw(run, &id).await? {
                 return Err(Stop {
                     outcome: "aborted",
                     reason:
@@ -1080,6 +1074,24 @@ async fn switch_stream(run: &mut Run<'_>) -> Result<(), Stop> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Withdraws switch `id`'s request to the stream; `false` when the stream
+/// took it first (the switch happened).
+async fn withdraw(run: &Run<'_>, id: &str) -> Result<bool, Stop> {
+    let withdrawn = run
+        .green
+        .execute(
+            &format!(
+                "UPDATE {}.switches SET state = 'aborted', updated_at = now() \
+                 WHERE id = $1::text::uuid AND state = 'switch'",
+                run.store.quoted()
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(sql_failed("withdrawing a switch request"))?;
+    Ok(withdrawn == 1)
 }
 
 /// The side taking over becomes writable: the fence the last switch the
@@ -1158,22 +1170,9 @@ async fn undo_interrupted(run: &mut Run<'_>) -> Result<(), Stop> {
     for row in rows {
         let (id, kind, state, step, fence_text): (String, String, String, String, Option<String>) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-        if state == "switch" {
-            let withdrawn = run
-                .green
-                .execute(
-                    &format!(
-                        "UPDATE {schema}.switches SET state = 'aborted', updated_at = now() \
-                         WHERE id = $1::text::uuid AND state = 'switch'"
-                    ),
-                    &[&id],
-                )
-                .await
-                .map_err(sql_failed("withdrawing an earlier switch"))?;
-            if withdrawn == 0 {
-                // The stream made it: that switch happened.
-                continue;
-            }
+        // A request the stream took first: that switch happened.
+        if state == "switch" && !withdraw(run, &id).await? {
+            continue;
         }
         let fenced_side = if kind == "rollback" { "green" } else { "blue" };
         let mut notes = vec![format!("{kind} {id} was interrupted at {step}")];
@@ -1222,17 +1221,7 @@ pub async fn abort(config: &CutoverConfig) -> SwitchReport {
     let mut c = config.clone();
     c.rehearse = false;
     let id = uuid::Uuid::new_v4();
-    let mut report = SwitchReport {
-        id: id.to_string(),
-        kind: "abort",
-        outcome: "failed",
-        checks: Vec::new(),
-        steps: Vec::new(),
-        write_pause_ms: None,
-        marker_lsn: None,
-        sequences: Vec::new(),
-        error: None,
-    };
+    let mut report = SwitchReport::new(id, "abort");
     let blue = crate::session::connect_plain(&config.source, "teal cutover").await;
     let green = crate::session::connect_plain(&config.target, "teal cutover").await;
     let (blue, mut green) = match (blue, green) {

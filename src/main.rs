@@ -106,7 +106,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Verify(_)
         | Command::Repair(_)
         | Command::Cutover(_)
-        | Command::Rollback(_) => Some("stopping"),
+        | Command::Rollback(_)
+        | Command::Audit(_) => Some("stopping"),
     };
     spawn_signal_handler(shutdown.clone(), is_demo.then(|| abort.clone()), stopping)?;
     match cli.command {
@@ -241,6 +242,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report =
                 teal::ops::cutover::run(&config, teal::ops::cutover::SwitchKind::Rollback).await;
             switch_output(&report, &format)?;
+        }
+        Command::Audit(cli::AuditArgs {
+            command: cli::AuditCommand::Verify(args),
+        }) => {
+            let target: ConnInfo = args.target.parse().context("invalid --target")?;
+            let store = teal::store::Store::new(args.schema);
+            let checked = async {
+                let green = teal::session::connect_plain(&target, "teal audit").await?;
+                Ok::<_, anyhow::Error>(
+                    teal::apply::ledger::verify_chain(&green, &store, args.slot.as_deref()).await?,
+                )
+            }
+            .await;
+            let chains = match checked {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!(
+                        "teal: could not check the ledger: {}",
+                        teal::error::report(e.chain())
+                    );
+                    return Err(ExitStatus(2).into());
+                }
+            };
+            if args.format == "json" {
+                println!("{}", serde_json::to_string_pretty(&chains)?);
+            } else if chains.is_empty() {
+                println!("no ledger rows");
+            } else {
+                for c in &chains {
+                    match &c.broken {
+                        None => println!(
+                            "slot {}: {} rows, intact, head {}",
+                            c.slot,
+                            c.rows,
+                            c.head.as_deref().unwrap_or("-")
+                        ),
+                        Some(why) => println!("slot {}: {} rows, BROKEN: {why}", c.slot, c.rows),
+                    }
+                }
+            }
+            if chains.iter().any(|c| c.broken.is_some()) {
+                return Err(ExitStatus(1).into());
+            }
         }
         Command::Repair(args) => {
             let config = args.sides.config()?;

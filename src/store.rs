@@ -43,6 +43,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "blue-green switches",
         include_str!("../sql/0007_switches.sql"),
     ),
+    (8, "ledger", include_str!("../sql/0008_ledger.sql")),
 ];
 
 /// Lock key for migrations (any constant; shared by all teal processes).

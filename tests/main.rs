@@ -3,6 +3,7 @@
 mod support;
 
 mod assembler;
+mod audit;
 mod capture;
 mod conformance;
 mod connect;

@@ -32,6 +32,9 @@ pub struct ApplyConfig {
     /// resumes from green's progress; also how long green keeps a session
     /// of teal's idle inside a transaction. `None`: wait forever.
     pub timeout: Option<Duration>,
+    /// Append each batch to the ledger of applied changes (`teal.ledger`,
+    /// see [`crate::apply::ledger`]); `--ledger off` turns it off.
+    pub ledger: bool,
 }
 
 impl ApplyConfig {
@@ -63,6 +66,7 @@ impl ApplyConfig {
             conflicts: ConflictPolicies::default(),
             store: Store::new(Store::DEFAULT_SCHEMA),
             timeout: Some(crate::config::SourceConfig::DEFAULT_REPLICATION_TIMEOUT),
+            ledger: true,
         }
     }
 }
@@ -93,6 +97,10 @@ pub struct ApplyStats {
     pub busy: Seconds,
     /// Green transactions by changes committed.
     pub batch_sizes: Buckets<BatchSizes>,
+    /// Rows this session appended to the ledger.
+    pub ledger_rows: AtomicU64,
+    /// The ledger's head (hex SHA-256 of its last row).
+    pub ledger_head: Mutex<Option<String>>,
 }
 
 /// Bucket bounds of the batch-size histogram (changes per green transaction).

@@ -37,6 +37,7 @@ mod error;
 #[cfg(test)]
 mod fixture;
 mod green;
+pub mod ledger;
 mod origin;
 mod param;
 mod point;
@@ -80,6 +81,10 @@ struct Batch {
     transactions: u64,
     last: Option<Arc<TxnMeta>>,
     idle: Option<Lsn>,
+    /// Commit LSN of its first source transaction.
+    first: Option<Lsn>,
+    /// Its changes' digest, for the ledger (`None` without one).
+    digest: Option<ledger::BatchDigest>,
 }
 
 /// Where [`Applier::run`] stands in the event stream.
@@ -123,6 +128,8 @@ pub struct Applier {
     point: Option<(i64, Lsn)>,
     /// The newest verify request served (or given up).
     points_done: i64,
+    /// The ledger of applied changes (`None`: `--ledger off`).
+    ledger: Option<ledger::Ledger>,
 }
 
 impl Applier {
@@ -168,6 +175,18 @@ impl Applier {
                 source,
             })?;
         let origin = Origin::setup(&client, &config.slot).await?;
+        let ledger = if config.ledger {
+            let ledger = ledger::Ledger::load(&client, &config.store, &config.slot)
+                .await
+                .map_err(|source| ApplyError::Sql {
+                    context: "reading the ledger's head".into(),
+                    source,
+                })?;
+            *lock(&stats.ledger_head) = ledger.head_hex();
+            Some(ledger)
+        } else {
+            None
+        };
         let writer = Writer::new(
             config.store.clone(),
             config.slot.clone(),
@@ -186,6 +205,7 @@ impl Applier {
             careful_through: None,
             point: None,
             points_done: 0,
+            ledger,
         })
     }
 
@@ -320,7 +340,12 @@ impl Applier {
                             transactions: 0,
                             last: None,
                             idle: None,
+                            first: None,
+                            digest: self.ledger.as_ref().map(|_| ledger::BatchDigest::new()),
                         });
+                    }
+                    if let Some(b) = at.batch.as_mut() {
+                        b.first.get_or_insert(meta.commit_lsn);
                     }
                     at.current = Some(meta);
                 }
@@ -332,7 +357,11 @@ impl Applier {
                         continue;
                     };
                     let careful = self.careful_through.is_some_and(|t| txn.commit_lsn <= t);
+                    let mut digest = at.batch.as_mut().and_then(|b| b.digest.as_mut());
                     for change in changes {
+                        if let Some(d) = digest.as_mut() {
+                            d.change(&change);
+                        }
                         self.writer
                             .push(&self.client, change, &txn, careful)
                             .await?;
@@ -350,6 +379,9 @@ impl Applier {
                     if let Some(b) = at.batch.as_mut() {
                         b.changes += meta.change_count;
                         b.transactions += 1;
+                        if let Some(d) = b.digest.as_mut() {
+                            d.commit(&meta);
+                        }
                         b.last = Some(meta);
                     }
                 }
@@ -486,10 +518,30 @@ impl Applier {
 
     /// Writes the progress row and commits the batch, then confirms it.
     async fn commit(&mut self, batch: &mut Option<Batch>) -> Result<(), ApplyError> {
-        let Some(b) = batch.take() else {
+        let Some(mut b) = batch.take() else {
             return Ok(());
         };
         self.writer.flush(&self.client).await?;
+        // The ledger's row, in the same transaction as the changes.
+        let mut appended = None;
+        if let (Some(ledger), Some(last), Some(digest)) =
+            (self.ledger.as_ref(), &b.last, b.digest.take())
+        {
+            let row = ledger::LedgerRow {
+                slot: self.config.slot.clone(),
+                first_lsn: b.first.unwrap_or(last.commit_lsn),
+                last_lsn: last.end_lsn,
+                transactions: i64::try_from(b.transactions).unwrap_or(i64::MAX),
+                changes: i64::try_from(b.changes).unwrap_or(i64::MAX),
+                batch: digest.finish(),
+            };
+            appended = Some(ledger.append(&self.client, &row).await.map_err(|source| {
+                ApplyError::Sql {
+                    context: "appending to the ledger".into(),
+                    source,
+                }
+            })?);
+        }
         if let Some(last) = &b.last {
             let (slot, commit_lsn, end_lsn, xid, ts) = Store::progress_params(
                 &self.config.slot,
@@ -549,6 +601,11 @@ impl Applier {
             if self.careful_through.is_some_and(|t| last.commit_lsn >= t) {
                 self.careful_through = None;
             }
+        }
+        if let (Some(ledger), Some(hash)) = (self.ledger.as_mut(), appended) {
+            ledger.advance(hash);
+            self.stats.ledger_rows.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.stats.ledger_head) = ledger.head_hex();
         }
         if let Some(last) = &b.last {
             self.consumer.confirm(last.end_lsn);

@@ -87,6 +87,41 @@ pub(crate) enum Command {
     /// The same the other way: fence green, everything on blue, and the
     /// stream goes back to blue -> green.
     Rollback(SwitchArgs),
+    /// The ledger of applied changes on green.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct AuditArgs {
+    #[command(subcommand)]
+    pub(crate) command: AuditCommand,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Recompute the ledger's chain (teal.ledger) and name the first broken
+    /// link: a row edited, deleted or inserted afterwards. Exit status 0
+    /// intact, 1 broken, 2 could not check.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct AuditVerifyArgs {
+    /// Green (libpq URL or key=value string).
+    #[arg(long, env = "TEAL_TARGET_URL", hide_env_values = true)]
+    pub(crate) target: String,
+
+    /// Only this slot's chain (default: every slot's).
+    #[arg(long, env = "TEAL_SLOT")]
+    pub(crate) slot: Option<String>,
+
+    /// teal's schema on green.
+    #[arg(long, env = "TEAL_SCHEMA", default_value = Store::DEFAULT_SCHEMA)]
+    pub(crate) schema: String,
+
+    /// text (for people) or json (for programs) on stdout.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub(crate) format: String,
 }
 
 #[derive(Args)]
@@ -329,6 +364,11 @@ pub(crate) struct StreamArgs {
     #[arg(long, env = "TEAL_SYNC_SEQUENCES", default_value = "off", value_parser = parse_optional_duration)]
     pub(crate) sync_sequences: OrOff<Duration>,
 
+    /// Append each green batch to the tamper-evident ledger of applied
+    /// changes (teal.ledger; `teal audit verify` checks it): on or off.
+    #[arg(long, env = "TEAL_LEDGER", default_value = "on", value_parser = ["on", "off"])]
+    pub(crate) ledger: String,
+
     /// While streaming blue -> green, these roles may not log in to green
     /// (NOLOGIN, their sessions ended), so nobody writes there by mistake;
     /// teal cutover lifts the fence (comma-separated).
@@ -480,6 +520,7 @@ impl StreamArgs {
             },
             store: Store::new(self.schema),
             timeout: source.replication_timeout,
+            ledger: self.ledger != "off",
         };
         let config = StreamConfig {
             source,

@@ -99,6 +99,11 @@ impl Monitor {
                 load(&a.batches),
             ),
             (
+                APPLY_LEDGER_ROWS,
+                "Rows this session appended to the ledger of applied changes (teal.ledger).",
+                load(&a.ledger_rows),
+            ),
+            (
                 APPLY_SKIPPED_TRANSACTIONS,
                 "Source transactions skipped because green already had them.",
                 load(&a.skipped_transactions),
@@ -314,6 +319,15 @@ impl Monitor {
             );
         }
 
+        if let Some(head) = lock(&a.ledger_head).clone() {
+            out.single(
+                APPLY_LEDGER_HEAD,
+                "gauge",
+                "The ledger's head: the SHA-256 of its last row (label), 1.",
+                &[("slot", self.slot.as_str()), ("sha256", head.as_str())],
+                1.0,
+            );
+        }
         out.single(
             UP,
             "gauge",

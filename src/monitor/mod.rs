@@ -228,6 +228,10 @@ impl Monitor {
             "transactions": a.transactions.load(Ordering::Relaxed),
             "changes": a.changes.load(Ordering::Relaxed),
             "batches": a.batches.load(Ordering::Relaxed),
+            "ledger": {
+                "rows": a.ledger_rows.load(Ordering::Relaxed),
+                "head": crate::progress::lock(&a.ledger_head).clone(),
+            },
             "conflicts": a.conflicts.load(Ordering::Relaxed),
             "retries": self.retries(),
             "errors": self.errors(),

@@ -67,6 +67,16 @@ async fn the_ledger_names_the_first_broken_link() {
         Some(head.as_str()),
         "the monitor's head is green's"
     );
+    let status = running.monitor.status_json();
+    assert_eq!(status["ledger"]["head"], head.as_str(), "{status:#}");
+    assert_eq!(status["ledger"]["rows"], rows, "{status:#}");
+    let metrics = running.monitor.metrics_text();
+    assert!(
+        metrics.contains(&format!(
+            "teal_apply_ledger_head_info{{slot=\"teal_slot\",sha256=\"{head}\"}} 1"
+        )),
+        "{metrics}"
+    );
     running.stop().await;
 
     let seqs: Vec<i64> = twins

@@ -23,36 +23,59 @@ use crate::event::{Change, ChangeKind, RowImage, TxnMeta, Value};
 use crate::lsn::Lsn;
 use crate::store::Store;
 
-/// The running digest of one batch's changes.
-pub(crate) struct BatchDigest(Context);
+/// The running digest of one batch's changes. The encoding is gathered
+/// in a buffer and hashed in large pieces: many small `update` calls cost
+/// more than the hashing itself.
+pub(crate) struct BatchDigest {
+    context: Context,
+    buffer: Vec<u8>,
+}
+
+/// Bytes gathered before they are hashed.
+const DIGEST_CHUNK: usize = 32 * 1024;
 
 impl BatchDigest {
     pub(crate) fn new() -> BatchDigest {
-        BatchDigest(Context::new(&SHA256))
+        BatchDigest {
+            context: Context::new(&SHA256),
+            buffer: Vec::with_capacity(DIGEST_CHUNK + 1024),
+        }
+    }
+
+    fn put(&mut self, b: &[u8]) {
+        if self.buffer.len() + b.len() > DIGEST_CHUNK {
+            self.context.update(&self.buffer);
+            self.buffer.clear();
+            if b.len() > DIGEST_CHUNK {
+                self.context.update(b);
+                return;
+            }
+        }
+        self.buffer.extend_from_slice(b);
     }
 
     fn bytes(&mut self, b: &[u8]) {
-        self.0.update(&(b.len() as u64).to_be_bytes());
-        self.0.update(b);
+        self.put(&(b.len() as u64).to_be_bytes());
+        self.put(b);
     }
 
     fn image(&mut self, tag: u8, row: Option<&RowImage>) {
         let Some(row) = row else {
-            self.0.update(&[tag, 0]);
+            self.put(&[tag, 0]);
             return;
         };
-        self.0.update(&[tag, 1]);
-        self.0.update(&(row.values().len() as u32).to_be_bytes());
+        self.put(&[tag, 1]);
+        self.put(&(row.values().len() as u32).to_be_bytes());
         for v in row.values() {
             match v {
-                Value::Null => self.0.update(b"n"),
-                Value::UnchangedToast => self.0.update(b"u"),
+                Value::Null => self.put(b"n"),
+                Value::UnchangedToast => self.put(b"u"),
                 Value::Text(t) => {
-                    self.0.update(b"t");
+                    self.put(b"t");
                     self.bytes(t);
                 }
                 Value::Binary(b) => {
-                    self.0.update(b"b");
+                    self.put(b"b");
                     self.bytes(b);
                 }
             }
@@ -68,18 +91,18 @@ impl BatchDigest {
     pub(crate) fn change(&mut self, change: &Change) {
         match &change.kind {
             ChangeKind::Insert { relation, new } => {
-                self.0.update(b"I");
+                self.put(b"I");
                 self.table(&relation.name);
                 self.image(b'N', Some(new));
             }
             ChangeKind::Update { relation, old, new } => {
-                self.0.update(b"U");
+                self.put(b"U");
                 self.table(&relation.name);
                 self.image(b'O', old.as_ref().map(|o| o.image()));
                 self.image(b'N', Some(new));
             }
             ChangeKind::Delete { relation, old } => {
-                self.0.update(b"D");
+                self.put(b"D");
                 self.table(&relation.name);
                 self.image(b'O', Some(old.image()));
             }
@@ -88,16 +111,15 @@ impl BatchDigest {
                 cascade,
                 restart_identity,
             } => {
-                self.0.update(b"T");
-                self.0
-                    .update(&[u8::from(*cascade), u8::from(*restart_identity)]);
-                self.0.update(&(relations.len() as u32).to_be_bytes());
+                self.put(b"T");
+                self.put(&[u8::from(*cascade), u8::from(*restart_identity)]);
+                self.put(&(relations.len() as u32).to_be_bytes());
                 for r in relations {
                     self.table(&r.name);
                 }
             }
             ChangeKind::Message(m) => {
-                self.0.update(b"M");
+                self.put(b"M");
                 self.bytes(m.prefix.as_bytes());
                 self.bytes(&m.content);
             }
@@ -106,14 +128,15 @@ impl BatchDigest {
 
     /// A source transaction ends.
     pub(crate) fn commit(&mut self, meta: &TxnMeta) {
-        self.0.update(b"C");
-        self.0.update(&meta.commit_lsn.0.to_be_bytes());
-        self.0.update(&u64::from(meta.xid.0).to_be_bytes());
+        self.put(b"C");
+        self.put(&meta.commit_lsn.0.to_be_bytes());
+        self.put(&u64::from(meta.xid.0).to_be_bytes());
     }
 
-    pub(crate) fn finish(self) -> [u8; 32] {
+    pub(crate) fn finish(mut self) -> [u8; 32] {
+        self.context.update(&self.buffer);
         let mut out = [0u8; 32];
-        out.copy_from_slice(self.0.finish().as_ref());
+        out.copy_from_slice(self.context.finish().as_ref());
         out
     }
 }
@@ -361,6 +384,24 @@ mod tests {
             assert_ne!(c.hash(None), base, "{c:?}");
         }
         assert_eq!(hex(&[0, 15, 255]), "000fff");
+    }
+
+    #[test]
+    fn buffering_does_not_change_the_digest() {
+        let long = vec![7u8; DIGEST_CHUNK * 3 + 5];
+        let mut a = BatchDigest::new();
+        for piece in long.chunks(1000) {
+            a.put(piece);
+        }
+        a.put(&long[..10]);
+        let mut b = BatchDigest::new();
+        b.put(&long);
+        b.put(&long[..10]);
+        let mut c = Context::new(&SHA256);
+        c.update(&long);
+        c.update(&long[..10]);
+        let expected: [u8; 32] = c.finish().as_ref().try_into().unwrap();
+        assert_eq!((a.finish(), b.finish()), (expected, expected));
     }
 
     #[test]

@@ -523,25 +523,18 @@ impl Applier {
         };
         self.writer.flush(&self.client).await?;
         // The ledger's row, in the same transaction as the changes.
-        let mut appended = None;
-        if let (Some(ledger), Some(last), Some(digest)) =
-            (self.ledger.as_ref(), &b.last, b.digest.take())
-        {
-            let row = ledger::LedgerRow {
+        let row = match (self.ledger.as_ref(), &b.last, b.digest.take()) {
+            (Some(_), Some(last), Some(digest)) => Some(ledger::LedgerRow {
                 slot: self.config.slot.clone(),
                 first_lsn: b.first.unwrap_or(last.commit_lsn),
                 last_lsn: last.end_lsn,
                 transactions: i64::try_from(b.transactions).unwrap_or(i64::MAX),
                 changes: i64::try_from(b.changes).unwrap_or(i64::MAX),
                 batch: digest.finish(),
-            };
-            appended = Some(ledger.append(&self.client, &row).await.map_err(|source| {
-                ApplyError::Sql {
-                    context: "appending to the ledger".into(),
-                    source,
-                }
-            })?);
-        }
+            }),
+            _ => None,
+        };
+        let mut appended = None;
         if let Some(last) = &b.last {
             let (slot, commit_lsn, end_lsn, xid, ts) = Store::progress_params(
                 &self.config.slot,
@@ -562,19 +555,33 @@ impl Applier {
                         source,
                     })
             };
-            // Both in one round trip (tokio-postgres pipelines concurrent queries).
-            match &self.origin {
-                Some(origin) => {
-                    futures_util::future::try_join(
-                        origin.xact_setup(&self.client, last.end_lsn, last.commit_ts),
-                        progress,
-                    )
-                    .await?;
+            let ledger_row = async {
+                match (self.ledger.as_ref(), row.as_ref()) {
+                    (Some(ledger), Some(row)) => ledger
+                        .append(&self.client, row)
+                        .await
+                        .map(Some)
+                        .map_err(|source| ApplyError::Sql {
+                            context: "appending to the ledger".into(),
+                            source,
+                        }),
+                    _ => Ok(None),
                 }
-                None => {
-                    progress.await?;
+            };
+            let origin = async {
+                match &self.origin {
+                    Some(origin) => {
+                        origin
+                            .xact_setup(&self.client, last.end_lsn, last.commit_ts)
+                            .await
+                    }
+                    None => Ok(()),
                 }
-            }
+            };
+            // All in one round trip (tokio-postgres pipelines concurrent queries).
+            let (_, _, hash) =
+                futures_util::future::try_join3(origin, progress, ledger_row).await?;
+            appended = hash;
         }
         self.client
             .batch_execute("COMMIT")

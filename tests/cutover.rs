@@ -885,43 +885,47 @@ async fn the_stream_names_the_command_that_lifts_a_forgotten_fence() {
     let twins = Twins::start(&default_bin(), BANK).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stream.log");
-    let mut stream = twins
-        .teal_stream_command()
-        .args(["--create-slot", "--metrics-addr", "off"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let stream = KillOnDrop(
+        twins
+            .teal_stream_command()
+            .args(["--create-slot", "--metrics-addr", "off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     twins.wait_streaming().await;
-    let mut cutover = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-        .env_clear()
-        .env("TEAL_LOG", "warn")
-        .env("TEAL_CUTOVER_PAUSE_AT", "marker")
-        .args([
-            "cutover",
-            "--slot",
-            "teal_slot",
-            "--publication",
-            "teal_pub",
-        ])
-        .args([
-            "--source",
-            &twins.blue.cli_url(),
-            "--target",
-            &twins.green.cli_url(),
-        ])
-        .args([
-            "--fence-roles",
-            "app",
-            "--max-lag",
-            "16MB",
-            "--max-pause",
-            "10s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cutover = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+            .env_clear()
+            .env("TEAL_LOG", "warn")
+            .env("TEAL_CUTOVER_PAUSE_AT", "marker")
+            .args([
+                "cutover",
+                "--slot",
+                "teal_slot",
+                "--publication",
+                "teal_pub",
+            ])
+            .args([
+                "--source",
+                &twins.blue.cli_url(),
+                "--target",
+                &twins.green.cli_url(),
+            ])
+            .args([
+                "--fence-roles",
+                "app",
+                "--max-lag",
+                "16MB",
+                "--max-pause",
+                "10s",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     crate::support::wait::until_row(
         &twins.g,
         "SELECT 1 FROM teal.switches WHERE step = 'marker'",
@@ -930,8 +934,8 @@ async fn the_stream_names_the_command_that_lifts_a_forgotten_fence() {
         "the cutover at its marker",
     )
     .await;
-    cutover.kill().unwrap();
-    cutover.wait().unwrap();
+    cutover.0.kill().unwrap();
+    cutover.0.wait().unwrap();
     assert!(!can_login(&twins.b, "app").await);
     let deadline = Instant::now() + Duration::from_secs(60);
     let said = loop {
@@ -954,6 +958,16 @@ async fn the_stream_names_the_command_that_lifts_a_forgotten_fence() {
     assert_eq!(code, 0, "{text}");
     assert_eq!(report["outcome"], "undone");
     as_it_was(&twins.b, &twins.g).await;
-    let _ = stream.kill();
-    let _ = stream.wait();
+    drop(stream);
+}
+
+/// A child process killed when the test ends, however it ends (a failed
+/// assertion must not leave a teal running against removed clusters).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

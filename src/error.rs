@@ -36,6 +36,9 @@ pub enum Kind {
     SchemaDrift,
     /// Green's progress is behind what blue's slot already confirmed.
     GreenBehind,
+    /// Blue invalidated the slot (`wal_status = lost`): WAL green had not
+    /// applied is gone. teal exits with status 3.
+    SlotLost,
     /// Blue sent something teal cannot read (malformed or unexpected).
     Protocol,
     /// Setup teal cannot work with: a setting, a missing slot or
@@ -104,6 +107,13 @@ pub fn policy(kind: &Kind) -> Policy {
             Some("change green's table as the message says, then start teal again"),
         ),
         Kind::GreenBehind => (Stop, Some("resynchronize green (teal sync)")),
+        Kind::SlotLost => (
+            Stop,
+            Some(
+                "drop the slot on blue and resynchronize green with teal sync (the message names both); \
+                 a larger max_slot_wal_keep_size, or alerts on teal_slot_invalidation_eta_seconds, prevent it",
+            ),
+        ),
         Kind::Protocol => (
             Stop,
             Some("blue sent something teal does not understand: please report it with the log"),

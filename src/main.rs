@@ -430,11 +430,12 @@ fn main() -> ExitCode {
                     eprintln!("hint: {hint}");
                 }
             }
-            // A server never reached: status 2, as for a bad setting.
-            if kind == Some(teal::error::Kind::Unreachable) {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
+            // A server never reached: status 2, as for a bad setting; a
+            // lost slot: 3 (green needs a new copy).
+            match kind {
+                Some(teal::error::Kind::Unreachable) => ExitCode::from(2),
+                Some(teal::error::Kind::SlotLost) => ExitCode::from(3),
+                _ => ExitCode::FAILURE,
             }
         }
     }

@@ -679,3 +679,86 @@ async fn a_quiet_blue_answers_the_ping_and_keeps_its_session() {
     twins.assert_converged(&["t"], WAIT).await;
     running.stop().await;
 }
+
+/// Issue 22, point 3: with green blocked and a small
+/// `max_slot_wal_keep_size`, blue invalidates the slot; teal stops with
+/// status 3 and a message naming the slot, the LSN from which changes are
+/// gone, and the commands that recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_stops_with_the_commands_that_recover() {
+    use crate::support::cluster::{Options, default_bin};
+    let bin = default_bin();
+    let blue = Options {
+        settings: vec![("max_slot_wal_keep_size".into(), "1MB".into())],
+        ..Options::default()
+    };
+    let twins = crate::support::twins::Twins::start_with(
+        &bin,
+        &bin,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);",
+        blue,
+        Options::default(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stream.log");
+    let mut teal = twins
+        .teal_stream_command()
+        .args(["--create-slot", "--metrics-addr", "off"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    twins.wait_streaming().await;
+    // Green blocked: apply waits on the lock, the slot's position stays.
+    let (green, conn) = tokio_postgres::connect(&twins.green.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    green
+        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut lost = false;
+    for i in 0..30 {
+        twins
+            .b
+            .batch_execute(&format!(
+                "INSERT INTO t VALUES ({i}, repeat('x', 1000)); SELECT pg_switch_wal(); CHECKPOINT;"
+            ))
+            .await
+            .unwrap();
+        let status: Option<String> = twins
+            .b
+            .query_one(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'teal_slot'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if status.as_deref() == Some("lost") {
+            lost = true;
+            break;
+        }
+    }
+    assert!(lost, "blue invalidated the slot");
+    green.batch_execute("ROLLBACK").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = teal.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "teal did not stop");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("replication slot \"teal_slot\" was invalidated on blue")
+            && said.contains("the WAL from 0/")
+            && said.contains("SELECT pg_drop_replication_slot('teal_slot')")
+            && said.contains("teal sync --source ... --target ... --slot teal_slot"),
+        "{said}"
+    );
+}

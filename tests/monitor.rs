@@ -866,6 +866,9 @@ fn slot_samples_follow_their_own_family() {
             retained_bytes: 1234,
             wal_status: Some("reserved".into()),
             confirmed_flush_lsn: None,
+            safe_wal_bytes: Some(4096),
+            wal_bytes_per_second: Some(1024.0),
+            invalidation_eta_seconds: Some(4.0),
         }));
     let text = monitor.metrics_text();
     check_exposition(&text);
@@ -875,4 +878,6 @@ fn slot_samples_follow_their_own_family() {
         s["teal_slot_wal_status{slot=\"s\",status=\"reserved\"}"],
         1.0
     );
+    assert_eq!(s["teal_slot_safe_wal_bytes{slot=\"s\"}"], 4096.0);
+    assert_eq!(s["teal_slot_invalidation_eta_seconds{slot=\"s\"}"], 4.0);
 }

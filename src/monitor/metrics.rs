@@ -210,6 +210,22 @@ impl Monitor {
             out.sample(SLOT_RETAINED_WAL_BYTES, &slot, h.retained_bytes as f64);
         }
         out.family(
+            SLOT_SAFE_WAL_BYTES,
+            "gauge",
+            "safe_wal_size: bytes blue may still write before the slot is invalidated (absent without max_slot_wal_keep_size).",
+        );
+        if let Some(safe) = health.as_ref().and_then(|h| h.safe_wal_bytes) {
+            out.sample(SLOT_SAFE_WAL_BYTES, &slot, safe as f64);
+        }
+        out.family(
+            SLOT_INVALIDATION_ETA_SECONDS,
+            "gauge",
+            "When the slot would be invalidated at blue's current WAL rate (safe_wal_size / rate; absent when unbounded or idle).",
+        );
+        if let Some(eta) = health.as_ref().and_then(|h| h.invalidation_eta_seconds) {
+            out.sample(SLOT_INVALIDATION_ETA_SECONDS, &slot, eta);
+        }
+        out.family(
             SLOT_WAL_STATUS,
             "gauge",
             "1 for the slot's wal_status on blue (reserved, extended, unreserved, lost).",

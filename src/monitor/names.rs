@@ -59,6 +59,10 @@ pub const APPLY_TABLE_CHANGES: &str = "teal_apply_table_changes_total";
 pub const SLOT_RETAINED_WAL_BYTES: &str = "teal_slot_retained_wal_bytes";
 /// The slot's wal_status on blue.
 pub const SLOT_WAL_STATUS: &str = "teal_slot_wal_status";
+/// Bytes blue may still write before the slot is invalidated.
+pub const SLOT_SAFE_WAL_BYTES: &str = "teal_slot_safe_wal_bytes";
+/// When the slot would be invalidated at blue's WAL rate.
+pub const SLOT_INVALIDATION_ETA_SECONDS: &str = "teal_slot_invalidation_eta_seconds";
 /// Share of the initial copy done.
 pub const COPY_PROGRESS_RATIO: &str = "teal_copy_progress_ratio";
 /// Rows of the initial copy committed.

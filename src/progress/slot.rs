@@ -19,6 +19,14 @@ pub struct SlotHealth {
     pub wal_status: Option<String>,
     /// The slot's confirmed flush LSN.
     pub confirmed_flush_lsn: Option<String>,
+    /// `safe_wal_size`: bytes blue may still write before the slot is
+    /// invalidated (`None`: no `max_slot_wal_keep_size`, or before 13).
+    pub safe_wal_bytes: Option<i64>,
+    /// Blue's WAL rate between the last two readings, bytes per second.
+    pub wal_bytes_per_second: Option<f64>,
+    /// `safe_wal_bytes / wal_bytes_per_second`: when the slot would be
+    /// invalidated at this rate (`None`: not bounded, or blue idle).
+    pub invalidation_eta_seconds: Option<f64>,
 }
 
 /// The slot watcher's findings, shared with the monitor.

@@ -278,9 +278,10 @@ impl ReplicationClient {
             )));
         }
         if info.wal_status.as_deref() == Some("lost") {
-            return Err(SourceError::Setup(format!(
-                "replication slot {name:?} has been invalidated (wal_status = lost): the WAL it needed was removed, so changes are missing. Drop the slot and resynchronize green (teal sync)"
-            )));
+            return Err(SourceError::SlotLost {
+                slot: name.to_owned(),
+                lsn: info.confirmed_flush_lsn,
+            });
         }
         Ok(Some(info))
     }

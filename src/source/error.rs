@@ -140,6 +140,22 @@ pub enum SourceError {
     /// the message says what to run.
     #[error("{0}")]
     Setup(String),
+    /// Blue invalidated the slot: the WAL from `lsn` on was removed before
+    /// green applied it.
+    #[error(
+        "replication slot {slot:?} was invalidated on blue (wal_status = lost, max_slot_wal_keep_size): \
+         the WAL from {lsn} on, which green had not applied, was removed, so those changes cannot be \
+         streamed again. To recover: SELECT pg_drop_replication_slot('{slot}') on blue, then \
+         teal sync --source ... --target ... --slot {slot} --publication ... --on-existing-data truncate \
+         (a new slot and a new copy; exit status 3)",
+        lsn = lsn.map_or("its confirmed position".to_owned(), |l| l.to_string())
+    )]
+    SlotLost {
+        /// The slot.
+        slot: String,
+        /// Its confirmed position when it was lost.
+        lsn: Option<crate::lsn::Lsn>,
+    },
 }
 
 impl SourceError {
@@ -165,6 +181,7 @@ impl SourceError {
             SourceError::TlsConfig(_) | SourceError::TlsRefused { .. } | SourceError::Setup(_) => {
                 Kind::Setup
             }
+            SourceError::SlotLost { .. } => Kind::SlotLost,
         }
     }
 }

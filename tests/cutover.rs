@@ -381,6 +381,42 @@ async fn cutover_then_rollback_under_writers_loses_and_echoes_nothing() {
         written.acked.lock().unwrap().len() > on_green_before + 10,
         "the writers write on green"
     );
+    // The slot watcher follows the leg: it reads the slot on green now
+    // (blue's forward slot stands still meanwhile).
+    let lsn_of = |c: &'static str, slot: &'static str| {
+        let client = if c == "g" { &twins.g } else { &twins.b };
+        async move {
+            client
+                .query_one(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+                .parse::<teal::lsn::Lsn>()
+                .unwrap()
+        }
+    };
+    let forward = lsn_of("b", "teal_slot").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let watched: Option<teal::lsn::Lsn> = running
+            .monitor
+            .slot_watch
+            .health()
+            .and_then(|h| h.confirmed_flush_lsn)
+            .and_then(|l| l.parse().ok());
+        let reverse = lsn_of("g", "teal_slot_rev").await;
+        if watched.is_some_and(|w| w != forward && w <= reverse) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watcher reads {watched:?}, not green's slot (at {reverse})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let (code, report, text) = switch_on(
         &twins,

@@ -273,14 +273,6 @@ async fn run_session(
         )
         .await?;
     }
-    tokio::spawn(
-        crate::source::slot_watch::watch(
-            config.watch_config(),
-            Arc::clone(&monitor.slot_watch),
-            stopped.clone(),
-        )
-        .in_current_span(),
-    );
     // The audit trail lives on green: none without it (--no-apply).
     let audit = (!config.no_apply).then(|| {
         Arc::new(StreamAudit::new(
@@ -413,6 +405,8 @@ async fn stream(
     let mut may_create_slot = config.source.create_slot;
     let (mut ever_streamed, mut first_tries) = (false, 0);
     let mut direction: Option<Direction> = None;
+    // Cancels the slot watcher of the current leg when dropped.
+    let mut watcher: Option<tokio_util::sync::DropGuard> = None;
     loop {
         if shutdown.is_cancelled() {
             return Ok(stats);
@@ -426,6 +420,20 @@ async fn stream(
                     // A new leg: its own slot and progress.
                     careful_through = None;
                     may_create_slot = false;
+                }
+                // The slot watcher (WAL kept, invalidation, heartbeats)
+                // follows the leg's source and slot.
+                if watcher.is_none() || before != direction {
+                    let stop = shutdown.child_token();
+                    tokio::spawn(
+                        crate::source::slot_watch::watch(
+                            leg.watch_config(),
+                            Arc::clone(&monitor.slot_watch),
+                            stop.clone(),
+                        )
+                        .in_current_span(),
+                    );
+                    watcher = Some(stop.drop_guard());
                 }
                 // A switch request ends this leg as a shutdown would (what
                 // it received is committed first), not the process.

@@ -1,8 +1,6 @@
 //! Go/no-go: what must hold before a side is fenced. Each check has a
 //! name, the value found and whether it allows going on.
 
-use std::time::Duration;
-
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -70,24 +68,6 @@ pub async fn slot_state(
         confirmed: r.get::<_, String>(2).parse().unwrap_or(Lsn::ZERO),
         wal_status: r.get(3),
     }))
-}
-
-/// The lag and the rate the stream catches up at: two readings of the
-/// slot `every` apart. Bytes per second confirmed (0 when nothing moved).
-pub async fn confirm_rate(
-    client: &Client,
-    slot: &str,
-    every: Duration,
-) -> Result<Option<(SlotState, f64)>, tokio_postgres::Error> {
-    let Some(first) = slot_state(client, slot).await? else {
-        return Ok(None);
-    };
-    tokio::time::sleep(every).await;
-    let Some(second) = slot_state(client, slot).await? else {
-        return Ok(None);
-    };
-    let moved = second.confirmed.0.saturating_sub(first.confirmed.0) as f64;
-    Ok(Some((second, moved / every.as_secs_f64())))
 }
 
 /// Invalid indexes (a failed CREATE INDEX CONCURRENTLY) on `tables`.

@@ -509,7 +509,16 @@ async fn protocol(run: &mut Run<'_>) -> Result<(), Stop> {
     let tables = tables(run).await?;
     go_no_go(run, &tables).await?;
 
-    // 2. Fence the side being left.
+    // 2. Fence the side being left (not when the time is up already).
+    if run.remaining().is_zero() {
+        return Err(Stop {
+            outcome: "aborted",
+            reason: format!(
+                "--timeout ({:?}) passed during the checks: nothing was fenced",
+                run.config.timeout
+            ),
+        });
+    }
     let t = now_ms();
     run.set_step("fence").await?;
     let planned = fence::plan(run.left(), &run.config.fence)
@@ -534,11 +543,15 @@ async fn protocol(run: &mut Run<'_>) -> Result<(), Stop> {
     fence::apply(run.left(), &planned, run.left_name())
         .await
         .map_err(|e| failed(crate::error::Report(&e).to_string()))?;
-    let quiet = fence::wait_quiet(run.left(), run.remaining().min(Duration::from_secs(30)))
+    let quiet = fence::wait_quiet(run.left(), run.remaining().min(QUIET_LIMIT))
         .await
         .map_err(|e| Stop {
             outcome: "aborted",
-            reason: crate::error::Report(&e).to_string(),
+            reason: format!(
+                "{} (the wait is the shorter of {QUIET_LIMIT:?} and what is left of --timeout {:?})",
+                crate::error::Report(&e),
+                run.config.timeout
+            ),
         })?;
     run.step(
         "fence",
@@ -743,6 +756,9 @@ async fn mark_done(run: &Run<'_>, step: &str) {
         .await;
 }
 
+/// The longest wait for the writers to finish once the side is fenced.
+const QUIET_LIMIT: Duration = Duration::from_secs(30);
+
 /// How long the checks wait for the stream's slot to become active.
 const STREAM_GRACE: Duration = Duration::from_secs(10);
 
@@ -760,10 +776,10 @@ async fn go_no_go(run: &mut Run<'_>, tables: &[QualifiedName]) -> Result<(), Sto
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let state = checks::confirm_rate(run.left(), &slot, Duration::from_millis(500))
+    let state = checks::slot_state(run.left(), &slot)
         .await
         .map_err(sql_failed("reading the stream's slot"))?;
-    let Some((state, rate)) = state else {
+    let Some(state) = state else {
         return Err(failed(format!(
             "no slot {slot} on {}: no teal stream of this pair",
             run.left_name()
@@ -776,28 +792,61 @@ async fn go_no_go(run: &mut Run<'_>, tables: &[QualifiedName]) -> Result<(), Sto
         )));
     }
     let mut list = vec![Check::new("stream_running", "yes", true)];
+    // The lag: the side's WAL position past what the other side committed
+    // (the slot's own confirmed position moves only with status updates).
+    let current: Lsn = run
+        .left()
+        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(sql_failed("reading the WAL position"))?
+        .get::<_, String>(0)
+        .parse()
+        .unwrap_or(Lsn::ZERO);
+    let applied = applied_lsn(run).await?.unwrap_or(state.confirmed);
+    let lag = current.0.saturating_sub(applied.0);
     list.push(
-        Check::new(
-            "lag_bytes",
-            state.lag_bytes.to_string(),
-            state.lag_bytes <= run.config.max_lag,
-        )
-        .limit(run.config.max_lag.to_string()),
+        Check::new("lag_bytes", lag.to_string(), lag <= run.config.max_lag)
+            .limit(run.config.max_lag.to_string()),
     );
-    let predicted = if state.lag_bytes == 0 {
-        0.0
-    } else if rate > 0.0 {
-        state.lag_bytes as f64 / rate
-    } else {
-        f64::INFINITY
+    // The predicted pause: how long the stream now takes to commit a
+    // probe written on the side being left (the remaining lag at the rate
+    // it applies), which is what the marker step will wait.
+    let max_pause = run.config.max_pause;
+    let probe_started = Instant::now();
+    let probe: Lsn = run
+        .left()
+        .query_one(
+            "SELECT pg_catalog.pg_logical_emit_message(true, 'teal.probe', $1)::text",
+            &[&run.id.to_string()],
+        )
+        .await
+        .map_err(sql_failed("writing the probe"))?
+        .get::<_, String>(0)
+        .parse()
+        .unwrap_or(Lsn::ZERO);
+    let limit = (max_pause * 2)
+        .min(run.remaining())
+        .max(Duration::from_millis(100));
+    let predicted = loop {
+        if applied_lsn(run).await?.is_some_and(|a| a >= probe) {
+            break probe_started.elapsed().as_secs_f64();
+        }
+        if probe_started.elapsed() >= limit {
+            break f64::INFINITY;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     };
     list.push(
         Check::new(
             "predicted_pause_s",
-            format!("{predicted:.3}"),
-            predicted <= run.config.max_pause.as_secs_f64(),
+            if predicted.is_finite() {
+                format!("{predicted:.3}")
+            } else {
+                format!("more than {:.3}", limit.as_secs_f64())
+            },
+            predicted <= max_pause.as_secs_f64(),
         )
-        .limit(format!("{:.3}", run.config.max_pause.as_secs_f64())),
+        .limit(format!("{:.3}", max_pause.as_secs_f64())),
     );
     list.push(Check::new(
         "slot_health",
@@ -947,21 +996,39 @@ async fn go_no_go(run: &mut Run<'_>, tables: &[QualifiedName]) -> Result<(), Sto
     }
 }
 
-/// Waits (until `--timeout`) for the side taking over to commit past
-/// `marker` on the running leg's slot; its committed end LSN.
-async fn wait_applied(run: &Run<'_>, marker: Lsn) -> Result<Lsn, Stop> {
-    let slot = run.active_slot();
+/// What the side taking over committed of the running leg (its progress
+/// row), if anything yet.
+async fn applied_lsn(run: &Run<'_>) -> Result<Option<Lsn>, Stop> {
     let query = format!(
         "SELECT end_lsn::text FROM {}.progress WHERE slot = $1",
         run.store.quoted()
     );
+    let progress = format!("{}.progress", run.store.quoted());
+    let exists: bool = run
+        .taking()
+        .query_one(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            &[&progress],
+        )
+        .await
+        .map_err(sql_failed("looking for the stream's progress"))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(run
+        .taking()
+        .query_opt(&query, &[&run.active_slot()])
+        .await
+        .map_err(sql_failed("reading the stream's progress"))?
+        .and_then(|r| r.get::<_, String>(0).parse().ok()))
+}
+
+/// Waits (until `--timeout`) for the side taking over to commit past
+/// `marker` on the running leg's slot; its committed end LSN.
+async fn wait_applied(run: &Run<'_>, marker: Lsn) -> Result<Lsn, Stop> {
     loop {
-        let at: Option<Lsn> = run
-            .taking()
-            .query_opt(&query, &[&slot])
-            .await
-            .map_err(sql_failed("reading the stream's progress"))?
-            .and_then(|r| r.get::<_, String>(0).parse().ok());
+        let at = applied_lsn(run).await?;
         if let Some(at) = at.filter(|at| *at >= marker) {
             return Ok(at);
         }

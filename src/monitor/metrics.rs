@@ -335,13 +335,19 @@ impl Monitor {
             );
         }
 
-        if let Some(head) = lock(&a.ledger_head).clone() {
+        // The head as a number (its first 48 bits, exact in a float), not a
+        // label: a label would start a new series with every batch.
+        if let Some(prefix) = lock(&a.ledger_head)
+            .as_deref()
+            .and_then(|h| h.get(..12))
+            .and_then(|p| u64::from_str_radix(p, 16).ok())
+        {
             out.single(
-                APPLY_LEDGER_HEAD,
+                APPLY_LEDGER_HEAD_PREFIX,
                 "gauge",
-                "The ledger's head: the SHA-256 of its last row (label), 1.",
-                &[("slot", self.slot.as_str()), ("sha256", head.as_str())],
-                1.0,
+                "The first 48 bits of the ledger's head (the SHA-256 of its last row) as a number; the whole head is in /status.",
+                &slot,
+                prefix as f64,
             );
         }
         out.single(

@@ -39,8 +39,8 @@ pub const APPLY_CHANGES: &str = "teal_apply_changes_total";
 pub const APPLY_BATCHES: &str = "teal_apply_batches_total";
 /// Rows appended to the ledger of applied changes.
 pub const APPLY_LEDGER_ROWS: &str = "teal_apply_ledger_rows_total";
-/// The ledger's head (its SHA-256 as a label).
-pub const APPLY_LEDGER_HEAD: &str = "teal_apply_ledger_head_info";
+/// The first 48 bits of the ledger's head, as a number.
+pub const APPLY_LEDGER_HEAD_PREFIX: &str = "teal_apply_ledger_head_prefix";
 /// Source transactions green already had.
 pub const APPLY_SKIPPED_TRANSACTIONS: &str = "teal_apply_skipped_transactions_total";
 /// Conflicts resolved by policy.

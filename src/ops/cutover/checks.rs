@@ -1,11 +1,16 @@
 //! Go/no-go: what must hold before a side is fenced. Each check has a
 //! name, the value found and whether it allows going on.
 
+use std::time::{Duration, Instant};
+
 use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::event::QualifiedName;
 use crate::lsn::Lsn;
+use crate::ops::pair;
+
+use super::{Run, Stop, SwitchKind, failed, now_ms, sql_failed};
 
 /// One check.
 #[derive(Debug, Clone, Serialize)]
@@ -148,4 +153,269 @@ pub async fn reverse_target_ready(
         why.push("teal's role may not use replication origins".to_owned());
     }
     Ok((!why.is_empty()).then(|| why.join("; ")))
+}
+
+/// How long the checks wait for the stream's slot to become active.
+const STREAM_GRACE: Duration = Duration::from_secs(10);
+
+/// Step 1: the checks; a no-go stops here (nothing changed yet).
+pub(super) async fn go_no_go(run: &mut Run<'_>, tables: &[QualifiedName]) -> Result<(), Stop> {
+    let t = now_ms();
+    let slot = run.active_slot();
+    // A stream that just switched or restarted takes a moment to connect.
+    let grace = Instant::now() + run.remaining().min(STREAM_GRACE);
+    while Instant::now() < grace
+        && slot_state(run.left(), &slot)
+            .await
+            .map_err(sql_failed("reading the stream's slot"))?
+            .is_some_and(|s| !s.active)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state = slot_state(run.left(), &slot)
+        .await
+        .map_err(sql_failed("reading the stream's slot"))?;
+    let Some(state) = state else {
+        return Err(failed(format!(
+            "no slot {slot} on {}: no teal stream of this pair",
+            run.left_name()
+        )));
+    };
+    if !state.active {
+        return Err(failed(format!(
+            "no teal stream is running for slot {slot} on {} (the slot is not active): start it first",
+            run.left_name()
+        )));
+    }
+    let mut list = vec![Check::new("stream_running", "yes", true)];
+    // The lag: the side's WAL position past what the other side committed
+    // (the slot's own confirmed position moves only with status updates).
+    let current: Lsn = run
+        .left()
+        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(sql_failed("reading the WAL position"))?
+        .get::<_, String>(0)
+        .parse()
+        .unwrap_or(Lsn::ZERO);
+    let applied = applied_lsn(run).await?.unwrap_or(state.confirmed);
+    let lag = current.0.saturating_sub(applied.0);
+    list.push(
+        Check::new("lag_bytes", lag.to_string(), lag <= run.config.max_lag)
+            .limit(run.config.max_lag.to_string()),
+    );
+    // The predicted pause: how long the stream now takes to commit a
+    // probe written on the side being left (the remaining lag at the rate
+    // it applies), which is what the marker step will wait.
+    let max_pause = run.config.max_pause;
+    let probe_started = Instant::now();
+    let probe: Lsn = run
+        .left()
+        .query_one(
+            "SELECT pg_catalog.pg_logical_emit_message(true, 'teal.probe', $1)::text",
+            &[&run.id.to_string()],
+        )
+        .await
+        .map_err(sql_failed("writing the probe"))?
+        .get::<_, String>(0)
+        .parse()
+        .unwrap_or(Lsn::ZERO);
+    let limit = (max_pause * 2)
+        .min(run.remaining())
+        .max(Duration::from_millis(100));
+    let predicted = loop {
+        if applied_lsn(run).await?.is_some_and(|a| a >= probe) {
+            break probe_started.elapsed().as_secs_f64();
+        }
+        if probe_started.elapsed() >= limit {
+            break f64::INFINITY;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    list.push(
+        Check::new(
+            "predicted_pause_s",
+            if predicted.is_finite() {
+                format!("{predicted:.3}")
+            } else {
+                format!("more than {:.3}", limit.as_secs_f64())
+            },
+            predicted <= max_pause.as_secs_f64(),
+        )
+        .limit(format!("{:.3}", max_pause.as_secs_f64())),
+    );
+    list.push(Check::new(
+        "slot_health",
+        state.wal_status.clone(),
+        matches!(state.wal_status.as_str(), "reserved" | "extended"),
+    ));
+    let differences = crate::ops::verify::schema::compare(run.left(), run.taking(), tables)
+        .await
+        .map_err(sql_failed("comparing the schemas"))?;
+    let breaking: Vec<String> = differences
+        .iter()
+        .filter(|d| !d.note)
+        .map(|d| format!("{}: {}", d.table, d.difference))
+        .collect();
+    list.push(Check::new(
+        "schema_differences",
+        if breaking.is_empty() {
+            "none".to_owned()
+        } else {
+            breaking.join("; ")
+        },
+        breaking.is_empty(),
+    ));
+    let invalid = invalid_indexes(run.taking(), tables)
+        .await
+        .map_err(sql_failed("reading the indexes"))?;
+    list.push(Check::new(
+        "invalid_indexes",
+        if invalid.is_empty() {
+            "none".to_owned()
+        } else {
+            invalid.join(", ")
+        },
+        invalid.is_empty(),
+    ));
+    if run.kind == SwitchKind::Cutover {
+        let source = reverse_source_ready(&run.green)
+            .await
+            .map_err(sql_failed("checking green for the way back"))?;
+        let target = reverse_target_ready(&run.blue, tables)
+            .await
+            .map_err(sql_failed("checking blue for the way back"))?;
+        let why: Vec<String> = [
+            source.map(|s| format!("green: {s}")),
+            target.map(|s| format!("blue: {s}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        list.push(Check::new(
+            "way_back",
+            if why.is_empty() {
+                "possible".to_owned()
+            } else {
+                why.join("; ")
+            },
+            why.is_empty(),
+        ));
+    }
+    let sequences = crate::ops::sequences::used_by(run.left(), tables)
+        .await
+        .map_err(sql_failed("listing the sequences"))?;
+    let mut missing = Vec::new();
+    for s in &sequences {
+        let there: bool = run
+            .taking()
+            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[s])
+            .await
+            .map_err(sql_failed("looking for the sequences"))?
+            .get(0);
+        if !there {
+            missing.push(s.clone());
+        }
+    }
+    list.push(Check::new(
+        "sequences",
+        if missing.is_empty() {
+            format!("{} present on both sides", sequences.len())
+        } else {
+            format!("missing on {}: {}", run.taking_name(), missing.join(", "))
+        },
+        missing.is_empty(),
+    ));
+    if run.config.verify {
+        let (source, target) = match run.kind {
+            SwitchKind::Cutover => (run.config.source.clone(), run.config.target.clone()),
+            SwitchKind::Rollback => (run.config.target.clone(), run.config.source.clone()),
+        };
+        let verify = crate::ops::verify::VerifyConfig {
+            source,
+            target,
+            slot: slot.clone(),
+            publications: match run.kind {
+                SwitchKind::Cutover => run.config.publications.clone(),
+                SwitchKind::Rollback => vec![pair::reverse_publication(&run.config.slot)],
+            },
+            tables: run.config.tables.clone(),
+            schema: run.config.schema.clone(),
+            invariants: run.config.invariants.clone(),
+            show_values: false,
+            workers: 2,
+            chunk_rows: 100_000,
+        };
+        let progress = crate::progress::VerifyProgress::new();
+        let (value, go) = match crate::ops::verify::run(&verify, &progress).await {
+            Ok(r) => (
+                format!(
+                    "{} at {} ({} differing rows, {} invariant(s) failing)",
+                    if r.equal == Some(true) {
+                        "equal"
+                    } else {
+                        "NOT equal"
+                    },
+                    r.verified_lsn.as_deref().unwrap_or("-"),
+                    r.tables.iter().map(|t| t.differences_total).sum::<usize>(),
+                    r.invariants.iter().filter(|i| !i.holds).count()
+                ),
+                r.equal == Some(true),
+            ),
+            Err(e) => (
+                format!("could not verify: {}", crate::error::Report(&e)),
+                false,
+            ),
+        };
+        list.push(Check::new("verify", value, go));
+    }
+    let go = list.iter().all(|c| c.go);
+    let nos: Vec<&str> = list.iter().filter(|c| !c.go).map(|c| c.name).collect();
+    run.report.checks = list;
+    run.step(
+        "checks",
+        t,
+        None,
+        if go {
+            "go".to_owned()
+        } else {
+            format!("no-go: {}", nos.join(", "))
+        },
+    );
+    if go {
+        Ok(())
+    } else {
+        Err(Stop {
+            outcome: "no_go",
+            reason: format!("no-go: {}", nos.join(", ")),
+        })
+    }
+}
+
+/// What the side taking over committed of the running leg (its progress
+/// row), if anything yet.
+pub(super) async fn applied_lsn(run: &Run<'_>) -> Result<Option<Lsn>, Stop> {
+    let query = format!(
+        "SELECT end_lsn::text FROM {}.progress WHERE slot = $1",
+        run.store.quoted()
+    );
+    let progress = format!("{}.progress", run.store.quoted());
+    let exists: bool = run
+        .taking()
+        .query_one(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            &[&progress],
+        )
+        .await
+        .map_err(sql_failed("looking for the stream's progress"))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(run
+        .taking()
+        .query_opt(&query, &[&run.active_slot()])
+        .await
+        .map_err(sql_failed("reading the stream's progress"))?
+        .and_then(|r| r.get::<_, String>(0).parse().ok()))
 }

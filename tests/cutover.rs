@@ -297,19 +297,34 @@ fn writers_of(
         .collect()
 }
 
-async fn history(client: &tokio_postgres::Client) -> Vec<i64> {
-    client
-        .query("SELECT id FROM pgbench_history ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+/// Waits until `to` has as many rows of `table` as `from`, then checks
+/// that their ids are the same; returns them.
+async fn caught_up(
+    from: &tokio_postgres::Client,
+    to: &tokio_postgres::Client,
+    table: &str,
+) -> Vec<i64> {
+    let sql = format!("SELECT id FROM {table} ORDER BY id");
+    let expected = ids_of(from, &sql).await;
+    crate::support::wait::until_row(
+        to,
+        &format!("SELECT 1 WHERE (SELECT count(*) FROM {table}) = $1"),
+        &[&(expected.len() as i64)],
+        Duration::from_secs(30),
+        &format!("the other side has {table}'s rows"),
+    )
+    .await;
+    assert_eq!(
+        expected,
+        ids_of(to, &sql).await,
+        "the same {table} rows on both sides"
+    );
+    expected
 }
 
-async fn ids(client: &tokio_postgres::Client) -> Vec<i64> {
+async fn ids_of(client: &tokio_postgres::Client, sql: &str) -> Vec<i64> {
     client
-        .query("SELECT id FROM ledger ORDER BY id", &[])
+        .query(sql, &[])
         .await
         .unwrap()
         .iter()
@@ -438,17 +453,7 @@ async fn cutover_then_rollback_under_writers_loses_and_echoes_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     load.stop().await;
     // Green catches up with blue through the forward stream again.
-    let on_blue = history(&twins.b).await;
-    crate::support::wait::until_row(
-        &twins.g,
-        "SELECT 1 WHERE (SELECT count(*) FROM pgbench_history) = $1",
-        &[&(on_blue.len() as i64)],
-        Duration::from_secs(30),
-        "green has blue's rows",
-    )
-    .await;
-    let on_green = history(&twins.g).await;
-    assert_eq!(on_blue, on_green, "the same transactions on both sides");
+    let on_blue = caught_up(&twins.b, &twins.g, "pgbench_history").await;
     // The bank balances: every transaction whole, on both sides.
     for c in [&twins.b, &twins.g] {
         let sums: (i64, i64, i64) = {
@@ -619,16 +624,7 @@ async fn rehearsal_and_timeout_leave_everything_as_it_was() {
     );
     as_it_was(&twins.b, &twins.g).await;
     load.stop().await;
-    let on_blue = ids(&twins.b).await;
-    crate::support::wait::until_row(
-        &twins.g,
-        "SELECT 1 WHERE (SELECT count(*) FROM ledger) = $1",
-        &[&(on_blue.len() as i64)],
-        Duration::from_secs(30),
-        "green has blue's rows",
-    )
-    .await;
-    assert_eq!(on_blue, ids(&twins.g).await);
+    caught_up(&twins.b, &twins.g, "ledger").await;
     let audit: Vec<(String, String)> = twins
         .g
         .query(
@@ -791,16 +787,7 @@ async fn killed_at_each_step_then_aborted_or_rerun() {
     as_it_was(&twins.b, &twins.g).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     load.stop().await;
-    let on_blue = ids(&twins.b).await;
-    crate::support::wait::until_row(
-        &twins.g,
-        "SELECT 1 WHERE (SELECT count(*) FROM ledger) = $1",
-        &[&(on_blue.len() as i64)],
-        Duration::from_secs(30),
-        "green has blue's rows",
-    )
-    .await;
-    assert_eq!(on_blue, ids(&twins.g).await);
+    let on_blue = caught_up(&twins.b, &twins.g, "ledger").await;
     let acked = written.acked.lock().unwrap().clone();
     assert!(
         acked.iter().all(|id| on_blue.binary_search(id).is_ok()),
@@ -899,16 +886,7 @@ async fn fence_database_fence_hook_and_verify() {
         "fence green\nunfence green\n"
     );
     // Reversed now: blue catches up with green.
-    let on_green = ids(&twins.g).await;
-    crate::support::wait::until_row(
-        &twins.b,
-        "SELECT 1 WHERE (SELECT count(*) FROM ledger) = $1",
-        &[&(on_green.len() as i64)],
-        Duration::from_secs(30),
-        "blue has green's rows",
-    )
-    .await;
-    assert_eq!(on_green, ids(&twins.b).await);
+    let on_green = caught_up(&twins.g, &twins.b, "ledger").await;
     let acked = written.acked.lock().unwrap().clone();
     assert!(acked.iter().all(|id| on_green.binary_search(id).is_ok()));
     running.stop().await;

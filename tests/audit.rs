@@ -163,3 +163,24 @@ fn verify_at(green: &str) -> (i32, String) {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
+
+/// `--ledger off`: no ledger rows, and `teal audit verify` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_ledger_nothing_is_appended() {
+    let twins = Twins::start(&default_bin(), "CREATE TABLE t (id int PRIMARY KEY);").await;
+    let mut config = twins.config();
+    config.apply.ledger = false;
+    let running = crate::support::running::Running::start(&twins, config).await;
+    twins
+        .b
+        .batch_execute("INSERT INTO t SELECT generate_series(1, 10)")
+        .await
+        .unwrap();
+    twins
+        .assert_converged(&["t"], Duration::from_secs(20))
+        .await;
+    assert_eq!(int8(&twins.g, "SELECT count(*) FROM teal.ledger").await, 0);
+    let (code, text) = audit_verify(&twins);
+    assert_eq!((code, text.trim()), (0, "no ledger rows"));
+    running.stop().await;
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::cluster::default_bin;
-use crate::support::twins::Twins;
+use crate::support::twins::{Twins, int8};
 use crate::support::wait::until_row;
 
 const SEQUENCES: &str = "
@@ -984,4 +984,49 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A switch hook that fails after the stream switched: exit 2, the reason
+/// and the way out named, blue still fenced, the pair reversed; `teal
+/// rollback` then brings everything back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_switch_hook_leaves_blue_fenced_and_says_what_to_do() {
+    crate::support::tap::init_logging();
+    let twins = Twins::start(&default_bin(), BANK).await;
+    let running = crate::support::running::Running::start(&twins, twins.config()).await;
+    let (code, report, text) = switch_on(
+        &twins,
+        "cutover",
+        &[
+            "--fence-roles",
+            "app",
+            "--switch-hook",
+            "echo repointing failed >&2; exit 3",
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{text}");
+    assert_eq!(report["outcome"], "failed", "{report:#}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("--switch-hook failed")
+            && error.contains("repointing failed")
+            && error.contains("`teal rollback` goes back"),
+        "{error}"
+    );
+    assert!(!can_login(&twins.b, "app").await, "blue stays fenced");
+    assert_eq!(
+        int8(
+            &twins.g,
+            "SELECT count(*) FROM teal.pairs WHERE direction = 'reverse'"
+        )
+        .await,
+        1,
+        "the stream switched"
+    );
+    let (code, report, text) = switch_on(&twins, "rollback", &["--fence-roles", "app"]).await;
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(report["outcome"], "switched");
+    as_it_was(&twins.b, &twins.g).await;
+    running.stop().await;
 }

@@ -372,15 +372,17 @@ pub async fn run(config: &CutoverConfig, kind: SwitchKind) -> SwitchReport {
         if run.fenced.is_some() || run.armed {
             undo(&mut run).await;
         }
-        let state = "aborted";
+        // Aborted only before the switch: one the stream made stays done
+        // (a rollback lifts its fence).
         let _ = run
             .green
             .execute(
                 &format!(
-                    "UPDATE {}.switches SET state = $2, updated_at = now() WHERE id = $1::text::uuid",
+                    "UPDATE {}.switches SET state = 'aborted', updated_at = now() \
+                     WHERE id = $1::text::uuid AND state IN ('running', 'switch')",
                     run.store.quoted()
                 ),
-                &[&run.id.to_string(), &state],
+                &[&run.id.to_string()],
             )
             .await;
     }

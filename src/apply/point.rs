@@ -24,11 +24,14 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use crate::config::ConnInfo;
 use crate::lsn::Lsn;
 use crate::store::Store;
+
+use super::{ApplyError, Cursor, within};
 
 /// How long apply waits for verify's next step.
 pub const HOLD_LIMIT: Duration = Duration::from_secs(30);
@@ -112,4 +115,98 @@ pub(crate) async fn answer(
         )
         .await
         .map(drop)
+}
+
+/// Apply's side of the protocol, on its own session between batches.
+impl super::Applier {
+    /// A verify request to hold, at a transaction boundary: commit what is
+    /// open, say where green stands, and wait (at most
+    /// [`HOLD_LIMIT`]) for blue's point.
+    pub(super) async fn serve_hold(
+        &mut self,
+        at: &mut Cursor,
+        requests: &mut Requests,
+    ) -> Result<(), ApplyError> {
+        let request = requests.rx.borrow_and_update().clone();
+        let Some(request) = request else {
+            return Ok(());
+        };
+        if request.state != "hold" || request.id <= self.points_done || self.point.is_some() {
+            return Ok(());
+        }
+        self.commit_within(&mut at.batch).await?;
+        self.answer(request.id, "holding").await?;
+        let deadline = Instant::now() + HOLD_LIMIT;
+        loop {
+            let now = requests.rx.borrow_and_update().clone();
+            match now {
+                Some(r) if r.id == request.id && r.state == "at" => {
+                    match r.lsn {
+                        Some(lsn) if self.applied.is_none_or(|a| a.end_lsn <= lsn) => {
+                            self.point = Some((r.id, lsn));
+                        }
+                        _ => {
+                            self.answer(r.id, "missed").await?;
+                            self.points_done = r.id;
+                        }
+                    }
+                    return Ok(());
+                }
+                Some(r) if r.id == request.id && matches!(r.state.as_str(), "hold" | "holding") => {
+                }
+                _ => {
+                    self.points_done = request.id;
+                    return Ok(());
+                }
+            }
+            match tokio::time::timeout_at(deadline, requests.rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    self.answer(request.id, "missed").await?;
+                    self.points_done = request.id;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// At the verify point (the batch committed): say so and wait (at most
+    /// [`HOLD_LIMIT`]) until verify has green's snapshot.
+    pub(super) async fn serve_reached(
+        &mut self,
+        requests: &mut Requests,
+    ) -> Result<(), ApplyError> {
+        let Some((id, _)) = self.point.take() else {
+            return Ok(());
+        };
+        self.points_done = id;
+        self.answer(id, "reached").await?;
+        let deadline = Instant::now() + HOLD_LIMIT;
+        loop {
+            let now = requests.rx.borrow_and_update().clone();
+            match now {
+                Some(r) if r.id == id && matches!(r.state.as_str(), "at" | "reached") => {}
+                _ => return Ok(()),
+            }
+            match tokio::time::timeout_at(deadline, requests.rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.answer(id, "missed").await,
+            }
+        }
+    }
+
+    /// Writes apply's answer to verify request `id`.
+    async fn answer(&mut self, id: i64, state: &str) -> Result<(), ApplyError> {
+        let applied = self.applied.map(|a| a.end_lsn);
+        within(
+            self.config.timeout,
+            "answering teal verify",
+            answer(&self.client, &self.config.store, id, state, applied),
+        )
+        .await?
+        .map_err(|source| ApplyError::Sql {
+            context: format!("answering teal verify's request {id}"),
+            source,
+        })
+    }
 }

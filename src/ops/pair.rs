@@ -400,3 +400,49 @@ pub async fn fence_green(config: &StreamConfig) -> Result<(), ApplyError> {
     tracing::info!(roles = ?config.fence_target_roles, "green fenced for the application roles while mirroring");
     Ok(())
 }
+
+/// The pair's legs: the direction the stream runs now, and the switch
+/// requests that end a leg.
+#[derive(Default)]
+pub struct Legs {
+    /// The direction the stream runs now.
+    pub direction: Arc<std::sync::Mutex<Direction>>,
+    /// The switch requests that end a leg.
+    pub switches: Arc<Switches>,
+}
+
+/// Before each attempt: records a switch that ended the last leg, reads
+/// which way the pair streams, and gives that leg's configuration.
+pub async fn next_leg(
+    config: &StreamConfig,
+    legs: &Legs,
+    current: &mut Option<Direction>,
+) -> Result<StreamConfig, ApplyError> {
+    if config.no_apply {
+        return Ok(config.clone());
+    }
+    if let Some(request) = legs.switches.pending() {
+        if record_switched(config, &request).await? {
+            tracing::info!(switch = %request.id, direction = ?request.to, "switched");
+        }
+        legs.switches.done(&request);
+    }
+    let direction = read_direction(config).await?;
+    if direction == Direction::Forward && !config.fence_target_roles.is_empty() {
+        fence_green(config).await?;
+    }
+    if direction == Direction::Reverse && config.kafka.is_some() && *current != Some(direction) {
+        tracing::warn!(
+            "the Kafka audit stream is not produced while the pair streams green -> blue"
+        );
+    }
+    if *current != Some(direction) && direction == Direction::Reverse {
+        tracing::info!(
+            slot = %reverse_slot(&config.apply.slot),
+            "streaming green -> blue (the pair was cut over)"
+        );
+    }
+    *current = Some(direction);
+    *crate::progress::lock(&legs.direction) = direction;
+    Ok(leg(config, direction))
+}

@@ -14,7 +14,13 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::event::QualifiedName;
+use crate::ops::pair::Direction;
+use crate::ops::stream::StreamConfig;
 
 /// One sequence's positions on both sides.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -175,6 +181,81 @@ pub async fn sync(
         });
     }
     Ok(states)
+}
+
+/// `--sync-sequences`: every `every`, blue's sequences of the published
+/// (and selected) tables onto green, never backwards. Failures are logged
+/// (once each until it works again) and retried at the next turn: the
+/// stream itself does not depend on it.
+pub async fn keep_synced(
+    config: StreamConfig,
+    every: Duration,
+    direction: std::sync::Arc<std::sync::Mutex<Direction>>,
+    stop: CancellationToken,
+) {
+    let mut last_error: Option<String> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // After a cutover, green's are the ones in use: blue follows them.
+        let reversed = *crate::progress::lock(&direction) == Direction::Reverse;
+        let turn = async {
+            let blue = crate::session::connect_plain(&config.source.conninfo, "teal sequences")
+                .await
+                .map_err(|e| format!("connecting to blue: {}", crate::error::Report(&e)))?;
+            let green = crate::session::connect_plain(&config.apply.target, "teal sequences")
+                .await
+                .map_err(|e| format!("connecting to green: {}", crate::error::Report(&e)))?;
+            let (from, to) = if reversed {
+                (&green, &blue)
+            } else {
+                (&blue, &green)
+            };
+            let tables: Vec<_> =
+                crate::session::published_tables(&blue, &config.source.publications)
+                    .await
+                    .map_err(|e| {
+                        format!("listing the published tables: {}", crate::error::Report(&e))
+                    })?
+                    .into_iter()
+                    .filter(|t| config.assembler.tables.selects(t))
+                    .collect();
+            let states = sync(from, to, &tables)
+                .await
+                .map_err(|e| crate::error::Report(&e).to_string())?;
+            Ok::<_, String>(states)
+        };
+        match turn.await {
+            Ok(states) => {
+                let moved = states.iter().filter(|s| s.moved).count();
+                let missing: Vec<&str> = states
+                    .iter()
+                    .filter(|s| s.to_before.is_none())
+                    .map(|s| s.sequence.as_str())
+                    .collect();
+                tracing::debug!(sequences = states.len(), moved, "sequences synced");
+                let error = (!missing.is_empty())
+                    .then(|| format!("sequences missing on green: {}", missing.join(", ")));
+                if error.is_some() && error != last_error {
+                    tracing::warn!(
+                        error = error.as_deref().unwrap_or_default(),
+                        "--sync-sequences"
+                    );
+                }
+                last_error = error;
+            }
+            Err(e) => {
+                if last_error.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "--sync-sequences failed; trying again at the next turn");
+                }
+                last_error = Some(e);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -292,7 +292,7 @@ async fn run_session(
     });
     // Which way the pair streams (see crate::ops::pair), and the watcher
     // of switch requests (none without green).
-    let legs = Legs::default();
+    let legs = crate::ops::pair::Legs::default();
     if !config.no_apply {
         tokio::spawn(
             crate::ops::pair::watch(
@@ -306,7 +306,7 @@ async fn run_session(
     }
     if let (Some(every), false) = (config.sync_sequences, config.no_apply) {
         tokio::spawn(
-            sync_sequences(
+            crate::ops::sequences::keep_synced(
                 config.clone(),
                 every,
                 Arc::clone(&legs.direction),
@@ -346,55 +346,11 @@ async fn run_session(
     result
 }
 
-/// The pair's legs: the direction the stream runs now, and the switch
-/// requests that end a leg.
-#[derive(Default)]
-struct Legs {
-    direction: Arc<std::sync::Mutex<Direction>>,
-    switches: Arc<crate::ops::pair::Switches>,
-}
-
-/// Before each attempt: records a switch that ended the last leg, reads
-/// which way the pair streams, and gives that leg's configuration.
-async fn next_leg(
-    config: &StreamConfig,
-    legs: &Legs,
-    current: &mut Option<Direction>,
-) -> Result<StreamConfig, StreamError> {
-    if config.no_apply {
-        return Ok(config.clone());
-    }
-    if let Some(request) = legs.switches.pending() {
-        if crate::ops::pair::record_switched(config, &request).await? {
-            tracing::info!(switch = %request.id, direction = ?request.to, "switched");
-        }
-        legs.switches.done(&request);
-    }
-    let direction = crate::ops::pair::read_direction(config).await?;
-    if direction == Direction::Forward && !config.fence_target_roles.is_empty() {
-        crate::ops::pair::fence_green(config).await?;
-    }
-    if direction == Direction::Reverse && config.kafka.is_some() && *current != Some(direction) {
-        tracing::warn!(
-            "the Kafka audit stream is not produced while the pair streams green -> blue"
-        );
-    }
-    if *current != Some(direction) && direction == Direction::Reverse {
-        tracing::info!(
-            slot = %crate::ops::pair::reverse_slot(&config.apply.slot),
-            "streaming green -> blue (the pair was cut over)"
-        );
-    }
-    *current = Some(direction);
-    *crate::progress::lock(&legs.direction) = direction;
-    Ok(crate::ops::pair::leg(config, direction))
-}
-
 async fn stream(
     config: &StreamConfig,
     shutdown: &CancellationToken,
     monitor: &Arc<Monitor>,
-    legs: &Legs,
+    legs: &crate::ops::pair::Legs,
 ) -> Result<Arc<ApplyStats>, StreamError> {
     let stats = Arc::clone(&monitor.apply);
     let mut backoff = Backoff::new(
@@ -414,7 +370,10 @@ async fn stream(
         monitor.set_state(RunState::Starting);
         let started = tokio::time::Instant::now();
         let before = direction;
-        let result = match next_leg(config, legs, &mut direction).await {
+        let result = match crate::ops::pair::next_leg(config, legs, &mut direction)
+            .await
+            .map_err(StreamError::from)
+        {
             Ok(leg) => {
                 if before.is_some() && before != direction {
                     // A new leg: its own slot and progress.
@@ -479,81 +438,6 @@ async fn stream(
                 }
             }
             Err(e) => return Err(e),
-        }
-    }
-}
-
-/// `--sync-sequences`: every `every`, blue's sequences of the published
-/// (and selected) tables onto green, never backwards. Failures are logged
-/// (once each until it works again) and retried at the next turn: the
-/// stream itself does not depend on it.
-async fn sync_sequences(
-    config: StreamConfig,
-    every: Duration,
-    direction: Arc<std::sync::Mutex<Direction>>,
-    stop: CancellationToken,
-) {
-    let mut last_error: Option<String> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        // After a cutover, green's are the ones in use: blue follows them.
-        let reversed = *crate::progress::lock(&direction) == Direction::Reverse;
-        let turn = async {
-            let blue = crate::session::connect_plain(&config.source.conninfo, "teal sequences")
-                .await
-                .map_err(|e| format!("connecting to blue: {}", crate::error::Report(&e)))?;
-            let green = crate::session::connect_plain(&config.apply.target, "teal sequences")
-                .await
-                .map_err(|e| format!("connecting to green: {}", crate::error::Report(&e)))?;
-            let (from, to) = if reversed {
-                (&green, &blue)
-            } else {
-                (&blue, &green)
-            };
-            let tables: Vec<_> =
-                crate::session::published_tables(&blue, &config.source.publications)
-                    .await
-                    .map_err(|e| {
-                        format!("listing the published tables: {}", crate::error::Report(&e))
-                    })?
-                    .into_iter()
-                    .filter(|t| config.assembler.tables.selects(t))
-                    .collect();
-            let states = crate::ops::sequences::sync(from, to, &tables)
-                .await
-                .map_err(|e| crate::error::Report(&e).to_string())?;
-            Ok::<_, String>(states)
-        };
-        match turn.await {
-            Ok(states) => {
-                let moved = states.iter().filter(|s| s.moved).count();
-                let missing: Vec<&str> = states
-                    .iter()
-                    .filter(|s| s.to_before.is_none())
-                    .map(|s| s.sequence.as_str())
-                    .collect();
-                tracing::debug!(sequences = states.len(), moved, "sequences synced");
-                let error = (!missing.is_empty())
-                    .then(|| format!("sequences missing on green: {}", missing.join(", ")));
-                if error.is_some() && error != last_error {
-                    tracing::warn!(
-                        error = error.as_deref().unwrap_or_default(),
-                        "--sync-sequences"
-                    );
-                }
-                last_error = error;
-            }
-            Err(e) => {
-                if last_error.as_ref() != Some(&e) {
-                    tracing::warn!(error = %e, "--sync-sequences failed; trying again at the next turn");
-                }
-                last_error = Some(e);
-            }
         }
     }
 }

@@ -49,3 +49,21 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("cannot connect to the bench cluster: {e}\n{}", self.log()))
     }
 }
+
+/// Waits until a session streams from `slot` (teal stream started).
+pub async fn wait_slot_active(client: &Client, slot: &str) {
+    loop {
+        let active: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if active == 1 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

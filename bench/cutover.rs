@@ -257,20 +257,7 @@ async fn main() {
         .stdout(Stdio::null())
         .spawn()
         .expect("teal stream starts");
-    loop {
-        let active: i64 = b
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bench_cut' AND active",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if active == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster::wait_slot_active(&b, "bench_cut").await;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("target");
     write_target(&target, "blue");

@@ -139,21 +139,7 @@ async fn main() {
         .stdout(Stdio::null())
         .spawn()
         .expect("teal stream starts");
-    // Streaming: the slot is active.
-    loop {
-        let active: i64 = b
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bench_verify' AND active",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if active == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    cluster::wait_slot_active(&b, "bench_verify").await;
     let (mut count, mut md5agg, mut verify) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=args.runs {
         let c = both(&b, &g, |t| format!("SELECT count(*) FROM {t}")).await;

@@ -330,21 +330,9 @@ fn writers(
 async fn exact_under_load_and_names_every_differing_key() {
     crate::support::tap::init_logging();
     let twins = Twins::start(&default_bin(), LOADED).await;
-    twins
-        .b
-        .batch_execute(
-            "INSERT INTO acct SELECT g, 1000, CASE WHEN g % 10 = 0 THEN repeat(md5(g::text), 300) END \
-               FROM generate_series(1, 200) g;
-             INSERT INTO parts SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 0 FROM generate_series(1, 200) g;
-             INSERT INTO comp SELECT ROW(g, 'p' || g)::pair, g FROM generate_series(1, 50) g;
-             INSERT INTO big SELECT g, g FROM generate_series(1, 50000) g;",
-        )
-        .await
-        .unwrap();
     // Green starts with the same rows (as after teal sync).
-    twins
-        .g
-        .batch_execute(
+    for side in [&twins.b, &twins.g] {
+        side.batch_execute(
             "INSERT INTO acct SELECT g, 1000, CASE WHEN g % 10 = 0 THEN repeat(md5(g::text), 300) END \
                FROM generate_series(1, 200) g;
              INSERT INTO parts SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 0 FROM generate_series(1, 200) g;
@@ -353,6 +341,7 @@ async fn exact_under_load_and_names_every_differing_key() {
         )
         .await
         .unwrap();
+    }
     let running = crate::support::running::Running::start(&twins, twins.config()).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = writers(twins.blue.url(), std::sync::Arc::clone(&stop));

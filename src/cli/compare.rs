@@ -55,6 +55,30 @@ impl CompareArgs {
     }
 }
 
+/// `--tables` / `--exclude-tables` of the commands that compare or switch.
+#[derive(Args)]
+pub(crate) struct TableArgs {
+    /// Only these published tables (schema.table, or table in any schema).
+    #[arg(long, env = "TEAL_TABLES", value_delimiter = ',')]
+    pub(crate) tables: Vec<String>,
+
+    /// Not these tables.
+    #[arg(long, env = "TEAL_EXCLUDE_TABLES", value_delimiter = ',')]
+    pub(crate) exclude_tables: Vec<String>,
+}
+
+impl TableArgs {
+    /// The selection, checked.
+    pub(crate) fn selection(self) -> anyhow::Result<TableSelection> {
+        let selection = TableSelection {
+            include: self.tables,
+            exclude: self.exclude_tables,
+        };
+        selection.validate()?;
+        Ok(selection)
+    }
+}
+
 #[derive(Args)]
 pub(crate) struct RepairArgs {
     #[command(flatten)]
@@ -78,13 +102,8 @@ pub(crate) struct VerifyArgs {
     #[command(flatten)]
     pub(crate) sides: CompareArgs,
 
-    /// Only these published tables (schema.table, or table in any schema).
-    #[arg(long, env = "TEAL_TABLES", value_delimiter = ',')]
-    pub(crate) tables: Vec<String>,
-
-    /// Not these tables.
-    #[arg(long, env = "TEAL_EXCLUDE_TABLES", value_delimiter = ',')]
-    pub(crate) exclude_tables: Vec<String>,
+    #[command(flatten)]
+    pub(crate) tables: TableArgs,
 
     /// text (for people) or json (for programs) on stdout.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
@@ -127,11 +146,7 @@ impl VerifyArgs {
     /// The comparison these flags ask for.
     pub(crate) fn config(self) -> anyhow::Result<VerifyConfig> {
         let mut config = self.sides.config()?;
-        config.tables = TableSelection {
-            include: self.tables,
-            exclude: self.exclude_tables,
-        };
-        config.tables.validate()?;
+        config.tables = self.tables.selection()?;
         config.invariants = self.invariants;
         config.show_values = self.show_values;
         config.workers = usize::from(self.workers);

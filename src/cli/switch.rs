@@ -3,26 +3,20 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 
-use teal::config::{self, TableSelection};
+use teal::config;
 use teal::ops::cutover::{CutoverConfig, Fence};
 
-use super::compare::CompareArgs;
+use super::compare::{CompareArgs, TableArgs};
 
 #[derive(Args)]
 pub(crate) struct SwitchArgs {
     #[command(flatten)]
     pub(crate) sides: CompareArgs,
 
-    /// Only these published tables (as teal stream's --tables).
-    #[arg(long, env = "TEAL_TABLES", value_delimiter = ',')]
-    pub(crate) tables: Vec<String>,
-
-    /// Not these tables.
-    #[arg(long, env = "TEAL_EXCLUDE_TABLES", value_delimiter = ',')]
-    pub(crate) exclude_tables: Vec<String>,
+    #[command(flatten)]
+    pub(crate) tables: TableArgs,
 
     /// Fence the side being left by these roles: NOLOGIN, their sessions
     /// ended (comma-separated).
@@ -98,11 +92,7 @@ impl SwitchArgs {
             ),
         };
         let sides = self.sides.config()?;
-        let tables = TableSelection {
-            include: self.tables,
-            exclude: self.exclude_tables,
-        };
-        tables.validate().context("--tables")?;
+        let tables = self.tables.selection()?;
         Ok(CutoverConfig {
             source: sides.source,
             target: sides.target,

@@ -395,27 +395,20 @@ pub(super) async fn go_no_go(run: &mut Run<'_>, tables: &[QualifiedName]) -> Res
 /// What the side taking over committed of the running leg (its progress
 /// row), if anything yet.
 pub(super) async fn applied_lsn(run: &Run<'_>) -> Result<Option<Lsn>, Stop> {
-    let query = format!(
-        "SELECT end_lsn::text FROM {}.progress WHERE slot = $1",
-        run.store.quoted()
-    );
-    let progress = format!("{}.progress", run.store.quoted());
-    let exists: bool = run
+    let read = run
         .taking()
-        .query_one(
-            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-            &[&progress],
+        .query_opt(
+            &format!(
+                "SELECT end_lsn::text FROM {}.progress WHERE slot = $1",
+                run.store.quoted()
+            ),
+            &[&run.active_slot()],
         )
-        .await
-        .map_err(sql_failed("looking for the stream's progress"))?
-        .get(0);
-    if !exists {
-        return Ok(None);
+        .await;
+    match read {
+        Ok(row) => Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok())),
+        // No teal schema there yet: nothing committed.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
+        Err(e) => Err(sql_failed("reading the stream's progress")(e)),
     }
-    Ok(run
-        .taking()
-        .query_opt(&query, &[&run.active_slot()])
-        .await
-        .map_err(sql_failed("reading the stream's progress"))?
-        .and_then(|r| r.get::<_, String>(0).parse().ok()))
 }

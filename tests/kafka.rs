@@ -29,7 +29,9 @@ const QUIET_AFTER: Duration = Duration::from_millis(800);
 /// Every record of `topic` (all partitions, from the start), per partition
 /// in offset order: exactly `count` of them (key, value) as JSON (null value
 /// for tombstones). It waits for `count`, then for [`QUIET_AFTER`] more, and
-/// fails on any record beyond `count`: a duplicate cannot hide.
+/// fails on any record beyond `count`: a duplicate cannot hide. The ledger's
+/// records in the transactions topic (status LEDGER; their timing depends on
+/// green's batches) are left out: `the_ledger_head_reaches_the_transactions_topic`.
 fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Vec<(Value, Value)>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -73,7 +75,10 @@ fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Vec<(Value, Value
         }
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.expect("a record");
-            out[m.partition() as usize].push((parse(m.key()), parse(m.payload())));
+            let value = parse(m.payload());
+            if value["status"] != "LEDGER" {
+                out[m.partition() as usize].push((parse(m.key()), value));
+            }
         }
     }
 }
@@ -126,6 +131,8 @@ async fn stream_with_kafka(
     let mut config = twins.config();
     config.kafka = Some(KafkaConfig::new(brokers, "postgres"));
     config.no_apply = no_apply;
+    // Exact record counts: no ledger records in the transactions topic.
+    config.apply.ledger = false;
     let shutdown = CancellationToken::new();
     let monitor = Arc::new(Monitor::new("teal_slot"));
     let running = tokio::spawn(stream::run_monitored(
@@ -1105,4 +1112,98 @@ async fn table_selection_governs_stream_green_and_kafka() {
         err.contains("--tables") && err.contains("\"kpet\""),
         "{err}"
     );
+}
+
+/// With Kafka on, each ledger row green commits reaches the transactions
+/// topic as a LEDGER record with every field its hash covers, and the
+/// chain's head gets there (at once or with the next transaction), with
+/// and without Kafka transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_head_reaches_the_transactions_topic() {
+    init_logging();
+    for exactly_once in [false, true] {
+        let (_mock, brokers, twins) = mock_and_acct().await;
+        let mut config = twins.config();
+        let mut kafka = KafkaConfig::new(brokers.clone(), "postgres");
+        kafka.exactly_once = exactly_once;
+        config.kafka = Some(kafka);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(stream::run(config, shutdown.clone()));
+        twins.wait_streaming().await;
+        insert_each(&twins, 1..=20, 0).await;
+        twins.assert_converged(&["acct"], WAIT).await;
+        let green = green_ledger(&twins).await;
+        assert!(!green.is_empty(), "green appended ledger rows");
+        let head = green.last().unwrap()["sha256"].clone();
+        // The head arrives with the next keepalive or transaction.
+        let deadline = Instant::now() + WAIT;
+        let published = loop {
+            let ledger: Vec<(Value, Value)> =
+                records_until_quiet(&brokers, "teal.transactions", Duration::from_secs(1))
+                    .await
+                    .into_iter()
+                    .filter(|(_, v)| v["status"] == "LEDGER")
+                    .collect();
+            if ledger.iter().any(|(_, v)| v["sha256"] == head) {
+                break ledger;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "exactly_once {exactly_once}: head {head} not in Kafka: {ledger:#?}"
+            );
+            twins
+                .b
+                .execute("INSERT INTO acct VALUES (1000, 0) ON CONFLICT (id) DO UPDATE SET v = acct.v + 1", &[])
+                .await
+                .unwrap();
+        };
+        // Every published record is a row of green's chain, in chain order.
+        let green = green_ledger(&twins).await;
+        let mut last_position = None;
+        for (key, value) in &published {
+            assert_eq!(key, &serde_json::json!({ "ledger": "teal_slot" }));
+            let mut value = value.clone();
+            value.as_object_mut().unwrap().remove("ts_ms");
+            let position = green.iter().position(|g| *g == value);
+            let position = position.unwrap_or_else(|| {
+                panic!("exactly_once {exactly_once}: {value:#} is not a row of green's ledger {green:#?}")
+            });
+            assert!(
+                last_position.is_none_or(|p| position > p),
+                "published in chain order"
+            );
+            last_position = Some(position);
+        }
+        shutdown.cancel();
+        running.await.unwrap().expect("stream stops cleanly");
+    }
+}
+
+/// Green's ledger rows of teal_slot, as the LEDGER records carry them.
+async fn green_ledger(twins: &Twins) -> Vec<Value> {
+    let rows = twins
+        .g
+        .query(
+            "SELECT first_lsn::text, last_lsn::text, transactions, changes, \
+                    encode(batch_sha256, 'hex'), encode(prev_sha256, 'hex'), encode(sha256, 'hex') \
+             FROM teal.ledger WHERE slot = 'teal_slot' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            serde_json::json!({
+                "status": "LEDGER",
+                "slot": "teal_slot",
+                "first_lsn": r.get::<_, String>(0),
+                "last_lsn": r.get::<_, String>(1),
+                "transactions": r.get::<_, i64>(2),
+                "changes": r.get::<_, i64>(3),
+                "batch_sha256": r.get::<_, String>(4),
+                "prev_sha256": r.get::<_, Option<String>>(5),
+                "sha256": r.get::<_, String>(6),
+            })
+        })
+        .collect()
 }

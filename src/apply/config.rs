@@ -101,6 +101,9 @@ pub struct ApplyStats {
     pub ledger_rows: AtomicU64,
     /// The ledger's head (hex SHA-256 of its last row).
     pub ledger_head: Mutex<Option<String>>,
+    /// Each row appended to the ledger, once committed (the Kafka sink
+    /// publishes them).
+    pub ledger_heads: crate::progress::LedgerHeads,
 }
 
 /// Bucket bounds of the batch-size histogram (changes per green transaction).

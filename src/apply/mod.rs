@@ -522,10 +522,23 @@ impl Applier {
                 self.careful_through = None;
             }
         }
-        if let (Some(ledger), Some(hash)) = (self.ledger.as_mut(), appended) {
+        if let (Some(ledger), Some(hash), Some(row)) = (self.ledger.as_mut(), appended, row) {
+            let prev_sha256 = ledger.head_hex();
             ledger.advance(hash);
             self.stats.ledger_rows.fetch_add(1, Ordering::Relaxed);
             *lock(&self.stats.ledger_head) = ledger.head_hex();
+            self.stats
+                .ledger_heads
+                .appended(crate::progress::LedgerHead {
+                    slot: row.slot,
+                    first_lsn: row.first_lsn,
+                    last_lsn: row.last_lsn,
+                    transactions: row.transactions,
+                    changes: row.changes,
+                    batch_sha256: ledger::hex(&row.batch),
+                    prev_sha256,
+                    sha256: ledger::hex(&hash),
+                });
         }
         if let Some(last) = &b.last {
             self.consumer.confirm(last.end_lsn);

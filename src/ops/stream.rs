@@ -514,7 +514,11 @@ async fn attempt(
         (Some(kafka), Some(consumer), Some(events)) => {
             let sink = KafkaRun {
                 config: kafka.clone(),
-                scope: kafka_scope(config),
+                scope: crate::sink::kafka::Scope {
+                    ledger: (applier.is_some() && config.apply.ledger)
+                        .then(|| monitor.apply.ledger_heads.subscribe()),
+                    ..kafka_scope(config)
+                },
                 consumer,
                 stats: Arc::clone(&monitor.kafka),
                 // Without green, Kafka's acknowledgements are what the lag measures.
@@ -629,5 +633,6 @@ fn kafka_scope(config: &StreamConfig) -> crate::sink::kafka::Scope {
         blue: config.source.conninfo.clone(),
         publications: config.source.publications.clone(),
         tables: config.assembler.tables.clone(),
+        ledger: None,
     }
 }

@@ -12,6 +12,7 @@
 
 mod copy;
 mod lag;
+mod ledger;
 mod liveness;
 mod meters;
 mod slot;
@@ -19,6 +20,7 @@ mod verify;
 
 pub use copy::{CopyStatus, TableCopy, TableCopySnapshot};
 pub use lag::{Lag, LatencySummary};
+pub use ledger::{LedgerHead, LedgerHeads};
 pub use liveness::Liveness;
 pub use meters::{Bounds, Buckets, Seconds};
 pub use slot::{SlotHealth, SlotWatch};

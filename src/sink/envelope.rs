@@ -334,6 +334,30 @@ pub fn begin(meta: &TxnMeta, now: PgTimestamp) -> Json {
     })
 }
 
+/// The transaction topic's key for ledger records: one key per slot, so
+/// a compacted topic keeps each slot's latest head.
+pub fn ledger_key(slot: &str) -> Json {
+    json!({ "ledger": slot })
+}
+
+/// The transaction topic's LEDGER record: a row green's `teal.ledger`
+/// committed (every field its hash covers), so the chain's head is kept
+/// outside green too (`teal audit verify` recomputes the chain on green).
+pub fn ledger(head: &crate::progress::LedgerHead, now: PgTimestamp) -> Json {
+    json!({
+        "status": "LEDGER",
+        "slot": head.slot,
+        "first_lsn": head.first_lsn.to_string(),
+        "last_lsn": head.last_lsn.to_string(),
+        "transactions": head.transactions,
+        "changes": head.changes,
+        "batch_sha256": head.batch_sha256,
+        "prev_sha256": head.prev_sha256,
+        "sha256": head.sha256,
+        "ts_ms": ms(now),
+    })
+}
+
 /// The transaction topic's END record: events per table.
 pub fn end(meta: &TxnMeta, counts: &[(String, u64)], now: PgTimestamp) -> Json {
     json!({

@@ -87,6 +87,11 @@ impl Transactional {
         self.holds_through.is_some_and(|l| meta.commit_lsn <= l)
     }
 
+    /// A Kafka transaction is open.
+    pub(super) fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Opens a Kafka transaction unless one is open.
     pub(super) fn begin(&mut self, producer: &FutureProducer) -> Result<(), KafkaSinkError> {
         if self.open.is_none() {

@@ -52,8 +52,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::producer::Producer;
-use tokio::sync::mpsc;
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::ConnInfo;
 use crate::event::Event;
@@ -61,7 +61,7 @@ use crate::lsn::PgTimestamp;
 use crate::progress::{Consumer, Lag};
 
 use super::envelope::{self, Source};
-use acker::{Pending, acknowledge, send};
+use acker::{Pending, Sent, acknowledge, send};
 use config::producer;
 use exactly_once::Transactional;
 use record::{PrimaryKeys, Producing};
@@ -88,6 +88,9 @@ pub struct Scope {
     pub publications: Vec<String>,
     /// `--tables` / `--exclude-tables`: only those get topics.
     pub tables: crate::config::TableSelection,
+    /// The ledger rows apply commits, published to the transactions topic
+    /// (`None`: no ledger, or no green).
+    pub ledger: Option<watch::Receiver<Option<Arc<crate::progress::LedgerHead>>>>,
 }
 
 /// Produces `events` to Kafka until the channel closes; confirms through
@@ -117,6 +120,7 @@ pub async fn run<B: AsRef<[Event]>>(
     };
     let transactions_topic: Arc<str> = config.transactions_topic().into();
     let mut txn: Option<Producing> = None;
+    let mut ledger = scope.ledger.clone();
     let mut names = Names::new(&config);
     let mut keys = PrimaryKeys::new(scope.blue.clone());
     keys.check_topics(&scope.publications, &scope.tables, &mut names)
@@ -155,6 +159,10 @@ pub async fn run<B: AsRef<[Event]>>(
                             t.begin(&producer)?;
                         }
                         let mut open = Producing::new(Arc::clone(meta));
+                        if let Some(head) = new_ledger_head(&mut ledger) {
+                            open.deliveries
+                                .push(send_ledger(&producer, &transactions_topic, &head).await?);
+                        }
                         let begin = envelope::begin(meta, PgTimestamp::now()).to_string();
                         let key = envelope::transaction_key(meta).to_string();
                         open.deliveries.push(
@@ -207,7 +215,19 @@ pub async fn run<B: AsRef<[Event]>>(
                             commit: true,
                         }
                     }
-                    Event::Idle { wal_end } if txn.is_none() => Pending::position(*wal_end, false),
+                    Event::Idle { wal_end } if txn.is_none() => {
+                        let mut pending = Pending::position(*wal_end, false);
+                        // Exactly-once: only inside an open Kafka transaction
+                        // (else with the next source transaction).
+                        if eos.as_ref().is_none_or(Transactional::is_open) {
+                            if let Some(head) = new_ledger_head(&mut ledger) {
+                                pending.deliveries.push(
+                                    send_ledger(&producer, &transactions_topic, &head).await?,
+                                );
+                            }
+                        }
+                        pending
+                    }
                     // Heartbeats and other non-transactional messages are not audited.
                     Event::Idle { .. } | Event::Message(_) => continue,
                 };
@@ -243,6 +263,28 @@ pub async fn run<B: AsRef<[Event]>>(
     let _ = blocking(move || producer.flush(Duration::from_secs(10))).await;
     produced?;
     acked
+}
+
+/// The ledger row apply committed since the last one published, if any.
+fn new_ledger_head(
+    ledger: &mut Option<watch::Receiver<Option<Arc<crate::progress::LedgerHead>>>>,
+) -> Option<Arc<crate::progress::LedgerHead>> {
+    let rx = ledger.as_mut()?;
+    if !rx.has_changed().unwrap_or(false) {
+        return None;
+    }
+    rx.borrow_and_update().clone()
+}
+
+/// Produces `head` to the transactions topic.
+async fn send_ledger(
+    producer: &FutureProducer,
+    topic: &Arc<str>,
+    head: &crate::progress::LedgerHead,
+) -> Result<Sent, KafkaSinkError> {
+    let key = envelope::ledger_key(&head.slot).to_string();
+    let value = envelope::ledger(head, PgTimestamp::now()).to_string();
+    send(producer, topic, Some(&key), Some(&value)).await
 }
 
 /// Hands `pending` to the acker, or (exactly-once) to the open Kafka

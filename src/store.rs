@@ -44,6 +44,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../sql/0007_switches.sql"),
     ),
     (8, "ledger", include_str!("../sql/0008_ledger.sql")),
+    (9, "kafka drop", include_str!("../sql/0009_kafka_drop.sql")),
 ];
 
 /// Lock key for migrations (any constant; shared by all teal processes).

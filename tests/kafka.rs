@@ -1207,3 +1207,152 @@ async fn green_ledger(twins: &Twins) -> Vec<Value> {
         })
         .collect()
 }
+
+/// `--kafka-drop-on-wal-risk`: Kafka is down, green keeps up, blue writes
+/// fast enough that its slot (max_slot_wal_keep_size 64MB) would be
+/// invalidated within the horizon. teal drops Kafka from the slot's
+/// watermark (audit row, metric, /status-visible stats), the slot moves on
+/// with green and survives more WAL than it may keep, and green gets
+/// every row. Without the drop the slot could not pass Kafka's position
+/// (`kafka_outage_pauses_confirmation_and_loses_nothing`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_is_dropped_before_the_slot_is_lost() {
+    use crate::support::cluster::Options;
+    init_logging();
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let bin = default_bin();
+    let blue = Options {
+        settings: vec![("max_slot_wal_keep_size".into(), "64MB".into())],
+        ..Options::default()
+    };
+    let twins = Twins::start_with(
+        &bin,
+        &bin,
+        "CREATE TABLE acct (id int PRIMARY KEY, v int); CREATE TABLE blob (id int PRIMARY KEY, b text)",
+        blue,
+        Options::default(),
+    )
+    .await;
+    let mut config = twins.config();
+    let mut kafka = KafkaConfig::new(brokers.clone(), "postgres");
+    kafka.drop_on_wal_risk = Some(Duration::from_secs(600));
+    kafka.max_behind = Some(1024 * 1024);
+    config.kafka = Some(kafka);
+    config.monitor.slot_poll_interval = Duration::from_millis(200);
+    let shutdown = CancellationToken::new();
+    let monitor = Arc::new(Monitor::new("teal_slot"));
+    let running = tokio::spawn(stream::run_monitored(
+        config,
+        shutdown.clone(),
+        Arc::clone(&monitor),
+    ));
+    twins.wait_streaming().await;
+    ten_rows_on_green(&twins).await;
+    twins
+        .wait_slot_confirmed("green and Kafka hold 1..10")
+        .await;
+    let kafka_had = monitor
+        .kafka
+        .acknowledged_lsn
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        !monitor
+            .kafka
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        "Kafka keeps up: not dropped"
+    );
+
+    // Kafka goes down; blue writes about 10 MB/s: the slot would be lost
+    // within seconds were Kafka to hold it.
+    mock.broker_down(1).expect("broker down");
+    let deadline = Instant::now() + WAIT;
+    let mut batch = 0;
+    while !monitor
+        .kafka
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        assert!(Instant::now() < deadline, "Kafka was never dropped");
+        twins
+            .b
+            .execute(
+                "INSERT INTO blob SELECT $1 * 1000 + i, repeat('x', 1000) FROM generate_series(1, 1000) i",
+                &[&batch],
+            )
+            .await
+            .unwrap();
+        batch += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The slot goes on with green, past more WAL than blue may keep for it.
+    let start: String = twins
+        .b
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for _ in 0..12 {
+        twins
+            .b
+            .batch_execute(&format!(
+                "INSERT INTO blob SELECT {batch} * 1000 + i, repeat('y', 1000) FROM generate_series(1, 10000) i; CHECKPOINT"
+            ))
+            .await
+            .unwrap();
+        batch += 10;
+        twins.assert_converged(&["blob"], WAIT).await;
+    }
+    twins.b.batch_execute("CHECKPOINT").await.unwrap();
+    let row = twins
+        .b
+        .query_one(
+            "SELECT wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::int8, \
+                    pg_wal_lsn_diff(confirmed_flush_lsn, $2::text::pg_lsn)::int8 \
+             FROM pg_replication_slots WHERE slot_name = 'teal_slot'",
+            &[&start, &teal::lsn::Lsn(kafka_had).to_string()],
+        )
+        .await
+        .unwrap();
+    let (status, written, confirmed_past_kafka): (Option<String>, i64, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    assert!(
+        written > 64 * 1024 * 1024,
+        "blue wrote {written} bytes, more than the slot may keep"
+    );
+    assert_ne!(status.as_deref(), Some("lost"), "the slot survived");
+    assert!(
+        confirmed_past_kafka > 64 * 1024 * 1024,
+        "the slot moved with green, past Kafka"
+    );
+    let metrics = monitor.metrics_text();
+    assert!(
+        metrics.contains("teal_kafka_dropped{slot=\"teal_slot\"} 1"),
+        "{metrics}"
+    );
+    // The audit row names what Kafka misses.
+    let audit = twins
+        .g
+        .query_one(
+            "SELECT status, details->>'kafka_acknowledged_lsn', details->>'reason' \
+             FROM teal.audit WHERE operation = 'kafka_drop'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(audit.get::<_, String>(0), "succeeded");
+    let named: teal::lsn::Lsn = audit.get::<_, String>(1).parse().unwrap();
+    assert!(
+        named.0 >= kafka_had,
+        "the audit row names Kafka's position {named}"
+    );
+    assert!(
+        audit.get::<_, String>(2).contains("invalidate"),
+        "{}",
+        audit.get::<_, String>(2)
+    );
+    mock.broker_up(1).expect("broker up");
+    shutdown.cancel();
+    running.await.unwrap().expect("stream stops cleanly");
+}

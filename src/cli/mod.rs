@@ -348,6 +348,14 @@ pub(crate) struct StreamArgs {
     #[arg(long, env = "TEAL_KAFKA_MAX_BEHIND", default_value = "1GiB", value_parser = parse_optional_byte_size)]
     pub(crate) kafka_max_behind: OrOff<u64>,
 
+    /// When blue would invalidate the slot within this long (e.g. 10m; the
+    /// default without a value) while Kafka, not green, holds it back: drop
+    /// Kafka from the slot's watermark for the rest of the run (an error
+    /// log, a 'kafka_drop' audit row, teal_kafka_dropped 1) rather than
+    /// lose the slot. Kafka misses what follows; restart teal to resume it.
+    #[arg(long, env = "TEAL_KAFKA_DROP_ON_WAL_RISK", default_value = "off", num_args = 0..=1, default_missing_value = "10m", value_parser = parse_optional_duration)]
+    pub(crate) kafka_drop_on_wal_risk: OrOff<Duration>,
+
     /// Kafka only, no green (then --target is optional).
     #[arg(long, env = "TEAL_NO_APPLY")]
     pub(crate) no_apply: bool,
@@ -508,6 +516,7 @@ impl StreamArgs {
             exactly_once: self.kafka_exactly_once,
             position_topic: self.kafka_progress_topic,
             max_behind: self.kafka_max_behind.0,
+            drop_on_wal_risk: self.kafka_drop_on_wal_risk.0,
         });
         let apply = ApplyConfig {
             target,
@@ -618,4 +627,53 @@ pub(crate) fn load_config_file() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka_drop(extra: &[&str]) -> Option<Duration> {
+        let mut args = vec![
+            "teal",
+            "stream",
+            "--source",
+            "postgresql://teal@blue.example/app",
+            "--target",
+            "postgresql://teal@green.example/app",
+            "--slot",
+            "teal_slot",
+            "--publication",
+            "teal_pub",
+            "--kafka-brokers",
+            "kafka.example:9092",
+        ];
+        args.extend_from_slice(extra);
+        let Command::Stream(stream) = Cli::try_parse_from(args).expect("parses").command else {
+            panic!("teal stream");
+        };
+        stream
+            .config()
+            .expect("a config")
+            .kafka
+            .expect("Kafka on")
+            .drop_on_wal_risk
+    }
+
+    #[test]
+    fn kafka_drop_on_wal_risk_is_off_ten_minutes_or_the_eta_given() {
+        assert_eq!(kafka_drop(&[]), None);
+        assert_eq!(
+            kafka_drop(&["--kafka-drop-on-wal-risk"]),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(
+            kafka_drop(&["--kafka-drop-on-wal-risk", "90s"]),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            kafka_drop(&["--kafka-drop-on-wal-risk=off", "--kafka-exactly-once"]),
+            None
+        );
+    }
 }

@@ -297,6 +297,11 @@ impl Monitor {
                     "LSN distance from what green committed to what Kafka acknowledged (0 when Kafka is ahead).",
                     self.lag.applied_lsn().0.saturating_sub(acked_lsn) as f64,
                 ),
+                (
+                    KAFKA_DROPPED,
+                    "1 once --kafka-drop-on-wal-risk dropped Kafka from the slot's watermark in this process (Kafka misses the changes after teal_kafka_acknowledged_lsn).",
+                    f64::from(u8::from(k.dropped.load(Ordering::Relaxed))),
+                ),
             ] {
                 out.single(name, "gauge", help, &slot, value);
             }

@@ -75,6 +75,8 @@ pub const COPY_CHUNKS_DONE: &str = "teal_copy_chunks_done_total";
 pub const COPY_CHUNKS_PLANNED: &str = "teal_copy_planned_chunks";
 /// End LSN up to which Kafka holds every record.
 pub const KAFKA_ACKNOWLEDGED_LSN: &str = "teal_kafka_acknowledged_lsn";
+/// 1 once `--kafka-drop-on-wal-risk` dropped Kafka from the slot's watermark.
+pub const KAFKA_DROPPED: &str = "teal_kafka_dropped";
 /// What green committed minus what Kafka acknowledged.
 pub const KAFKA_LAG_BYTES: &str = "teal_kafka_lag_bytes";
 /// Records handed to the producer.

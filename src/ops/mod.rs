@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cutover;
 pub mod demo;
+mod kafka_drop;
 pub mod pair;
 pub mod sequences;
 pub mod status;

@@ -38,7 +38,7 @@ use crate::monitor::{Monitor, RunState};
 use crate::ops::audit::StreamAudit;
 use crate::ops::pair::Direction;
 use crate::pipeline::{
-    Acknowledged, ApplyInput, KafkaInput, PipelineError, fan_out, resume, start_capture,
+    Acknowledged, ApplyInput, Hold, KafkaInput, PipelineError, fan_out, resume, start_capture,
 };
 use crate::progress::FlushLsn;
 use crate::sink::kafka::{KafkaConfig, KafkaSinkError};
@@ -453,14 +453,45 @@ async fn after_shutdown(shutdown: &CancellationToken, timeout: Duration) {
 async fn attempt(
     config: &StreamConfig,
     shutdown: &CancellationToken,
-    monitor: &Monitor,
+    monitor: &Arc<Monitor>,
     careful_through: Option<Lsn>,
     may_create_slot: &mut bool,
 ) -> Result<(), StreamError> {
     let progress = FlushLsn::new();
+    // Kafka dropped earlier in this process (--kafka-drop-on-wal-risk)
+    // stays dropped until teal restarts.
+    let kafka_config = config.kafka.as_ref().filter(|_| {
+        !monitor
+            .kafka
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    });
     // Each consumer confirms through its own handle: the flush LSN is the minimum.
     let apply_consumer = (!config.no_apply).then(|| progress.register());
-    let kafka_consumer = config.kafka.as_ref().map(|_| progress.register());
+    let kafka_consumer = kafka_config.map(|_| progress.register());
+    let kafka_dropped = CancellationToken::new();
+    // Stopped with the attempt.
+    let guard_stop = shutdown.child_token();
+    let _guard_stop = guard_stop.clone().drop_guard();
+    if let (Some(kafka), Some(k), Some(a)) = (
+        kafka_config,
+        kafka_consumer.as_ref(),
+        apply_consumer.as_ref(),
+    ) {
+        if let Some(horizon) = kafka.drop_on_wal_risk {
+            let guard = crate::ops::kafka_drop::Guard {
+                horizon,
+                kafka: k.view(),
+                green: a.view(),
+                dropped: kafka_dropped.clone(),
+                slot: config.apply.slot.clone(),
+                source: config.source.conninfo.clone(),
+                target: config.apply.target.clone(),
+                store: config.apply.store.clone(),
+            };
+            tokio::spawn(guard.run(Arc::clone(monitor), guard_stop).in_current_span());
+        }
+    }
     let mut applier = match apply_consumer {
         Some(consumer) => Some(
             Applier::connect(
@@ -481,7 +512,7 @@ async fn attempt(
     source.start_lsn = resume::start_position(
         source.start_lsn,
         green.map(|g| g.end_lsn),
-        config.kafka.is_some(),
+        kafka_config.is_some(),
     );
     // A slot created while green already holds progress would start after
     // changes green never saw: only create it for a green that starts empty.
@@ -494,9 +525,7 @@ async fn attempt(
         Arc::clone(&monitor.lag),
         run.clone(),
     )?;
-    let hold = config
-        .kafka
-        .as_ref()
+    let hold = kafka_config
         .and_then(|k| k.max_behind)
         .filter(|_| applier.is_some())
         .map(|max| {
@@ -506,17 +535,27 @@ async fn attempt(
                     .acknowledged_lsn
                     .load(std::sync::atomic::Ordering::Relaxed)
             });
-            (max, acknowledged)
+            Hold {
+                max,
+                acknowledged,
+                waiting: Arc::clone(&monitor.kafka.holding_apply),
+            }
         });
-    let (apply_events, kafka_events) =
-        fan_out(events, applier.is_some(), kafka_consumer.is_some(), hold);
-    let kafka = match (&config.kafka, kafka_consumer, kafka_events) {
+    let (apply_events, kafka_events) = fan_out(
+        events,
+        applier.is_some(),
+        kafka_consumer.is_some(),
+        hold,
+        kafka_dropped.clone(),
+    );
+    let kafka = match (kafka_config, kafka_consumer, kafka_events) {
         (Some(kafka), Some(consumer), Some(events)) => {
             let sink = KafkaRun {
                 config: kafka.clone(),
                 scope: crate::sink::kafka::Scope {
                     ledger: (applier.is_some() && config.apply.ledger)
                         .then(|| monitor.apply.ledger_heads.subscribe()),
+                    dropped: kafka_dropped.clone(),
                     ..kafka_scope(config)
                 },
                 consumer,
@@ -634,5 +673,6 @@ fn kafka_scope(config: &StreamConfig) -> crate::sink::kafka::Scope {
         publications: config.source.publications.clone(),
         tables: config.assembler.tables.clone(),
         ledger: None,
+        dropped: CancellationToken::new(),
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::event::{Event, SharedBatch};
@@ -29,6 +30,18 @@ const APPLY_BATCHES: usize = 16;
 /// The position a held-back consumer has made durable (Kafka's
 /// acknowledged end LSN), read while apply waits.
 pub type Acknowledged = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// `--kafka-max-behind`: apply waits while a batch would take green more
+/// than `max` bytes of WAL past what Kafka `acknowledged`; `waiting` is
+/// true while it does (Kafka, not green, is then the slow consumer).
+pub struct Hold {
+    /// Bytes of WAL.
+    pub max: u64,
+    /// Kafka's acknowledged end LSN.
+    pub acknowledged: Acknowledged,
+    /// Set while apply waits.
+    pub waiting: Arc<std::sync::atomic::AtomicBool>,
+}
 
 /// What apply reads: the capture's batches, or (with Kafka too) the
 /// batches it shares with the Kafka sink.
@@ -47,22 +60,26 @@ pub enum KafkaInput {
     Shared(mpsc::Receiver<SharedBatch>),
 }
 
-/// Splits `events` for the consumers asked for. With `hold` = (bytes,
-/// position Kafka acknowledged), apply waits while a batch would take
-/// green more than that many bytes of WAL past Kafka (counted from the
-/// first position streamed while Kafka has acknowledged nothing).
+/// Splits `events` for the consumers asked for. With a [`Hold`], apply
+/// waits while a batch would take green more than its bytes of WAL past
+/// Kafka (counted from the first position streamed while Kafka has
+/// acknowledged nothing).
+///
+/// Once `dropped` is cancelled (`--kafka-drop-on-wal-risk`), apply goes on
+/// alone: the Kafka sink gets nothing more and holds nothing back.
 pub fn fan_out(
     events: mpsc::Receiver<Vec<Event>>,
     apply: bool,
     kafka: bool,
-    hold: Option<(u64, Acknowledged)>,
+    hold: Option<Hold>,
+    dropped: CancellationToken,
 ) -> (Option<ApplyInput>, Option<KafkaInput>) {
     match (apply, kafka) {
         (true, false) => (Some(ApplyInput::Owned(events)), None),
         (false, true) => (None, Some(KafkaInput::Owned(events))),
         (false, false) => (None, None),
         (true, true) => {
-            let (apply_rx, kafka_rx) = tee(events, hold);
+            let (apply_rx, kafka_rx) = tee(events, hold, dropped);
             (
                 Some(ApplyInput::Shared(apply_rx)),
                 Some(KafkaInput::Shared(kafka_rx)),
@@ -73,31 +90,52 @@ pub fn fan_out(
 
 fn tee(
     mut events: mpsc::Receiver<Vec<Event>>,
-    hold: Option<(u64, Acknowledged)>,
+    hold: Option<Hold>,
+    dropped: CancellationToken,
 ) -> (mpsc::Receiver<SharedBatch>, mpsc::Receiver<SharedBatch>) {
     let (apply_tx, apply_rx) = mpsc::channel(APPLY_BATCHES);
     let (kafka_tx, kafka_rx) = mpsc::channel(KAFKA_BATCHES);
     tokio::spawn(
         async move {
+            let mut kafka_tx = Some(kafka_tx);
             let mut first: Option<u64> = None;
             while let Some(batch) = events.recv().await {
                 let batch = SharedBatch(Arc::new(batch));
-                if kafka_tx.send(batch.clone()).await.is_err() {
-                    break;
+                if let Some(tx) = kafka_tx.as_ref() {
+                    let sent = tokio::select! {
+                        sent = tx.send(batch.clone()) => sent.is_ok(),
+                        () = dropped.cancelled() => false,
+                    };
+                    if !sent {
+                        if !dropped.is_cancelled() {
+                            // The sink stopped (an error): so does the run.
+                            break;
+                        }
+                        kafka_tx = None;
+                    }
                 }
-                if let (Some((max, acknowledged)), Some(lsn)) = (&hold, last_position(&batch.0)) {
+                if let (Some(hold), Some(lsn), Some(_)) =
+                    (&hold, last_position(&batch.0), kafka_tx.as_ref())
+                {
                     let floor = *first.get_or_insert(lsn.0);
                     let mut waited = false;
                     loop {
-                        let acked = acknowledged().max(floor);
-                        if lsn.0.saturating_sub(acked) <= *max || apply_tx.is_closed() {
+                        let acked = (hold.acknowledged)().max(floor);
+                        if lsn.0.saturating_sub(acked) <= hold.max
+                            || apply_tx.is_closed()
+                            || dropped.is_cancelled()
+                        {
                             break;
                         }
                         if !waited {
-                            tracing::info!(kafka_acknowledged = %Lsn(acked), next = %lsn, max_behind = max, "apply waits for Kafka (--kafka-max-behind)");
+                            tracing::info!(kafka_acknowledged = %Lsn(acked), next = %lsn, max_behind = hold.max, "apply waits for Kafka (--kafka-max-behind)");
+                            hold.waiting.store(true, std::sync::atomic::Ordering::Relaxed);
                             waited = true;
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if waited {
+                        hold.waiting.store(false, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 if apply_tx.send(batch).await.is_err() {

@@ -38,7 +38,7 @@ use crate::source::{self, SessionInfo, SourceError, SourceEvent};
 mod fan_out;
 pub mod resume;
 
-pub use fan_out::{Acknowledged, ApplyInput, KafkaInput, fan_out};
+pub use fan_out::{Acknowledged, ApplyInput, Hold, KafkaInput, fan_out};
 
 const SOURCE_CHANNEL_BATCHES: usize = 8;
 const EVENT_CHANNEL_BATCHES: usize = 16;

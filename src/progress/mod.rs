@@ -33,9 +33,28 @@ use tokio::sync::watch;
 use crate::lsn::Lsn;
 
 struct Inner {
-    /// Confirmed position per registered consumer.
-    consumers: Mutex<Vec<Lsn>>,
+    /// Confirmed position per registered consumer (`None`: withdrawn,
+    /// see [`ConsumerView::withdraw`]).
+    consumers: Mutex<Vec<Option<Lsn>>>,
     flush: watch::Sender<Lsn>,
+}
+
+impl Inner {
+    /// Moves the flush LSN to the minimum over the consumers still counted
+    /// (never back).
+    fn advance(&self, consumers: &[Option<Lsn>]) {
+        let Some(min) = consumers.iter().flatten().copied().min() else {
+            return;
+        };
+        self.flush.send_if_modified(|flush_lsn| {
+            if min > *flush_lsn {
+                *flush_lsn = min;
+                true
+            } else {
+                false
+            }
+        });
+    }
 }
 
 /// Tracks the flush LSN over a fixed set of consumers.
@@ -64,7 +83,7 @@ impl FlushLsn {
     /// Adds a consumer; register all of them before any confirms.
     pub fn register(&self) -> Consumer {
         let mut consumers = lock(&self.inner.consumers);
-        consumers.push(Lsn::ZERO);
+        consumers.push(Some(Lsn::ZERO));
         Consumer {
             inner: Arc::clone(&self.inner),
             index: consumers.len() - 1,
@@ -89,22 +108,48 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Records that everything up to `confirmed_lsn` is durable for this consumer.
+    /// Records that everything up to `confirmed_lsn` is durable for this
+    /// consumer (ignored once it was withdrawn).
     pub fn confirm(&self, confirmed_lsn: Lsn) {
-        let min = {
-            let mut consumers = lock(&self.inner.consumers);
-            let slot = &mut consumers[self.index];
-            *slot = (*slot).max(confirmed_lsn);
-            consumers.iter().copied().min().unwrap_or(Lsn::ZERO)
+        let mut consumers = lock(&self.inner.consumers);
+        let Some(slot) = consumers[self.index].as_mut() else {
+            return;
         };
-        self.inner.flush.send_if_modified(|flush_lsn| {
-            if min > *flush_lsn {
-                *flush_lsn = min;
-                true
-            } else {
-                false
-            }
-        });
+        *slot = (*slot).max(confirmed_lsn);
+        self.inner.advance(&consumers);
+    }
+
+    /// A handle that reads this consumer's position and can withdraw it,
+    /// held by whoever watches the consumer (the handle itself moves into it).
+    pub fn view(&self) -> ConsumerView {
+        ConsumerView {
+            inner: Arc::clone(&self.inner),
+            index: self.index,
+        }
+    }
+}
+
+/// Reads one consumer's confirmed position; withdraws it from the flush LSN.
+#[derive(Clone)]
+pub struct ConsumerView {
+    inner: Arc<Inner>,
+    index: usize,
+}
+
+impl ConsumerView {
+    /// What the consumer confirmed (`None` once withdrawn).
+    pub fn confirmed(&self) -> Option<Lsn> {
+        lock(&self.inner.consumers)[self.index]
+    }
+
+    /// The flush LSN stops waiting for this consumer: it moves to the
+    /// minimum over the others at once, and the consumer's later confirms
+    /// are ignored (`--kafka-drop-on-wal-risk`). What it had not confirmed
+    /// is never sent to it again by this slot.
+    pub fn withdraw(&self) {
+        let mut consumers = lock(&self.inner.consumers);
+        consumers[self.index] = None;
+        self.inner.advance(&consumers);
     }
 }
 
@@ -136,5 +181,27 @@ mod tests {
         assert_eq!(progress.flush_lsn(), Lsn(100));
         green.confirm(Lsn(90));
         assert_eq!(progress.flush_lsn(), Lsn(100), "never moves back");
+    }
+
+    #[test]
+    fn a_withdrawn_consumer_no_longer_holds_the_flush_lsn() {
+        let progress = FlushLsn::new();
+        let green = progress.register();
+        let kafka = progress.register();
+        let view = kafka.view();
+        green.confirm(Lsn(300));
+        kafka.confirm(Lsn(100));
+        assert_eq!(progress.flush_lsn(), Lsn(100));
+        assert_eq!(view.confirmed(), Some(Lsn(100)));
+        view.withdraw();
+        assert_eq!(progress.flush_lsn(), Lsn(300), "green alone now");
+        assert_eq!(view.confirmed(), None);
+        kafka.confirm(Lsn(50));
+        green.confirm(Lsn(400));
+        assert_eq!(
+            progress.flush_lsn(),
+            Lsn(400),
+            "kafka's confirms are ignored"
+        );
     }
 }

@@ -31,6 +31,11 @@ pub struct KafkaConfig {
     /// what Kafka acknowledged before apply waits (`None`: no limit beyond
     /// the channels between them).
     pub max_behind: Option<u64>,
+    /// `--kafka-drop-on-wal-risk`: when blue would invalidate the slot
+    /// within this long (or its `wal_status` is `unreserved`) while Kafka,
+    /// not green, holds it back, Kafka is dropped from the slot's watermark
+    /// for the rest of the run (`None`: never).
+    pub drop_on_wal_risk: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -47,6 +52,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("tombstones", &self.tombstones)
             .field("exactly_once", &self.exactly_once)
             .field("max_behind", &self.max_behind)
+            .field("drop_on_wal_risk", &self.drop_on_wal_risk)
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +70,7 @@ impl KafkaConfig {
             exactly_once: false,
             position_topic: None,
             max_behind: None,
+            drop_on_wal_risk: None,
         }
     }
 

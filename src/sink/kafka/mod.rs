@@ -91,6 +91,9 @@ pub struct Scope {
     /// The ledger rows apply commits, published to the transactions topic
     /// (`None`: no ledger, or no green).
     pub ledger: Option<watch::Receiver<Option<Arc<crate::progress::LedgerHead>>>>,
+    /// Cancelled when Kafka is dropped (`--kafka-drop-on-wal-risk`): the
+    /// sink purges what it holds and returns at once, confirming nothing more.
+    pub dropped: tokio_util::sync::CancellationToken,
 }
 
 /// Produces `events` to Kafka until the channel closes; confirms through
@@ -250,8 +253,20 @@ pub async fn run<B: AsRef<[Event]>>(
             t.commit_to(&producer, &ack_tx).await?;
         }
         Ok::<(), KafkaSinkError>(())
-    }
-    .await;
+    };
+    let dropped = scope.dropped.clone();
+    let produced = tokio::select! {
+        r = produced => r,
+        () = dropped.cancelled() => {
+            // Dropped: nothing more is confirmed (the consumer was withdrawn);
+            // what librdkafka holds is purged rather than waited for (Kafka is
+            // the slow consumer), and an open Kafka transaction is left to
+            // the next producer's init to abort.
+            let _ = producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+            acker.abort();
+            return Ok(());
+        }
+    };
     // A transaction cut off by shutdown or an error is not confirmed: blue
     // sends it again (and exactly-once aborts what Kafka holds of it).
     if let Some(t) = eos.as_mut() {

@@ -20,6 +20,13 @@ pub struct KafkaStats {
     pub latency: Buckets<DeliverySeconds>,
     /// Sum of the delivery latencies.
     pub latency_sum: Seconds,
+    /// `--kafka-drop-on-wal-risk` dropped Kafka in this process: the sink
+    /// no longer runs and no longer holds the slot.
+    pub dropped: std::sync::atomic::AtomicBool,
+    /// What Kafka had acknowledged when it was dropped (it misses what follows).
+    pub dropped_at_lsn: AtomicU64,
+    /// Apply waits for Kafka now (`--kafka-max-behind`).
+    pub holding_apply: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Bucket bounds (seconds) of the delivery latency histogram.

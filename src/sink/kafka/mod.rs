@@ -262,7 +262,7 @@ pub async fn run<B: AsRef<[Event]>>(
             // what librdkafka holds is purged rather than waited for (Kafka is
             // the slow consumer), and an open Kafka transaction is left to
             // the next producer's init to abort.
-            let _ = producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+            producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
             acker.abort();
             return Ok(());
         }

@@ -36,6 +36,7 @@ pub mod event;
 pub mod http;
 pub mod local;
 pub mod lsn;
+pub mod mask;
 pub mod monitor;
 pub mod ops;
 pub mod pgoutput;

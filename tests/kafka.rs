@@ -410,7 +410,11 @@ fn teal_binary_with_kafka(twins: &Twins, brokers: &str, exactly_once: bool) -> s
 }
 
 /// [`read_until_quiet`] off the runtime's threads.
-async fn records_until_quiet(brokers: &str, topic: &str, quiet: Duration) -> Vec<(Value, Value)> {
+pub(crate) async fn records_until_quiet(
+    brokers: &str,
+    topic: &str,
+    quiet: Duration,
+) -> Vec<(Value, Value)> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || read_until_quiet(&brokers, &topic, quiet))
         .await

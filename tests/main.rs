@@ -13,6 +13,7 @@ mod decoder;
 mod demo_cli;
 mod kafka;
 mod liveness;
+mod mask;
 mod monitor;
 mod monitoring_files;
 mod security;

@@ -740,6 +740,7 @@ async fn pgbench_writing_on_blue_and_ten_equal_verifications() {
         show_values: false,
         workers: 2,
         chunk_rows: 1000,
+        mask: None,
     };
     let progress = std::sync::Arc::new(teal::progress::VerifyProgress::new());
     let stop = tokio_util::sync::CancellationToken::new();

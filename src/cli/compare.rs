@@ -51,6 +51,7 @@ impl CompareArgs {
             show_values: false,
             workers: 1,
             chunk_rows: DEFAULT_CHUNK_ROWS,
+            mask: None,
         })
     }
 }
@@ -105,6 +106,10 @@ pub(crate) struct VerifyArgs {
     #[command(flatten)]
     pub(crate) tables: TableArgs,
 
+    /// The stream's masks: masked tables are compared as blue's masked rows.
+    #[command(flatten)]
+    pub(crate) mask: super::MaskArgs,
+
     /// text (for people) or json (for programs) on stdout.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub(crate) format: String,
@@ -151,6 +156,7 @@ impl VerifyArgs {
         config.show_values = self.show_values;
         config.workers = usize::from(self.workers);
         config.chunk_rows = self.chunk_rows;
+        config.mask = self.mask.config()?;
         Ok(config)
     }
 }

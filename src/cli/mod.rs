@@ -170,6 +170,41 @@ pub(crate) struct DemoArgs {
     pub(crate) pg_bin: Option<PathBuf>,
 }
 
+/// Masking rules and where their key is.
+#[derive(Args)]
+pub(crate) struct MaskArgs {
+    /// Mask a column: schema.table.column=rule, one per flag (rules: keep,
+    /// null, constant:TEXT, redact, hash, hash-email, hash-phone). In the
+    /// config file: [mask."schema.table"] column = "rule". The key comes
+    /// from TEAL_MASK_KEY or --mask-key-file, never the command line.
+    #[arg(long, env = "TEAL_MASK", value_delimiter = '\n')]
+    pub(crate) mask: Vec<String>,
+
+    /// File holding the mask key (its bytes, surrounding whitespace
+    /// trimmed; at least 16). Without it, TEAL_MASK_KEY.
+    #[arg(long, env = "TEAL_MASK_KEY_FILE")]
+    pub(crate) mask_key_file: Option<PathBuf>,
+}
+
+impl MaskArgs {
+    /// The rules with their key (`None` without rules).
+    pub(crate) fn config(
+        self,
+    ) -> Result<Option<std::sync::Arc<teal::mask::MaskConfig>>, config::ConfigError> {
+        if self.mask.is_empty() {
+            return Ok(None);
+        }
+        let bad = |reason| config::ConfigError {
+            flag: "--mask",
+            reason,
+        };
+        let key = teal::mask::load_key(self.mask_key_file.as_deref(), &|k| std::env::var(k).ok())
+            .map_err(bad)?;
+        let rules = teal::mask::MaskConfig::parse(&self.mask, key).map_err(bad)?;
+        Ok(Some(std::sync::Arc::new(rules)))
+    }
+}
+
 /// Where to read from and how.
 #[derive(Args)]
 pub(crate) struct SourceArgs {
@@ -193,6 +228,9 @@ pub(crate) struct SourceArgs {
     /// other way): their changes do not echo back.
     #[arg(long, env = "TEAL_SKIP_ORIGINS", value_delimiter = ',')]
     pub(crate) skip_origins: Vec<String>,
+
+    #[command(flatten)]
+    pub(crate) mask: MaskArgs,
 
     /// Logical replication slot on blue.
     #[arg(long, env = "TEAL_SLOT")]
@@ -566,6 +604,14 @@ impl SourceArgs {
         source.status_interval = self.status_interval;
         source.reconnect_max_delay = self.reconnect_max_delay;
         source.replication_timeout = self.replication_timeout.0;
+        if self.binary && !self.mask.mask.is_empty() {
+            return Err(config::ConfigError {
+                flag: "--binary",
+                reason: "masking needs pgoutput's text format: leave --binary off with --mask"
+                    .into(),
+            }
+            .into());
+        }
         let assembler = AssemblerConfig {
             max_memory: self.max_memory,
             spill_dir: self.spill_dir.unwrap_or_else(std::env::temp_dir),
@@ -575,6 +621,7 @@ impl SourceArgs {
             },
             skip_origins: self.skip_origins,
             own_schema: None,
+            mask: self.mask.config()?,
         };
         source.validate()?;
         assembler.validate()?;

@@ -80,6 +80,22 @@ pub fn env_from_toml(
             key: key.clone(),
         };
         let text = match value {
+            // [mask."schema.table"] column = "rule": --mask schema.table.column=rule
+            toml::Value::Table(tables) if flag.long == "mask" => {
+                let mut entries = Vec::new();
+                for (table, columns) in tables {
+                    let toml::Value::Table(columns) = columns else {
+                        return Err(bad());
+                    };
+                    for (column, rule) in columns {
+                        let toml::Value::String(rule) = rule else {
+                            return Err(bad());
+                        };
+                        entries.push(format!("{table}.{column}={rule}"));
+                    }
+                }
+                entries.join(&flag.delimiter.to_string())
+            }
             toml::Value::Array(items) => items
                 .iter()
                 .map(|v| scalar(v).ok_or_else(bad))
@@ -125,6 +141,7 @@ mod tests {
             ("conflict-table", "TEAL_CONFLICT_TABLE", ','),
             ("create-slot", "TEAL_CREATE_SLOT", ','),
             ("kafka-property", "TEAL_KAFKA_PROPERTY", '\n'),
+            ("mask", "TEAL_MASK", '\n'),
         ]
         .iter()
         .map(|(a, b, d)| FileFlag {
@@ -165,6 +182,29 @@ kafka-property = ["sasl.password=hun,ter2", "compression.type=lz4"]
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn mask_tables_become_mask_entries() {
+        let text = r#"
+[mask."public.customer"]
+email = "hash-email"
+name  = "hash"
+ssn   = "redact"
+
+[mask."billing.card"]
+memo = "constant:n/a"
+"#;
+        let got = env_from_toml(Path::new("t.toml"), text, &flags()).unwrap();
+        assert_eq!(
+            got,
+            vec![(
+                "TEAL_MASK".to_owned(),
+                "billing.card.memo=constant:n/a\npublic.customer.email=hash-email\npublic.customer.name=hash\npublic.customer.ssn=redact".to_owned()
+            )]
+        );
+        let e = env_from_toml(Path::new("t.toml"), "[mask]\nx = 1", &flags()).unwrap_err();
+        assert!(matches!(e, ConfigFileError::BadValue { .. }), "{e}");
     }
 
     #[test]

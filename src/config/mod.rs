@@ -233,6 +233,9 @@ pub struct AssemblerConfig {
     /// tables are never streamed (a `FOR ALL TABLES` publication on a
     /// side teal once applied to publishes them too).
     pub own_schema: Option<String>,
+    /// `--mask` rules and their key: the changes of masked tables are
+    /// masked before they leave the capture (see [`crate::mask`]).
+    pub mask: Option<std::sync::Arc<crate::mask::MaskConfig>>,
 }
 
 /// `--tables` / `--exclude-tables`: which published tables teal copies,
@@ -337,6 +340,7 @@ impl Default for AssemblerConfig {
             tables: TableSelection::default(),
             skip_origins: Vec::new(),
             own_schema: None,
+            mask: None,
         }
     }
 }

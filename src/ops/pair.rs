@@ -422,6 +422,17 @@ pub async fn next_leg(
         return Ok(config.clone());
     }
     if let Some(request) = legs.switches.pending() {
+        // Green holds masked values: streaming them back would overwrite
+        // production with them. The cutover waits in vain and aborts at
+        // its --timeout, lifting its fence.
+        if request.to == Direction::Reverse && config.assembler.mask.is_some() {
+            tracing::error!(
+                switch = %request.id,
+                "refusing to cut over: this stream masks columns (--mask), so green is not a copy of blue to switch to; the cutover aborts at its --timeout"
+            );
+            legs.switches.done(&request);
+            return Ok(leg(config, *current.get_or_insert(Direction::Forward)));
+        }
         if record_switched(config, &request).await? {
             tracing::info!(switch = %request.id, direction = ?request.to, "switched");
         }

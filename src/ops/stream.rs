@@ -233,12 +233,22 @@ pub async fn run_monitored(
 /// reached yet, the stream's own connection reports that.)
 async fn check_selection(config: &StreamConfig) -> Result<(), StreamError> {
     let selection = &config.assembler.tables;
-    if selection.include.is_empty() {
+    if selection.include.is_empty() && config.assembler.mask.is_none() {
         return Ok(());
     }
+    // Blue out of reach: the stream's retries say so; masks are checked
+    // again for each relation blue sends.
     let Ok(blue) = crate::session::connect_plain(&config.source.conninfo, "teal").await else {
         return Ok(());
     };
+    if let Some(mask) = &config.assembler.mask {
+        crate::mask::check_catalog(&blue, mask)
+            .await
+            .map_err(|e| StreamError::Capture(PipelineError::Mask(e)))?;
+    }
+    if selection.include.is_empty() {
+        return Ok(());
+    }
     let Ok(published) = crate::session::published_tables(&blue, &config.source.publications).await
     else {
         return Ok(());

@@ -59,6 +59,10 @@ pub enum PipelineError {
     /// The messages did not form transactions.
     #[error(transparent)]
     Assemble(#[from] AssemblerError),
+    /// A masked table's change could not be masked (a rule that does not
+    /// fit the table as blue sends it); nothing of it went on.
+    #[error(transparent)]
+    Mask(#[from] crate::mask::MaskError),
     /// A stage panicked (a bug: please report it with the log).
     #[error("the {0} stage panicked")]
     Panicked(&'static str),
@@ -84,6 +88,7 @@ impl PipelineError {
             PipelineError::Source(e) => e.kind(),
             PipelineError::Decode(_) => Kind::Protocol,
             PipelineError::Assemble(e) => e.kind(),
+            PipelineError::Mask(_) => Kind::Setup,
             PipelineError::Panicked(_) => Kind::Bug,
             PipelineError::GreenBehind { .. } => Kind::GreenBehind,
         }
@@ -143,6 +148,7 @@ pub fn start_capture(
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
     let (session_tx, session_rx) = watch::channel(None);
     let liveness = Arc::clone(lag.liveness());
+    let masker = assembler_config.mask.clone().map(crate::mask::Masker::new);
     let assembler = Assembler::new(assembler_config);
     let stats = assembler.stats();
     // The threads log inside the caller's span (the run's correlation id).
@@ -152,7 +158,7 @@ pub fn start_capture(
         .name("teal-assembler".into())
         .spawn(move || {
             let _in_run = assembler_span.enter();
-            let result = assemble(assembler, source_rx, event_tx, session_tx, lag);
+            let result = assemble(assembler, masker, source_rx, event_tx, session_tx, lag);
             if let Err(e) = &result {
                 tracing::debug!(error = %crate::error::Report(e), "decoding stopped");
             }
@@ -207,6 +213,7 @@ pub fn start_capture(
 /// Decodes and assembles until the source channel closes.
 fn assemble(
     mut assembler: Assembler,
+    masker: Option<crate::mask::Masker>,
     mut input: mpsc::Receiver<Vec<SourceEvent>>,
     output: mpsc::Sender<Vec<Event>>,
     session: watch::Sender<Option<Arc<SessionInfo>>>,
@@ -220,6 +227,8 @@ fn assemble(
         pending_bytes: 0,
         lag: Arc::clone(&lag),
         blocked: Duration::ZERO,
+        masker,
+        failed: None,
     };
     let stats = assembler.stats();
     let mut skipped_reported = 0;
@@ -246,7 +255,9 @@ fn assemble(
                     let msg = decoder.decode(wal_start, &data)?;
                     tracing::trace!(lsn = %wal_start, tag = %char::from(data.first().copied().unwrap_or(b'?')), "decoded message");
                     match assembler.handle(wal_start, msg, &mut sink) {
-                        Err(AssemblerError::SinkClosed(_)) => return Ok(()),
+                        Err(AssemblerError::SinkClosed(_)) => {
+                            return sink.failed.take().map_or(Ok(()), |e| Err(e.into()));
+                        }
                         other => other?,
                     }
                 }
@@ -289,6 +300,10 @@ struct ChannelSink {
     lag: Arc<Lag>,
     /// Time spent waiting for room in the consumer channel.
     blocked: Duration,
+    /// Masks changes of masked tables before they go on.
+    masker: Option<crate::mask::Masker>,
+    /// Why masking stopped the stream (reported as a closed sink).
+    failed: Option<crate::mask::MaskError>,
 }
 
 impl ChannelSink {
@@ -309,7 +324,15 @@ impl ChannelSink {
 }
 
 impl EventSink for ChannelSink {
-    fn emit(&mut self, event: Event) -> Result<(), SinkClosed> {
+    fn emit(&mut self, mut event: Event) -> Result<(), SinkClosed> {
+        if let (Some(masker), Event::Changes(changes)) = (self.masker.as_mut(), &mut event) {
+            for change in changes.iter_mut() {
+                if let Err(e) = masker.mask_change(change) {
+                    self.failed = Some(e);
+                    return Err(SinkClosed);
+                }
+            }
+        }
         match &event {
             Event::Changes(changes) => {
                 self.pending_changes += changes.len();

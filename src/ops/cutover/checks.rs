@@ -345,6 +345,7 @@ pub(super) async fn go_no_go(run: &mut Run<'_>, tables: &[QualifiedName]) -> Res
             show_values: false,
             workers: 2,
             chunk_rows: 100_000,
+            mask: None,
         };
         let progress = crate::progress::VerifyProgress::new();
         let (value, go) = match crate::ops::verify::run(&verify, &progress).await {

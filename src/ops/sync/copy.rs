@@ -239,7 +239,16 @@ async fn copy_chunk(
         let next = rows_out.as_mut().try_next().await.map_err(failed)?;
         let last = next.is_none();
         if let Some(row) = next {
-            buffer.extend_from_slice(&row);
+            match &plan.mask {
+                // Masked before it leaves this process.
+                Some(mask) => {
+                    let mut masked = Vec::with_capacity(row.len() + 64);
+                    mask.mask_row(&row, &mut masked)
+                        .map_err(|e| SyncError::Setup(e.to_string()))?;
+                    buffer.extend_from_slice(&masked);
+                }
+                None => buffer.extend_from_slice(&row),
+            }
         }
         if buffer.len() >= COPY_BUFFER || (last && !buffer.is_empty()) {
             let n = buffer.len() as u64;

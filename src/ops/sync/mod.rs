@@ -212,6 +212,12 @@ pub async fn copy(
         )));
     }
 
+    // Masks fit blue's tables (before anything is copied).
+    if let Some(mask) = &config.stream.assembler.mask {
+        crate::mask::check_catalog(&blue, mask)
+            .await
+            .map_err(|e| SyncError::Setup(e.to_string()))?;
+    }
     // Plan on blue, check on green.
     let version: i32 = blue
         .query_one("SELECT current_setting('server_version_num')::int", &[])
@@ -223,6 +229,7 @@ pub async fn copy(
         &source.publications,
         &config.stream.assembler.tables,
         version,
+        config.stream.assembler.mask.as_deref(),
     )
     .await?;
     if plans.is_empty() {

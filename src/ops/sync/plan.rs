@@ -24,6 +24,12 @@ pub struct Column {
     /// A built-in type (and element type), whose binary form holds no
     /// database-specific OIDs.
     pub builtin: bool,
+    /// Blue's type OID, type name and type modifier (for masking).
+    pub type_oid: u32,
+    /// `pg_type.typname`.
+    pub type_name: String,
+    /// `atttypmod`.
+    pub typmod: i32,
 }
 
 /// How green finds a row again for updates and deletes.
@@ -68,8 +74,11 @@ pub struct TablePlan {
     pub heap_bytes: u64,
     /// Rows blue's statistics expect.
     pub estimated_rows: u64,
-    /// Copy in binary: the types match on both sides and are built in.
+    /// Copy in binary: the types match on both sides and are built in
+    /// (never for a masked table: masking reads COPY's text format).
     pub binary: bool,
+    /// The table's masks (`--mask`), if it has any.
+    pub mask: Option<crate::mask::copy::CopyMask>,
 }
 
 impl TablePlan {
@@ -189,6 +198,7 @@ pub async fn published_tables(
     publications: &[String],
     selection: &crate::config::TableSelection,
     version: i32,
+    mask: Option<&crate::mask::MaskConfig>,
 ) -> Result<Vec<TablePlan>, SyncError> {
     let found: Vec<String> = blue
         .query(
@@ -290,7 +300,8 @@ pub async fn published_tables(
         let columns = blue
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
-                 t.oid < 16384 AND (t.typelem = 0 OR t.typelem < 16384) \
+                 t.oid < 16384 AND (t.typelem = 0 OR t.typelem < 16384), \
+                 a.atttypid::oid, t.typname::text, a.atttypmod \
                  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
                  WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
                  AND a.attgenerated = '' ORDER BY a.attnum",
@@ -303,9 +314,27 @@ pub async fn published_tables(
                 name: r.get(0),
                 blue_type: r.get(1),
                 builtin: r.get(2),
+                type_oid: r.get(3),
+                type_name: r.get(4),
+                typmod: r.get(5),
             })
             .filter(|c| attnames.as_ref().is_none_or(|a| a.contains(&c.name)))
-            .collect();
+            .collect::<Vec<Column>>();
+        let copy_mask = match mask {
+            None => None,
+            Some(m) => crate::mask::copy::CopyMask::new(
+                m,
+                &crate::event::QualifiedName {
+                    namespace: schema.clone(),
+                    name: name.clone(),
+                },
+                &columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.type_oid, c.type_name.clone(), c.typmod))
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| SyncError::Setup(e.to_string()))?,
+        };
         let identity_row = blue
             .query_one(
                 "SELECT c.relreplident::text, \
@@ -364,6 +393,7 @@ pub async fn published_tables(
             heap_bytes,
             estimated_rows,
             binary: false,
+            mask: copy_mask,
         });
     }
     Ok(plans)
@@ -426,7 +456,7 @@ pub async fn check_green(green: &Client, plan: &mut TablePlan) -> Result<GreenTa
         let green_type: String = g.get(1);
         binary &= c.builtin && g.get::<_, bool>(2) && green_type == c.blue_type;
     }
-    plan.binary = binary;
+    plan.binary = binary && plan.mask.is_none();
     let has_rows: bool = green
         .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {quoted})"), &[])
         .await
@@ -464,11 +494,17 @@ mod tests {
                     name: "id".into(),
                     blue_type: "integer".into(),
                     builtin: true,
+                    type_oid: 23,
+                    type_name: "int4".into(),
+                    typmod: -1,
                 },
                 Column {
                     name: "Note".into(),
                     blue_type: "text".into(),
                     builtin: true,
+                    type_oid: 25,
+                    type_name: "text".into(),
+                    typmod: -1,
                 },
             ],
             row_filter: Some("id > 0".into()),
@@ -481,6 +517,7 @@ mod tests {
             heap_bytes: pages * 8192,
             estimated_rows: 0,
             binary: true,
+            mask: None,
         }
     }
 

@@ -83,6 +83,10 @@ pub struct TableResult {
     pub differences_total: usize,
     /// The first [`MAX_LISTED`] of them.
     pub differences: Vec<RowDifference>,
+    /// Compared as blue's masked rows (`--mask`): its keys are masked
+    /// values, and `teal repair` refuses it (it would copy blue's rows).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub masked: bool,
 }
 
 /// Rows `(chunk, key, row hash)` in chunk order, read one chunk at a time.
@@ -508,6 +512,7 @@ pub async fn compare_table(
         chunks_differing: 0,
         differences_total: 0,
         differences: Vec::new(),
+        masked: false,
     };
     if rows_blue == rows_green && sum_blue == sum_green {
         return Ok(result);

@@ -19,6 +19,7 @@
 mod checksum;
 pub mod data;
 pub mod display;
+mod masked;
 pub mod repair;
 pub mod schema;
 
@@ -61,6 +62,9 @@ pub struct VerifyConfig {
     /// `--chunk-rows`: rows per chunk when a table's sums differ (a
     /// differing chunk's keys and row hashes are what is held in memory).
     pub chunk_rows: i64,
+    /// `--mask`: masked tables are compared as blue's masked projection
+    /// against green (see `masked`).
+    pub mask: Option<std::sync::Arc<crate::mask::MaskConfig>>,
 }
 
 /// One invariant's results.
@@ -418,15 +422,23 @@ async fn compare(
                         };
                         let step =
                             |s: &'static str| progress.worker(w, Some(format!("{table}: {s}")));
-                        let t = data::compare_table(
-                            b,
-                            g,
-                            table,
-                            config.show_values,
-                            config.chunk_rows,
-                            &step,
-                        )
-                        .await?;
+                        let masks = config.mask.as_deref().filter(|m| m.table(table).is_some());
+                        let t = match masks {
+                            Some(masks) => {
+                                masked::compare_masked_table(b, g, table, masks, &step).await?
+                            }
+                            None => {
+                                data::compare_table(
+                                    b,
+                                    g,
+                                    table,
+                                    config.show_values,
+                                    config.chunk_rows,
+                                    &step,
+                                )
+                                .await?
+                            }
+                        };
                         progress.table_done(
                             i,
                             (t.rows_blue.unsigned_abs(), t.rows_green.unsigned_abs()),

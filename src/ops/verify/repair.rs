@@ -73,6 +73,11 @@ pub fn keys_of(report: &serde_json::Value) -> Result<(TableKeys, Vec<String>), S
         if differences.is_empty() {
             continue;
         }
+        if t["masked"] == true {
+            return Err(format!(
+                "{name} is masked (--mask): repair would copy blue's unmasked rows to green; copy it again with teal sync --tables {name} --on-existing-data truncate (which masks)"
+            ));
+        }
         let keys: Vec<serde_json::Value> = differences
             .iter()
             .map(|d| d["key"].clone())

@@ -20,6 +20,7 @@
 //! workload started (stderr), to tell a cold start from steady-state stalls.
 //!
 //! Run: `cargo bench --bench apply -- [--runs 3] [--scale 1.0] [--workloads w1,w2,w3,w4] [--modes backlog,live] [--teal-arg --binary]...`
+//! (masking cost: `TEAL_MASK_KEY=... cargo bench --bench apply -- --workloads w1 --teal-arg --mask=public.t.memo=hash`)
 //! A JSON report is written to target/bench-apply.json.
 
 mod cluster;
@@ -483,6 +484,10 @@ impl Subscriber {
                     cmd.arg("--no-create-slot");
                 }
                 cmd.args(TEAL_ARGS.get().into_iter().flatten());
+                // The mask key of `--teal-arg --mask=...` (never a flag).
+                if let Ok(key) = std::env::var("TEAL_MASK_KEY") {
+                    cmd.env("TEAL_MASK_KEY", key);
+                }
                 let child = cmd.spawn().expect("teal runs");
                 Subscriber::Teal { child, green }
             }

@@ -107,7 +107,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Repair(_)
         | Command::Cutover(_)
         | Command::Rollback(_)
-        | Command::Audit(_) => Some("stopping"),
+        | Command::Audit(_)
+        | Command::Ddl(_) => Some("stopping"),
     };
     spawn_signal_handler(shutdown.clone(), is_demo.then(|| abort.clone()), stopping)?;
     match cli.command {
@@ -243,6 +244,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 teal::ops::cutover::run(&config, teal::ops::cutover::SwitchKind::Rollback).await;
             switch_output(&report, &format)?;
         }
+        Command::Ddl(cli::DdlArgs { command }) => match command {
+            cli::DdlCommand::Install(args) => {
+                let source: ConnInfo = args.source.parse().context("invalid --source")?;
+                let publication = args
+                    .publication
+                    .context("teal ddl install needs --publication (the stream's)")?;
+                let mut blue = teal::session::connect_plain(&source, "teal ddl").await?;
+                teal::ops::ddl::install(&mut blue, &args.schema, &publication)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "installing the DDL trigger on blue: {}",
+                            teal::error::describe_postgres(&e)
+                        )
+                    })?;
+                println!(
+                    "installed: event triggers {} on blue send DDL into the stream (publication {publication})",
+                    teal::ops::ddl::TRIGGERS.join(", ")
+                );
+            }
+            cli::DdlCommand::Uninstall(args) => {
+                let source: ConnInfo = args.source.parse().context("invalid --source")?;
+                let mut blue = teal::session::connect_plain(&source, "teal ddl").await?;
+                teal::ops::ddl::uninstall(&mut blue, &args.schema)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "removing the DDL trigger from blue: {}",
+                            teal::error::describe_postgres(&e)
+                        )
+                    })?;
+                println!("uninstalled: blue's DDL no longer reaches the stream");
+            }
+            cli::DdlCommand::Resolve(args) => {
+                let target: ConnInfo = args.target.parse().context("invalid --target")?;
+                let mut green = teal::session::connect_plain(&target, "teal ddl").await?;
+                let store = teal::store::Store::new(args.schema);
+                teal::ops::ddl::resolve(&mut green, &store, &args.slot, args.lsn).await?;
+                println!(
+                    "recorded: the stream of slot {} skips the DDL at {}",
+                    args.slot, args.lsn
+                );
+            }
+        },
         Command::Audit(cli::AuditArgs {
             command: cli::AuditCommand::Verify(args),
         }) => {

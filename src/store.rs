@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (8, "ledger", include_str!("../sql/0008_ledger.sql")),
     (9, "kafka drop", include_str!("../sql/0009_kafka_drop.sql")),
+    (10, "ddl", include_str!("../sql/0010_ddl.sql")),
 ];
 
 /// Lock key for migrations (any constant; shared by all teal processes).

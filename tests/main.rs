@@ -9,6 +9,7 @@ mod conformance;
 mod connect;
 mod crash;
 mod cutover;
+mod ddl;
 mod decoder;
 mod demo_cli;
 mod kafka;

@@ -96,6 +96,10 @@ pub enum ApplyError {
         /// Replay carefully through this commit LSN.
         through: Lsn,
     },
+    /// Blue ran DDL teal does not apply (or green refused it): the
+    /// message says what to run on green and how to go on.
+    #[error("{0}")]
+    Ddl(Box<super::ddl::DdlStop>),
     /// Green did not answer within `--replication-timeout`: the session is
     /// dropped unanswered and streaming resumes from green's progress.
     #[error(
@@ -127,6 +131,7 @@ impl ApplyError {
             ApplyError::NoIdentity { .. } | ApplyError::Unresolvable { .. } => Kind::Setup,
             ApplyError::Replay { .. } => Kind::Replay,
             ApplyError::Timeout { .. } => Kind::Timeout,
+            ApplyError::Ddl(_) => Kind::SchemaDrift,
         }
     }
 }

@@ -34,6 +34,7 @@ mod claim;
 mod config;
 mod conflict;
 mod copy;
+pub mod ddl;
 mod error;
 #[cfg(test)]
 mod fixture;

@@ -111,6 +111,8 @@ pub(crate) struct Writer {
     pub(crate) superseded: u64,
     /// Changes per table in the current batch: insert, update, delete, truncate.
     counts: Vec<(Arc<Relation>, [u64; 4])>,
+    /// DDL messages of the current source transaction.
+    ddl: super::ddl::Ddl,
 }
 
 pub(super) fn sql_error(context: String) -> impl FnOnce(tokio_postgres::Error) -> ApplyError {
@@ -134,6 +136,7 @@ impl Writer {
             set_based_rows: 0,
             superseded: 0,
             counts: Vec::new(),
+            ddl: super::ddl::Ddl::default(),
         }
     }
 
@@ -225,7 +228,11 @@ impl Writer {
                         txn.commit_lsn
                     )));
             }
-            // Logical messages are not applied to green.
+            // DDL from blue's event trigger: at this point of the batch.
+            ChangeKind::Message(m) if m.prefix == super::ddl::PREFIX => {
+                return self.ddl(client, m, txn).await;
+            }
+            // Other logical messages are not applied to green.
             ChangeKind::Message(_) => return Ok(()),
         };
         self.count(
@@ -297,6 +304,44 @@ impl Writer {
     }
 
     /// Ends the pending run; sends the closed runs once they are many.
+    /// Runs a DDL message's statement on green where it stands in the
+    /// batch (everything before it sent first), unless it is not
+    /// published or was resolved by hand; the mappings of green's tables
+    /// are read again afterwards.
+    async fn ddl(
+        &mut self,
+        client: &Client,
+        message: &crate::event::LogicalMessage,
+        txn: &TxnMeta,
+    ) -> Result<(), ApplyError> {
+        let decided = self.ddl.decide(message, txn);
+        if matches!(decided, Ok(super::ddl::Action::Skip)) {
+            return Ok(());
+        }
+        self.flush(client).await?;
+        let resolved = super::ddl::resolved(client, &self.store, &self.slot, message.lsn)
+            .await
+            .map_err(sql_error(format!(
+                "reading teal.ddl (DDL at LSN {})",
+                message.lsn
+            )))?;
+        if resolved {
+            tracing::info!(lsn = %message.lsn, "DDL resolved by hand (teal ddl resolve): skipped");
+            return Ok(());
+        }
+        let action = decided.map_err(|stop| ApplyError::Ddl(Box::new(stop)))?;
+        super::ddl::run(client, &self.store, &self.slot, message.lsn, &action)
+            .await
+            .map_err(|stop| ApplyError::Ddl(Box::new(stop)))?;
+        if let super::ddl::Action::Run { tag, .. } = &action {
+            tracing::info!(lsn = %message.lsn, tag, "DDL from blue applied on green");
+        }
+        // Green's tables changed: map them again.
+        self.last_mapping = None;
+        self.targets.clear();
+        Ok(())
+    }
+
     async fn close_run(&mut self, client: &Client) -> Result<(), ApplyError> {
         self.queue_pending();
         if self.closed_changes >= super::run::RUN_MAX_CHANGES {

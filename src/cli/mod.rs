@@ -89,6 +89,61 @@ pub(crate) enum Command {
     Rollback(SwitchArgs),
     /// The ledger of applied changes on green.
     Audit(AuditArgs),
+    /// DDL in the stream: an event trigger on blue sends each DDL statement
+    /// in commit order with the data; teal stream runs the ones it supports
+    /// on green and stops with the statement to run for the rest.
+    Ddl(DdlArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct DdlArgs {
+    #[command(subcommand)]
+    pub(crate) command: DdlCommand,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DdlCommand {
+    /// Create the event trigger on blue (needs a superuser).
+    Install(DdlBlueArgs),
+    /// Remove it.
+    Uninstall(DdlBlueArgs),
+    /// Record on green that the DDL statement at --lsn was run there by hand
+    /// (teal stream stopped on it): the stream skips it from now on.
+    Resolve(DdlResolveArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct DdlBlueArgs {
+    /// Blue (libpq URL or key=value string).
+    #[arg(long, env = "TEAL_SOURCE_URL", hide_env_values = true)]
+    pub(crate) source: String,
+
+    /// The stream's publication (decides which DDL is sent as published).
+    #[arg(long, env = "TEAL_PUBLICATION")]
+    pub(crate) publication: Option<String>,
+
+    /// Schema on blue for the trigger's functions.
+    #[arg(long, env = "TEAL_SCHEMA", default_value = Store::DEFAULT_SCHEMA)]
+    pub(crate) schema: String,
+}
+
+#[derive(Args)]
+pub(crate) struct DdlResolveArgs {
+    /// Green (libpq URL or key=value string).
+    #[arg(long, env = "TEAL_TARGET_URL", hide_env_values = true)]
+    pub(crate) target: String,
+
+    /// The stream's slot.
+    #[arg(long, env = "TEAL_SLOT")]
+    pub(crate) slot: String,
+
+    /// The LSN the stream's error named.
+    #[arg(long)]
+    pub(crate) lsn: teal::lsn::Lsn,
+
+    /// teal's schema on green.
+    #[arg(long, env = "TEAL_SCHEMA", default_value = Store::DEFAULT_SCHEMA)]
+    pub(crate) schema: String,
 }
 
 #[derive(Args)]

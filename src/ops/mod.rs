@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod cutover;
+pub mod ddl;
 pub mod demo;
 mod kafka_drop;
 pub mod pair;

@@ -245,3 +245,64 @@ async fn a_migration_under_load_reaches_green_in_order() {
     assert_eq!(triggers, 0);
     running.stop().await;
 }
+
+/// FOR TABLES IN SCHEMA: a table created in the published schema is
+/// created on green and all its rows follow; a table in another schema,
+/// and DDL on it, stay on blue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_tables_of_a_schema_publication_arrive_with_all_their_rows() {
+    init_logging();
+    let twins = Twins::start(
+        &default_bin(),
+        "CREATE SCHEMA app; CREATE SCHEMA scratch; CREATE TABLE app.acct (id int PRIMARY KEY, v int);",
+    )
+    .await;
+    twins
+        .b
+        .batch_execute(
+            "DROP PUBLICATION teal_pub; CREATE PUBLICATION teal_pub FOR TABLES IN SCHEMA app",
+        )
+        .await
+        .unwrap();
+    let (code, said) = teal(&[
+        "ddl",
+        "install",
+        "--source",
+        &twins.blue.cli_url(),
+        "--publication",
+        "teal_pub",
+    ]);
+    assert_eq!(code, Some(0), "{said}");
+    let running = Running::start(&twins, twins.config()).await;
+    for statement in [
+        "INSERT INTO app.acct SELECT i, i FROM generate_series(1, 100) i",
+        "CREATE TABLE app.orders (id int PRIMARY KEY, acct int NOT NULL, amount numeric(10,2))",
+        "INSERT INTO app.orders SELECT i, i % 100 + 1, i / 10.0 FROM generate_series(1, 500) i",
+        "CREATE TABLE scratch.tmp (x int); INSERT INTO scratch.tmp VALUES (1)",
+        "ALTER TABLE scratch.tmp ADD COLUMN y int",
+        "BEGIN; CREATE TABLE app.events (id bigserial PRIMARY KEY, what text); INSERT INTO app.events (what) SELECT 'e' || i FROM generate_series(1, 50) i; COMMIT",
+        "ALTER TABLE app.orders ADD COLUMN note text",
+        "UPDATE app.orders SET note = 'n' WHERE id <= 10",
+    ] {
+        twins
+            .b
+            .batch_execute(statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    twins
+        .assert_converged(&["app.acct", "app.orders", "app.events"], WAIT)
+        .await;
+    let scratch: Option<String> = twins
+        .g
+        .query_one("SELECT to_regclass('scratch.tmp')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        scratch, None,
+        "a table outside the publication stays on blue"
+    );
+    assert!(!running.task.is_finished(), "no stop");
+    running.stop().await;
+}

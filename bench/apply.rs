@@ -615,11 +615,55 @@ async fn backlog(bin: &PgBin, w: Workload, scale: f64) -> BTreeMap<System, Sampl
         let started = Instant::now();
         let sub = Subscriber::start(&env, system, false).await;
         let cpu_start = sub.cpu_us().await;
+        let strace = match std::env::var_os("TEAL_BENCH_STRACE") {
+            Some(_) => strace_walsender(&env, sub.slot(), system).await,
+            None => None,
+        };
         let sample = drain(&env, &sub, &target, cpu_start, started, rows).await;
+        if let Some((mut child, file)) = strace {
+            // SAFETY: kill with a valid pid and signal number.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGINT);
+            }
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+            eprintln!("walsender syscalls serving {system:?} ({rows} rows): {file}");
+        }
         sub.stop().await;
         out.insert(system, sample);
     }
     out
+}
+
+/// With `TEAL_BENCH_STRACE=1`: `strace -c` of the walsender serving
+/// `slot` (syscall counts per row; its timings are distorted by ptrace),
+/// written to a file named after `system`.
+async fn strace_walsender(
+    env: &Env,
+    slot: &str,
+    system: System,
+) -> Option<(std::process::Child, String)> {
+    for _ in 0..500 {
+        let pid: Option<i32> = env
+            .b
+            .query_one(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .ok()?
+            .get(0);
+        if let Some(pid) = pid {
+            let file = format!("target/strace-walsender-{system:?}.txt");
+            let child = Command::new("strace")
+                .args(["-c", "-q", "-o", &file, "-p", &pid.to_string()])
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            return Some((child, file));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
 }
 
 async fn live(bin: &PgBin, w: Workload, scale: f64, system: System) -> Sample {

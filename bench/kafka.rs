@@ -8,7 +8,7 @@
 //! Prints rows/s and Kafka records/s for each, and apply + Kafka against
 //! apply only (target: at most 20% slower).
 //!
-//! Run: `cargo bench --bench kafka -- [--runs 3] [--scale 1.0]`
+//! Run: `cargo bench --bench kafka -- [--runs 3] [--scale 1.0] [--teal-arg ARG]...`
 
 mod cluster;
 mod stats;
@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Options};
 use rdkafka::mocking::MockCluster;
+
+/// Extra `teal stream` arguments from `--teal-arg` (every mode).
+static TEAL_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
 const SCHEMA: &str = "CREATE TABLE t (id bigint PRIMARY KEY, account int NOT NULL, amount numeric(12,2) NOT NULL, memo text)";
 
@@ -133,6 +136,7 @@ async fn run_once(bin: &cluster::PgBin, scale: f64) -> BTreeMap<Mode, (f64, u64)
                 cmd.args(["--no-apply", "--kafka-brokers", &mock.bootstrap_servers()]);
             }
         }
+        cmd.args(TEAL_ARGS.get().into_iter().flatten());
         let started = Instant::now();
         let mut child = cmd.spawn().expect("teal runs");
         let deadline = Instant::now() + Duration::from_secs(1800);
@@ -169,15 +173,18 @@ async fn run_once(bin: &cluster::PgBin, scale: f64) -> BTreeMap<Mode, (f64, u64)
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let (mut runs, mut scale) = (1usize, 1.0f64);
+    let mut teal_args: Vec<String> = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--scale" => scale = it.next().and_then(|v| v.parse().ok()).expect("--scale X"),
             "--bench" => {}
+            "--teal-arg" => teal_args.push(it.next().expect("--teal-arg ARG")),
             other => panic!("unknown argument {other}"),
         }
     }
+    TEAL_ARGS.set(teal_args).expect("set once");
     let bin = cluster::default_bin();
     let rows = (1000.0 * scale) as u64 * 1000;
     println!(

@@ -426,7 +426,8 @@ pub(crate) struct StreamArgs {
     pub(crate) kafka_no_tombstones: bool,
 
     /// Exactly once into Kafka: a transactional producer (transactional.id
-    /// teal-<slot>), one Kafka transaction per batch with teal's position;
+    /// teal-<slot>), Kafka transactions with teal's position
+    /// (--kafka-transaction-max-records / --kafka-transaction-max-delay);
     /// consumers read with isolation.level=read_committed.
     #[arg(long, env = "TEAL_KAFKA_EXACTLY_ONCE")]
     pub(crate) kafka_exactly_once: bool,
@@ -448,6 +449,16 @@ pub(crate) struct StreamArgs {
     /// lose the slot. Kafka misses what follows; restart teal to resume it.
     #[arg(long, env = "TEAL_KAFKA_DROP_ON_WAL_RISK", default_value = "off", num_args = 0..=1, default_missing_value = "10m", value_parser = parse_optional_duration)]
     pub(crate) kafka_drop_on_wal_risk: OrOff<Duration>,
+
+    /// With --kafka-exactly-once: a Kafka transaction commits once it holds
+    /// this many records (between source transactions).
+    #[arg(long, env = "TEAL_KAFKA_TRANSACTION_MAX_RECORDS", default_value_t = KafkaConfig::DEFAULT_TRANSACTION_MAX_RECORDS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) kafka_transaction_max_records: u64,
+
+    /// With --kafka-exactly-once: ... or once it is this old (e.g. 500ms;
+    /// read_committed consumers see records up to that much later).
+    #[arg(long, env = "TEAL_KAFKA_TRANSACTION_MAX_DELAY", default_value = "500ms", value_parser = config::parse_duration)]
+    pub(crate) kafka_transaction_max_delay: Duration,
 
     /// Kafka only, no green (then --target is optional).
     #[arg(long, env = "TEAL_NO_APPLY")]
@@ -610,6 +621,8 @@ impl StreamArgs {
             position_topic: self.kafka_progress_topic,
             max_behind: self.kafka_max_behind.0,
             drop_on_wal_risk: self.kafka_drop_on_wal_risk.0,
+            transaction_max_records: self.kafka_transaction_max_records,
+            transaction_max_delay: self.kafka_transaction_max_delay,
         });
         let apply = ApplyConfig {
             target,

@@ -673,12 +673,20 @@ impl KafkaRun {
     }
 }
 
-/// The Kafka sink's producer name and transaction size: apply's batch limits.
+/// The Kafka sink's producer name and transaction size (`--kafka-transaction-max-*`).
 fn kafka_scope(config: &StreamConfig) -> crate::sink::kafka::Scope {
     crate::sink::kafka::Scope {
         slot: config.source.slot.clone(),
-        max_records: config.apply.batch_max_changes,
-        max_delay: config.apply.batch_max_delay,
+        max_records: config
+            .kafka
+            .as_ref()
+            .map_or(config.apply.batch_max_changes, |k| {
+                k.transaction_max_records
+            }),
+        max_delay: config
+            .kafka
+            .as_ref()
+            .map_or(config.apply.batch_max_delay, |k| k.transaction_max_delay),
         blue: config.source.conninfo.clone(),
         publications: config.source.publications.clone(),
         tables: config.assembler.tables.clone(),

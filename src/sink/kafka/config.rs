@@ -36,6 +36,15 @@ pub struct KafkaConfig {
     /// not green, holds it back, Kafka is dropped from the slot's watermark
     /// for the rest of the run (`None`: never).
     pub drop_on_wal_risk: Option<std::time::Duration>,
+    /// `--kafka-transaction-max-records` / `--kafka-transaction-max-delay`:
+    /// with `--kafka-exactly-once`, a Kafka transaction commits once it
+    /// holds this many records or is this old (between source
+    /// transactions). Each commit waits for every record of the
+    /// transaction, so longer transactions cost fewer drains; consumers
+    /// reading committed records see them that much later.
+    pub transaction_max_records: u64,
+    /// See [`Self::transaction_max_records`].
+    pub transaction_max_delay: std::time::Duration,
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -53,6 +62,8 @@ impl std::fmt::Debug for KafkaConfig {
             .field("exactly_once", &self.exactly_once)
             .field("max_behind", &self.max_behind)
             .field("drop_on_wal_risk", &self.drop_on_wal_risk)
+            .field("transaction_max_records", &self.transaction_max_records)
+            .field("transaction_max_delay", &self.transaction_max_delay)
             .finish_non_exhaustive()
     }
 }
@@ -71,8 +82,16 @@ impl KafkaConfig {
             position_topic: None,
             max_behind: None,
             drop_on_wal_risk: None,
+            transaction_max_records: Self::DEFAULT_TRANSACTION_MAX_RECORDS,
+            transaction_max_delay: Self::DEFAULT_TRANSACTION_MAX_DELAY,
         }
     }
+
+    /// `--kafka-transaction-max-records` default.
+    pub const DEFAULT_TRANSACTION_MAX_RECORDS: u64 = 100_000;
+    /// `--kafka-transaction-max-delay` default.
+    pub const DEFAULT_TRANSACTION_MAX_DELAY: std::time::Duration =
+        std::time::Duration::from_millis(500);
 
     /// The topic of exactly-once's position.
     pub fn position_topic(&self) -> String {

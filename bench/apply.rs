@@ -66,6 +66,8 @@ struct Sample {
     walsender_us: f64,
     /// The teal process alone (the rest of `cpu_us` is its green sessions).
     teal_process_us: f64,
+    /// The walsender's voluntary and involuntary context switches.
+    walsender_switches: (u64, u64),
 }
 
 impl Sample {
@@ -157,6 +159,22 @@ fn cpu_us(pid: u32) -> f64 {
     let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / ticks_per_second() * 1e6
+}
+
+/// A process's (voluntary, involuntary) context switches so far.
+fn context_switches(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("voluntary_ctxt_switches:"),
+        field("nonvoluntary_ctxt_switches:"),
+    )
 }
 
 fn rss_mb(pid: u32) -> f64 {
@@ -599,6 +617,7 @@ async fn drain(
         cpu_us: cpu,
         teal_rss_mb: peak_rss,
         walsender_us: walsender.map_or(0.0, |p| cpu_us(p as u32)),
+        walsender_switches: walsender.map_or((0, 0), |p| context_switches(p as u32)),
         teal_process_us: sub.process_cpu_us(),
         ..Sample::default()
     }
@@ -615,9 +634,13 @@ async fn backlog(bin: &PgBin, w: Workload, scale: f64) -> BTreeMap<System, Sampl
         let started = Instant::now();
         let sub = Subscriber::start(&env, system, false).await;
         let cpu_start = sub.cpu_us().await;
-        let strace = match std::env::var_os("TEAL_BENCH_STRACE") {
-            Some(_) => strace_walsender(&env, sub.slot(), system).await,
-            None => None,
+        let strace = match (
+            std::env::var_os("TEAL_BENCH_STRACE"),
+            std::env::var_os("TEAL_BENCH_PERF"),
+        ) {
+            (Some(_), _) => strace_walsender(&env, sub.slot(), system, false).await,
+            (None, Some(_)) => strace_walsender(&env, sub.slot(), system, true).await,
+            (None, None) => None,
         };
         let sample = drain(&env, &sub, &target, cpu_start, started, rows).await;
         if let Some((mut child, file)) = strace {
@@ -635,12 +658,14 @@ async fn backlog(bin: &PgBin, w: Workload, scale: f64) -> BTreeMap<System, Sampl
 }
 
 /// With `TEAL_BENCH_STRACE=1`: `strace -c` of the walsender serving
-/// `slot` (syscall counts per row; its timings are distorted by ptrace),
-/// written to a file named after `system`.
+/// `slot` (syscall counts per row; its timings are distorted by ptrace);
+/// with `TEAL_BENCH_PERF=1` (`perf`): `perf record -g` of it. Written to a
+/// file named after `system`.
 async fn strace_walsender(
     env: &Env,
     slot: &str,
     system: System,
+    perf: bool,
 ) -> Option<(std::process::Child, String)> {
     for _ in 0..500 {
         let pid: Option<i32> = env
@@ -653,12 +678,23 @@ async fn strace_walsender(
             .ok()?
             .get(0);
         if let Some(pid) = pid {
-            let file = format!("target/strace-walsender-{system:?}.txt");
-            let child = Command::new("strace")
-                .args(["-c", "-q", "-o", &file, "-p", &pid.to_string()])
-                .stderr(Stdio::null())
-                .spawn()
-                .ok()?;
+            let (file, child) = if perf {
+                let file = format!("target/perf-walsender-{system:?}.data");
+                let child = Command::new("perf")
+                    .args(["record", "-g", "-q", "-o", &file, "-p", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .ok()?;
+                (file, child)
+            } else {
+                let file = format!("target/strace-walsender-{system:?}.txt");
+                let child = Command::new("strace")
+                    .args(["-c", "-q", "-o", &file, "-p", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .ok()?;
+                (file, child)
+            };
             return Some((child, file));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -753,11 +789,13 @@ async fn main() {
                     Mode::Backlog => {
                         for (system, s) in backlog(&bin, w, args.scale).await {
                             eprintln!(
-                                "run {run} {w:?} backlog {system:?}: {:.0} rows/s, {:.2} us/row (teal process {:.2}), walsender {:.2} us/row",
+                                "run {run} {w:?} backlog {system:?}: {:.0} rows/s, {:.2} us/row (teal process {:.2}), walsender {:.2} us/row, {} + {} context switches",
                                 s.rows_per_s(),
                                 s.cpu_us_per_row(),
                                 s.teal_process_us / s.rows as f64,
-                                s.walsender_us_per_row()
+                                s.walsender_us_per_row(),
+                                s.walsender_switches.0,
+                                s.walsender_switches.1
                             );
                             results.entry((w, mode, system)).or_default().push(s);
                         }

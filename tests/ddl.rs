@@ -31,6 +31,19 @@ fn teal(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// `teal ddl install` on the twins' blue for `teal_pub`.
+fn install(twins: &Twins) {
+    let (code, said) = teal(&[
+        "ddl",
+        "install",
+        "--source",
+        &twins.blue.cli_url(),
+        "--publication",
+        "teal_pub",
+    ]);
+    assert_eq!(code, Some(0), "{said}");
+}
+
 /// Columns (name, type, default, not null) and index definitions of the
 /// public tables, as a side's catalog has them.
 async fn shape(client: &tokio_postgres::Client) -> (Vec<String>, Vec<String>) {
@@ -76,15 +89,7 @@ async fn a_migration_under_load_reaches_green_in_order() {
         .batch_execute("INSERT INTO acct SELECT i, 100 FROM generate_series(1, 2000) i")
         .await
         .unwrap();
-    let (code, said) = teal(&[
-        "ddl",
-        "install",
-        "--source",
-        &twins.blue.cli_url(),
-        "--publication",
-        "teal_pub",
-    ]);
-    assert_eq!(code, Some(0), "{said}");
+    install(&twins);
     let running = Running::start(&twins, twins.config()).await;
 
     // Load: transfers between accounts all along the migration.
@@ -264,15 +269,7 @@ async fn new_tables_of_a_schema_publication_arrive_with_all_their_rows() {
         )
         .await
         .unwrap();
-    let (code, said) = teal(&[
-        "ddl",
-        "install",
-        "--source",
-        &twins.blue.cli_url(),
-        "--publication",
-        "teal_pub",
-    ]);
-    assert_eq!(code, Some(0), "{said}");
+    install(&twins);
     let running = Running::start(&twins, twins.config()).await;
     for statement in [
         "INSERT INTO app.acct SELECT i, i FROM generate_series(1, 100) i",

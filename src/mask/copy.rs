@@ -55,21 +55,26 @@ impl CopyMask {
         }))
     }
 
+    /// A row of `n` fields is one of this table's.
+    fn check_width(&self, n: usize) -> Result<(), MaskError> {
+        if n == self.columns.len() {
+            return Ok(());
+        }
+        Err(MaskError {
+            table: self.table.to_string(),
+            column: String::new(),
+            reason: format!(
+                "a copied row has {n} fields where {} columns were asked for",
+                self.columns.len()
+            ),
+        })
+    }
+
     /// Masks one text-format row (with its trailing newline) into `out`.
     pub fn mask_row(&self, row: &[u8], out: &mut Vec<u8>) -> Result<(), MaskError> {
         let row = row.strip_suffix(b"\n").unwrap_or(row);
         let fields: Vec<&[u8]> = row.split(|&b| b == b'\t').collect();
-        if fields.len() != self.columns.len() {
-            return Err(MaskError {
-                table: self.table.to_string(),
-                column: String::new(),
-                reason: format!(
-                    "a copied row has {} fields where {} columns were asked for",
-                    fields.len(),
-                    self.columns.len()
-                ),
-            });
-        }
+        self.check_width(fields.len())?;
         for (i, (field, (name, mask))) in fields.iter().zip(&self.columns).enumerate() {
             if i > 0 {
                 out.push(b'\t');
@@ -94,17 +99,7 @@ impl CopyMask {
     /// comparing with what green holds ([`fields`] of green's row).
     pub fn masked_fields(&self, row: &[u8]) -> Result<Vec<Option<Vec<u8>>>, MaskError> {
         let raw = fields(row);
-        if raw.len() != self.columns.len() {
-            return Err(MaskError {
-                table: self.table.to_string(),
-                column: String::new(),
-                reason: format!(
-                    "a row has {} fields where {} columns were asked for",
-                    raw.len(),
-                    self.columns.len()
-                ),
-            });
-        }
+        self.check_width(raw.len())?;
         raw.into_iter()
             .zip(&self.columns)
             .map(|(value, (name, mask))| match (value, mask) {

@@ -49,48 +49,19 @@ pub(crate) fn tokens(text: &str) -> Vec<Token> {
             }
             continue;
         }
-        if c == b'\'' || ((c == b'E' || c == b'e') && b.get(i + 1) == Some(&b'\'')) {
-            let escapes = c != b'\'';
-            i += if escapes { 2 } else { 1 };
-            while i < b.len() {
-                if escapes && b[i] == b'\\' {
-                    i += 2;
-                    continue;
-                }
-                if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
-                        i += 2;
-                        continue;
-                    }
-                    i += 1;
-                    break;
-                }
-                i += 1;
-            }
+        let quoted = if c == b'\'' || c == b'"' {
+            Some((c, false, i + 1))
+        } else if (c == b'E' || c == b'e') && b.get(i + 1) == Some(&b'\'') {
+            Some((b'\'', true, i + 2))
+        } else {
+            None
+        };
+        if let Some((quote, escapes, from)) = quoted {
+            i = past_quoted(b, from, quote, escapes);
             out.push(Token {
                 word: None,
                 start,
-                end: i.min(b.len()),
-            });
-            continue;
-        }
-        if c == b'"' {
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'"' {
-                    if b.get(i + 1) == Some(&b'"') {
-                        i += 2;
-                        continue;
-                    }
-                    i += 1;
-                    break;
-                }
-                i += 1;
-            }
-            out.push(Token {
-                word: None,
-                start,
-                end: i.min(b.len()),
+                end: i,
             });
             continue;
         }
@@ -141,6 +112,27 @@ pub(crate) fn tokens(text: &str) -> Vec<Token> {
         });
     }
     out
+}
+
+/// Where a quoted string or identifier whose body starts at `i` ends
+/// (past its closing `quote`; a doubled quote is one character, and with
+/// `escapes` a backslash takes the next byte).
+fn past_quoted(b: &[u8], mut i: usize, quote: u8, escapes: bool) -> usize {
+    while i < b.len() {
+        if escapes && b[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    b.len()
 }
 
 /// The statements of `text`, trimmed, empty ones left out.

@@ -93,6 +93,25 @@ async fn read(
     Ok(())
 }
 
+/// Reads the table on both sides at once: blue's rows masked to
+/// `on_blue_row`, green's to `on_green_row`.
+async fn read_both(
+    (blue, green): (&Client, &Client),
+    table: &QualifiedName,
+    sql: &str,
+    mask: &CopyMask,
+    on_blue_row: impl FnMut(Fields),
+    on_green_row: impl FnMut(Fields),
+) -> Result<(), VerifyError> {
+    let (b, g) = futures_util::future::join(
+        read(blue, sql, Some(mask), on_blue_row),
+        read(green, sql, None, on_green_row),
+    )
+    .await;
+    b.map_err(on_blue(table))?;
+    g.map_err(on_green)
+}
+
 enum ReadError {
     Sql(tokio_postgres::Error),
     Mask(String),
@@ -172,13 +191,15 @@ pub async fn compare_masked_table(
     };
     let mut b_sums = vec![(0i64, 0u64); BUCKETS];
     let mut g_sums = vec![(0i64, 0u64); BUCKETS];
-    let (b, g) = futures_util::future::join(
-        read(blue, &sql, Some(&mask), |f| sums(&mut b_sums, f)),
-        read(green, &sql, None, |f| sums(&mut g_sums, f)),
+    read_both(
+        (blue, green),
+        table,
+        &sql,
+        &mask,
+        |f| sums(&mut b_sums, f),
+        |f| sums(&mut g_sums, f),
     )
-    .await;
-    b.map_err(on_blue(table))?;
-    g.map_err(on_green)?;
+    .await?;
     let mut result = TableResult {
         table: table.to_string(),
         rows_blue: b_sums.iter().map(|s| s.0).sum(),
@@ -207,13 +228,15 @@ pub async fn compare_masked_table(
             *rows.entry((k, d)).or_default() += 1;
         }
     };
-    let (b, g) = futures_util::future::join(
-        read(blue, &sql, Some(&mask), |f| collect(&mut b_rows, f)),
-        read(green, &sql, None, |f| collect(&mut g_rows, f)),
+    read_both(
+        (blue, green),
+        table,
+        &sql,
+        &mask,
+        |f| collect(&mut b_rows, f),
+        |f| collect(&mut g_rows, f),
     )
-    .await;
-    b.map_err(on_blue(table))?;
-    g.map_err(on_green)?;
+    .await?;
     // Rows on both sides with the same key and digest cancel out.
     for (row, n) in &mut b_rows {
         if let Some(m) = g_rows.get_mut(row) {

@@ -303,3 +303,84 @@ async fn new_tables_of_a_schema_publication_arrive_with_all_their_rows() {
     assert!(!running.task.is_finished(), "no stop");
     running.stop().await;
 }
+
+/// The trigger installs on every supported version (FOR TABLES IN SCHEMA
+/// only from 15), sends a published statement and leaves an unpublished
+/// one marked so, and never fails blue's DDL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trigger_works_on_every_version() {
+    init_logging();
+    for major in [14, 15, 16, 17, 18] {
+        let blue = crate::support::cluster::Cluster::start(&crate::support::cluster::bin(major));
+        let b = blue.client().await;
+        b.batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (id int);
+             CREATE PUBLICATION p FOR TABLE t;",
+        )
+        .await
+        .unwrap();
+        b.batch_execute("SELECT pg_create_logical_replication_slot('s', 'pgoutput')")
+            .await
+            .unwrap();
+        let (code, said) = teal(&[
+            "ddl",
+            "install",
+            "--source",
+            &blue.cli_url(),
+            "--publication",
+            "p",
+        ]);
+        assert_eq!(code, Some(0), "PostgreSQL {major}: {said}");
+        b.batch_execute(
+            "ALTER TABLE t ADD COLUMN v text; ALTER TABLE other ADD COLUMN v text;
+             CREATE INDEX ON t (v); DROP TABLE other;",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL {major}: blue's DDL failed: {e}"));
+        let messages: Vec<serde_json::Value> = b
+            .query(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes('s', NULL, NULL,
+                   'proto_version', '1', 'publication_names', 'p', 'messages', 'true')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|r| {
+                let data: Vec<u8> = r.get(0);
+                // 'M', flags, LSN (8), prefix\0, length (4), content.
+                let rest = data.strip_prefix(b"M")?.get(9..)?;
+                let nul = rest.iter().position(|&b| b == 0)?;
+                (&rest[..nul] == b"teal.ddl")
+                    .then(|| serde_json::from_slice(rest.get(nul + 5..)?).ok())?
+            })
+            .collect();
+        let seen: Vec<(String, bool)> = messages
+            .iter()
+            .map(|m| {
+                (
+                    m["tag"].as_str().unwrap().to_owned(),
+                    m["published"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("ALTER TABLE".to_owned(), true),
+                ("ALTER TABLE".to_owned(), false),
+                ("CREATE INDEX".to_owned(), true),
+                ("DROP TABLE".to_owned(), false),
+            ],
+            "PostgreSQL {major}"
+        );
+        assert!(
+            messages[0]["statement"]
+                .as_str()
+                .unwrap()
+                .contains("DROP TABLE other")
+        );
+        let (code, said) = teal(&["ddl", "uninstall", "--source", &blue.cli_url()]);
+        assert_eq!(code, Some(0), "PostgreSQL {major}: {said}");
+    }
+}

@@ -384,3 +384,87 @@ fn the_key_never_comes_from_the_command_line() {
         "{said}"
     );
 }
+
+/// `teal tail` prints masked values too (the same capture stage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_masked_values() {
+    use std::io::BufRead;
+    let cluster = crate::support::cluster::Cluster::start(&default_bin());
+    let client = cluster.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE c (id int PRIMARY KEY, email text); CREATE PUBLICATION p FOR ALL TABLES;",
+        )
+        .await
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .env_clear()
+        .env("TEAL_MASK_KEY", std::str::from_utf8(KEY).unwrap())
+        .args([
+            "tail",
+            "--source",
+            &cluster.cli_url(),
+            "--slot",
+            "s",
+            "--publication",
+            "p",
+        ])
+        .args([
+            "--create-slot",
+            "--format",
+            "json",
+            "--mask",
+            "public.c.email=hash-email",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    until_row(
+        &client,
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 's' AND active",
+        &[],
+        WAIT,
+        "tail never started",
+    )
+    .await;
+    client
+        .batch_execute("INSERT INTO c VALUES (1, 'Private.Person@example.org')")
+        .await
+        .unwrap();
+    let mut printed = String::new();
+    while !printed.contains("\"commit\"") {
+        let line = rx.recv_timeout(WAIT).expect("tail printed the change");
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    // SAFETY: kill with a valid pid and signal number.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    child.wait().unwrap();
+    assert!(
+        !printed.to_lowercase().contains("private.person"),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("example.org"),
+        "the domain label is masked too: {printed}"
+    );
+    assert!(
+        printed.contains(".org"),
+        "the top-level domain is kept: {printed}"
+    );
+}

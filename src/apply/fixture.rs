@@ -88,6 +88,7 @@ pub(super) fn mapping(name: &str, columns: usize, key: Key, fires_on_apply: bool
         text_match: vec![true; columns],
         fires_on_apply,
         identity_always: vec![false; columns],
+        binary_elems: vec![Some(25); columns],
         relation,
     })
 }

@@ -41,13 +41,22 @@ const TEXT_OID: u32 = 25;
 pub(crate) fn text_array<'v>(
     values: impl ExactSizeIterator<Item = Option<&'v [u8]>> + Clone,
 ) -> Vec<u8> {
+    typed_array(TEXT_OID, values)
+}
+
+/// A one-dimensional array of the type `element` in binary format, its
+/// elements each that type's binary send format (`None` is NULL).
+pub(crate) fn typed_array<'v>(
+    element: u32,
+    values: impl ExactSizeIterator<Item = Option<&'v [u8]>> + Clone,
+) -> Vec<u8> {
     let len = values.len();
     let has_null = values.clone().any(|v| v.is_none());
     let bytes: usize = values.clone().map(|v| v.map_or(0, <[u8]>::len)).sum();
     let mut out = Vec::with_capacity(20 + 4 * len + bytes);
     out.extend_from_slice(&1i32.to_be_bytes()); // dimensions
     out.extend_from_slice(&i32::from(has_null).to_be_bytes());
-    out.extend_from_slice(&TEXT_OID.to_be_bytes());
+    out.extend_from_slice(&element.to_be_bytes());
     out.extend_from_slice(&(len as i32).to_be_bytes());
     out.extend_from_slice(&1i32.to_be_bytes()); // lower bound
     for v in values {

@@ -20,7 +20,7 @@ use rustc_hash::{FxHashSet, FxHasher};
 
 use crate::event::{Change, ChangeKind, RowImage, TxnMeta, Value};
 
-use super::param::text_array;
+use super::param::{text_array, typed_array};
 use super::run::{Run, RunOp};
 use super::target::{Key, Mapping};
 
@@ -35,6 +35,9 @@ pub(super) struct StretchPlan {
     pub(super) start: usize,
     pub(super) end: usize,
     pub(super) cols: Vec<usize>,
+    /// The values are binary (pgoutput's binary mode): the statement takes
+    /// each column as an array of its own type, not `text[]`.
+    pub(super) binary: bool,
 }
 
 impl StretchPlan {
@@ -43,9 +46,27 @@ impl StretchPlan {
         self.end - self.start
     }
 
-    /// One `text[]` per column it carries, over `run`'s changes.
+    /// One array per column it carries, over `run`'s changes: `text[]`,
+    /// or (binary) an array of the column's type.
     pub(super) fn arrays(&self, run: &Run) -> Vec<Vec<u8>> {
-        text_arrays(&run.changes[self.start..self.end], &self.cols)
+        let changes = &run.changes[self.start..self.end];
+        if !self.binary {
+            return text_arrays(changes, &self.cols);
+        }
+        self.cols
+            .iter()
+            .map(|&c| {
+                typed_array(
+                    run.mapping.binary_elems[c].unwrap_or(0),
+                    changes
+                        .iter()
+                        .map(|(change, _)| match set_image(change)?.get(c) {
+                            Some(Value::Binary(b)) => Some(b),
+                            _ => None,
+                        }),
+                )
+            })
+            .collect()
     }
 }
 
@@ -59,11 +80,12 @@ pub(super) fn stretches(run: &Run) -> Vec<StretchPlan> {
     let mut i = 0;
     while i < changes.len() {
         let (len, cols) = set_stretch(mapping, &changes[i..]);
-        if let Some(cols) = cols {
+        if let Some((cols, binary)) = cols {
             out.push(StretchPlan {
                 start: i,
                 end: i + len,
                 cols,
+                binary,
             });
         }
         i += len;
@@ -94,6 +116,7 @@ pub(super) fn insert_many(run: &Run) -> Option<StretchPlan> {
         start: 0,
         end: run.changes.len(),
         cols: (0..n).collect(),
+        binary: false,
     })
 }
 
@@ -129,13 +152,19 @@ fn text_arrays(changes: &[(Change, Arc<TxnMeta>)], cols: &[usize]) -> Vec<Vec<u8
 pub(super) fn typed_columns(
     mapping: &Mapping,
     cols: impl Iterator<Item = usize>,
+    binary: bool,
 ) -> Vec<(&str, &str)> {
     cols.map(|c| {
         (
             mapping.columns[c].as_str(),
-            mapping.text_casts[c]
-                .as_deref()
-                .unwrap_or("pg_catalog.text"),
+            if binary {
+                // The array is of this type: the cast is the identity.
+                mapping.types[c].as_str()
+            } else {
+                mapping.text_casts[c]
+                    .as_deref()
+                    .unwrap_or("pg_catalog.text")
+            },
         )
     })
     .collect()
@@ -150,7 +179,7 @@ pub(super) fn typed_columns(
 fn set_stretch(
     mapping: &Mapping,
     changes: &[(Change, Arc<TxnMeta>)],
-) -> (usize, Option<Vec<usize>>) {
+) -> (usize, Option<(Vec<usize>, bool)>) {
     let (Key::Columns(key), Some((first, _))) = (&mapping.key, changes.first()) else {
         return (1, None);
     };
@@ -164,9 +193,20 @@ fn set_stretch(
         ChangeKind::Delete { .. } => key.clone(),
         _ => return (1, None),
     };
-    let castable = cols
-        .iter()
-        .all(|&c| matches!(mapping.text_casts.get(c), Some(Some(_))));
+    // Binary values (pgoutput's binary mode) go as arrays of the columns'
+    // own types, when every column carried takes blue's binary value as
+    // it is; text values through each type's input function.
+    let binary = set_image(first).is_some_and(|image| {
+        cols.iter()
+            .any(|&c| matches!(image.get(c), Some(Value::Binary(_))))
+    });
+    let castable = if binary {
+        cols.iter()
+            .all(|&c| matches!(mapping.binary_elems.get(c), Some(Some(_))))
+    } else {
+        cols.iter()
+            .all(|&c| matches!(mapping.text_casts.get(c), Some(Some(_))))
+    };
     if !castable || !key.iter().all(|k| cols.contains(k)) {
         return (1, None);
     }
@@ -180,7 +220,7 @@ fn set_stretch(
         return (1, None);
     }
     // Most changes that do not fit stop here, before anything is allocated.
-    let Some(first_key) = set_row_key(key, &cols, first) else {
+    let Some(first_key) = set_row_key(key, &cols, first, binary) else {
         return (1, None);
     };
     // Keys by hash: a collision only ends the stretch early.
@@ -188,7 +228,7 @@ fn set_stretch(
     seen.insert(first_key);
     let mut n = 1;
     for (change, _) in &changes[1..] {
-        let Some(k) = set_row_key(key, &cols, change) else {
+        let Some(k) = set_row_key(key, &cols, change, binary) else {
             break;
         };
         if !seen.insert(k) {
@@ -196,17 +236,20 @@ fn set_stretch(
         }
         n += 1;
     }
-    (n.max(1), (n >= SET_MIN_ROWS).then_some(cols))
+    (n.max(1), (n >= SET_MIN_ROWS).then_some((cols, binary)))
 }
 
-/// The hash of the key of a change that fits a set-based statement carrying `cols`.
-fn set_row_key(key: &[usize], cols: &[usize], change: &Change) -> Option<u64> {
-    fn text(v: Option<Value<'_>>) -> Option<&[u8]> {
+/// The hash of the key of a change that fits a set-based statement
+/// carrying `cols` (`binary`: of binary values, else of text values).
+fn set_row_key(key: &[usize], cols: &[usize], change: &Change, binary: bool) -> Option<u64> {
+    fn value(v: Option<Value<'_>>, binary: bool) -> Option<&[u8]> {
         match v {
-            Some(Value::Text(t)) => Some(t),
+            Some(Value::Text(t)) if !binary => Some(t),
+            Some(Value::Binary(b)) if binary => Some(b),
             _ => None,
         }
     }
+    let text = |v| value(v, binary);
     let mut hash = FxHasher::default();
     match &change.kind {
         ChangeKind::Update { old, new, .. } => {
@@ -214,8 +257,9 @@ fn set_row_key(key: &[usize], cols: &[usize], change: &Change) -> Option<u64> {
             for (i, v) in new.values().enumerate() {
                 match v {
                     Value::UnchangedToast => {}
-                    Value::Binary(_) => return None,
-                    Value::Text(_) | Value::Null => {
+                    Value::Binary(_) if !binary => return None,
+                    Value::Text(_) if binary => return None,
+                    Value::Text(_) | Value::Binary(_) | Value::Null => {
                         if cols.get(sent) != Some(&i) {
                             return None;
                         }
@@ -287,6 +331,32 @@ mod tests {
             "the unchanged TOAST column is left out"
         );
         assert!(stretches(&run(&m, RunOp::Update, updates(&m, 0..15))).is_empty());
+    }
+
+    #[test]
+    fn binary_values_go_as_arrays_of_the_columns_types() {
+        let m = keyed("t", 3);
+        let keys: Vec<String> = (0..16u32).map(|k| k.to_string()).collect();
+        let changes: Vec<Change> = keys
+            .iter()
+            .map(|k| update(&m, &[V::B(k.as_bytes()), V::B(b"\x01"), V::U], None))
+            .collect();
+        let r = run(&m, RunOp::Update, changes);
+        let plans = stretches(&r);
+        assert_eq!(spans(&plans), [(0, 16)]);
+        assert!(plans[0].binary);
+        let arrays = plans[0].arrays(&r);
+        // Element type: the column's (text, OID 25, in the fixture), at
+        // bytes 8..12 of array_send's format; 16 elements.
+        assert_eq!(arrays[0][8..12], 25u32.to_be_bytes());
+        assert_eq!(arrays[0][12..16], 16i32.to_be_bytes());
+        // A text value among binary ones ends the stretch.
+        let mut changes: Vec<Change> = keys
+            .iter()
+            .map(|k| update(&m, &[V::B(k.as_bytes()), V::B(b"\x01"), V::U], None))
+            .collect();
+        changes[4] = update(&m, &[V::B(b"4"), V::T("v"), V::U], None);
+        assert_eq!(spans(&stretches(&run(&m, RunOp::Update, changes))), []);
     }
 
     #[test]

@@ -154,14 +154,22 @@ pub(crate) fn delete(table: &str, key: &[KeyColumn<'_>], one_row: bool) -> Strin
 
 /// Set-based statements take one `text[]` parameter per column, element `i`
 /// holding row `i`'s value; green's input function of each column's type
-/// converts the elements (`__v.cN::type`).
-fn unnest_columns(s: &mut String, n: usize) {
+/// converts the elements (`__v.cN::type`). With `binary` values, one array
+/// of each column's own type instead (`$1::bigint[]`; the cast is then the
+/// identity).
+fn unnest_columns(s: &mut String, cols: &[(&str, &str)], binary: bool) {
+    let n = cols.len();
     s.push_str("unnest(");
-    for i in 1..=n {
+    for (i, (_, ty)) in cols.iter().enumerate() {
+        let i = i + 1;
         if i > 1 {
             s.push_str(", ");
         }
-        let _ = write!(s, "${i}::pg_catalog.text[]");
+        if binary {
+            let _ = write!(s, "${i}::{ty}[]");
+        } else {
+            let _ = write!(s, "${i}::pg_catalog.text[]");
+        }
     }
     s.push_str(") AS __v(");
     for i in 1..=n {
@@ -193,6 +201,7 @@ pub(crate) fn update_many(
     set: &[(&str, &str)],
     key: &[usize],
     fixed: &[usize],
+    binary: bool,
 ) -> String {
     let mut s = format!("UPDATE {table} AS __t SET ");
     let mut first = true;
@@ -207,7 +216,7 @@ pub(crate) fn update_many(
         let _ = write!(s, "{col} = __v.c{}::{ty}", i + 1);
     }
     s.push_str(" FROM ");
-    unnest_columns(&mut s, set.len());
+    unnest_columns(&mut s, set, binary);
     unnest_match(&mut s, set, key);
     s
 }
@@ -227,15 +236,15 @@ pub(crate) fn insert_many(table: &str, cols: &[(&str, &str)], override_identity:
         overriding(override_identity),
         values.join(", ")
     );
-    unnest_columns(&mut s, cols.len());
+    unnest_columns(&mut s, cols, false);
     s
 }
 
 /// Deletes of many rows, found by key, in one statement:
 /// `DELETE FROM t AS __t USING unnest($1::text[]) AS __v(c1) WHERE __t.k = __v.c1::int4`.
-pub(crate) fn delete_many(table: &str, key: &[(&str, &str)]) -> String {
+pub(crate) fn delete_many(table: &str, key: &[(&str, &str)], binary: bool) -> String {
     let mut s = format!("DELETE FROM {table} AS __t USING ");
-    unnest_columns(&mut s, key.len());
+    unnest_columns(&mut s, key, binary);
     let all: Vec<usize> = (0..key.len()).collect();
     unnest_match(&mut s, key, &all);
     s
@@ -410,7 +419,8 @@ mod tests {
                     ("\"k2\"", "\"s\".\"e\"")
                 ],
                 &[0, 2],
-                &[]
+                &[],
+                false
             ),
             "UPDATE \"public\".\"Ledger\" AS __t SET \"Id\" = __v.c1::integer, \"memo\" = __v.c2::text, \"k2\" = __v.c3::\"s\".\"e\" \
              FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[]) AS __v(c1, c2, c3) \
@@ -421,7 +431,8 @@ mod tests {
                 t,
                 &[("\"Id\"", "integer"), ("\"memo\"", "text")],
                 &[0],
-                &[0]
+                &[0],
+                false
             ),
             "UPDATE \"public\".\"Ledger\" AS __t SET \"memo\" = __v.c2::text \
              FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) AS __v(c1, c2) \
@@ -438,9 +449,30 @@ mod tests {
              FROM unnest($1::pg_catalog.text[]) AS __v(c1)"
         );
         assert_eq!(
-            delete_many(t, &[("\"id\"", "bigint")]),
+            delete_many(t, &[("\"id\"", "bigint")], false),
             "DELETE FROM \"public\".\"Ledger\" AS __t USING unnest($1::pg_catalog.text[]) AS __v(c1) \
              WHERE __t.\"id\" = __v.c1::bigint"
+        );
+        // Binary values: arrays of the columns' own types.
+        assert_eq!(
+            delete_many(t, &[("\"id\"", "bigint")], true),
+            "DELETE FROM \"public\".\"Ledger\" AS __t USING unnest($1::bigint[]) AS __v(c1) \
+             WHERE __t.\"id\" = __v.c1::bigint"
+        );
+        assert_eq!(
+            update_many(
+                t,
+                &[
+                    ("\"Id\"", "integer"),
+                    ("\"at\"", "timestamp with time zone")
+                ],
+                &[0],
+                &[],
+                true
+            ),
+            "UPDATE \"public\".\"Ledger\" AS __t SET \"Id\" = __v.c1::integer, \"at\" = __v.c2::timestamp with time zone \
+             FROM unnest($1::integer[], $2::timestamp with time zone[]) AS __v(c1, c2) \
+             WHERE __t.\"Id\" = __v.c1::integer"
         );
         assert_eq!(
             select_json(t, &[("\"id\"", "bigint", Match::Equal)]),

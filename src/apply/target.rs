@@ -128,6 +128,11 @@ pub(crate) struct Mapping {
     /// GENERATED ALWAYS: inserts say OVERRIDING SYSTEM VALUE, updates
     /// match it rather than set it (see [`crate::apply::sql::SetColumn`]).
     pub(crate) identity_always: Vec<bool>,
+    /// For each blue column, green's type OID when a binary value from blue
+    /// is one green's column takes as it is: the same built-in type on both
+    /// sides (OIDs below 16384 name the same type everywhere), not an
+    /// array (a set-based statement carries the column as an array).
+    pub(crate) binary_elems: Vec<Option<u32>>,
 }
 
 impl Mapping {
@@ -335,6 +340,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
     let mut types = Vec::with_capacity(rel.columns.len());
     let mut text_match = Vec::with_capacity(rel.columns.len());
     let mut identity_always = Vec::with_capacity(rel.columns.len());
+    let mut binary_elems = Vec::with_capacity(rel.columns.len());
     for (i, col) in rel.columns.iter().enumerate() {
         let Some(g) = green.iter().find(|g| g.name == col.name) else {
             return Err(DriftError::MissingColumn {
@@ -359,6 +365,10 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         types.push(g.type_plain.clone());
         text_match.push(g.text_match);
         identity_always.push(g.identity_always);
+        binary_elems.push(
+            (col.type_oid == g.type_oid && g.type_oid < 16384 && g.category != "A")
+                .then_some(g.type_oid),
+        );
     }
     // The first of green's keys whose columns blue sends.
     let green_pk = unique_keys.iter().find_map(|key| {
@@ -394,6 +404,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         text_match,
         fires_on_apply,
         identity_always,
+        binary_elems,
     })
 }
 

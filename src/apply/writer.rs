@@ -530,6 +530,7 @@ impl Writer {
         let shape: Vec<u8> = cols
             .iter()
             .flat_map(|&c| (c as u16).to_le_bytes())
+            .chain([u8::from(plan.binary)])
             .collect();
         let kind = match run.op {
             RunOp::Insert => Kind::InsertMany,
@@ -537,7 +538,7 @@ impl Writer {
             RunOp::Delete => Kind::DeleteMany,
         };
         self.statement(client, mapping, kind, shape, || {
-            let typed = typed_columns(mapping, cols.iter().copied());
+            let typed = typed_columns(mapping, cols.iter().copied(), plan.binary);
             match (kind, &mapping.key) {
                 (Kind::UpdateMany, Key::Columns(key)) => {
                     let key_at: Vec<usize> = key
@@ -550,9 +551,9 @@ impl Writer {
                         .filter(|(_, c)| mapping.identity_always[**c])
                         .map(|(i, _)| i)
                         .collect();
-                    sql::update_many(&mapping.table, &typed, &key_at, &fixed)
+                    sql::update_many(&mapping.table, &typed, &key_at, &fixed, plan.binary)
                 }
-                (Kind::DeleteMany, _) => sql::delete_many(&mapping.table, &typed),
+                (Kind::DeleteMany, _) => sql::delete_many(&mapping.table, &typed, plan.binary),
                 _ => sql::insert_many(&mapping.table, &typed, mapping.overrides_identity()),
             }
         })

@@ -194,7 +194,8 @@ async fn every_type_with(blue: &PgBin, green: &PgBin, binary: bool) {
     // 80 rows updated three times, 26 deleted: set-based, not row by row
     // (or left out, where one green transaction holds a later update that
     // overwrites the row whole).
-    // (Binary values go row by row: set-based statements carry text.)
+    // (With --binary this table goes row by row: its user types cannot
+    // travel as arrays of their own type; see binary_values_go_set_based.)
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     if !binary {
         assert_eq!(

@@ -821,3 +821,83 @@ async fn unix_socket_hosts_for_blue_and_green() {
     );
     running.stop().await;
 }
+
+/// `--binary auto`: binary for built-in types the same on both sides,
+/// text for an array, a user type, a type that differs, masking or Kafka;
+/// a stream in auto runs in binary (the walsender's command says so) and
+/// converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_auto_is_binary_only_where_safe() {
+    let twins = Twins::start(
+        &crate::support::cluster::default_bin(),
+        "CREATE TABLE a (id int PRIMARY KEY, v numeric, at timestamptz, note text)",
+    )
+    .await;
+    let mut config = twins.config();
+    config.binary_auto = true;
+    assert!(teal::ops::binary::safe(&config).await, "built-in types");
+    let mut kafka = config.clone();
+    kafka.kafka = Some(teal::sink::kafka::KafkaConfig::new(
+        "127.0.0.1:1",
+        "postgres",
+    ));
+    assert!(!teal::ops::binary::safe(&kafka).await, "Kafka: text");
+    let running = start(&twins, config.clone()).await;
+    let command: String = twins
+        .b
+        .query_one(
+            "SELECT query FROM pg_stat_activity WHERE backend_type = 'walsender'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(command.contains("binary 'true'"), "{command}");
+    each(
+        &twins.b,
+        &[
+            "INSERT INTO a SELECT i, i / 3.0, '2026-01-01'::timestamptz + i * interval '1 hour', 'n' || i FROM generate_series(1, 100) i",
+            "UPDATE a SET v = v * 2, note = note || ' ✓'",
+            "DELETE FROM a WHERE id % 4 = 0",
+        ],
+    )
+    .await;
+    twins.assert_converged(&["a"], WAIT).await;
+    let stats = running.stop().await;
+    assert_eq!(
+        stats
+            .set_based_rows
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + stats
+                .superseded_updates
+                .load(std::sync::atomic::Ordering::Relaxed),
+        100 + 25,
+        "binary updates and deletes went set-based"
+    );
+    // Another type on green, an array, a type of its own: text.
+    twins
+        .g
+        .batch_execute("ALTER TABLE a ALTER COLUMN v TYPE float8")
+        .await
+        .unwrap();
+    assert!(!teal::ops::binary::safe(&config).await, "types differ");
+    twins
+        .g
+        .batch_execute("ALTER TABLE a ALTER COLUMN v TYPE numeric")
+        .await
+        .unwrap();
+    for side in [&twins.b, &twins.g] {
+        side.batch_execute("ALTER TABLE a ADD COLUMN tags text[]")
+            .await
+            .unwrap();
+    }
+    assert!(!teal::ops::binary::safe(&config).await, "an array");
+    for side in [&twins.b, &twins.g] {
+        side.batch_execute(
+            "ALTER TABLE a DROP COLUMN tags; CREATE TYPE mood AS ENUM ('ok'); ALTER TABLE a ADD COLUMN m mood",
+        )
+        .await
+        .unwrap();
+    }
+    assert!(!teal::ops::binary::safe(&config).await, "a user type");
+}

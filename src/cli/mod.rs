@@ -303,9 +303,13 @@ pub(crate) struct SourceArgs {
     #[arg(long, env = "TEAL_STREAMING", default_value = "auto")]
     pub(crate) streaming: Streaming,
 
-    /// Ask for column values in binary format (PostgreSQL 14+).
-    #[arg(long, env = "TEAL_BINARY")]
-    pub(crate) binary: bool,
+    /// Column values in pgoutput's binary format (PostgreSQL 14+): auto
+    /// (teal stream and sync: when every published column's type is built
+    /// in and the same on both sides, blue and green share a major version,
+    /// and nothing is masked; decided at each connection), on (`--binary`
+    /// alone), off.
+    #[arg(long, env = "TEAL_BINARY", default_value = "auto", num_args = 0..=1, default_missing_value = "on", value_parser = ["auto", "on", "off", "true", "false"])]
+    pub(crate) binary: String,
 
     /// Do not receive pg_logical_emit_message messages.
     #[arg(long, env = "TEAL_NO_MESSAGES")]
@@ -590,6 +594,7 @@ fn parse_optional_byte_size(s: &str) -> Result<OrOff<u64>, String> {
 
 impl StreamArgs {
     pub(crate) fn config(self) -> anyhow::Result<StreamConfig> {
+        let binary_auto = self.source.binary == "auto";
         let (mut source, assembler) = self.source.configs()?;
         source.create_slot = !self.no_create_slot;
         let target: ConnInfo = match (&self.target, self.no_apply) {
@@ -652,6 +657,7 @@ impl StreamArgs {
             shutdown_timeout: self.shutdown_timeout,
             sync_sequences: self.sync_sequences.0,
             fence_target_roles: self.fence_target_roles,
+            binary_auto,
         };
         config.validate()?;
         Ok(config)
@@ -667,12 +673,14 @@ impl SourceArgs {
         let mut source = SourceConfig::new(conninfo, self.slot, self.publication);
         source.start_lsn = self.start_lsn;
         source.streaming = self.streaming;
-        source.binary = self.binary;
+        // auto is decided by teal stream at each connection (text for tail).
+        let binary = matches!(self.binary.as_str(), "on" | "true");
+        source.binary = binary;
         source.messages = !self.no_messages;
         source.status_interval = self.status_interval;
         source.reconnect_max_delay = self.reconnect_max_delay;
         source.replication_timeout = self.replication_timeout.0;
-        if self.binary && !self.mask.mask.is_empty() {
+        if binary && !self.mask.mask.is_empty() {
             return Err(config::ConfigError {
                 flag: "--binary",
                 reason: "masking needs pgoutput's text format: leave --binary off with --mask"

@@ -233,6 +233,7 @@ fn stream_config(blue: &Cluster, green: &Cluster) -> Result<StreamConfig, DemoEr
         shutdown_timeout: StreamConfig::DEFAULT_SHUTDOWN_TIMEOUT,
         sync_sequences: None,
         fence_target_roles: Vec::new(),
+        binary_auto: false,
     })
 }
 

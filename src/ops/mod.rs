@@ -2,6 +2,7 @@
 //! re-implements them.
 
 pub mod audit;
+pub mod binary;
 pub mod cutover;
 pub mod ddl;
 pub mod demo;

@@ -125,6 +125,11 @@ pub struct StreamConfig {
     /// roles may not log in to green (nobody writes there by mistake); a
     /// cutover lifts the fence.
     pub fence_target_roles: Vec<String>,
+    /// `--binary auto`: at each connection, values in binary when every
+    /// selected published column's type is built in and the same on both
+    /// sides, the servers share a major version and nothing is masked
+    /// ([`crate::ops::binary::safe`]); else text.
+    pub binary_auto: bool,
 }
 
 impl StreamConfig {
@@ -519,6 +524,9 @@ async fn attempt(
     }
     let green = applier.as_ref().and_then(Applier::applied);
     let mut source = config.source.clone();
+    if config.binary_auto && !config.source.binary && applier.is_some() {
+        source.binary = crate::ops::binary::safe(config).await;
+    }
     source.start_lsn = resume::start_position(
         source.start_lsn,
         green.map(|g| g.end_lsn),

@@ -70,6 +70,7 @@ impl Twins {
             shutdown_timeout: StreamConfig::DEFAULT_SHUTDOWN_TIMEOUT,
             sync_sequences: None,
             fence_target_roles: Vec::new(),
+            binary_auto: false,
         }
     }
 

@@ -236,6 +236,8 @@ async fn pgbench_init(bin: &PgBin, cluster: &Cluster, scale: u32) {
         ])
         .arg(cluster.port.to_string())
         .args(["-U", "postgres", "postgres"])
+        // The throwaway clusters take SCRAM passwords over TCP.
+        .env("PGPASSWORD", cluster.password())
         .output()
         .expect("pgbench runs");
     assert!(
@@ -383,6 +385,7 @@ impl Env {
                 let out = tokio::task::spawn_blocking({
                     let pgbench = self.bin.dir.join("pgbench");
                     let port = self.blue.port;
+                    let password = self.blue.password().to_owned();
                     move || {
                         Command::new(pgbench)
                             .args([
@@ -399,6 +402,7 @@ impl Env {
                             ])
                             .arg(port.to_string())
                             .args(["-U", "postgres", "postgres"])
+                            .env("PGPASSWORD", &password)
                             .output()
                             .expect("pgbench runs")
                     }

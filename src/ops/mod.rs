@@ -11,6 +11,7 @@ pub mod pair;
 pub mod sequences;
 pub mod status;
 pub mod stream;
+mod stream_kafka;
 pub mod sync;
 pub mod tail;
 pub mod verify;

@@ -37,8 +37,9 @@ use crate::lsn::Lsn;
 use crate::monitor::{Monitor, RunState};
 use crate::ops::audit::StreamAudit;
 use crate::ops::pair::Direction;
+use crate::ops::stream_kafka::{KafkaRun, kafka_scope};
 use crate::pipeline::{
-    Acknowledged, ApplyInput, Hold, KafkaInput, PipelineError, fan_out, resume, start_capture,
+    Acknowledged, ApplyInput, Hold, PipelineError, fan_out, resume, start_capture,
 };
 use crate::progress::FlushLsn;
 use crate::sink::kafka::{KafkaConfig, KafkaSinkError};
@@ -650,55 +651,4 @@ async fn attempt(
     delivered?;
     captured?;
     Ok(())
-}
-
-/// The Kafka sink of one attempt, started on its input.
-struct KafkaRun {
-    config: KafkaConfig,
-    scope: crate::sink::kafka::Scope,
-    consumer: crate::progress::Consumer,
-    stats: Arc<crate::sink::kafka::KafkaStats>,
-    lag: Option<Arc<crate::progress::Lag>>,
-}
-
-impl KafkaRun {
-    async fn run(self, input: KafkaInput) -> Result<(), KafkaSinkError> {
-        let KafkaRun {
-            config,
-            scope,
-            consumer,
-            stats,
-            lag,
-        } = self;
-        match input {
-            KafkaInput::Owned(events) => {
-                crate::sink::kafka::run(config, scope, consumer, events, stats, lag).await
-            }
-            KafkaInput::Shared(events) => {
-                crate::sink::kafka::run(config, scope, consumer, events, stats, lag).await
-            }
-        }
-    }
-}
-
-/// The Kafka sink's producer name and transaction size (`--kafka-transaction-max-*`).
-fn kafka_scope(config: &StreamConfig) -> crate::sink::kafka::Scope {
-    crate::sink::kafka::Scope {
-        slot: config.source.slot.clone(),
-        max_records: config
-            .kafka
-            .as_ref()
-            .map_or(config.apply.batch_max_changes, |k| {
-                k.transaction_max_records
-            }),
-        max_delay: config
-            .kafka
-            .as_ref()
-            .map_or(config.apply.batch_max_delay, |k| k.transaction_max_delay),
-        blue: config.source.conninfo.clone(),
-        publications: config.source.publications.clone(),
-        tables: config.assembler.tables.clone(),
-        ledger: None,
-        dropped: CancellationToken::new(),
-    }
 }

@@ -215,24 +215,26 @@ impl Masker {
 
     /// Masks `change` when its table is masked.
     pub fn mask_change(&mut self, change: &mut Change) -> Result<(), MaskError> {
-        let key = self.config.key.clone();
+        // The config, not the key, is cloned: a pointer per change.
+        let config = Arc::clone(&self.config);
+        let key = &config.key;
         match &mut change.kind {
             ChangeKind::Insert { relation, new } => {
                 if let Some(plan) = self.plan(relation)? {
-                    *new = mask_image(&plan, &key, relation, new)?;
+                    *new = mask_image(&plan, key, relation, new)?;
                 }
             }
             ChangeKind::Update { relation, old, new } => {
                 if let Some(plan) = self.plan(relation)? {
-                    *new = mask_image(&plan, &key, relation, new)?;
+                    *new = mask_image(&plan, key, relation, new)?;
                     if let Some(old) = old.as_mut() {
-                        mask_old(&plan, &key, relation, old)?;
+                        mask_old(&plan, key, relation, old)?;
                     }
                 }
             }
             ChangeKind::Delete { relation, old } => {
                 if let Some(plan) = self.plan(relation)? {
-                    mask_old(&plan, &key, relation, old)?;
+                    mask_old(&plan, key, relation, old)?;
                 }
             }
             ChangeKind::Truncate { .. } | ChangeKind::Message(_) => {}

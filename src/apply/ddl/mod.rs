@@ -154,9 +154,10 @@ impl Ddl {
                 "teal applies CREATE/ALTER/DROP TABLE, INDEX and SEQUENCE, and COMMENT".into(),
             ));
         }
-        if matches!(m.tag.as_str(), "CREATE TABLE")
-            && lex::leading_words(&statement, 64).iter().any(|w| w == "AS")
-            && lex::leading_words(&statement, 64)
+        let words = lex::leading_words(&statement, 64);
+        if m.tag == "CREATE TABLE"
+            && words.iter().any(|w| w == "AS")
+            && words
                 .iter()
                 .any(|w| w == "SELECT" || w == "VALUES" || w == "EXECUTE")
         {

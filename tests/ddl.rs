@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio_postgres::error::SqlState;
+
 use crate::support::cluster::default_bin;
 use crate::support::running::Running;
 use crate::support::tap::init_logging;
@@ -101,16 +103,28 @@ async fn a_migration_under_load_reaches_green_in_order() {
                 .await
                 .unwrap();
             tokio::spawn(conn);
+            // A transfer can deadlock with the migration's bulk UPDATEs (rows
+            // locked in a different order). The transfer checks first, so it
+            // is the one rolled back, and retried as an application would.
+            c.batch_execute("SET deadlock_timeout = '20ms'")
+                .await
+                .unwrap();
             let mut i = 0i32;
             while !stop.load(Ordering::Relaxed) {
                 let (a, b) = (i % 2000 + 1, (i * 7) % 2000 + 1);
-                c.batch_execute(&format!(
-                    "BEGIN; UPDATE acct SET balance = balance - 1 WHERE id = {a};
-                     UPDATE acct SET balance = balance + 1 WHERE id = {b}; COMMIT"
-                ))
-                .await
-                .unwrap();
-                i += 1;
+                match c
+                    .batch_execute(&format!(
+                        "BEGIN; UPDATE acct SET balance = balance - 1 WHERE id = {a};
+                         UPDATE acct SET balance = balance + 1 WHERE id = {b}; COMMIT"
+                    ))
+                    .await
+                {
+                    Ok(()) => i += 1,
+                    Err(e) if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) => {
+                        c.batch_execute("ROLLBACK").await.unwrap();
+                    }
+                    Err(e) => panic!("transfer: {e:?}"),
+                }
             }
             i
         })
@@ -122,6 +136,9 @@ async fn a_migration_under_load_reaches_green_in_order() {
         .await
         .unwrap();
     tokio::spawn(conn);
+    m.batch_execute("SET deadlock_timeout = '1min'")
+        .await
+        .unwrap();
     for statement in [
         "ALTER TABLE acct ADD COLUMN note text DEFAULT 'none' NOT NULL",
         "UPDATE acct SET note = 'n' || id WHERE id <= 1000",
@@ -140,7 +157,7 @@ async fn a_migration_under_load_reaches_green_in_order() {
     ] {
         m.batch_execute(statement)
             .await
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+            .unwrap_or_else(|e| panic!("{statement}: {e:?}"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -285,7 +302,7 @@ async fn new_tables_of_a_schema_publication_arrive_with_all_their_rows() {
             .b
             .batch_execute(statement)
             .await
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+            .unwrap_or_else(|e| panic!("{statement}: {e:?}"));
     }
     twins
         .assert_converged(&["app.acct", "app.orders", "app.events"], WAIT)

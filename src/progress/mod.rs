@@ -20,7 +20,7 @@ mod verify;
 
 pub use copy::{CopyStatus, TableCopy, TableCopySnapshot};
 pub use lag::{Lag, LatencySummary};
-pub use ledger::{LedgerHead, LedgerHeads};
+pub use ledger::{LEDGER_FEED_ROWS, LedgerFeed, LedgerHead, LedgerHeads};
 pub use liveness::Liveness;
 pub use meters::{Bounds, Buckets, Seconds};
 pub use slot::{SlotHealth, SlotWatch};

@@ -53,7 +53,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, Producer};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::config::ConnInfo;
 use crate::event::Event;
@@ -73,7 +73,7 @@ const ACK_QUEUE: usize = 1024;
 
 /// How the sink names its transactional producer and sizes its Kafka
 /// transactions (`--kafka-exactly-once`; apply's batch limits).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Scope {
     /// The slot: `transactional.id` is `teal-<slot>`; the progress record's key.
     pub slot: String,
@@ -90,7 +90,7 @@ pub struct Scope {
     pub tables: crate::config::TableSelection,
     /// The ledger rows apply commits, published to the transactions topic
     /// (`None`: no ledger, or no green).
-    pub ledger: Option<watch::Receiver<Option<Arc<crate::progress::LedgerHead>>>>,
+    pub ledger: Option<crate::progress::LedgerFeed>,
     /// Cancelled when Kafka is dropped (`--kafka-drop-on-wal-risk`): the
     /// sink purges what it holds and returns at once, confirming nothing more.
     pub dropped: tokio_util::sync::CancellationToken,
@@ -102,7 +102,7 @@ pub struct Scope {
 /// record is acknowledged (or on the first error).
 pub async fn run<B: AsRef<[Event]>>(
     config: KafkaConfig,
-    scope: Scope,
+    mut scope: Scope,
     consumer: Consumer,
     mut events: mpsc::Receiver<B>,
     stats: Arc<KafkaStats>,
@@ -123,7 +123,7 @@ pub async fn run<B: AsRef<[Event]>>(
     };
     let transactions_topic: Arc<str> = config.transactions_topic().into();
     let mut txn: Option<Producing> = None;
-    let mut ledger = scope.ledger.clone();
+    let mut ledger = scope.ledger.take();
     let mut names = Names::new(&config);
     let mut keys = PrimaryKeys::new(scope.blue.clone());
     keys.check_topics(&scope.publications, &scope.tables, &mut names)
@@ -162,9 +162,9 @@ pub async fn run<B: AsRef<[Event]>>(
                             t.begin(&producer)?;
                         }
                         let mut open = Producing::new(Arc::clone(meta));
-                        if let Some(head) = new_ledger_head(&mut ledger) {
+                        for row in new_ledger_rows(&mut ledger) {
                             open.deliveries
-                                .push(send_ledger(&producer, &transactions_topic, &head).await?);
+                                .push(send_ledger(&producer, &transactions_topic, &row).await?);
                         }
                         let begin = envelope::begin(meta, PgTimestamp::now()).to_string();
                         let key = envelope::transaction_key(meta).to_string();
@@ -223,10 +223,10 @@ pub async fn run<B: AsRef<[Event]>>(
                         // Exactly-once: only inside an open Kafka transaction
                         // (else with the next source transaction).
                         if eos.as_ref().is_none_or(Transactional::is_open) {
-                            if let Some(head) = new_ledger_head(&mut ledger) {
-                                pending.deliveries.push(
-                                    send_ledger(&producer, &transactions_topic, &head).await?,
-                                );
+                            for row in new_ledger_rows(&mut ledger) {
+                                pending
+                                    .deliveries
+                                    .push(send_ledger(&producer, &transactions_topic, &row).await?);
                             }
                         }
                         pending
@@ -280,15 +280,23 @@ pub async fn run<B: AsRef<[Event]>>(
     acked
 }
 
-/// The ledger row apply committed since the last one published, if any.
-fn new_ledger_head(
-    ledger: &mut Option<watch::Receiver<Option<Arc<crate::progress::LedgerHead>>>>,
-) -> Option<Arc<crate::progress::LedgerHead>> {
-    let rx = ledger.as_mut()?;
-    if !rx.has_changed().unwrap_or(false) {
-        return None;
+/// The ledger rows apply committed since the last ones published, in
+/// chain order.
+fn new_ledger_rows(
+    ledger: &mut Option<crate::progress::LedgerFeed>,
+) -> Vec<Arc<crate::progress::LedgerHead>> {
+    let Some(feed) = ledger.as_mut() else {
+        return Vec::new();
+    };
+    let (rows, skipped) = feed.take();
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "Kafka fell more than {} ledger rows behind green: the oldest were not published to the transactions topic (green's teal.ledger has them all)",
+            crate::progress::LEDGER_FEED_ROWS
+        );
     }
-    rx.borrow_and_update().clone()
+    rows
 }
 
 /// Produces `head` to the transactions topic.

@@ -480,8 +480,24 @@ impl Subscriber {
                 Subscriber::Native { green }
             }
             System::Teal => {
-                let mut cmd = Command::new(env!("CARGO_BIN_EXE_teal"));
+                // With `TEAL_BENCH_HEAPTRACK=FILE`, teal runs under heaptrack
+                // (its peak heap and the allocations behind it in FILE; the
+                // RSS printed is then heaptrack's wrapper's, not teal's).
+                let heaptrack = std::env::var_os("TEAL_BENCH_HEAPTRACK");
+                let mut cmd = match &heaptrack {
+                    Some(file) => {
+                        let mut c = Command::new("heaptrack");
+                        c.arg("-o").arg(file).arg(env!("CARGO_BIN_EXE_teal"));
+                        c
+                    }
+                    None => Command::new(env!("CARGO_BIN_EXE_teal")),
+                };
                 cmd.env_clear()
+                    // glibc's malloc tunables (MALLOC_ARENA_MAX, ...) pass
+                    // through, for memory experiments; PATH for heaptrack.
+                    .envs(std::env::vars().filter(|(k, _)| {
+                        k.starts_with("MALLOC_") || (heaptrack.is_some() && k == "PATH")
+                    }))
                     .args([
                         "stream",
                         "--slot",
@@ -566,9 +582,17 @@ impl Subscriber {
                     .await;
             }
             Subscriber::Teal { mut child, .. } => {
-                // SAFETY: kill with a valid pid and signal number.
-                unsafe {
-                    libc::kill(child.id() as i32, libc::SIGTERM);
+                // Under heaptrack, teal is the wrapper's child: stop it
+                // first, the wrapper then writes its report and ends.
+                if std::env::var_os("TEAL_BENCH_HEAPTRACK").is_some() {
+                    let _ = Command::new("pkill")
+                        .args(["-TERM", "-x", "teal", "-P", &child.id().to_string()])
+                        .status();
+                } else {
+                    // SAFETY: kill with a valid pid and signal number.
+                    unsafe {
+                        libc::kill(child.id() as i32, libc::SIGTERM);
+                    }
                 }
                 let _ = tokio::task::spawn_blocking(move || child.wait()).await;
             }

@@ -40,11 +40,12 @@ pub mod resume;
 
 pub use fan_out::{Acknowledged, ApplyInput, Hold, KafkaInput, fan_out};
 
-const SOURCE_CHANNEL_BATCHES: usize = 8;
-const EVENT_CHANNEL_BATCHES: usize = 16;
+const SOURCE_CHANNEL_BATCHES: usize = 4;
+const EVENT_CHANNEL_BATCHES: usize = 4;
 /// Changes gathered before a batch goes to the consumer mid-transaction.
 const EVENT_BATCH_CHANGES: usize = 8192;
-/// Bytes of changes (their heap size) gathered before a batch goes to the consumer.
+/// Bytes of events (with what their changes hold) gathered before a batch
+/// goes to the consumer.
 const EVENT_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Why the capture pipeline stopped.
@@ -333,10 +334,13 @@ impl EventSink for ChannelSink {
                 }
             }
         }
+        // Counted as held: the event and each change's own struct too (on
+        // narrow rows in small transactions they outweigh the values).
+        self.pending_bytes += std::mem::size_of::<Event>();
         match &event {
             Event::Changes(changes) => {
                 self.pending_changes += changes.len();
-                self.pending_bytes += changes.iter().map(Change::heap_size).sum::<usize>();
+                self.pending_bytes += changes.iter().map(Change::memory_size).sum::<usize>();
             }
             Event::Commit(meta) => self.lag.commit_received(meta.end_lsn, meta.commit_ts),
             _ => {}

@@ -32,9 +32,13 @@ use super::error::{ServerError, SourceError};
 use super::frame::frame_header;
 use crate::tls;
 
-/// Bytes requested from the socket per read. Large reads let blue's walsender
-/// fill its socket buffer and send big packets instead of one per message.
-const READ_CHUNK: usize = RECEIVE_BUFFER as usize;
+/// Bytes of read buffer allocated at a time. The frames read are slices of
+/// it, so a chunk lives as long as any change still holds one of its
+/// values: smaller chunks hold less memory idle behind a few live changes.
+/// The read pacer (`stream.rs`) still reads up to its budget per turn, in
+/// as many reads as it takes, so blue's walsender fills its socket buffer
+/// and sends big packets.
+const READ_CHUNK: usize = 256 * 1024;
 
 pub(super) enum Stream {
     Tcp(TcpStream),

@@ -435,7 +435,10 @@ impl ReadPacer {
     /// second, below what a walsender sends when it is slow, so a stream in
     /// the slow regime fills the socket and is pushed out of it.
     const MIN: usize = 32 * 1024;
-    const MAX: usize = 4 * 1024 * 1024;
+    /// Largest budget: one receive buffer's worth per millisecond (about
+    /// 1 GB/s, beyond any walsender). A budget is also the most one batch
+    /// to the decoder holds, so this bounds what the source channel holds.
+    const MAX: usize = super::conn::RECEIVE_BUFFER as usize;
     /// The socket counts as full (blue's window closed) from this many
     /// unread bytes: the kernel doubles the receive buffer asked for and
     /// lets about that much payload wait.

@@ -6,7 +6,7 @@
 //! librdkafka's mock cluster in this process (a real protocol endpoint).
 //!
 //! Prints rows/s and Kafka records/s for each, and apply + Kafka against
-//! apply only (target: at most 20% slower).
+//! apply only (targets, issue 23: at least 85%, exactly-once at least 70%).
 //!
 //! Run: `cargo bench --bench kafka -- [--runs 3] [--scale 1.0] [--teal-arg ARG]...`
 
@@ -218,13 +218,13 @@ async fn main() {
     }
     if let (Some(a), Some(b)) = (medians.get(&Mode::Apply), medians.get(&Mode::ApplyKafka)) {
         println!(
-            "apply + Kafka runs at {:.0}% of apply alone (target: at least 80%)",
+            "apply + Kafka runs at {:.0}% of apply alone (target: at least 85%)",
             a / b * 100.0
         );
     }
     if let (Some(a), Some(b)) = (medians.get(&Mode::Apply), medians.get(&Mode::ApplyKafkaEos)) {
         println!(
-            "apply + Kafka exactly-once runs at {:.0}% of apply alone",
+            "apply + Kafka exactly-once runs at {:.0}% of apply alone (target: at least 70%)",
             a / b * 100.0
         );
     }

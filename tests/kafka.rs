@@ -413,6 +413,85 @@ async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
     running.await.unwrap().expect("stream stops cleanly");
 }
 
+/// Records librdkafka gives up (`message.timeout.ms` passed while Kafka
+/// refused them) stop the sink with a delivery error naming the LSN; the
+/// slot is not confirmed past them, the attempt starts again from what
+/// green and Kafka hold, and once Kafka takes records every row gets there
+/// (at least once: records sent before the failure was seen may repeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_kafka_gave_up_on_are_sent_again() {
+    init_logging();
+    let (mock, brokers, twins) = mock_and_acct().await;
+    let mut config = twins.config();
+    let mut kafka = KafkaConfig::new(brokers.clone(), "postgres");
+    kafka.properties = vec![("message.timeout.ms".into(), "1000".into())];
+    config.kafka = Some(kafka);
+    config.apply.ledger = false;
+    let shutdown = CancellationToken::new();
+    let monitor = Arc::new(Monitor::new("teal_slot"));
+    let running = tokio::spawn(stream::run_monitored(
+        config,
+        shutdown.clone(),
+        Arc::clone(&monitor),
+    ));
+    twins.wait_streaming().await;
+    ten_rows_on_green(&twins).await;
+
+    kafka_down(&mock);
+    let before = twins.blue_insert_lsn().await;
+    let before = before.parse::<teal::lsn::Lsn>().unwrap().0;
+    insert_each(&twins, 11..=30, 1).await;
+    // librdkafka gives the records up after a second: the sink fails.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let metrics = monitor.metrics_text();
+        let failed: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("teal_kafka_records_failed_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if failed > 0.0 {
+            assert!(
+                metrics.contains("teal_kafka_records_failed_total{slot=\"teal_slot\",topic=\"teal.public.acct\"}")
+                    || metrics.contains("teal_kafka_records_failed_total{slot=\"teal_slot\",topic=\"teal.transactions\"}"),
+                "failures counted per topic: {metrics}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record was given up: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = confirmed(&twins).await;
+    assert!(
+        c <= before,
+        "the slot confirmed {c:X} past {before:X}, records of which Kafka gave up"
+    );
+    assert!(
+        !running.is_finished(),
+        "a delivery failure is retried, not an exit"
+    );
+
+    kafka_up(&mock);
+    twins
+        .wait_slot_confirmed("confirmation did not resume after Kafka came back")
+        .await;
+    let mut ids: Vec<i64> =
+        records_until_quiet(&brokers, "teal.public.acct", Duration::from_secs(1))
+            .await
+            .into_iter()
+            .map(|(_, v)| v["after"]["id"].as_i64().unwrap())
+            .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids, (1..=30).collect::<Vec<i64>>(), "every row, none lost");
+    twins.assert_converged(&["acct"], WAIT).await;
+    shutdown.cancel();
+    running.await.unwrap().expect("stream stops cleanly");
+}
+
 /// The `teal stream` binary from the twins to green and `brokers`.
 fn teal_binary_with_kafka(twins: &Twins, brokers: &str, exactly_once: bool) -> std::process::Child {
     twins

@@ -49,11 +49,16 @@ impl<B: Bounds> Default for Buckets<B> {
 impl<B: Bounds> Buckets<B> {
     /// Counts one observation of `value`.
     pub fn record(&self, value: f64) {
+        self.record_n(value, 1);
+    }
+
+    /// Counts `n` observations of `value`.
+    pub fn record_n(&self, value: f64, n: u64) {
         let bucket = B::BOUNDS
             .iter()
             .position(|b| value <= *b)
             .unwrap_or(B::BOUNDS.len());
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.counts[bucket].fetch_add(n, Ordering::Relaxed);
     }
 
     /// The bounds.

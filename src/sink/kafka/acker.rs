@@ -1,37 +1,127 @@
-//! Records handed to librdkafka, and the acker that confirms a position
-//! once every record up to it is acknowledged.
+//! Records handed to librdkafka, counted per group (a source transaction's,
+//! an idle position's), and the acker that confirms a position once every
+//! record of its group, and of every group before it, is acknowledged.
 //!
 //! ```text
-//! produce ──Sent (delivery future)──▶ Pending { lsn, deliveries } ──queue (in order)──▶ acknowledge
-//!                                            every delivery Ok ──▶ consumer.confirm(lsn), lag
+//! produce ──Group (remaining += 1; the record carries the group)──▶ librdkafka
+//!   librdkafka's polling thread ──delivery report──▶ remaining -= 1 (wakes the acker at 0)
+//! Pending { lsn, records: Group } ──queue (in order)──▶ acknowledge
+//!                                 every record Ok ──▶ consumer.confirm(lsn), lag
 //! ```
+//!
+//! One count per group rather than a future per record: no allocation, no
+//! channel and no wake-up per record.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use tokio::sync::mpsc;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message};
+use tokio::sync::{Notify, mpsc};
 
 use crate::lsn::{Lsn, PgTimestamp};
-use crate::progress::{Consumer, Lag};
+use crate::progress::{Consumer, Lag, lock};
 
 use super::config::KafkaSinkError;
 use super::stats::{KafkaStats, TopicCounts};
 
-/// A record handed to librdkafka, awaiting its delivery report.
-pub(super) struct Sent {
-    delivery: DeliveryFuture,
-    pub(super) topic: Arc<str>,
-    at: Instant,
+/// The producer: librdkafka's, polled by its own thread, reporting
+/// deliveries to [`Counting`].
+pub(super) type KafkaProducer = ThreadedProducer<Counting>;
+
+/// Counts delivery reports into the records' groups.
+#[derive(Default)]
+pub(super) struct Counting {
+    /// Woken when a group's last record is reported, or one fails.
+    settled: Arc<Notify>,
+}
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = Arc<Reports>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, group: Arc<Reports>) {
+        let failed = match result {
+            Ok(_) => false,
+            Err((e, message)) => {
+                let mut failures = lock(&group.failures);
+                failures.first.get_or_insert_with(|| e.clone());
+                let topic = message.topic();
+                match failures.per_topic.iter_mut().find(|(t, _)| t == topic) {
+                    Some((_, n)) => *n += 1,
+                    None => failures.per_topic.push((topic.to_owned(), 1)),
+                }
+                group.failed.fetch_add(1, Ordering::AcqRel);
+                true
+            }
+        };
+        if group.remaining.fetch_sub(1, Ordering::AcqRel) == 1 || failed {
+            self.settled.notify_one();
+        }
+    }
+}
+
+/// Delivery reports of one group, written by librdkafka's polling thread.
+#[derive(Debug, Default)]
+pub(super) struct Reports {
+    /// Records handed to librdkafka and not reported yet.
+    remaining: AtomicU64,
+    /// Records librdkafka gave up.
+    failed: AtomicU64,
+    /// What failed (rare: a lock is fine).
+    failures: Mutex<Failures>,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    first: Option<KafkaError>,
+    per_topic: Vec<(String, u64)>,
+}
+
+/// Records produced for one position, per topic.
+#[derive(Debug)]
+pub(super) struct Group {
+    reports: Arc<Reports>,
+    /// Records per topic (a transaction's mostly go to one or two).
+    pub(super) topics: Vec<(Arc<str>, u64)>,
+    /// When the first record was handed over.
+    started: Option<Instant>,
+}
+
+impl Group {
+    pub(super) fn new() -> Group {
+        Group {
+            reports: Arc::new(Reports::default()),
+            topics: Vec::new(),
+            started: None,
+        }
+    }
+
+    /// Records in the group.
+    pub(super) fn len(&self) -> u64 {
+        self.topics.iter().map(|(_, n)| n).sum()
+    }
+
+    fn count(&mut self, topic: &Arc<str>) {
+        match self
+            .topics
+            .iter_mut()
+            .rev()
+            .find(|(t, _)| Arc::ptr_eq(t, topic) || **t == **topic)
+        {
+            Some((_, n)) => *n += 1,
+            None => self.topics.push((Arc::clone(topic), 1)),
+        }
+    }
 }
 
 /// One position to confirm once its records are delivered.
 pub(super) struct Pending {
     pub(super) lsn: Lsn,
-    pub(super) deliveries: Vec<Sent>,
+    pub(super) records: Group,
     /// A transaction's end (else an idle position).
     pub(super) commit: bool,
 }
@@ -41,20 +131,25 @@ impl Pending {
     pub(super) fn position(lsn: Lsn, commit: bool) -> Pending {
         Pending {
             lsn,
-            deliveries: Vec::new(),
+            records: Group::new(),
             commit,
         }
     }
 }
 
-/// Enqueues one record; waits while librdkafka's queue is full.
+/// Hands one record to librdkafka, counted in `group`; waits while
+/// librdkafka's queue is full.
 pub(super) async fn send(
-    producer: &FutureProducer,
+    producer: &KafkaProducer,
+    group: &mut Group,
     topic: &Arc<str>,
     key: Option<&str>,
     payload: Option<&str>,
-) -> Result<Sent, KafkaSinkError> {
-    let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic);
+) -> Result<(), KafkaSinkError> {
+    // Counted before librdkafka can report it.
+    group.reports.remaining.fetch_add(1, Ordering::AcqRel);
+    let mut record: BaseRecord<'_, str, str, Arc<Reports>> =
+        BaseRecord::with_opaque_to(topic, Arc::clone(&group.reports));
     if let Some(k) = key {
         record = record.key(k);
     }
@@ -62,19 +157,18 @@ pub(super) async fn send(
         record = record.payload(p);
     }
     loop {
-        match producer.send_result(record) {
-            Ok(delivery) => {
-                return Ok(Sent {
-                    delivery,
-                    topic: Arc::clone(topic),
-                    at: Instant::now(),
-                });
+        match producer.send(record) {
+            Ok(()) => {
+                group.count(topic);
+                group.started.get_or_insert_with(Instant::now);
+                return Ok(());
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err((source, _)) => {
+                group.reports.remaining.fetch_sub(1, Ordering::AcqRel);
                 return Err(KafkaSinkError::Produce {
                     topic: topic.to_string(),
                     source,
@@ -87,33 +181,61 @@ pub(super) async fn send(
 /// Confirms each position once its records (and all earlier ones) are acknowledged.
 pub(super) async fn acknowledge(
     mut queue: mpsc::Receiver<Pending>,
+    settled: Arc<Notify>,
     consumer: Consumer,
     stats: Arc<KafkaStats>,
     lag: Option<Arc<Lag>>,
 ) -> Result<(), KafkaSinkError> {
     while let Some(pending) = queue.recv().await {
-        let mut counts: BTreeMap<Arc<str>, TopicCounts> = BTreeMap::new();
-        for sent in pending.deliveries {
-            let c = counts.entry(Arc::clone(&sent.topic)).or_default();
-            match sent.delivery.await {
-                Ok(Ok(_)) => {
-                    c.acknowledged += 1;
-                    stats.delivered(sent.at.elapsed());
-                }
-                Ok(Err((source, _))) => {
-                    c.failed += 1;
-                    stats.add(&counts);
-                    return Err(KafkaSinkError::Delivery {
-                        lsn: pending.lsn,
-                        source,
-                    });
-                }
-                // The producer went away (shutdown): nothing more is confirmed.
-                Err(_) => {
-                    stats.add(&counts);
-                    return Ok(());
-                }
+        let group = &pending.records;
+        let reports = &group.reports;
+        loop {
+            let woken = settled.notified();
+            if reports.remaining.load(Ordering::Acquire) == 0
+                || reports.failed.load(Ordering::Acquire) > 0
+            {
+                break;
             }
+            woken.await;
+        }
+        if reports.failed.load(Ordering::Acquire) > 0 {
+            // The sink stops: the failures are counted, the group's
+            // acknowledged records are not (its position is not confirmed).
+            let failures = lock(&reports.failures);
+            let counts = failures
+                .per_topic
+                .iter()
+                .map(|(topic, n)| {
+                    let c = TopicCounts {
+                        failed: *n,
+                        ..TopicCounts::default()
+                    };
+                    (Arc::<str>::from(topic.as_str()), c)
+                })
+                .collect();
+            stats.add(&counts);
+            let source = failures
+                .first
+                .clone()
+                .unwrap_or(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
+            return Err(KafkaSinkError::Delivery {
+                lsn: pending.lsn,
+                source,
+            });
+        }
+        let counts: std::collections::BTreeMap<Arc<str>, TopicCounts> = group
+            .topics
+            .iter()
+            .map(|(topic, n)| {
+                let c = TopicCounts {
+                    acknowledged: *n,
+                    ..TopicCounts::default()
+                };
+                (Arc::clone(topic), c)
+            })
+            .collect();
+        if let Some(started) = group.started {
+            stats.delivered(started.elapsed(), group.len());
         }
         stats.add(&counts);
         stats
@@ -125,4 +247,10 @@ pub(super) async fn acknowledge(
         }
     }
     Ok(())
+}
+
+/// The waker of the acker of `producer`'s deliveries.
+pub(super) fn settled(producer: &KafkaProducer) -> Arc<Notify> {
+    use rdkafka::producer::Producer;
+    Arc::clone(&producer.context().settled)
 }

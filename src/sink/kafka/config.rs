@@ -2,7 +2,6 @@
 
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
 
 use crate::lsn::Lsn;
 
@@ -205,7 +204,10 @@ impl KafkaSinkError {
 }
 
 /// The producer: idempotent, `acks=all`; transactional with exactly-once.
-pub(super) fn producer(config: &KafkaConfig, slot: &str) -> Result<FutureProducer, KafkaSinkError> {
+pub(super) fn producer(
+    config: &KafkaConfig,
+    slot: &str,
+) -> Result<super::acker::KafkaProducer, KafkaSinkError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers)
         .set("enable.idempotence", "true")
@@ -223,7 +225,8 @@ pub(super) fn producer(config: &KafkaConfig, slot: &str) -> Result<FutureProduce
     for (k, v) in &config.properties {
         c.set(k, v);
     }
-    c.create().map_err(KafkaSinkError::Config)
+    c.create_with_context(super::acker::Counting::default())
+        .map_err(KafkaSinkError::Config)
 }
 
 /// Properties the progress reader takes from `--kafka-property` (security

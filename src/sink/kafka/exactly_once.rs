@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::event::TxnMeta;
 use crate::lsn::{Lsn, PgTimestamp};
 
-use super::acker::{Pending, send};
+use super::acker::{Group, KafkaProducer, Pending, send};
 use super::config::{KafkaConfig, KafkaSinkError, consumer_property};
 use super::{Scope, blocking};
 
@@ -52,7 +52,7 @@ impl Transactional {
     /// Fences any earlier producer of this slot (aborting what it left
     /// open) and reads back how far Kafka holds the stream.
     pub(super) async fn start(
-        producer: &FutureProducer,
+        producer: &KafkaProducer,
         config: &KafkaConfig,
         scope: &Scope,
     ) -> Result<Transactional, KafkaSinkError> {
@@ -93,7 +93,7 @@ impl Transactional {
     }
 
     /// Opens a Kafka transaction unless one is open.
-    pub(super) fn begin(&mut self, producer: &FutureProducer) -> Result<(), KafkaSinkError> {
+    pub(super) fn begin(&mut self, producer: &KafkaProducer) -> Result<(), KafkaSinkError> {
         if self.open.is_none() {
             producer
                 .begin_transaction()
@@ -113,9 +113,9 @@ impl Transactional {
     }
 
     /// A source transaction's records are all produced.
-    pub(super) fn finished(&mut self, meta: &Arc<TxnMeta>, records: usize) {
+    pub(super) fn finished(&mut self, meta: &Arc<TxnMeta>, records: u64) {
         if let Some(open) = self.open.as_mut() {
-            open.records += records as u64;
+            open.records += records;
             open.last = Some(Arc::clone(meta));
         }
     }
@@ -147,7 +147,7 @@ impl Transactional {
     /// False once the acker is gone.
     pub(super) async fn commit_to(
         &mut self,
-        producer: &FutureProducer,
+        producer: &KafkaProducer,
         acker: &mpsc::Sender<Pending>,
     ) -> Result<bool, KafkaSinkError> {
         for pending in self.commit(producer).await? {
@@ -160,7 +160,7 @@ impl Transactional {
 
     /// Writes the progress record and commits; returns the positions the
     /// commit made safe to confirm.
-    async fn commit(&mut self, producer: &FutureProducer) -> Result<Vec<Pending>, KafkaSinkError> {
+    async fn commit(&mut self, producer: &KafkaProducer) -> Result<Vec<Pending>, KafkaSinkError> {
         let Some(mut open) = self.open.take() else {
             return Ok(Vec::new());
         };
@@ -179,10 +179,20 @@ impl Transactional {
             "ts_ms": PgTimestamp::now().unix_micros().div_euclid(1000),
         })
         .to_string();
-        let sent = send(producer, &self.position_topic, Some(&key), Some(&value)).await?;
-        if let Some(p) = open.done.last_mut() {
-            p.deliveries.push(sent);
-        }
+        // Confirmed with the last position the commit makes safe.
+        let mut alone = Group::new();
+        let group = match open.done.last_mut() {
+            Some(p) => &mut p.records,
+            None => &mut alone,
+        };
+        send(
+            producer,
+            group,
+            &self.position_topic,
+            Some(&key),
+            Some(&value),
+        )
+        .await?;
         let p = producer.clone();
         match blocking(move || p.commit_transaction(COMMIT_TIMEOUT)).await {
             Ok(()) => {
@@ -203,7 +213,7 @@ impl Transactional {
 
     /// Aborts the open Kafka transaction, if any (best effort: a fenced or
     /// failed producer's transaction is aborted by the next one's init).
-    pub(super) async fn abort(&mut self, producer: &FutureProducer) {
+    pub(super) async fn abort(&mut self, producer: &KafkaProducer) {
         if self.open.take().is_none() {
             return;
         }

@@ -4,7 +4,7 @@
 //! ```text
 //! events ──produce (enqueue, never awaited one by one)──▶ librdkafka ──▶ brokers
 //!    │                                                        │ delivery reports
-//!    └──(end LSN, its deliveries), in commit order ──▶ acker ─┘──▶ confirm(end LSN)
+//!    └──(end LSN, its records' count), in commit order ──▶ acker ─┘──▶ confirm(end LSN)
 //! ```
 //!
 //! The acker confirms a transaction's end LSN only once every record of it
@@ -52,7 +52,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use tokio::sync::mpsc;
 
 use crate::config::ConnInfo;
@@ -61,7 +61,7 @@ use crate::lsn::PgTimestamp;
 use crate::progress::{Consumer, Lag};
 
 use super::envelope::{self, Source};
-use acker::{Pending, Sent, acknowledge, send};
+use acker::{Group, KafkaProducer, Pending, acknowledge, send};
 use config::producer;
 use exactly_once::Transactional;
 use record::{PrimaryKeys, Producing};
@@ -116,7 +116,13 @@ pub async fn run<B: AsRef<[Event]>>(
         None
     };
     let (ack_tx, ack_rx) = mpsc::channel::<Pending>(ACK_QUEUE);
-    let acker = tokio::spawn(acknowledge(ack_rx, consumer, Arc::clone(&stats), lag));
+    let acker = tokio::spawn(acknowledge(
+        ack_rx,
+        acker::settled(&producer),
+        consumer,
+        Arc::clone(&stats),
+        lag,
+    ));
     let source = Source {
         name: config.topic_prefix.clone(),
         db: config.db.clone(),
@@ -163,14 +169,19 @@ pub async fn run<B: AsRef<[Event]>>(
                         }
                         let mut open = Producing::new(Arc::clone(meta));
                         for row in new_ledger_rows(&mut ledger) {
-                            open.deliveries
-                                .push(send_ledger(&producer, &transactions_topic, &row).await?);
+                            send_ledger(&producer, &mut open.records, &transactions_topic, &row)
+                                .await?;
                         }
                         let begin = envelope::begin(meta, PgTimestamp::now()).to_string();
                         let key = envelope::transaction_key(meta).to_string();
-                        open.deliveries.push(
-                            send(&producer, &transactions_topic, Some(&key), Some(&begin)).await?,
-                        );
+                        send(
+                            &producer,
+                            &mut open.records,
+                            &transactions_topic,
+                            Some(&key),
+                            Some(&begin),
+                        )
+                        .await?;
                         txn = Some(open);
                         continue;
                     }
@@ -198,23 +209,35 @@ pub async fn run<B: AsRef<[Event]>>(
                             .collect();
                         let end = envelope::end(meta, &counts, PgTimestamp::now()).to_string();
                         let key = envelope::transaction_key(meta).to_string();
-                        open.deliveries.push(
-                            send(&producer, &transactions_topic, Some(&key), Some(&end)).await?,
-                        );
-                        let mut produced: BTreeMap<Arc<str>, TopicCounts> = BTreeMap::new();
-                        for sent in &open.deliveries {
-                            produced
-                                .entry(Arc::clone(&sent.topic))
-                                .or_default()
-                                .produced += 1;
-                        }
+                        send(
+                            &producer,
+                            &mut open.records,
+                            &transactions_topic,
+                            Some(&key),
+                            Some(&end),
+                        )
+                        .await?;
+                        let produced: BTreeMap<Arc<str>, TopicCounts> = open
+                            .records
+                            .topics
+                            .iter()
+                            .map(|(topic, n)| {
+                                (
+                                    Arc::clone(topic),
+                                    TopicCounts {
+                                        produced: *n,
+                                        ..TopicCounts::default()
+                                    },
+                                )
+                            })
+                            .collect();
                         stats.add(&produced);
                         if let Some(t) = eos.as_mut() {
-                            t.finished(meta, open.deliveries.len());
+                            t.finished(meta, open.records.len());
                         }
                         Pending {
                             lsn: meta.end_lsn,
-                            deliveries: open.deliveries,
+                            records: open.records,
                             commit: true,
                         }
                     }
@@ -224,9 +247,13 @@ pub async fn run<B: AsRef<[Event]>>(
                         // (else with the next source transaction).
                         if eos.as_ref().is_none_or(Transactional::is_open) {
                             for row in new_ledger_rows(&mut ledger) {
-                                pending
-                                    .deliveries
-                                    .push(send_ledger(&producer, &transactions_topic, &row).await?);
+                                send_ledger(
+                                    &producer,
+                                    &mut pending.records,
+                                    &transactions_topic,
+                                    &row,
+                                )
+                                .await?;
                             }
                         }
                         pending
@@ -301,13 +328,14 @@ fn new_ledger_rows(
 
 /// Produces `head` to the transactions topic.
 async fn send_ledger(
-    producer: &FutureProducer,
+    producer: &KafkaProducer,
+    group: &mut Group,
     topic: &Arc<str>,
     head: &crate::progress::LedgerHead,
-) -> Result<Sent, KafkaSinkError> {
+) -> Result<(), KafkaSinkError> {
     let key = envelope::ledger_key(&head.slot).to_string();
     let value = envelope::ledger(head, PgTimestamp::now()).to_string();
-    send(producer, topic, Some(&key), Some(&value)).await
+    send(producer, group, topic, Some(&key), Some(&value)).await
 }
 
 /// Hands `pending` to the acker, or (exactly-once) to the open Kafka

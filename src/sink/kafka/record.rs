@@ -9,13 +9,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use rdkafka::producer::FutureProducer;
-
 use crate::config::ConnInfo;
 use crate::event::{ChangeKind, Relation, TxnMeta};
 use crate::lsn::PgTimestamp;
 
-use super::acker::{Sent, send};
+use super::acker::{Group, KafkaProducer, send};
 use super::config::{KafkaConfig, KafkaSinkError};
 use super::topics::Names;
 use crate::sink::envelope::{self, Order, Source};
@@ -23,7 +21,7 @@ use crate::sink::envelope::{self, Order, Source};
 /// The source transaction being produced.
 pub(super) struct Producing {
     meta: Arc<TxnMeta>,
-    pub(super) deliveries: Vec<Sent>,
+    pub(super) records: Group,
     total: u64,
     pub(super) per_table: BTreeMap<Arc<str>, u64>,
 }
@@ -133,7 +131,7 @@ impl Producing {
     pub(super) fn new(meta: Arc<TxnMeta>) -> Producing {
         Producing {
             meta,
-            deliveries: Vec::new(),
+            records: Group::new(),
             total: 0,
             per_table: BTreeMap::new(),
         }
@@ -151,7 +149,7 @@ impl Producing {
 
     pub(super) async fn change(
         &mut self,
-        producer: &FutureProducer,
+        producer: &KafkaProducer,
         config: &KafkaConfig,
         source: &Source,
         names: &mut Names,
@@ -166,8 +164,7 @@ impl Producing {
                     let order = self.order(&table);
                     let value =
                         envelope::truncate(source, &self.meta, change, relation, order, now);
-                    let d = send(producer, &topic, None, Some(&value)).await?;
-                    self.deliveries.push(d);
+                    send(producer, &mut self.records, &topic, None, Some(&value)).await?;
                 }
             }
             ChangeKind::Message(_) => {}
@@ -187,12 +184,17 @@ impl Producing {
                 ) else {
                     return Ok(());
                 };
-                let d = send(producer, &topic, key.as_deref(), Some(&value)).await?;
-                self.deliveries.push(d);
+                send(
+                    producer,
+                    &mut self.records,
+                    &topic,
+                    key.as_deref(),
+                    Some(&value),
+                )
+                .await?;
                 if config.tombstones && matches!(change.kind, ChangeKind::Delete { .. }) {
                     if let Some(k) = key.as_deref() {
-                        let d = send(producer, &topic, Some(k), None).await?;
-                        self.deliveries.push(d);
+                        send(producer, &mut self.records, &topic, Some(k), None).await?;
                     }
                 }
             }

@@ -16,7 +16,8 @@ pub struct KafkaStats {
     pub acknowledged_lsn: AtomicU64,
     /// Per topic.
     pub topics: Mutex<BTreeMap<String, TopicCounts>>,
-    /// Delivery latency (enqueued to acknowledged).
+    /// Delivery latency: from a source transaction's first record handed
+    /// to librdkafka until its last is acknowledged, counted per record.
     pub latency: Buckets<DeliverySeconds>,
     /// Sum of the delivery latencies.
     pub latency_sum: Seconds,
@@ -49,9 +50,12 @@ pub struct TopicCounts {
 }
 
 impl KafkaStats {
-    pub(super) fn delivered(&self, latency: Duration) {
-        self.latency.record(latency.as_secs_f64());
-        self.latency_sum.add(latency);
+    /// `records` were acknowledged, `latency` after the first of them was
+    /// handed to librdkafka (each counted with it).
+    pub(super) fn delivered(&self, latency: Duration, records: u64) {
+        self.latency.record_n(latency.as_secs_f64(), records);
+        self.latency_sum
+            .add(latency.saturating_mul(u32::try_from(records).unwrap_or(u32::MAX)));
     }
 
     /// Records Kafka acknowledged, over all topics.

@@ -149,6 +149,33 @@ fn to_text(v: &impl Serialize) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// `v` as JSON text into `buf` (cleared first; its allocation reused).
+fn write_json(v: &impl Serialize, buf: &mut Vec<u8>) {
+    buf.clear();
+    // Writing into a Vec cannot fail, and every value here serializes.
+    let _ = serde_json::to_writer(&mut *buf, v);
+}
+
+/// Debezium's `source.sequence`: `["<commit LSN>","<change LSN>"]` as a
+/// string, written without building it first.
+struct Sequence(u64, u64);
+
+impl Serialize for Sequence {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("[\"{}\",\"{}\"]", self.0, self.1))
+    }
+}
+
+/// Debezium's transaction id (see [`transaction_id`]), written without
+/// building it first.
+struct TransactionId(u32, u64);
+
+impl Serialize for TransactionId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}:{}", self.0, self.1))
+    }
+}
+
 /// A row's primary-key columns as an object, in the key's order.
 struct PrimaryKey<'a> {
     relation: &'a Relation,
@@ -175,21 +202,46 @@ impl Serialize for PrimaryKey<'_> {
 /// otherwise the replica identity columns are the key, and a table
 /// without any has none.
 pub fn key(relation: &Relation, image: &RowImage, primary_key: Option<&[usize]>) -> Option<String> {
+    let mut buf = Vec::new();
+    key_into(relation, image, primary_key, &mut buf)
+        .then(|| String::from_utf8(buf).unwrap_or_default())
+}
+
+/// [`key`] into `buf`; false (and `buf` left empty) when there is no key.
+fn key_into(
+    relation: &Relation,
+    image: &RowImage,
+    primary_key: Option<&[usize]>,
+    buf: &mut Vec<u8>,
+) -> bool {
     use crate::event::ReplicaIdentity;
+    buf.clear();
     if let Some(columns) = primary_key.filter(|c| !c.is_empty()) {
-        return Some(to_text(&PrimaryKey {
-            relation,
-            image,
-            columns,
-        }));
+        write_json(
+            &PrimaryKey {
+                relation,
+                image,
+                columns,
+            },
+            buf,
+        );
+        return true;
     }
     match relation.replica_identity {
         ReplicaIdentity::Default | ReplicaIdentity::Index
             if relation.columns.iter().any(|c| c.is_key) =>
         {
-            Some(row(relation, image, true))
+            write_json(
+                &Row {
+                    relation,
+                    image,
+                    key_only: true,
+                },
+                buf,
+            );
+            true
         }
-        _ => None,
+        _ => false,
     }
 }
 
@@ -205,12 +257,12 @@ struct SourceBlock<'a> {
     #[serde(rename = "txId")]
     tx_id: u32,
     lsn: u64,
-    sequence: String,
+    sequence: Sequence,
 }
 
 #[derive(Serialize)]
 struct TransactionBlock {
-    id: String,
+    id: TransactionId,
     total_order: u64,
     data_collection_order: u64,
 }
@@ -235,6 +287,32 @@ pub fn change(
     now: PgTimestamp,
     primary_key: Option<&[usize]>,
 ) -> Option<(Option<String>, String)> {
+    let mut out = Encoded::default();
+    let has_key = change_into(source, meta, change, order, now, primary_key, &mut out)?;
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap_or_default();
+    Some((has_key.then(|| text(out.key)), text(out.value)))
+}
+
+/// A record's key and value as JSON text, in buffers reused from record
+/// to record.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    /// The key (empty without one).
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+}
+
+/// [`change`] into `out`: `Some(true)` with a key, `Some(false)` without.
+pub fn change_into(
+    source: &Source,
+    meta: &TxnMeta,
+    change: &Change,
+    order: Order,
+    now: PgTimestamp,
+    primary_key: Option<&[usize]>,
+    out: &mut Encoded,
+) -> Option<bool> {
     let (relation, op, before, after, key_image) = match &change.kind {
         ChangeKind::Insert { relation, new } => (relation, "c", None, Some(new), new),
         ChangeKind::Update { relation, old, new } => {
@@ -267,10 +345,13 @@ pub fn change(
         image,
         key_only: false,
     });
-    let value = envelope(
-        source, meta, relation, change, op, before, after, order, now,
+    write_json(
+        &envelope(
+            source, meta, relation, change, op, before, after, order, now,
+        ),
+        &mut out.value,
     );
-    Some((key(relation, key_image, primary_key), value))
+    Some(key_into(relation, key_image, primary_key, &mut out.key))
 }
 
 /// A TRUNCATE's record for one of its tables (op `t`, no key), as JSON text.
@@ -282,22 +363,24 @@ pub fn truncate(
     order: Order,
     now: PgTimestamp,
 ) -> String {
-    envelope(source, meta, relation, change, "t", None, None, order, now)
+    to_text(&envelope(
+        source, meta, relation, change, "t", None, None, order, now,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn envelope(
-    source: &Source,
+fn envelope<'a>(
+    source: &'a Source,
     meta: &TxnMeta,
-    relation: &Relation,
+    relation: &'a Relation,
     change: &Change,
     op: &'static str,
-    before: Option<Row<'_>>,
-    after: Option<Row<'_>>,
+    before: Option<Row<'a>>,
+    after: Option<Row<'a>>,
     order: Order,
     now: PgTimestamp,
-) -> String {
-    to_text(&Envelope {
+) -> Envelope<'a> {
+    Envelope {
         before,
         after,
         source: SourceBlock {
@@ -311,16 +394,16 @@ fn envelope(
             tx_id: meta.xid.0,
             lsn: change.lsn.0,
             // Debezium: [last commit LSN, this change's LSN], as strings.
-            sequence: format!("[\"{}\",\"{}\"]", meta.commit_lsn.0, change.lsn.0),
+            sequence: Sequence(meta.commit_lsn.0, change.lsn.0),
         },
         op,
         ts_ms: ms(now),
         transaction: TransactionBlock {
-            id: transaction_id(meta),
+            id: TransactionId(meta.xid.0, meta.commit_lsn.0),
             total_order: order.total,
             data_collection_order: order.in_table,
         },
-    })
+    }
 }
 
 /// The transaction topic's BEGIN record.
@@ -548,6 +631,16 @@ mod tests {
         assert_eq!(value["op"], "d");
         assert_eq!(value["before"], json!({ "id": 7 }));
         assert_eq!(value["after"], Json::Null);
+
+        // Buffers reused from record to record hold only the last one.
+        let mut out = super::Encoded::default();
+        let at = PgTimestamp(0);
+        super::change_into(&source, &meta(), &change, order, at, None, &mut out).unwrap();
+        assert!(super::change_into(&source, &meta(), &delete, order, at, None, &mut out).unwrap());
+        let reused: Json = serde_json::from_slice(&out.value).unwrap();
+        assert_eq!(reused, value);
+        let key: Json = serde_json::from_slice(&out.key).unwrap();
+        assert_eq!(key, json!({ "id": 7 }));
     }
 
     #[test]

@@ -143,12 +143,12 @@ pub(super) async fn send(
     producer: &KafkaProducer,
     group: &mut Group,
     topic: &Arc<str>,
-    key: Option<&str>,
-    payload: Option<&str>,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
 ) -> Result<(), KafkaSinkError> {
     // Counted before librdkafka can report it.
     group.reports.remaining.fetch_add(1, Ordering::AcqRel);
-    let mut record: BaseRecord<'_, str, str, Arc<Reports>> =
+    let mut record: BaseRecord<'_, [u8], [u8], Arc<Reports>> =
         BaseRecord::with_opaque_to(topic, Arc::clone(&group.reports));
     if let Some(k) = key {
         record = record.key(k);

@@ -189,8 +189,8 @@ impl Transactional {
             producer,
             group,
             &self.position_topic,
-            Some(&key),
-            Some(&value),
+            Some(key.as_bytes()),
+            Some(value.as_bytes()),
         )
         .await?;
         let p = producer.clone();

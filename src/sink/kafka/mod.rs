@@ -129,6 +129,8 @@ pub async fn run<B: AsRef<[Event]>>(
     };
     let transactions_topic: Arc<str> = config.transactions_topic().into();
     let mut txn: Option<Producing> = None;
+    // Record buffers between source transactions.
+    let mut spare = envelope::Encoded::default();
     let mut ledger = scope.ledger.take();
     let mut names = Names::new(&config);
     let mut keys = PrimaryKeys::new(scope.blue.clone());
@@ -167,7 +169,7 @@ pub async fn run<B: AsRef<[Event]>>(
                         if let Some(t) = eos.as_mut() {
                             t.begin(&producer)?;
                         }
-                        let mut open = Producing::new(Arc::clone(meta));
+                        let mut open = Producing::new(Arc::clone(meta), std::mem::take(&mut spare));
                         for row in new_ledger_rows(&mut ledger) {
                             send_ledger(&producer, &mut open.records, &transactions_topic, &row)
                                 .await?;
@@ -178,8 +180,8 @@ pub async fn run<B: AsRef<[Event]>>(
                             &producer,
                             &mut open.records,
                             &transactions_topic,
-                            Some(&key),
-                            Some(&begin),
+                            Some(key.as_bytes()),
+                            Some(begin.as_bytes()),
                         )
                         .await?;
                         txn = Some(open);
@@ -187,6 +189,7 @@ pub async fn run<B: AsRef<[Event]>>(
                     }
                     Event::Changes(changes) => {
                         let Some(open) = txn.as_mut() else { continue };
+                        open.stamp();
                         for change in changes {
                             open.change(&producer, &config, &source, &mut names, &mut keys, change)
                                 .await?;
@@ -202,6 +205,7 @@ pub async fn run<B: AsRef<[Event]>>(
                             }
                             continue;
                         };
+                        spare = open.take_encoded();
                         let counts: Vec<(String, u64)> = open
                             .per_table
                             .into_iter()
@@ -213,8 +217,8 @@ pub async fn run<B: AsRef<[Event]>>(
                             &producer,
                             &mut open.records,
                             &transactions_topic,
-                            Some(&key),
-                            Some(&end),
+                            Some(key.as_bytes()),
+                            Some(end.as_bytes()),
                         )
                         .await?;
                         let produced: BTreeMap<Arc<str>, TopicCounts> = open
@@ -335,7 +339,14 @@ async fn send_ledger(
 ) -> Result<(), KafkaSinkError> {
     let key = envelope::ledger_key(&head.slot).to_string();
     let value = envelope::ledger(head, PgTimestamp::now()).to_string();
-    send(producer, group, topic, Some(&key), Some(&value)).await
+    send(
+        producer,
+        group,
+        topic,
+        Some(key.as_bytes()),
+        Some(value.as_bytes()),
+    )
+    .await
 }
 
 /// Hands `pending` to the acker, or (exactly-once) to the open Kafka

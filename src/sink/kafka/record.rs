@@ -22,6 +22,11 @@ use crate::sink::envelope::{self, Order, Source};
 pub(super) struct Producing {
     meta: Arc<TxnMeta>,
     pub(super) records: Group,
+    /// The changes' processing time (`ts_ms`), taken once per batch of them.
+    now: PgTimestamp,
+    /// Buffers the records are written into, handed from transaction to
+    /// transaction.
+    encoded: envelope::Encoded,
     total: u64,
     pub(super) per_table: BTreeMap<Arc<str>, u64>,
 }
@@ -128,13 +133,26 @@ impl PrimaryKeys {
 }
 
 impl Producing {
-    pub(super) fn new(meta: Arc<TxnMeta>) -> Producing {
+    /// The transaction `meta` begins; `encoded`: the previous one's buffers.
+    pub(super) fn new(meta: Arc<TxnMeta>, encoded: envelope::Encoded) -> Producing {
         Producing {
             meta,
             records: Group::new(),
+            now: PgTimestamp::now(),
+            encoded,
             total: 0,
             per_table: BTreeMap::new(),
         }
+    }
+
+    /// Its buffers, for the next transaction.
+    pub(super) fn take_encoded(&mut self) -> envelope::Encoded {
+        std::mem::take(&mut self.encoded)
+    }
+
+    /// Changes processed from now on carry this time.
+    pub(super) fn stamp(&mut self) {
+        self.now = PgTimestamp::now();
     }
 
     fn order(&mut self, table: &Arc<str>) -> Order {
@@ -156,7 +174,7 @@ impl Producing {
         keys: &mut PrimaryKeys,
         change: &crate::event::Change,
     ) -> Result<(), KafkaSinkError> {
-        let now = PgTimestamp::now();
+        let now = self.now;
         match &change.kind {
             ChangeKind::Truncate { relations, .. } => {
                 for relation in relations {
@@ -164,7 +182,14 @@ impl Producing {
                     let order = self.order(&table);
                     let value =
                         envelope::truncate(source, &self.meta, change, relation, order, now);
-                    send(producer, &mut self.records, &topic, None, Some(&value)).await?;
+                    send(
+                        producer,
+                        &mut self.records,
+                        &topic,
+                        None,
+                        Some(value.as_bytes()),
+                    )
+                    .await?;
                 }
             }
             ChangeKind::Message(_) => {}
@@ -174,26 +199,22 @@ impl Producing {
                 let (topic, table) = names.of(&relation.name)?;
                 let order = self.order(&table);
                 let primary_key = keys.primary_key(relation).await?;
-                let Some((key, value)) = envelope::change(
+                let out = &mut self.encoded;
+                let Some(has_key) = envelope::change_into(
                     source,
                     &self.meta,
                     change,
                     order,
                     now,
                     primary_key.as_deref(),
+                    out,
                 ) else {
                     return Ok(());
                 };
-                send(
-                    producer,
-                    &mut self.records,
-                    &topic,
-                    key.as_deref(),
-                    Some(&value),
-                )
-                .await?;
+                let key = has_key.then_some(out.key.as_slice());
+                send(producer, &mut self.records, &topic, key, Some(&out.value)).await?;
                 if config.tombstones && matches!(change.kind, ChangeKind::Delete { .. }) {
-                    if let Some(k) = key.as_deref() {
+                    if let Some(k) = key {
                         send(producer, &mut self.records, &topic, Some(k), None).await?;
                     }
                 }

@@ -145,8 +145,21 @@ async fn stream_with_kafka(
     Arc<Monitor>,
     tokio::task::JoinHandle<Result<Arc<teal::apply::ApplyStats>, stream::StreamError>>,
 ) {
+    stream_with_kafka_config(twins, KafkaConfig::new(brokers, "postgres"), no_apply).await
+}
+
+/// [`stream_with_kafka`] with a Kafka configuration of the test's own.
+async fn stream_with_kafka_config(
+    twins: &Twins,
+    kafka: KafkaConfig,
+    no_apply: bool,
+) -> (
+    CancellationToken,
+    Arc<Monitor>,
+    tokio::task::JoinHandle<Result<Arc<teal::apply::ApplyStats>, stream::StreamError>>,
+) {
     let mut config = twins.config();
-    config.kafka = Some(KafkaConfig::new(brokers, "postgres"));
+    config.kafka = Some(kafka);
     config.no_apply = no_apply;
     // Exact record counts: no ledger records in the transactions topic.
     config.apply.ledger = false;
@@ -422,19 +435,9 @@ async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
 async fn records_kafka_gave_up_on_are_sent_again() {
     init_logging();
     let (mock, brokers, twins) = mock_and_acct().await;
-    let mut config = twins.config();
     let mut kafka = KafkaConfig::new(brokers.clone(), "postgres");
     kafka.properties = vec![("message.timeout.ms".into(), "1000".into())];
-    config.kafka = Some(kafka);
-    config.apply.ledger = false;
-    let shutdown = CancellationToken::new();
-    let monitor = Arc::new(Monitor::new("teal_slot"));
-    let running = tokio::spawn(stream::run_monitored(
-        config,
-        shutdown.clone(),
-        Arc::clone(&monitor),
-    ));
-    twins.wait_streaming().await;
+    let (shutdown, monitor, running) = stream_with_kafka_config(&twins, kafka, false).await;
     ten_rows_on_green(&twins).await;
 
     kafka_down(&mock);

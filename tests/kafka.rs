@@ -1,7 +1,9 @@
 //! The Kafka audit stream against librdkafka's mock cluster (a real Kafka
 //! protocol endpoint in this process): records in commit order with
 //! Debezium's envelope, BEGIN/END per transaction, and the slot confirmed
-//! only as far as Kafka acknowledged.
+//! only as far as Kafka acknowledged. Outages and failures:
+//! `kafka_outage.rs`; kills and restarts: `kafka_restart.rs` (both use
+//! the helpers here).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use crate::support::cluster::default_bin;
 use crate::support::tap::init_logging;
 use crate::support::twins::{Twins, int8};
 
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 /// How long a topic must stay quiet after the expected records arrived for
 /// none to be missing from the count (a duplicate would arrive within it).
@@ -32,7 +34,7 @@ const QUIET_AFTER: Duration = Duration::from_millis(800);
 /// fails on any record beyond `count`: a duplicate cannot hide. The ledger's
 /// records in the transactions topic (status LEDGER; their timing depends on
 /// green's batches) are left out: `the_ledger_head_reaches_the_transactions_topic`.
-fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Vec<(Value, Value)>> {
+pub(crate) fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Vec<(Value, Value)>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "teal-test")
@@ -87,7 +89,7 @@ fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Vec<(Value, Value
 /// retriable error (librdkafka retries, nothing is acknowledged). Not
 /// `broker_down`: its `broker_up` binds the same port again, and a test
 /// cluster started meanwhile may hold it (librdkafka then aborts the process).
-fn kafka_down(mock: &MockCluster<'static, DefaultProducerContext>) {
+pub(crate) fn kafka_down(mock: &MockCluster<'static, DefaultProducerContext>) {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     mock.request_errors(
         RDKafkaApiKey::Produce,
@@ -96,13 +98,14 @@ fn kafka_down(mock: &MockCluster<'static, DefaultProducerContext>) {
 }
 
 /// Kafka takes records again.
-fn kafka_up(mock: &MockCluster<'static, DefaultProducerContext>) {
+pub(crate) fn kafka_up(mock: &MockCluster<'static, DefaultProducerContext>) {
     mock.clear_request_errors(rdkafka::types::RDKafkaApiKey::Produce);
 }
 
 /// A one-broker mock cluster (and its bootstrap address) and twins
 /// publishing `acct (id int PRIMARY KEY, v int)`.
-async fn mock_and_acct() -> (MockCluster<'static, DefaultProducerContext>, String, Twins) {
+pub(crate) async fn mock_and_acct() -> (MockCluster<'static, DefaultProducerContext>, String, Twins)
+{
     let mock = MockCluster::new(1).expect("mock cluster");
     let brokers = mock.bootstrap_servers();
     let twins = Twins::start(
@@ -114,7 +117,7 @@ async fn mock_and_acct() -> (MockCluster<'static, DefaultProducerContext>, Strin
 }
 
 /// Inserts `(i, v)` into blue's acct for each `i`, one transaction each.
-async fn insert_each(twins: &Twins, ids: std::ops::RangeInclusive<i32>, v: i32) {
+pub(crate) async fn insert_each(twins: &Twins, ids: std::ops::RangeInclusive<i32>, v: i32) {
     for i in ids {
         twins
             .b
@@ -125,7 +128,7 @@ async fn insert_each(twins: &Twins, ids: std::ops::RangeInclusive<i32>, v: i32) 
 }
 
 /// Rows 1..=10 inserted on blue (one transaction) and applied to green.
-async fn ten_rows_on_green(twins: &Twins) {
+pub(crate) async fn ten_rows_on_green(twins: &Twins) {
     twins
         .b
         .batch_execute("INSERT INTO acct SELECT i, 0 FROM generate_series(1, 10) i")
@@ -136,7 +139,7 @@ async fn ten_rows_on_green(twins: &Twins) {
 
 /// `teal stream` in this process from the twins to `brokers` (and green
 /// unless `no_apply`), streaming once this returns.
-async fn stream_with_kafka(
+pub(crate) async fn stream_with_kafka(
     twins: &Twins,
     brokers: &str,
     no_apply: bool,
@@ -149,7 +152,7 @@ async fn stream_with_kafka(
 }
 
 /// [`stream_with_kafka`] with a Kafka configuration of the test's own.
-async fn stream_with_kafka_config(
+pub(crate) async fn stream_with_kafka_config(
     twins: &Twins,
     kafka: KafkaConfig,
     no_apply: bool,
@@ -358,7 +361,7 @@ async fn changes_reach_kafka_in_commit_order_with_transaction_records() {
 }
 
 /// The slot's confirmed LSN on blue.
-async fn confirmed(twins: &Twins) -> u64 {
+pub(crate) async fn confirmed(twins: &Twins) -> u64 {
     let lsn: String = twins
         .b
         .query_one(
@@ -369,143 +372,6 @@ async fn confirmed(twins: &Twins) -> u64 {
         .unwrap()
         .get(0);
     lsn.parse::<teal::lsn::Lsn>().unwrap().0
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_outage_pauses_confirmation_and_loses_nothing() {
-    init_logging();
-    let (mock, brokers, twins) = mock_and_acct().await;
-    let (shutdown, _monitor, running) = stream_with_kafka(&twins, &brokers, false).await;
-    ten_rows_on_green(&twins).await;
-
-    // Kafka goes down; blue keeps writing.
-    kafka_down(&mock);
-    let before = twins.blue_insert_lsn().await;
-    let before = before.parse::<teal::lsn::Lsn>().unwrap().0;
-    insert_each(&twins, 11..=60, 1).await;
-    // Green keeps up (apply is not held back by a few transactions)...
-    crate::support::wait::until_row(
-        &twins.g,
-        "SELECT 1 FROM acct HAVING count(*) = 60",
-        &[],
-        WAIT,
-        "green did not apply during the Kafka outage",
-    )
-    .await;
-    // ...but blue is never told more than Kafka holds.
-    for _ in 0..20 {
-        let c = confirmed(&twins).await;
-        assert!(
-            c <= before,
-            "the slot confirmed {c:X} past {before:X} while Kafka was down"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    kafka_up(&mock);
-    twins
-        .wait_slot_confirmed("confirmation did not resume after Kafka came back")
-        .await;
-    let b2 = brokers.clone();
-    let records = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.public.acct", 60))
-        .await
-        .unwrap();
-    let mut ids: Vec<i64> = records
-        .into_iter()
-        .flatten()
-        .map(|(_, v)| v["after"]["id"].as_i64().unwrap())
-        .collect();
-    ids.sort_unstable();
-    assert_eq!(
-        ids,
-        (1..=60).collect::<Vec<i64>>(),
-        "every row once, none lost"
-    );
-    twins.assert_converged(&["acct"], WAIT).await;
-    shutdown.cancel();
-    running.await.unwrap().expect("stream stops cleanly");
-}
-
-/// Records librdkafka gives up (`message.timeout.ms` passed while Kafka
-/// refused them) stop the sink with a delivery error naming the LSN; the
-/// slot is not confirmed past them, the attempt starts again from what
-/// green and Kafka hold, and once Kafka takes records every row gets there
-/// (at least once: records sent before the failure was seen may repeat).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_kafka_gave_up_on_are_sent_again() {
-    init_logging();
-    let (mock, brokers, twins) = mock_and_acct().await;
-    let mut kafka = KafkaConfig::new(brokers.clone(), "postgres");
-    kafka.properties = vec![("message.timeout.ms".into(), "1000".into())];
-    let (shutdown, monitor, running) = stream_with_kafka_config(&twins, kafka, false).await;
-    ten_rows_on_green(&twins).await;
-
-    kafka_down(&mock);
-    let before = twins.blue_insert_lsn().await;
-    let before = before.parse::<teal::lsn::Lsn>().unwrap().0;
-    insert_each(&twins, 11..=30, 1).await;
-    // librdkafka gives the records up after a second: the sink fails.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let metrics = monitor.metrics_text();
-        let failed: f64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("teal_kafka_records_failed_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        if failed > 0.0 {
-            assert!(
-                metrics.contains("teal_kafka_records_failed_total{slot=\"teal_slot\",topic=\"teal.public.acct\"}")
-                    || metrics.contains("teal_kafka_records_failed_total{slot=\"teal_slot\",topic=\"teal.transactions\"}"),
-                "failures counted per topic: {metrics}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no record was given up: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let c = confirmed(&twins).await;
-    assert!(
-        c <= before,
-        "the slot confirmed {c:X} past {before:X}, records of which Kafka gave up"
-    );
-    assert!(
-        !running.is_finished(),
-        "a delivery failure is retried, not an exit"
-    );
-
-    kafka_up(&mock);
-    twins
-        .wait_slot_confirmed("confirmation did not resume after Kafka came back")
-        .await;
-    let mut ids: Vec<i64> =
-        records_until_quiet(&brokers, "teal.public.acct", Duration::from_secs(1))
-            .await
-            .into_iter()
-            .map(|(_, v)| v["after"]["id"].as_i64().unwrap())
-            .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids, (1..=30).collect::<Vec<i64>>(), "every row, none lost");
-    twins.assert_converged(&["acct"], WAIT).await;
-    shutdown.cancel();
-    running.await.unwrap().expect("stream stops cleanly");
-}
-
-/// The `teal stream` binary from the twins to green and `brokers`.
-fn teal_binary_with_kafka(twins: &Twins, brokers: &str, exactly_once: bool) -> std::process::Child {
-    twins
-        .teal_stream_command()
-        .args(["--kafka-brokers", brokers])
-        .args(exactly_once.then_some("--kafka-exactly-once"))
-        .args(["--metrics-addr", "off", "--heartbeat-interval", "off"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("teal stream starts")
 }
 
 /// [`read_until_quiet`] off the runtime's threads.
@@ -553,109 +419,14 @@ fn read_until_quiet(brokers: &str, topic: &str, quiet: Duration) -> Vec<(Value, 
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_teal_with_kafka_loses_no_change() {
-    killed_teal_loses_no_change(false).await;
-}
-
-/// The same with --kafka-exactly-once: each restart fences the killed
-/// producer (aborting its open transaction) and resumes after the progress
-/// Kafka committed. (The mock cluster, like tansu, hands aborted records to
-/// read_committed consumers too, so duplicates are still dropped here.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_exactly_once_teal_loses_no_change() {
-    killed_teal_loses_no_change(true).await;
-}
-
-async fn killed_teal_loses_no_change(exactly_once: bool) {
-    init_logging();
-    let (_mock, brokers, twins) = mock_and_acct().await;
-    let start_teal = || teal_binary_with_kafka(&twins, &brokers, exactly_once);
-    let mut teal = start_teal();
-    twins.wait_streaming().await;
-
-    // One writer: transaction n inserts n, updates n-1, deletes n-5.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (url, stop) = (twins.blue.url(), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let mut client: Option<tokio_postgres::Client> = None;
-            let (mut n, mut changes) = (0i32, [0u64; 3]);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Some(c) = crate::support::cluster::reconnect(&url, &mut client).await else {
-                    continue;
-                };
-                let next = n + 1;
-                let sql = format!(
-                    "BEGIN; INSERT INTO acct VALUES ({next}, 0);
-                     UPDATE acct SET v = v + 1 WHERE id = {};
-                     DELETE FROM acct WHERE id = {}; COMMIT;",
-                    next - 1,
-                    next - 5
-                );
-                if c.batch_execute(&sql).await.is_ok() {
-                    n = next;
-                    changes[0] += 1;
-                    changes[1] += u64::from(n >= 2);
-                    changes[2] += u64::from(n >= 6);
-                }
-                tokio::time::sleep(Duration::from_millis(3)).await;
-            }
-            changes
-        })
-    };
-    for round in 0..5u64 {
-        tokio::time::sleep(Duration::from_millis(700 + round * 137)).await;
-        teal.kill().expect("kill -9");
-        let _ = teal.wait();
-        teal = start_teal();
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let [inserts, updates, deletes] = writer.await.unwrap();
-    assert!(inserts > 100, "the writer ran: {inserts}");
-    twins.assert_converged(&["acct"], WAIT).await;
-    twins
-        .wait_slot_confirmed("Kafka and green caught up after the restarts")
-        .await;
-
-    let records = records_until_quiet(&brokers, "teal.public.acct", Duration::from_secs(3)).await;
-    let mut seen = std::collections::BTreeSet::new();
-    let mut counts = std::collections::BTreeMap::new();
-    let mut duplicates = 0;
-    for (_, v) in records.iter().filter(|(_, v)| !v.is_null()) {
-        let id = (
-            v["source"]["lsn"].as_u64().unwrap(),
-            v["source"]["sequence"].as_str().unwrap().to_owned(),
-        );
-        if seen.insert(id) {
-            *counts
-                .entry(v["op"].as_str().unwrap().to_owned())
-                .or_insert(0u64) += 1;
-        } else {
-            duplicates += 1;
-        }
-    }
-    assert_eq!(
-        (counts.get("c"), counts.get("u"), counts.get("d")),
-        (Some(&inserts), Some(&updates), Some(&deletes)),
-        "every change on blue is in Kafka once after deduplication ({duplicates} duplicates dropped)"
-    );
-    // SAFETY: kill(2) of our own child with SIGTERM.
-    unsafe {
-        libc::kill(teal.id() as i32, libc::SIGTERM);
-    }
-    assert!(teal.wait().unwrap().success(), "teal stops cleanly");
-}
-
 /// A tansu broker (Kafka protocol, in memory) on a free port; killed on drop.
-struct Tansu {
+pub(crate) struct Tansu {
     child: std::process::Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Tansu {
-    fn start() -> Tansu {
+    pub(crate) fn start() -> Tansu {
         let bin = std::env::var_os("TEAL_TANSU")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| {
@@ -827,142 +598,6 @@ async fn kafka_only_without_green() {
         status["lag_bytes"], 0,
         "lag follows Kafka's acknowledgements: {status}"
     );
-    shutdown.cancel();
-    running.await.unwrap().expect("stream stops cleanly");
-}
-
-/// The last position teal's exactly-once progress record holds for
-/// `teal_slot` (commit LSN), read like any consumer would.
-async fn kafka_progress(brokers: &str) -> Option<u64> {
-    records_until_quiet(brokers, "teal.teal_progress", Duration::from_secs(1))
-        .await
-        .into_iter()
-        .filter(|(k, _)| k["slot"] == "teal_slot")
-        .filter_map(|(_, v)| v["commit_lsn"].as_str()?.parse::<teal::lsn::Lsn>().ok())
-        .map(|l| l.0)
-        .max()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_survives_a_restart_the_slot_did_not_see() {
-    init_logging();
-    let broker = Tansu::start();
-    let brokers = broker.addr.clone();
-    let twins = Twins::start(
-        &default_bin(),
-        "CREATE TABLE acct (id int PRIMARY KEY, v int)",
-    )
-    .await;
-    let start_teal = || teal_binary_with_kafka(&twins, &brokers, true);
-    let mut teal = start_teal();
-    twins.wait_streaming().await;
-    insert_each(&twins, 1..=10, 0).await;
-    twins.assert_converged(&["acct"], WAIT).await;
-    twins
-        .wait_slot_confirmed("green and Kafka hold 1..10")
-        .await;
-
-    // Green is blocked: Kafka commits rows 11..40 (and its progress), the
-    // slot cannot be confirmed past row 10.
-    let (hold, conn) = tokio_postgres::connect(&twins.green.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    hold.batch_execute("BEGIN; LOCK TABLE acct IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    let before = confirmed(&twins).await;
-    insert_each(&twins, 11..=40, 0).await;
-    let last = twins
-        .blue_insert_lsn()
-        .await
-        .parse::<teal::lsn::Lsn>()
-        .unwrap()
-        .0;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let progress = kafka_progress(&brokers).await;
-        // The commit LSN of row 40's transaction lies within 1 KiB before the insert position.
-        if progress.is_some_and(|p| p + 1024 >= last) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Kafka's progress stayed at {progress:X?}, not near {last:X}"
-        );
-    }
-    assert_eq!(
-        confirmed(&twins).await,
-        before,
-        "the slot stays where green is"
-    );
-    // teal dies; blue will resend 11..40, which Kafka already holds.
-    teal.kill().expect("kill -9");
-    let _ = teal.wait();
-    hold.batch_execute("ROLLBACK").await.unwrap();
-    insert_each(&twins, 41..=50, 0).await;
-    let mut teal = start_teal();
-    twins.assert_converged(&["acct"], WAIT).await;
-    twins
-        .wait_slot_confirmed("green and Kafka hold 1..50")
-        .await;
-
-    let records = records_until_quiet(&brokers, "teal.public.acct", Duration::from_secs(2)).await;
-    let mut ids: Vec<i64> = records
-        .iter()
-        .map(|(_, v)| v["after"]["id"].as_i64().unwrap())
-        .collect();
-    ids.sort_unstable();
-    assert_eq!(
-        ids,
-        (1..=50).collect::<Vec<i64>>(),
-        "every row exactly once, although blue sent 11..40 twice"
-    );
-    let ends = records_until_quiet(&brokers, "teal.transactions", Duration::from_secs(2))
-        .await
-        .into_iter()
-        .filter(|(_, v)| v["status"] == "END")
-        .count();
-    assert_eq!(ends, 50, "one END record per source transaction");
-    // SAFETY: kill(2) of our own child with SIGTERM.
-    unsafe {
-        libc::kill(teal.id() as i32, libc::SIGTERM);
-    }
-    assert!(teal.wait().unwrap().success(), "teal stops cleanly");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_behind_holds_apply_back_while_kafka_is_down() {
-    init_logging();
-    let (mock, brokers, twins) = mock_and_acct().await;
-    let mut config = twins.config();
-    let mut kafka = KafkaConfig::new(brokers.clone(), "postgres");
-    kafka.max_behind = Some(1);
-    config.kafka = Some(kafka);
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(stream::run(config, shutdown.clone()));
-    twins.wait_streaming().await;
-    ten_rows_on_green(&twins).await;
-
-    kafka_down(&mock);
-    insert_each(&twins, 11..=30, 1).await;
-    // Green waits for Kafka: not one of the new rows lands.
-    for _ in 0..20 {
-        let n = int8(&twins.g, "SELECT count(*) FROM acct").await;
-        assert_eq!(
-            n, 10,
-            "green got ahead of Kafka by more than --kafka-max-behind"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    kafka_up(&mock);
-    twins.assert_converged(&["acct"], WAIT).await;
-    twins.wait_slot_confirmed("both caught up").await;
-    let b2 = brokers.clone();
-    let records = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.public.acct", 30))
-        .await
-        .unwrap();
-    assert_eq!(records.into_iter().flatten().count(), 30);
     shutdown.cancel();
     running.await.unwrap().expect("stream stops cleanly");
 }
@@ -1317,153 +952,4 @@ async fn green_ledger(twins: &Twins) -> Vec<Value> {
             })
         })
         .collect()
-}
-
-/// `--kafka-drop-on-wal-risk`: Kafka is down, green keeps up, blue writes
-/// fast enough that its slot (max_slot_wal_keep_size 64MB) would be
-/// invalidated within the horizon. teal drops Kafka from the slot's
-/// watermark (audit row, metric, /status-visible stats), the slot moves on
-/// with green and survives more WAL than it may keep, and green gets
-/// every row. Without the drop the slot could not pass Kafka's position
-/// (`kafka_outage_pauses_confirmation_and_loses_nothing`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_is_dropped_before_the_slot_is_lost() {
-    use crate::support::cluster::Options;
-    init_logging();
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let brokers = mock.bootstrap_servers();
-    let bin = default_bin();
-    let blue = Options {
-        settings: vec![("max_slot_wal_keep_size".into(), "64MB".into())],
-        ..Options::default()
-    };
-    let twins = Twins::start_with(
-        &bin,
-        &bin,
-        "CREATE TABLE acct (id int PRIMARY KEY, v int); CREATE TABLE blob (id int PRIMARY KEY, b text)",
-        blue,
-        Options::default(),
-    )
-    .await;
-    let mut config = twins.config();
-    let mut kafka = KafkaConfig::new(brokers.clone(), "postgres");
-    kafka.drop_on_wal_risk = Some(Duration::from_secs(600));
-    kafka.max_behind = Some(1024 * 1024);
-    config.kafka = Some(kafka);
-    config.monitor.slot_poll_interval = Duration::from_millis(200);
-    let shutdown = CancellationToken::new();
-    let monitor = Arc::new(Monitor::new("teal_slot"));
-    let running = tokio::spawn(stream::run_monitored(
-        config,
-        shutdown.clone(),
-        Arc::clone(&monitor),
-    ));
-    twins.wait_streaming().await;
-    ten_rows_on_green(&twins).await;
-    twins
-        .wait_slot_confirmed("green and Kafka hold 1..10")
-        .await;
-    let kafka_had = monitor
-        .kafka
-        .acknowledged_lsn
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        !monitor
-            .kafka
-            .dropped
-            .load(std::sync::atomic::Ordering::Relaxed),
-        "Kafka keeps up: not dropped"
-    );
-
-    // Kafka goes down; blue writes about 10 MB/s: the slot would be lost
-    // within seconds were Kafka to hold it.
-    kafka_down(&mock);
-    let deadline = Instant::now() + WAIT;
-    let mut batch = 0;
-    while !monitor
-        .kafka
-        .dropped
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        assert!(Instant::now() < deadline, "Kafka was never dropped");
-        twins
-            .b
-            .execute(
-                "INSERT INTO blob SELECT $1 * 1000 + i, repeat('x', 1000) FROM generate_series(1, 1000) i",
-                &[&batch],
-            )
-            .await
-            .unwrap();
-        batch += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The slot goes on with green, past more WAL than blue may keep for it.
-    let start: String = twins
-        .b
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    for _ in 0..12 {
-        twins
-            .b
-            .batch_execute(&format!(
-                "INSERT INTO blob SELECT {batch} * 1000 + i, repeat('y', 1000) FROM generate_series(1, 10000) i; CHECKPOINT"
-            ))
-            .await
-            .unwrap();
-        batch += 10;
-        twins.assert_converged(&["blob"], WAIT).await;
-    }
-    twins.b.batch_execute("CHECKPOINT").await.unwrap();
-    let row = twins
-        .b
-        .query_one(
-            "SELECT wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::int8, \
-                    pg_wal_lsn_diff(confirmed_flush_lsn, $2::text::pg_lsn)::int8 \
-             FROM pg_replication_slots WHERE slot_name = 'teal_slot'",
-            &[&start, &teal::lsn::Lsn(kafka_had).to_string()],
-        )
-        .await
-        .unwrap();
-    let (status, written, confirmed_past_kafka): (Option<String>, i64, i64) =
-        (row.get(0), row.get(1), row.get(2));
-    assert!(
-        written > 64 * 1024 * 1024,
-        "blue wrote {written} bytes, more than the slot may keep"
-    );
-    assert_ne!(status.as_deref(), Some("lost"), "the slot survived");
-    assert!(
-        confirmed_past_kafka > 64 * 1024 * 1024,
-        "the slot moved with green, past Kafka"
-    );
-    let metrics = monitor.metrics_text();
-    assert!(
-        metrics.contains("teal_kafka_dropped{slot=\"teal_slot\"} 1"),
-        "{metrics}"
-    );
-    // The audit row names what Kafka misses.
-    let audit = twins
-        .g
-        .query_one(
-            "SELECT status, details->>'kafka_acknowledged_lsn', details->>'reason' \
-             FROM teal.audit WHERE operation = 'kafka_drop'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(audit.get::<_, String>(0), "succeeded");
-    let named: teal::lsn::Lsn = audit.get::<_, String>(1).parse().unwrap();
-    assert!(
-        named.0 >= kafka_had,
-        "the audit row names Kafka's position {named}"
-    );
-    assert!(
-        audit.get::<_, String>(2).contains("invalidate"),
-        "{}",
-        audit.get::<_, String>(2)
-    );
-    kafka_up(&mock);
-    shutdown.cancel();
-    running.await.unwrap().expect("stream stops cleanly");
 }

@@ -13,6 +13,8 @@ mod ddl;
 mod decoder;
 mod demo_cli;
 mod kafka;
+mod kafka_outage;
+mod kafka_restart;
 mod liveness;
 mod mask;
 mod monitor;

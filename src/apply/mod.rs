@@ -57,6 +57,7 @@ pub(crate) use error::describe;
 pub use error::{ApplyError, ConflictReport};
 pub use green::connect as green_session;
 pub use origin::origin_name;
+pub(crate) use target::FIRST_NORMAL_OID;
 pub use target::{DriftError, MapError};
 
 use std::sync::Arc;

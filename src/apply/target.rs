@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 use crate::event::{QualifiedName, Relation, ReplicaIdentity, quote_ident};
 
 /// Built-in type OIDs are below this on every server (`FirstNormalObjectId`).
-const FIRST_NORMAL_OID: u32 = 16384;
+pub(crate) const FIRST_NORMAL_OID: u32 = 16384;
 
 /// A blue relation does not fit green.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -366,7 +366,7 @@ async fn map_relation(client: &Client, rel: &Arc<Relation>) -> Result<Mapping, M
         text_match.push(g.text_match);
         identity_always.push(g.identity_always);
         binary_elems.push(
-            (col.type_oid == g.type_oid && g.type_oid < 16384 && g.category != "A")
+            (col.type_oid == g.type_oid && g.type_oid < FIRST_NORMAL_OID && g.category != "A")
                 .then_some(g.type_oid),
         );
     }

@@ -14,6 +14,8 @@
 //! type changed later in the session (DDL) is caught by apply's type
 //! check, and the next connection decides again.
 
+use crate::apply::FIRST_NORMAL_OID;
+use crate::event::QualifiedName;
 use crate::ops::stream::StreamConfig;
 use crate::session::connect_plain;
 
@@ -68,16 +70,19 @@ async fn why_not(config: &StreamConfig) -> Option<String> {
     if b < 14 {
         return Some(format!("blue runs PostgreSQL {b}"));
     }
-    let tables: Vec<String> =
-        match crate::session::published_tables(&blue, &config.source.publications).await {
-            Ok(t) => t
-                .into_iter()
-                .filter(|t| config.assembler.tables.selects(t))
-                .filter(|t| config.assembler.own_schema.as_deref() != Some(t.namespace.as_str()))
-                .map(|t| t.quoted())
-                .collect(),
-            Err(_) => return Some("the published tables could not be read".into()),
-        };
+    // No schema is named "": without an own schema, nothing is left out.
+    let own_schema = config.assembler.own_schema.as_deref().unwrap_or("");
+    let tables: Vec<String> = match crate::ops::verify::schema::published_tables(
+        &blue,
+        &config.source.publications,
+        &config.assembler.tables,
+        own_schema,
+    )
+    .await
+    {
+        Ok(t) => t.iter().map(QualifiedName::quoted).collect(),
+        Err(_) => return Some("the published tables could not be read".into()),
+    };
     const COLUMNS: &str = "SELECT u.n, a.attname::text, a.atttypid::oid, t.typcategory = 'A' \
         FROM unnest($1::text[]) u(n) \
         JOIN pg_catalog.pg_attribute a ON a.attrelid = pg_catalog.to_regclass(u.n) \
@@ -94,7 +99,7 @@ async fn why_not(config: &StreamConfig) -> Option<String> {
         g.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
     for r in &b {
         let (table, column, oid): (String, String, u32) = (r.get(0), r.get(1), r.get(2));
-        if oid >= 16384 {
+        if oid >= FIRST_NORMAL_OID {
             return Some(format!("{table}.{column} has a type that is not built in"));
         }
         // Set-based statements carry a column as an array: an array column

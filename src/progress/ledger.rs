@@ -2,7 +2,9 @@
 //! them (the Kafka sink writes each to its transactions topic).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use super::lock;
 
 use crate::lsn::Lsn;
 
@@ -53,14 +55,10 @@ pub struct LedgerHeads {
 }
 
 impl LedgerHeads {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// A row was appended and its transaction committed.
     pub fn appended(&self, head: LedgerHead) {
         let head = Arc::new(head);
-        let mut q = self.lock();
+        let mut q = lock(&self.queue);
         q.head = Some(Arc::clone(&head));
         if q.subscribed {
             if q.rows.len() >= LEDGER_FEED_ROWS {
@@ -75,7 +73,7 @@ impl LedgerHeads {
     /// head (a restarted consumer publishes it again). It replaces the
     /// previous subscriber's feed.
     pub fn subscribe(&self) -> LedgerFeed {
-        let mut q = self.lock();
+        let mut q = lock(&self.queue);
         q.generation += 1;
         q.subscribed = true;
         q.skipped = 0;
@@ -99,7 +97,7 @@ impl LedgerFeed {
     /// older ones were dropped before being taken (more than
     /// [`LEDGER_FEED_ROWS`] behind). Nothing once a newer subscriber took over.
     pub fn take(&mut self) -> (Vec<Arc<LedgerHead>>, u64) {
-        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut q = lock(&self.queue);
         if q.generation != self.generation {
             return (Vec::new(), 0);
         }
@@ -110,7 +108,7 @@ impl LedgerFeed {
 
 impl Drop for LedgerFeed {
     fn drop(&mut self) {
-        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut q = lock(&self.queue);
         if q.generation == self.generation {
             // Nobody takes them any more: keep nothing but the head.
             q.subscribed = false;
@@ -196,7 +194,10 @@ mod tests {
         for n in 4..10_000 {
             heads.appended(row(n));
         }
-        assert!(heads.lock().rows.is_empty(), "no subscriber: nothing kept");
+        assert!(
+            lock(&heads.queue).rows.is_empty(),
+            "no subscriber: nothing kept"
+        );
         assert_eq!(hashes(&heads.subscribe().take().0), ["9999"]);
     }
 }

@@ -48,7 +48,7 @@ pub struct Order {
 
 /// Debezium's transaction id: `txId:commitLsn` (the LSN as a number).
 pub fn transaction_id(meta: &TxnMeta) -> String {
-    format!("{}:{}", meta.xid.0, meta.commit_lsn.0)
+    TransactionId::of(meta).to_string()
 }
 
 /// The transaction topic's record key (as Debezium keys it).
@@ -135,15 +135,6 @@ impl Serialize for Row<'_> {
     }
 }
 
-/// The row as JSON text (`key_only`: the replica identity columns only).
-pub fn row(relation: &Relation, image: &RowImage, key_only: bool) -> String {
-    to_text(&Row {
-        relation,
-        image,
-        key_only,
-    })
-}
-
 fn to_text(v: &impl Serialize) -> String {
     // Writing into a String cannot fail, and every value here serializes.
     serde_json::to_string(v).unwrap_or_default()
@@ -170,9 +161,21 @@ impl Serialize for Sequence {
 /// building it first.
 struct TransactionId(u32, u64);
 
+impl TransactionId {
+    fn of(meta: &TxnMeta) -> TransactionId {
+        TransactionId(meta.xid.0, meta.commit_lsn.0)
+    }
+}
+
+impl std::fmt::Display for TransactionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.0, self.1)
+    }
+}
+
 impl Serialize for TransactionId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}:{}", self.0, self.1))
+        s.collect_str(self)
     }
 }
 
@@ -200,14 +203,8 @@ impl Serialize for PrimaryKey<'_> {
 /// columns' positions when blue's replica identity is not the primary key
 /// (FULL, NOTHING or another unique index: looked up in blue's catalog);
 /// otherwise the replica identity columns are the key, and a table
-/// without any has none.
-pub fn key(relation: &Relation, image: &RowImage, primary_key: Option<&[usize]>) -> Option<String> {
-    let mut buf = Vec::new();
-    key_into(relation, image, primary_key, &mut buf)
-        .then(|| String::from_utf8(buf).unwrap_or_default())
-}
-
-/// [`key`] into `buf`; false (and `buf` left empty) when there is no key.
+/// without any has none. Written into `buf`; false (and `buf` left
+/// empty) when there is no key.
 fn key_into(
     relation: &Relation,
     image: &RowImage,
@@ -277,22 +274,6 @@ struct Envelope<'a> {
     transaction: TransactionBlock,
 }
 
-/// A row change's record as JSON text: (key, value). `None` for changes
-/// that are not row changes (truncate: see [`truncate`]; messages).
-pub fn change(
-    source: &Source,
-    meta: &TxnMeta,
-    change: &Change,
-    order: Order,
-    now: PgTimestamp,
-    primary_key: Option<&[usize]>,
-) -> Option<(Option<String>, String)> {
-    let mut out = Encoded::default();
-    let has_key = change_into(source, meta, change, order, now, primary_key, &mut out)?;
-    let text = |b: Vec<u8>| String::from_utf8(b).unwrap_or_default();
-    Some((has_key.then(|| text(out.key)), text(out.value)))
-}
-
 /// A record's key and value as JSON text, in buffers reused from record
 /// to record.
 #[derive(Debug, Default)]
@@ -303,7 +284,9 @@ pub struct Encoded {
     pub value: Vec<u8>,
 }
 
-/// [`change`] into `out`: `Some(true)` with a key, `Some(false)` without.
+/// A row change's record as JSON text into `out`: `Some(true)` with a
+/// key, `Some(false)` without; `None` for changes that are not row changes
+/// (truncate: see [`truncate`]; messages).
 pub fn change_into(
     source: &Source,
     meta: &TxnMeta,
@@ -399,7 +382,7 @@ fn envelope<'a>(
         op,
         ts_ms: ms(now),
         transaction: TransactionBlock {
-            id: TransactionId(meta.xid.0, meta.commit_lsn.0),
+            id: TransactionId::of(meta),
             total_order: order.total,
             data_collection_order: order.in_table,
         },
@@ -486,6 +469,21 @@ mod tests {
         RowImage::from_parts(Bytes::from(data), cells).unwrap()
     }
 
+    /// A row change's record as JSON text: (key, value).
+    fn record_of(
+        source: &Source,
+        meta: &TxnMeta,
+        change: &Change,
+        order: Order,
+        now: PgTimestamp,
+        primary_key: Option<&[usize]>,
+    ) -> Option<(Option<String>, String)> {
+        let mut out = Encoded::default();
+        let has_key = change_into(source, meta, change, order, now, primary_key, &mut out)?;
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap_or_default();
+        Some((has_key.then(|| text(out.key)), text(out.value)))
+    }
+
     fn parsed(record: Option<(Option<String>, String)>) -> (Option<Json>, Json) {
         let (key, value) = record.expect("a row change");
         (
@@ -561,7 +559,7 @@ mod tests {
             total: 3,
             in_table: 2,
         };
-        let (key, value) = parsed(super::change(
+        let (key, value) = parsed(record_of(
             &source,
             &meta(),
             &change,
@@ -601,7 +599,7 @@ mod tests {
                 new: toasted,
             },
         };
-        let (_, value) = parsed(super::change(
+        let (_, value) = parsed(record_of(
             &source,
             &meta(),
             &update,
@@ -619,7 +617,7 @@ mod tests {
                 old: OldRow::Key(image(&[Some("7"), None, None, None, None, None])),
             },
         };
-        let (key, value) = parsed(super::change(
+        let (key, value) = parsed(record_of(
             &source,
             &meta(),
             &delete,
@@ -635,8 +633,8 @@ mod tests {
         // Buffers reused from record to record hold only the last one.
         let mut out = super::Encoded::default();
         let at = PgTimestamp(0);
-        super::change_into(&source, &meta(), &change, order, at, None, &mut out).unwrap();
-        assert!(super::change_into(&source, &meta(), &delete, order, at, None, &mut out).unwrap());
+        change_into(&source, &meta(), &change, order, at, None, &mut out).unwrap();
+        assert!(change_into(&source, &meta(), &delete, order, at, None, &mut out).unwrap());
         let reused: Json = serde_json::from_slice(&out.value).unwrap();
         assert_eq!(reused, value);
         let key: Json = serde_json::from_slice(&out.key).unwrap();

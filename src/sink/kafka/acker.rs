@@ -12,6 +12,7 @@
 //! One count per group rather than a future per record: no allocation, no
 //! channel and no wake-up per record.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,7 +87,7 @@ struct Failures {
 pub(super) struct Group {
     reports: Arc<Reports>,
     /// Records per topic (a transaction's mostly go to one or two).
-    pub(super) topics: Vec<(Arc<str>, u64)>,
+    topics: Vec<(Arc<str>, u64)>,
     /// When the first record was handed over.
     started: Option<Instant>,
 }
@@ -103,6 +104,17 @@ impl Group {
     /// Records in the group.
     pub(super) fn len(&self) -> u64 {
         self.topics.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Its records per topic, as counts of the kind `as_counts` makes.
+    pub(super) fn tally(
+        &self,
+        as_counts: impl Fn(u64) -> TopicCounts,
+    ) -> BTreeMap<Arc<str>, TopicCounts> {
+        self.topics
+            .iter()
+            .map(|(topic, n)| (Arc::clone(topic), as_counts(*n)))
+            .collect()
     }
 
     fn count(&mut self, topic: &Arc<str>) {
@@ -223,17 +235,10 @@ pub(super) async fn acknowledge(
                 source,
             });
         }
-        let counts: std::collections::BTreeMap<Arc<str>, TopicCounts> = group
-            .topics
-            .iter()
-            .map(|(topic, n)| {
-                let c = TopicCounts {
-                    acknowledged: *n,
-                    ..TopicCounts::default()
-                };
-                (Arc::clone(topic), c)
-            })
-            .collect();
+        let counts = group.tally(|acknowledged| TopicCounts {
+            acknowledged,
+            ..TopicCounts::default()
+        });
         if let Some(started) = group.started {
             stats.delivered(started.elapsed(), group.len());
         }

@@ -47,7 +47,6 @@ pub mod topics;
 pub use config::{KafkaConfig, KafkaSinkError};
 pub use stats::{DeliverySeconds, KafkaStats, TopicCounts};
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -221,21 +220,10 @@ pub async fn run<B: AsRef<[Event]>>(
                             Some(end.as_bytes()),
                         )
                         .await?;
-                        let produced: BTreeMap<Arc<str>, TopicCounts> = open
-                            .records
-                            .topics
-                            .iter()
-                            .map(|(topic, n)| {
-                                (
-                                    Arc::clone(topic),
-                                    TopicCounts {
-                                        produced: *n,
-                                        ..TopicCounts::default()
-                                    },
-                                )
-                            })
-                            .collect();
-                        stats.add(&produced);
+                        stats.add(&open.records.tally(|produced| TopicCounts {
+                            produced,
+                            ..TopicCounts::default()
+                        }));
                         if let Some(t) = eos.as_mut() {
                             t.finished(meta, open.records.len());
                         }

@@ -143,24 +143,6 @@ fn parse_args() -> Args {
     args
 }
 
-fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// utime + stime of a process, in microseconds.
-fn cpu_us(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may contain spaces) start after ')'.
-    let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / ticks_per_second() * 1e6
-}
-
 /// A process's (voluntary, involuntary) context switches so far.
 fn context_switches(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -250,7 +232,9 @@ async fn pgbench_init(bin: &PgBin, cluster: &Cluster, scale: u32) {
 /// CPU so far (microseconds) of the server processes `pids_sql` lists.
 async fn backend_cpu_us(client: &Client, pids_sql: &str) -> f64 {
     let rows = client.query(pids_sql, &[]).await.unwrap();
-    rows.iter().map(|r| cpu_us(r.get::<_, i32>(0) as u32)).sum()
+    rows.iter()
+        .map(|r| stats::cpu_us(r.get::<_, i32>(0) as u32))
+        .sum()
 }
 
 impl Env {
@@ -543,7 +527,7 @@ impl Subscriber {
                 .await
             }
             Subscriber::Teal { child, green } => {
-                cpu_us(child.id())
+                stats::cpu_us(child.id())
                     + backend_cpu_us(
                         green,
                         "SELECT pid FROM pg_stat_activity WHERE application_name = 'teal apply'",
@@ -555,7 +539,7 @@ impl Subscriber {
 
     fn process_cpu_us(&self) -> f64 {
         match self {
-            Subscriber::Teal { child, .. } => cpu_us(child.id()),
+            Subscriber::Teal { child, .. } => stats::cpu_us(child.id()),
             Subscriber::Native { .. } => 0.0,
         }
     }
@@ -644,7 +628,7 @@ async fn drain(
         seconds,
         cpu_us: cpu,
         teal_rss_mb: peak_rss,
-        walsender_us: walsender.map_or(0.0, |p| cpu_us(p as u32)),
+        walsender_us: walsender.map_or(0.0, |p| stats::cpu_us(p as u32)),
         walsender_switches: walsender.map_or((0, 0), |p| context_switches(p as u32)),
         teal_process_us: sub.process_cpu_us(),
         ..Sample::default()

@@ -6,7 +6,9 @@
 //! librdkafka's mock cluster in this process (a real protocol endpoint).
 //!
 //! Prints rows/s and Kafka records/s for each, and apply + Kafka against
-//! apply only (targets, issue 23: at least 85%, exactly-once at least 70%).
+//! apply only (targets, issue 23: at least 85%, exactly-once at least 70%),
+//! and CPU per row: teal, blue's walsender, green's apply sessions and the
+//! mock broker (this process).
 //!
 //! Run: `cargo bench --bench kafka -- [--runs 3] [--scale 1.0] [--teal-arg ARG]...`
 
@@ -55,7 +57,20 @@ fn options() -> Options {
     }
 }
 
-async fn run_once(bin: &cluster::PgBin, scale: f64) -> BTreeMap<Mode, (f64, u64)> {
+/// One mode's drain.
+struct Sample {
+    seconds: f64,
+    records: u64,
+    /// CPU (microseconds): teal, walsender, green's sessions, the mock broker.
+    cpu: [f64; 4],
+}
+
+/// CPU (microseconds) so far of this process (the mock broker's threads).
+fn own_cpu_us() -> f64 {
+    stats::cpu_us(std::process::id())
+}
+
+async fn run_once(bin: &cluster::PgBin, scale: f64) -> BTreeMap<Mode, Sample> {
     let blue = Cluster::start_with(bin, options());
     let b = blue.client().await;
     b.batch_execute(SCHEMA).await.unwrap();
@@ -138,7 +153,9 @@ async fn run_once(bin: &cluster::PgBin, scale: f64) -> BTreeMap<Mode, (f64, u64)
         }
         cmd.args(TEAL_ARGS.get().into_iter().flatten());
         let started = Instant::now();
+        let broker_start = own_cpu_us();
         let mut child = cmd.spawn().expect("teal runs");
+        let mut walsender: Option<i32> = None;
         let deadline = Instant::now() + Duration::from_secs(1800);
         loop {
             let done = b
@@ -152,10 +169,38 @@ async fn run_once(bin: &cluster::PgBin, scale: f64) -> BTreeMap<Mode, (f64, u64)
             if done {
                 break;
             }
+            if walsender.is_none() {
+                walsender = b
+                    .query_one(
+                        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&m.slot()],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+            }
             assert!(Instant::now() < deadline, "{m:?} did not catch up");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let seconds = started.elapsed().as_secs_f64();
+        let green_pids = green
+            .client()
+            .await
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'teal apply'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let cpu = [
+            stats::cpu_us(child.id()),
+            walsender.map_or(0.0, |p| stats::cpu_us(p as u32)),
+            green_pids
+                .iter()
+                .map(|r| stats::cpu_us(r.get::<_, i32>(0) as u32))
+                .sum(),
+            own_cpu_us() - broker_start,
+        ];
         // SAFETY: kill(2) of our own child with SIGTERM.
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
@@ -164,9 +209,15 @@ async fn run_once(bin: &cluster::PgBin, scale: f64) -> BTreeMap<Mode, (f64, u64)
         // Records: one per row plus BEGIN and END per transaction (and
         // exactly-once's progress records, left out).
         let records = if m == Mode::Apply { 0 } else { rows + 2 * txns };
-        out.insert(m, (seconds, records));
+        out.insert(
+            m,
+            Sample {
+                seconds,
+                records,
+                cpu,
+            },
+        );
     }
-    let _ = rows;
     out
 }
 
@@ -193,27 +244,47 @@ async fn main() {
     );
     let mut seconds: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut records = BTreeMap::new();
+    let mut cpu: BTreeMap<Mode, [Vec<f64>; 4]> = BTreeMap::new();
+    let per_row = |us: f64| us / rows as f64;
     for run in 1..=runs {
-        for (m, (s, r)) in run_once(&bin, scale).await {
+        for (m, sample) in run_once(&bin, scale).await {
+            let s = sample.seconds;
+            let [teal, walsender, green, broker] = sample.cpu.map(per_row);
             eprintln!(
-                "run {run} {m:?}: {s:.1} s, {:.0} rows/s, {:.0} Kafka records/s",
+                "run {run} {m:?}: {s:.1} s, {:.0} rows/s, {:.0} Kafka records/s; CPU us/row: teal {teal:.2}, walsender {walsender:.2}, green {green:.2}, mock broker {broker:.2}",
                 rows as f64 / s,
-                r as f64 / s
+                sample.records as f64 / s
             );
             seconds.entry(m).or_default().push(s);
-            records.insert(m, r);
+            records.insert(m, sample.records);
+            let per = cpu.entry(m).or_default();
+            for (v, c) in per.iter_mut().zip(sample.cpu) {
+                v.push(per_row(c));
+            }
         }
     }
-    println!("| mode | seconds (median) | rows/s | Kafka records/s |");
-    println!("|---|---|---|---|");
+    println!(
+        "| mode | seconds (median) | rows/s | Kafka records/s | CPU us/row: teal | walsender | green | mock broker | total |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut medians = BTreeMap::new();
     for (m, v) in &mut seconds {
         let s = stats::median(v);
         medians.insert(*m, s);
+        let c = cpu
+            .get_mut(m)
+            .expect("sampled")
+            .each_mut()
+            .map(|v| stats::median(v));
         println!(
-            "| {m:?} | {s:.1} | {:.0} | {:.0} |",
+            "| {m:?} | {s:.1} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             rows as f64 / s,
-            records[m] as f64 / s
+            records[m] as f64 / s,
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c.iter().sum::<f64>()
         );
     }
     if let (Some(a), Some(b)) = (medians.get(&Mode::Apply), medians.get(&Mode::ApplyKafka)) {

@@ -18,8 +18,6 @@
 //! [`UNAVAILABLE`] (Debezium's placeholder). Binary-format values (teal
 //! stream --binary) are `{"binary_base64": ..}`.
 
-use serde::Serialize;
-use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Value as Json, json};
 
 use crate::event::{Change, ChangeKind, Column, OldRow, Relation, RowImage, TxnMeta, Value};
@@ -60,105 +58,126 @@ fn ms(ts: PgTimestamp) -> i64 {
     ts.unix_micros().div_euclid(1000)
 }
 
-/// One column's value, written as typed JSON (see the module docs).
-struct Typed<'a> {
-    column: &'a Column,
-    value: Value<'a>,
-}
+/// JSON text written straight into a buffer: the records' fixed parts are
+/// byte literals, and only names and values are escaped (where they need
+/// it). Each record goes through here, so it is not built through serde's
+/// per-field machinery (escaping every constant key, formatting numbers
+/// through `fmt`).
+mod write {
+    use super::{Column, Relation, RowImage, UNAVAILABLE, Value};
 
-impl Serialize for Typed<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+    /// `s` as a JSON string. Most names and values need no escaping: they
+    /// are copied as they are after one pass that the compiler vectorizes;
+    /// the others go through serde_json's escaping.
+    pub(super) fn string(out: &mut Vec<u8>, s: &str) {
+        let plain = !s.bytes().fold(false, |any, b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if plain {
+            out.reserve(s.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+        } else {
+            // Writing into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, s);
+        }
+    }
+
+    /// A number (or any value serde_json writes without a map).
+    pub(super) fn number(out: &mut Vec<u8>, n: impl serde::Serialize) {
+        // Writing into a Vec cannot fail; numbers always serialize.
+        let _ = serde_json::to_writer(&mut *out, &n);
+    }
+
+    /// One column's value, typed where the type is unambiguous (see the
+    /// module documentation).
+    pub(super) fn value(out: &mut Vec<u8>, column: &Column, value: Value<'_>) {
         use base64::Engine;
-        let text = match self.value {
-            Value::Null => return s.serialize_none(),
-            Value::UnchangedToast => return s.serialize_str(UNAVAILABLE),
+        let text = match value {
+            Value::Null => return out.extend_from_slice(b"null"),
+            Value::UnchangedToast => return string(out, UNAVAILABLE),
             Value::Binary(b) => {
-                let mut map = s.serialize_map(Some(1))?;
-                map.serialize_entry(
-                    "binary_base64",
-                    &base64::engine::general_purpose::STANDARD.encode(b),
-                )?;
-                return map.end();
+                out.extend_from_slice(b"{\"binary_base64\":\"");
+                let encoded = base64::engine::general_purpose::STANDARD.encode(b);
+                out.extend_from_slice(encoded.as_bytes());
+                return out.extend_from_slice(b"\"}");
             }
-            Value::Text(t) => String::from_utf8_lossy(t),
+            Value::Text(t) => match std::str::from_utf8(t) {
+                Ok(s) => std::borrow::Cow::Borrowed(s),
+                Err(_) => String::from_utf8_lossy(t),
+            },
         };
-        match self.column.type_oid {
+        match column.type_oid {
             // int2, int4, int8, oid
             21 | 23 | 20 | 26 => {
                 if let Ok(n) = text.parse::<i64>() {
-                    return s.serialize_i64(n);
+                    return number(out, n);
                 }
             }
             // bool
             16 => match text.as_ref() {
-                "t" => return s.serialize_bool(true),
-                "f" => return s.serialize_bool(false),
+                "t" => return out.extend_from_slice(b"true"),
+                "f" => return out.extend_from_slice(b"false"),
                 _ => {}
             },
             // float4, float8: finite ones (NaN and Infinity are not JSON numbers)
             700 | 701 => {
                 if let Some(f) = text.parse::<f64>().ok().filter(|f| f.is_finite()) {
-                    return s.serialize_f64(f);
+                    return number(out, f);
                 }
             }
             // json, jsonb: nested as they are (checked, not rebuilt)
             114 | 3802 => {
-                if let Ok(raw) = serde_json::value::RawValue::from_string(text.clone().into_owned())
-                {
-                    return raw.serialize(s);
+                if let Ok(raw) = serde_json::from_str::<&serde_json::value::RawValue>(&text) {
+                    return out.extend_from_slice(raw.get().as_bytes());
                 }
             }
             _ => {}
         }
-        s.serialize_str(&text)
+        string(out, &text);
     }
-}
 
-/// A row as an object keyed by column name (`key_only`: the replica
-/// identity columns only).
-struct Row<'a> {
-    relation: &'a Relation,
-    image: &'a RowImage,
-    key_only: bool,
-}
-
-impl Serialize for Row<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(None)?;
-        for (column, value) in self.relation.columns.iter().zip(self.image.values()) {
-            if self.key_only && !column.is_key {
+    /// The columns at positions `columns` as an object keyed by name.
+    pub(super) fn row(
+        out: &mut Vec<u8>,
+        relation: &Relation,
+        image: &RowImage,
+        columns: impl Iterator<Item = usize>,
+    ) {
+        out.push(b'{');
+        let mut first = true;
+        for i in columns {
+            let (Some(column), Some(v)) = (relation.columns.get(i), image.get(i)) else {
                 continue;
+            };
+            if !first {
+                out.push(b',');
             }
-            map.serialize_entry(&column.name, &Typed { column, value })?;
+            first = false;
+            string(out, &column.name);
+            out.push(b':');
+            value(out, column, v);
         }
-        map.end()
+        out.push(b'}');
+    }
+
+    /// A row image as an object keyed by column name (`key_only`: the
+    /// replica identity columns only), or `null`.
+    pub(super) fn image(out: &mut Vec<u8>, relation: &Relation, image: Option<(&RowImage, bool)>) {
+        match image {
+            None => out.extend_from_slice(b"null"),
+            Some((image, key_only)) => row(
+                out,
+                relation,
+                image,
+                (0..relation.columns.len()).filter(|&i| !key_only || relation.columns[i].is_key),
+            ),
+        }
     }
 }
 
-fn to_text(v: &impl Serialize) -> String {
-    // Writing into a String cannot fail, and every value here serializes.
-    serde_json::to_string(v).unwrap_or_default()
-}
-
-/// `v` as JSON text into `buf` (cleared first; its allocation reused).
-fn write_json(v: &impl Serialize, buf: &mut Vec<u8>) {
-    buf.clear();
-    // Writing into a Vec cannot fail, and every value here serializes.
-    let _ = serde_json::to_writer(&mut *buf, v);
-}
-
-/// Debezium's `source.sequence`: `["<commit LSN>","<change LSN>"]` as a
-/// string, written without building it first.
-struct Sequence(u64, u64);
-
-impl Serialize for Sequence {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("[\"{}\",\"{}\"]", self.0, self.1))
-    }
-}
-
-/// Debezium's transaction id (see [`transaction_id`]), written without
-/// building it first.
+/// Debezium's transaction id (see [`transaction_id`]).
 struct TransactionId(u32, u64);
 
 impl TransactionId {
@@ -170,32 +189,6 @@ impl TransactionId {
 impl std::fmt::Display for TransactionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.0, self.1)
-    }
-}
-
-impl Serialize for TransactionId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-/// A row's primary-key columns as an object, in the key's order.
-struct PrimaryKey<'a> {
-    relation: &'a Relation,
-    image: &'a RowImage,
-    /// Positions of the key's columns in `relation.columns`.
-    columns: &'a [usize],
-}
-
-impl Serialize for PrimaryKey<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.columns.len()))?;
-        for &i in self.columns {
-            if let (Some(column), Some(value)) = (self.relation.columns.get(i), self.image.get(i)) {
-                map.serialize_entry(&column.name, &Typed { column, value })?;
-            }
-        }
-        map.end()
     }
 }
 
@@ -214,64 +207,18 @@ fn key_into(
     use crate::event::ReplicaIdentity;
     buf.clear();
     if let Some(columns) = primary_key.filter(|c| !c.is_empty()) {
-        write_json(
-            &PrimaryKey {
-                relation,
-                image,
-                columns,
-            },
-            buf,
-        );
+        write::row(buf, relation, image, columns.iter().copied());
         return true;
     }
     match relation.replica_identity {
         ReplicaIdentity::Default | ReplicaIdentity::Index
             if relation.columns.iter().any(|c| c.is_key) =>
         {
-            write_json(
-                &Row {
-                    relation,
-                    image,
-                    key_only: true,
-                },
-                buf,
-            );
+            write::image(buf, relation, Some((image, true)));
             true
         }
         _ => false,
     }
-}
-
-#[derive(Serialize)]
-struct SourceBlock<'a> {
-    version: &'static str,
-    connector: &'static str,
-    name: &'a str,
-    ts_ms: i64,
-    db: &'a str,
-    schema: &'a str,
-    table: &'a str,
-    #[serde(rename = "txId")]
-    tx_id: u32,
-    lsn: u64,
-    sequence: Sequence,
-}
-
-#[derive(Serialize)]
-struct TransactionBlock {
-    id: TransactionId,
-    total_order: u64,
-    data_collection_order: u64,
-}
-
-#[derive(Serialize)]
-struct Envelope<'a> {
-    before: Option<Row<'a>>,
-    after: Option<Row<'a>>,
-    source: SourceBlock<'a>,
-    op: &'static str,
-    ts_ms: i64,
-    transaction: TransactionBlock,
 }
 
 /// A record's key and value as JSON text, in buffers reused from record
@@ -312,27 +259,20 @@ pub fn change_into(
         ChangeKind::Truncate { .. } | ChangeKind::Message(_) => return None,
     };
     let before = before.map(|o| match o {
-        OldRow::Full(image) => Row {
-            relation,
-            image,
-            key_only: false,
-        },
-        OldRow::Key(image) => Row {
-            relation,
-            image,
-            key_only: true,
-        },
+        OldRow::Full(image) => (image, false),
+        OldRow::Key(image) => (image, true),
     });
-    let after = after.map(|image| Row {
-        relation,
-        image,
-        key_only: false,
-    });
-    write_json(
-        &envelope(
-            source, meta, relation, change, op, before, after, order, now,
-        ),
+    let after = after.map(|image| (image, false));
+    envelope_into(
         &mut out.value,
+        source,
+        meta,
+        relation,
+        change,
+        op,
+        [before, after],
+        order,
+        now,
     );
     Some(key_into(relation, key_image, primary_key, &mut out.key))
 }
@@ -346,47 +286,83 @@ pub fn truncate(
     order: Order,
     now: PgTimestamp,
 ) -> String {
-    to_text(&envelope(
-        source, meta, relation, change, "t", None, None, order, now,
-    ))
+    let mut out = Vec::new();
+    envelope_into(
+        &mut out,
+        source,
+        meta,
+        relation,
+        change,
+        "t",
+        [None, None],
+        order,
+        now,
+    );
+    // Every part written is UTF-8 (values went through `str`).
+    String::from_utf8(out).unwrap_or_default()
 }
 
+/// The whole value record into `out` (cleared first), fields in
+/// Debezium's order (the module documentation); `images`: before and
+/// after, each with whether it holds only the key columns.
 #[allow(clippy::too_many_arguments)]
-fn envelope<'a>(
-    source: &'a Source,
+fn envelope_into(
+    out: &mut Vec<u8>,
+    source: &Source,
     meta: &TxnMeta,
-    relation: &'a Relation,
+    relation: &Relation,
     change: &Change,
     op: &'static str,
-    before: Option<Row<'a>>,
-    after: Option<Row<'a>>,
+    images: [Option<(&RowImage, bool)>; 2],
     order: Order,
     now: PgTimestamp,
-) -> Envelope<'a> {
-    Envelope {
-        before,
-        after,
-        source: SourceBlock {
-            version: env!("CARGO_PKG_VERSION"),
-            connector: "postgresql",
-            name: &source.name,
-            ts_ms: ms(meta.commit_ts),
-            db: &source.db,
-            schema: &relation.name.namespace,
-            table: &relation.name.name,
-            tx_id: meta.xid.0,
-            lsn: change.lsn.0,
-            // Debezium: [last commit LSN, this change's LSN], as strings.
-            sequence: Sequence(meta.commit_lsn.0, change.lsn.0),
-        },
-        op,
-        ts_ms: ms(now),
-        transaction: TransactionBlock {
-            id: TransactionId::of(meta),
-            total_order: order.total,
-            data_collection_order: order.in_table,
-        },
-    }
+) {
+    use write::{number, string};
+    let [before, after] = images;
+    out.clear();
+    out.extend_from_slice(b"{\"before\":");
+    write::image(out, relation, before);
+    out.extend_from_slice(b",\"after\":");
+    write::image(out, relation, after);
+    out.extend_from_slice(
+        concat!(
+            ",\"source\":{\"version\":\"",
+            env!("CARGO_PKG_VERSION"),
+            "\",\"connector\":\"postgresql\",\"name\":"
+        )
+        .as_bytes(),
+    );
+    string(out, &source.name);
+    out.extend_from_slice(b",\"ts_ms\":");
+    number(out, ms(meta.commit_ts));
+    out.extend_from_slice(b",\"db\":");
+    string(out, &source.db);
+    out.extend_from_slice(b",\"schema\":");
+    string(out, &relation.name.namespace);
+    out.extend_from_slice(b",\"table\":");
+    string(out, &relation.name.name);
+    out.extend_from_slice(b",\"txId\":");
+    number(out, meta.xid.0);
+    out.extend_from_slice(b",\"lsn\":");
+    number(out, change.lsn.0);
+    // Debezium: [last commit LSN, this change's LSN], as strings, in a string.
+    out.extend_from_slice(b",\"sequence\":\"[\\\"");
+    number(out, meta.commit_lsn.0);
+    out.extend_from_slice(b"\\\",\\\"");
+    number(out, change.lsn.0);
+    out.extend_from_slice(b"\\\"]\"},\"op\":\"");
+    out.extend_from_slice(op.as_bytes());
+    out.extend_from_slice(b"\",\"ts_ms\":");
+    number(out, ms(now));
+    out.extend_from_slice(b",\"transaction\":{\"id\":\"");
+    number(out, meta.xid.0);
+    out.push(b':');
+    number(out, meta.commit_lsn.0);
+    out.extend_from_slice(b"\",\"total_order\":");
+    number(out, order.total);
+    out.extend_from_slice(b",\"data_collection_order\":");
+    number(out, order.in_table);
+    out.extend_from_slice(b"}}");
 }
 
 /// The transaction topic's BEGIN record.
@@ -639,6 +615,137 @@ mod tests {
         assert_eq!(reused, value);
         let key: Json = serde_json::from_slice(&out.key).unwrap();
         assert_eq!(key, json!({ "id": 7 }));
+    }
+
+    #[test]
+    fn a_record_is_the_whole_debezium_envelope() {
+        // Names and values that need escaping, invalid UTF-8, binary.
+        let col = |name: &str, type_oid, is_key| Column {
+            name: name.into(),
+            type_oid,
+            type_modifier: -1,
+            is_key,
+            type_name: None,
+        };
+        let rel = Relation {
+            rel_id: 2,
+            name: QualifiedName {
+                namespace: "s\"q".into(),
+                name: "t\tab".into(),
+            },
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![
+                col("k\"ey", 20, true),
+                col("n\nl", 25, false),
+                col("bad", 25, false),
+                col("raw", 17, false),
+                col("f", 700, false),
+                col("j", 114, false),
+                col("b", 16, false),
+                col("i", 23, false),
+            ],
+            version: Relation::next_version(),
+        };
+        let mut data = Vec::new();
+        let mut cells = Vec::new();
+        let texts: [&[u8]; 8] = [
+            b"-9000000000",
+            "caf\u{e9} \"\\ \u{1}\u{7f}".as_bytes(),
+            b"a\xffb",
+            b"\x00\x01",
+            b"1.5",
+            b" {\"x\" : [1, \"\\u00e9\"]} ",
+            b"f",
+            b"12x",
+        ];
+        for (i, t) in texts.iter().enumerate() {
+            cells.push(Cell {
+                kind: if i == 3 {
+                    CellKind::Binary
+                } else {
+                    CellKind::Text
+                },
+                start: data.len() as u32,
+                len: t.len() as u32,
+            });
+            data.extend_from_slice(t);
+        }
+        let new = RowImage::from_parts(Bytes::from(data), cells).unwrap();
+        let change = Change {
+            lsn: Lsn(53195800),
+            kind: ChangeKind::Insert {
+                relation: Arc::new(rel),
+                new,
+            },
+        };
+        let source = Source {
+            name: "te\"al".into(),
+            db: "b\u{e9}nk".into(),
+        };
+        let order = Order {
+            total: 3,
+            in_table: 2,
+        };
+        let now = PgTimestamp::from_system_time(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_800_000_000_456),
+        );
+        let (key, value) = parsed(record_of(&source, &meta(), &change, order, now, None));
+        assert_eq!(key, Some(json!({ "k\"ey": -9_000_000_000i64 })));
+        let expected = json!({
+            "before": null,
+            "after": {
+                "k\"ey": -9_000_000_000i64,
+                "n\nl": "caf\u{e9} \"\\ \u{1}\u{7f}",
+                "bad": "a\u{fffd}b",
+                "raw": { "binary_base64": "AAE=" },
+                "f": 1.5,
+                "j": { "x": [1, "\u{e9}"] },
+                "b": false,
+                "i": "12x",
+            },
+            "source": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "connector": "postgresql",
+                "name": "te\"al",
+                "ts_ms": 1_700_000_000_123i64,
+                "db": "b\u{e9}nk",
+                "schema": "s\"q",
+                "table": "t\tab",
+                "txId": 571,
+                "lsn": 53195800,
+                "sequence": "[\"53195832\",\"53195800\"]",
+            },
+            "op": "c",
+            "ts_ms": 1_800_000_000_456i64,
+            "transaction": {
+                "id": "571:53195832",
+                "total_order": 3,
+                "data_collection_order": 2,
+            },
+        });
+        assert_eq!(value, expected);
+        let ChangeKind::Insert { relation, .. } = &change.kind else {
+            unreachable!()
+        };
+        let truncated: Json =
+            serde_json::from_str(&truncate(&source, &meta(), &change, relation, order, now))
+                .unwrap();
+        let mut expected_truncate = expected;
+        expected_truncate["after"] = Json::Null;
+        expected_truncate["op"] = json!("t");
+        assert_eq!(truncated, expected_truncate);
+    }
+
+    proptest::proptest! {
+        /// Strings are written exactly as serde_json writes them, whether
+        /// they need escaping or not.
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them(s in "(\\PC|[\\x00-\\x1f\"\\\\\\x7f])*") {
+            let mut out = b"x".to_vec();
+            write::string(&mut out, &s);
+            let serde = serde_json::to_string(&s).unwrap();
+            proptest::prop_assert_eq!(&out[1..], serde.as_bytes());
+        }
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub(super) type KafkaProducer = ThreadedProducer<Counting>;
 /// Counts delivery reports into the records' groups.
 #[derive(Default)]
 pub(super) struct Counting {
-    /// Woken when a group's last record is reported, or one fails.
+    /// Woken when a group's last record is reported, or one fails (waiters
+    /// register with `notified()` before they check: `notify_waiters`
+    /// keeps no permit).
     settled: Arc<Notify>,
 }
 
@@ -60,7 +62,9 @@ impl ProducerContext for Counting {
             }
         };
         if group.remaining.fetch_sub(1, Ordering::AcqRel) == 1 || failed {
-            self.settled.notify_one();
+            // Every waiter: the acker, and an exactly-once commit waiting
+            // for its records.
+            self.settled.notify_waiters();
         }
     }
 }
@@ -190,6 +194,23 @@ pub(super) async fn send(
     }
 }
 
+/// Waits until every record of `pending` is reported, or one of them failed.
+pub(super) async fn reported(settled: &Notify, pending: &[Pending]) {
+    for p in pending {
+        let reports = &p.records.reports;
+        loop {
+            // Registered before the check: a report in between still wakes it.
+            let woken = settled.notified();
+            if reports.remaining.load(Ordering::Acquire) == 0
+                || reports.failed.load(Ordering::Acquire) > 0
+            {
+                break;
+            }
+            woken.await;
+        }
+    }
+}
+
 /// Confirms each position once its records (and all earlier ones) are acknowledged.
 pub(super) async fn acknowledge(
     mut queue: mpsc::Receiver<Pending>,
@@ -201,15 +222,7 @@ pub(super) async fn acknowledge(
     while let Some(pending) = queue.recv().await {
         let group = &pending.records;
         let reports = &group.reports;
-        loop {
-            let woken = settled.notified();
-            if reports.remaining.load(Ordering::Acquire) == 0
-                || reports.failed.load(Ordering::Acquire) > 0
-            {
-                break;
-            }
-            woken.await;
-        }
+        reported(&settled, std::slice::from_ref(&pending)).await;
         if reports.failed.load(Ordering::Acquire) > 0 {
             // The sink stops: the failures are counted, the group's
             // acknowledged records are not (its position is not confirmed).

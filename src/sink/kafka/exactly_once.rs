@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::event::TxnMeta;
 use crate::lsn::{Lsn, PgTimestamp};
 
-use super::acker::{Group, KafkaProducer, Pending, send};
+use super::acker::{Group, KafkaProducer, Pending, reported, send};
 use super::config::{KafkaConfig, KafkaSinkError, consumer_property};
 use super::{Scope, blocking};
 
@@ -193,6 +193,13 @@ impl Transactional {
             Some(value.as_bytes()),
         )
         .await?;
+        // Every record delivered first: librdkafka's commit flushes what is
+        // in flight itself, but its flush waits in steps of 100 ms (the
+        // delivery reports' polling), a pause for the whole stream at each
+        // commit. A failed record, or a wait past the timeout, is left to
+        // the commit to report.
+        let settled = super::acker::settled(producer);
+        let _ = tokio::time::timeout(COMMIT_TIMEOUT, reported(&settled, &open.done)).await;
         let p = producer.clone();
         match blocking(move || p.commit_transaction(COMMIT_TIMEOUT)).await {
             Ok(()) => {

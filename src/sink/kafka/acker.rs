@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! produce ──Group (remaining += 1; the record carries the group)──▶ librdkafka
-//!   librdkafka's polling thread ──delivery report──▶ remaining -= 1 (wakes the acker at 0)
+//!   the sink's task (`deliveries`) ──delivery report──▶ remaining -= 1 (wakes the acker at 0)
 //! Pending { lsn, records: Group } ──queue (in order)──▶ acknowledge
 //!                                 every record Ok ──▶ consumer.confirm(lsn), lag
 //! ```
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::{ClientContext, Message};
 use tokio::sync::{Notify, mpsc};
 
@@ -26,11 +26,8 @@ use crate::lsn::{Lsn, PgTimestamp};
 use crate::progress::{Consumer, Lag, lock};
 
 use super::config::KafkaSinkError;
+use super::deliveries::KafkaProducer;
 use super::stats::{KafkaStats, TopicCounts};
-
-/// The producer: librdkafka's, polled by its own thread, reporting
-/// deliveries to [`Counting`].
-pub(super) type KafkaProducer = ThreadedProducer<Counting>;
 
 /// Counts delivery reports into the records' groups.
 #[derive(Default)]
@@ -69,7 +66,7 @@ impl ProducerContext for Counting {
     }
 }
 
-/// Delivery reports of one group, written by librdkafka's polling thread.
+/// Delivery reports of one group, written where reports are served.
 #[derive(Debug, Default)]
 pub(super) struct Reports {
     /// Records handed to librdkafka and not reported yet.

@@ -167,6 +167,10 @@ pub enum KafkaSinkError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// librdkafka's wake-ups for delivery reports could not be set up or
+    /// read (a pipe; see `sink::kafka::deliveries`).
+    #[error("waiting for Kafka's delivery reports")]
+    Wakeup(#[source] std::io::Error),
     /// A task of the sink panicked (a bug: please report it with the log).
     #[error("the Kafka {0} panicked")]
     Panicked(&'static str),
@@ -207,7 +211,7 @@ impl KafkaSinkError {
 pub(super) fn producer(
     config: &KafkaConfig,
     slot: &str,
-) -> Result<super::acker::KafkaProducer, KafkaSinkError> {
+) -> Result<super::deliveries::KafkaProducer, KafkaSinkError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers)
         .set("enable.idempotence", "true")
@@ -226,6 +230,7 @@ pub(super) fn producer(
         c.set(k, v);
     }
     c.create_with_context(super::acker::Counting::default())
+        .map(std::sync::Arc::new)
         .map_err(KafkaSinkError::Config)
 }
 

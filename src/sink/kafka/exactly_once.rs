@@ -19,8 +19,9 @@ use tokio::sync::mpsc;
 use crate::event::TxnMeta;
 use crate::lsn::{Lsn, PgTimestamp};
 
-use super::acker::{Group, KafkaProducer, Pending, reported, send};
+use super::acker::{Group, Pending, reported, send};
 use super::config::{KafkaConfig, KafkaSinkError, consumer_property};
+use super::deliveries::KafkaProducer;
 use super::{Scope, blocking};
 
 /// How long a commit may take (librdkafka gives up the transaction by

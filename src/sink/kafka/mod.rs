@@ -33,12 +33,14 @@
 //!
 //! Files: `config` (settings, the producer, errors), `record` (a source
 //! transaction as records), `acker` (confirming what Kafka acknowledged),
+//! `deliveries` (delivery reports served on the sink's task),
 //! `exactly_once` (the transactional producer), `stats` (counters),
 //! `topics` (topic names: the escaping rule, collisions);
 //! the Debezium envelope itself is `sink::envelope`.
 
 mod acker;
 mod config;
+mod deliveries;
 mod exactly_once;
 mod record;
 mod stats;
@@ -60,8 +62,9 @@ use crate::lsn::PgTimestamp;
 use crate::progress::{Consumer, Lag};
 
 use super::envelope::{self, Source};
-use acker::{Group, KafkaProducer, Pending, acknowledge, send};
+use acker::{Group, Pending, acknowledge, send};
 use config::producer;
+use deliveries::{Deliveries, KafkaProducer};
 use exactly_once::Transactional;
 use record::{PrimaryKeys, Producing};
 use topics::Names;
@@ -108,6 +111,7 @@ pub async fn run<B: AsRef<[Event]>>(
     lag: Option<Arc<Lag>>,
 ) -> Result<(), KafkaSinkError> {
     let producer = producer(&config, &scope.slot)?;
+    let deliveries = Deliveries::new(&producer)?;
     stats.enabled.store(true, Ordering::Relaxed);
     let mut eos = if config.exactly_once {
         Some(Transactional::start(&producer, &config, &scope).await?)
@@ -158,6 +162,9 @@ pub async fn run<B: AsRef<[Event]>>(
                 None => events.recv().await,
             };
             let Some(batch) = next else { break };
+            // Reports of earlier batches: freed on this thread, and the
+            // acker confirms without waiting for the pipe's wake-up.
+            deliveries.serve();
             for event in batch.as_ref() {
                 let pending = match event {
                     Event::Begin(meta) => {
@@ -274,8 +281,11 @@ pub async fn run<B: AsRef<[Event]>>(
         Ok::<(), KafkaSinkError>(())
     };
     let dropped = scope.dropped.clone();
+    // Reports are served whenever the sink waits (for events, for room in
+    // librdkafka's queue, for the acker, for a commit).
     let produced = tokio::select! {
         r = produced => r,
+        e = deliveries.run() => Err(e),
         () = dropped.cancelled() => {
             // Dropped: nothing more is confirmed (the consumer was withdrawn);
             // what librdkafka holds is purged rather than waited for (Kafka is
@@ -292,7 +302,12 @@ pub async fn run<B: AsRef<[Event]>>(
         t.abort(&producer).await;
     }
     drop(ack_tx);
-    let acked = joined(acker.await, "acker");
+    // The acker waits for the reports of what was produced.
+    let acked = tokio::select! {
+        r = acker => joined(r, "acker"),
+        e = deliveries.run() => Err(e),
+    };
+    drop(deliveries);
     // librdkafka's flush blocks: not on the runtime's threads.
     let _ = blocking(move || producer.flush(Duration::from_secs(10))).await;
     produced?;

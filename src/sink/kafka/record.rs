@@ -13,8 +13,9 @@ use crate::config::ConnInfo;
 use crate::event::{ChangeKind, Relation, TxnMeta};
 use crate::lsn::PgTimestamp;
 
-use super::acker::{Group, KafkaProducer, send};
+use super::acker::{Group, send};
 use super::config::{KafkaConfig, KafkaSinkError};
+use super::deliveries::KafkaProducer;
 use super::topics::Names;
 use crate::sink::envelope::{self, Order, Source};
 

@@ -1,12 +1,16 @@
 //! A Kafka-streaming teal killed or restarted: killed with kill -9 (with
 //! and without `--kafka-exactly-once`) it loses no change, and an
 //! exactly-once producer restarted from a slot behind Kafka's progress
-//! writes nothing twice.
+//! writes nothing twice; an exactly-once stream that goes quiet commits at
+//! once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::kafka::{Tansu, WAIT, confirmed, insert_each, mock_and_acct, records_until_quiet};
+use crate::kafka::{
+    Tansu, WAIT, confirmed, insert_each, mock_and_acct, read_topic, records_until_quiet,
+    stream_with_kafka_config,
+};
 use crate::support::cluster::default_bin;
 use crate::support::tap::init_logging;
 use crate::support::twins::Twins;
@@ -217,4 +221,45 @@ async fn exactly_once_survives_a_restart_the_slot_did_not_see() {
         libc::kill(teal.id() as i32, libc::SIGTERM);
     }
     assert!(teal.wait().unwrap().success(), "teal stops cleanly");
+}
+
+/// An exactly-once stream that goes quiet commits its Kafka transaction,
+/// and so confirms the slot, as soon as nothing more waits: not after
+/// `--kafka-transaction-max-delay` (10 minutes here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_exactly_once_stream_commits_without_waiting_for_the_delay() {
+    init_logging();
+    let (_mock, brokers, twins) = mock_and_acct().await;
+    let mut kafka = teal::sink::kafka::KafkaConfig::new(&brokers, "postgres");
+    kafka.exactly_once = true;
+    kafka.transaction_max_delay = Duration::from_secs(600);
+    let (shutdown, _monitor, running) = stream_with_kafka_config(&twins, kafka, true).await;
+    insert_each(&twins, 1..=3, 7).await;
+    let lsn: String = twins
+        .b
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let lsn = lsn.parse::<teal::lsn::Lsn>().unwrap().0;
+    let started = Instant::now();
+    while confirmed(&twins).await < lsn {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the slot is not confirmed past the quiet stream's last change ({lsn}) after 20 s: its Kafka transaction did not commit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b2 = brokers.clone();
+    let records = tokio::task::spawn_blocking(move || read_topic(&b2, "teal.public.acct", 3))
+        .await
+        .unwrap();
+    let ids: Vec<i64> = records
+        .iter()
+        .flatten()
+        .map(|(_, v)| v["after"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    shutdown.cancel();
+    running.await.unwrap().expect("stream stops cleanly");
 }

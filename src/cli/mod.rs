@@ -343,7 +343,8 @@ pub(crate) struct StreamArgs {
     pub(crate) kafka_transaction_max_records: u64,
 
     /// With --kafka-exactly-once: ... or once it is this old (e.g. 500ms;
-    /// read_committed consumers see records up to that much later).
+    /// read_committed consumers see records up to that much later; a
+    /// stream with nothing more waiting commits once it is 20ms old).
     #[arg(long, env = "TEAL_KAFKA_TRANSACTION_MAX_DELAY", default_value = "500ms", value_parser = config::parse_duration)]
     pub(crate) kafka_transaction_max_delay: Duration,
 

@@ -24,6 +24,12 @@ use super::config::{KafkaConfig, KafkaSinkError, consumer_property};
 use super::deliveries::KafkaProducer;
 use super::{Scope, blocking};
 
+/// An open Kafka transaction commits as soon as no events wait for the
+/// sink and it is this old, rather than at `--kafka-transaction-max-delay`:
+/// a stream that goes quiet is not held back for the whole delay, and a
+/// trickle of changes commits at most this often.
+const IDLE_COMMIT_AGE: Duration = Duration::from_millis(20);
+
 /// How long a commit may take (librdkafka gives up the transaction by
 /// itself after `transaction.timeout.ms`, 60 s by default).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -133,15 +139,23 @@ impl Transactional {
         }
     }
 
-    pub(super) fn due(&self) -> bool {
-        self.open
-            .as_ref()
-            .is_some_and(|t| t.records >= self.max_records || t.started.elapsed() >= self.max_delay)
+    /// Whether the open Kafka transaction commits now (between source
+    /// transactions): it is full or `--kafka-transaction-max-delay` old,
+    /// or (`idle`: no events wait) at least [`IDLE_COMMIT_AGE`] old.
+    pub(super) fn due(&self, idle: bool) -> bool {
+        self.open.as_ref().is_some_and(|t| {
+            let age = t.started.elapsed();
+            t.records >= self.max_records
+                || age >= self.max_delay
+                || (idle && age >= IDLE_COMMIT_AGE)
+        })
     }
 
-    /// When the open Kafka transaction is due, however little it holds.
+    /// When the open Kafka transaction commits if no event comes first.
     pub(super) fn deadline(&self) -> Option<Instant> {
-        self.open.as_ref().map(|t| t.started + self.max_delay)
+        self.open
+            .as_ref()
+            .map(|t| t.started + self.max_delay.min(IDLE_COMMIT_AGE))
     }
 
     /// Commits and hands the positions the commit made safe to the acker.

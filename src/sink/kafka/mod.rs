@@ -18,9 +18,10 @@
 //!
 //! With `--kafka-exactly-once` the producer is transactional
 //! (`transactional.id` = `teal-<slot>`): consecutive source transactions
-//! go into one Kafka transaction (up to the batch limits of apply: it
-//! commits at a source commit once it holds `--batch-max-changes` records
-//! or is `--batch-max-delay-ms` old), which
+//! go into one Kafka transaction (it commits at a source commit once it
+//! holds `--kafka-transaction-max-records` records or is
+//! `--kafka-transaction-max-delay` old, or, when no events wait, 20 ms
+//! old), which
 //! also writes a progress record (key: the slot; value: the last source
 //! transaction's commit and end LSN) to the progress topic. Only once the
 //! Kafka transaction commits are its positions confirmed. A restarted teal
@@ -141,8 +142,8 @@ pub async fn run<B: AsRef<[Event]>>(
         .await?;
     let produced = async {
         loop {
-            // An open Kafka transaction commits at its deadline when no
-            // source transaction is half produced.
+            // An open Kafka transaction commits at its deadline (no events
+            // came) when no source transaction is half produced.
             let deadline = eos
                 .as_ref()
                 .and_then(Transactional::deadline)
@@ -265,9 +266,9 @@ pub async fn run<B: AsRef<[Event]>>(
                 }
             }
             // Between source transactions: commit the Kafka transaction when
-            // it is full or old.
+            // it is full or old, or nothing more waits.
             if txn.is_none() {
-                if let Some(t) = eos.as_mut().filter(|t| t.due()) {
+                if let Some(t) = eos.as_mut().filter(|t| t.due(events.is_empty())) {
                     if !t.commit_to(&producer, &ack_tx).await? {
                         return Ok(());
                     }

@@ -102,8 +102,30 @@ impl Deliveries {
         }
     }
 
-    /// Serves reports as they arrive, for as long as it is polled.
-    pub(super) async fn run(&self) -> KafkaSinkError {
+    /// Runs `work` while serving reports as they arrive: whatever waits
+    /// on librdkafka (the acker, a commit's or an abort's flush) needs
+    /// them served. Should the pipe fail, reports are served every 10 ms
+    /// instead.
+    pub(super) async fn serving<T>(&self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            done = &mut work => return done,
+            e = self.run() => tracing::warn!(
+                error = %crate::error::Report(&e),
+                "serving Kafka's delivery reports every 10 ms instead"
+            ),
+        }
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                () = tokio::time::sleep(Duration::from_millis(10)) => self.serve(),
+            }
+        }
+    }
+
+    /// Serves reports as they arrive, for as long as it is polled; returns
+    /// only if the pipe fails.
+    async fn run(&self) -> KafkaSinkError {
         loop {
             let mut ready = match self.wake.readable().await {
                 Ok(ready) => ready,
@@ -159,6 +181,7 @@ mod tests {
 
     use rdkafka::ClientConfig;
     use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::Producer as _;
 
     use super::super::acker::{Counting, Pending, reported, send, settled};
     use super::*;
@@ -185,23 +208,72 @@ mod tests {
         let unserved = tokio::time::timeout(Duration::from_millis(500), reported(&woken, &pending));
         assert!(unserved.await.is_err(), "reported without being served");
         // The pipe wakes the idle sink once the report is queued.
-        tokio::select! {
-            () = reported(&woken, &pending) => {}
-            e = deliveries.run() => panic!("{e}"),
-            () = tokio::time::sleep(Duration::from_secs(30)) => panic!("the report was not served"),
-        }
+        let served = deliveries.serving(reported(&woken, &pending));
+        tokio::time::timeout(Duration::from_secs(30), served)
+            .await
+            .expect("the report was served");
         // Later reports wake it again (the queue was marked served).
         let mut next = Pending::position(crate::lsn::Lsn(2), true);
         send(&producer, &mut next.records, &topic, None, Some(b"y"))
             .await
             .expect("enqueued");
         let next = [next];
-        tokio::select! {
-            () = reported(&woken, &next) => {}
-            e = deliveries.run() => panic!("{e}"),
-            () = tokio::time::sleep(Duration::from_secs(30)) => panic!("the second report was not served"),
-        }
+        let served = deliveries.serving(reported(&woken, &next));
+        tokio::time::timeout(Duration::from_secs(30), served)
+            .await
+            .expect("the second report was served");
         drop(deliveries);
         assert_eq!(Arc::strong_count(&producer), 1, "the producer is released");
+    }
+
+    /// librdkafka's abort (and commit) flushes: it waits for the
+    /// application to serve the reports of what is in flight.
+    #[tokio::test]
+    async fn an_abort_completes_while_reports_are_served() {
+        let mock = MockCluster::new(1).expect("librdkafka's mock cluster");
+        let producer: KafkaProducer = Arc::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", mock.bootstrap_servers())
+                .set("transactional.id", "teal-test")
+                .set("linger.ms", "1000")
+                .create_with_context(Counting::default())
+                .expect("a producer"),
+        );
+        let deliveries = Deliveries::new(&producer).expect("wake-ups");
+        let p = Arc::clone(&producer);
+        tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .expect("init");
+        let topic: Arc<str> = "t".into();
+        let abort = |timeout| {
+            let p = Arc::clone(&producer);
+            tokio::task::spawn_blocking(move || p.abort_transaction(timeout))
+        };
+        let produce = async |n: u8| {
+            producer.begin_transaction().expect("begin");
+            let mut pending = Pending::position(crate::lsn::Lsn(1), true);
+            send(&producer, &mut pending.records, &topic, None, Some(&[n]))
+                .await
+                .expect("enqueued");
+        };
+        // Nobody serves: the abort's flush gives up.
+        produce(1).await;
+        let unserved = abort(Duration::from_secs(2)).await.unwrap();
+        assert!(unserved.is_err(), "aborted without its reports served");
+        deliveries.serve();
+        let p = Arc::clone(&producer);
+        tokio::task::spawn_blocking(move || p.abort_transaction(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .expect("the abort completes once served");
+        // Served meanwhile: it completes.
+        produce(2).await;
+        let served = deliveries.serving(abort(Duration::from_secs(30)));
+        tokio::time::timeout(Duration::from_secs(20), served)
+            .await
+            .expect("the abort completed")
+            .unwrap()
+            .expect("aborted");
     }
 }

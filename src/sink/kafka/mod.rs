@@ -285,8 +285,7 @@ pub async fn run<B: AsRef<[Event]>>(
     // Reports are served whenever the sink waits (for events, for room in
     // librdkafka's queue, for the acker, for a commit).
     let produced = tokio::select! {
-        r = produced => r,
-        e = deliveries.run() => Err(e),
+        r = deliveries.serving(produced) => r,
         () = dropped.cancelled() => {
             // Dropped: nothing more is confirmed (the consumer was withdrawn);
             // what librdkafka holds is purged rather than waited for (Kafka is
@@ -299,15 +298,12 @@ pub async fn run<B: AsRef<[Event]>>(
     };
     // A transaction cut off by shutdown or an error is not confirmed: blue
     // sends it again (and exactly-once aborts what Kafka holds of it).
+    // (The abort flushes, and the acker waits for, reports to serve.)
     if let Some(t) = eos.as_mut() {
-        t.abort(&producer).await;
+        deliveries.serving(t.abort(&producer)).await;
     }
     drop(ack_tx);
-    // The acker waits for the reports of what was produced.
-    let acked = tokio::select! {
-        r = acker => joined(r, "acker"),
-        e = deliveries.run() => Err(e),
-    };
+    let acked = joined(deliveries.serving(acker).await, "acker");
     drop(deliveries);
     // librdkafka's flush blocks: not on the runtime's threads.
     let _ = blocking(move || producer.flush(Duration::from_secs(10))).await;

@@ -468,31 +468,42 @@ mod tests {
         )
     }
 
-    fn relation() -> Arc<Relation> {
-        let col = |name: &str, type_oid, is_key| Column {
-            name: name.into(),
-            type_oid,
-            type_modifier: -1,
-            is_key,
-            type_name: None,
-        };
+    /// A table of `columns` (name, type OID, replica identity key).
+    fn table(namespace: &str, name: &str, columns: &[(&str, u32, bool)]) -> Arc<Relation> {
         Arc::new(Relation {
             rel_id: 1,
             name: QualifiedName {
-                namespace: "public".into(),
-                name: "acct".into(),
+                namespace: namespace.into(),
+                name: name.into(),
             },
             replica_identity: ReplicaIdentity::Default,
-            columns: vec![
-                col("id", 23, true),
-                col("balance", 1700, false),
-                col("ok", 16, false),
-                col("doc", 3802, false),
-                col("f", 701, false),
-                col("at", 1184, false),
-            ],
+            columns: columns
+                .iter()
+                .map(|&(name, type_oid, is_key)| Column {
+                    name: name.into(),
+                    type_oid,
+                    type_modifier: -1,
+                    is_key,
+                    type_name: None,
+                })
+                .collect(),
             version: Relation::next_version(),
         })
+    }
+
+    fn relation() -> Arc<Relation> {
+        table(
+            "public",
+            "acct",
+            &[
+                ("id", 23, true),
+                ("balance", 1700, false),
+                ("ok", 16, false),
+                ("doc", 3802, false),
+                ("f", 701, false),
+                ("at", 1184, false),
+            ],
+        )
     }
 
     fn meta() -> TxnMeta {
@@ -620,32 +631,20 @@ mod tests {
     #[test]
     fn a_record_is_the_whole_debezium_envelope() {
         // Names and values that need escaping, invalid UTF-8, binary.
-        let col = |name: &str, type_oid, is_key| Column {
-            name: name.into(),
-            type_oid,
-            type_modifier: -1,
-            is_key,
-            type_name: None,
-        };
-        let rel = Relation {
-            rel_id: 2,
-            name: QualifiedName {
-                namespace: "s\"q".into(),
-                name: "t\tab".into(),
-            },
-            replica_identity: ReplicaIdentity::Default,
-            columns: vec![
-                col("k\"ey", 20, true),
-                col("n\nl", 25, false),
-                col("bad", 25, false),
-                col("raw", 17, false),
-                col("f", 700, false),
-                col("j", 114, false),
-                col("b", 16, false),
-                col("i", 23, false),
+        let rel = table(
+            "s\"q",
+            "t\tab",
+            &[
+                ("k\"ey", 20, true),
+                ("n\nl", 25, false),
+                ("bad", 25, false),
+                ("raw", 17, false),
+                ("f", 700, false),
+                ("j", 114, false),
+                ("b", 16, false),
+                ("i", 23, false),
             ],
-            version: Relation::next_version(),
-        };
+        );
         let mut data = Vec::new();
         let mut cells = Vec::new();
         let texts: [&[u8]; 8] = [
@@ -673,10 +672,7 @@ mod tests {
         let new = RowImage::from_parts(Bytes::from(data), cells).unwrap();
         let change = Change {
             lsn: Lsn(53195800),
-            kind: ChangeKind::Insert {
-                relation: Arc::new(rel),
-                new,
-            },
+            kind: ChangeKind::Insert { relation: rel, new },
         };
         let source = Source {
             name: "te\"al".into(),

@@ -186,17 +186,29 @@ mod tests {
     use super::super::acker::{Counting, Pending, reported, send, settled};
     use super::*;
 
-    #[tokio::test]
-    async fn reports_are_served_when_they_arrive_not_before() {
-        let mock = MockCluster::new(1).expect("librdkafka's mock cluster");
+    /// A producer to `mock` with `properties`, and its report server.
+    fn producer_to(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        properties: &[(&str, &str)],
+    ) -> (KafkaProducer, Deliveries) {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", mock.bootstrap_servers());
+        for (k, v) in properties {
+            config.set(*k, *v);
+        }
         let producer: KafkaProducer = Arc::new(
-            ClientConfig::new()
-                .set("bootstrap.servers", mock.bootstrap_servers())
-                .set("linger.ms", "0")
+            config
                 .create_with_context(Counting::default())
                 .expect("a producer"),
         );
         let deliveries = Deliveries::new(&producer).expect("wake-ups");
+        (producer, deliveries)
+    }
+
+    #[tokio::test]
+    async fn reports_are_served_when_they_arrive_not_before() {
+        let mock = MockCluster::new(1).expect("librdkafka's mock cluster");
+        let (producer, deliveries) = producer_to(&mock, &[("linger.ms", "0")]);
         let woken = settled(&producer);
         let topic: Arc<str> = "t".into();
         let mut pending = Pending::position(crate::lsn::Lsn(1), true);
@@ -231,15 +243,8 @@ mod tests {
     #[tokio::test]
     async fn an_abort_completes_while_reports_are_served() {
         let mock = MockCluster::new(1).expect("librdkafka's mock cluster");
-        let producer: KafkaProducer = Arc::new(
-            ClientConfig::new()
-                .set("bootstrap.servers", mock.bootstrap_servers())
-                .set("transactional.id", "teal-test")
-                .set("linger.ms", "1000")
-                .create_with_context(Counting::default())
-                .expect("a producer"),
-        );
-        let deliveries = Deliveries::new(&producer).expect("wake-ups");
+        let properties = [("transactional.id", "teal-test"), ("linger.ms", "1000")];
+        let (producer, deliveries) = producer_to(&mock, &properties);
         let p = Arc::clone(&producer);
         tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(30)))
             .await

@@ -166,6 +166,18 @@ pub(crate) async fn stream_with_kafka_config(
     config.no_apply = no_apply;
     // Exact record counts: no ledger records in the transactions topic.
     config.apply.ledger = false;
+    stream_with(twins, config).await
+}
+
+/// `teal stream` in this process with `config`, streaming once this returns.
+pub(crate) async fn stream_with(
+    twins: &Twins,
+    config: stream::StreamConfig,
+) -> (
+    CancellationToken,
+    Arc<Monitor>,
+    tokio::task::JoinHandle<Result<Arc<teal::apply::ApplyStats>, stream::StreamError>>,
+) {
     let shutdown = CancellationToken::new();
     let monitor = Arc::new(Monitor::new("teal_slot"));
     let running = tokio::spawn(stream::run_monitored(

@@ -6,18 +6,17 @@
 //! mock broker itself stays up: taking it down and up again can find its
 //! port taken).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
-use teal::monitor::Monitor;
 use teal::ops::stream;
 use teal::sink::kafka::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{
     WAIT, confirmed, insert_each, kafka_down, kafka_up, mock_and_acct, read_topic,
-    records_until_quiet, stream_with_kafka, stream_with_kafka_config, ten_rows_on_green,
+    records_until_quiet, stream_with, stream_with_kafka, stream_with_kafka_config,
+    ten_rows_on_green,
 };
 use crate::support::cluster::default_bin;
 use crate::support::tap::init_logging;
@@ -215,14 +214,7 @@ async fn kafka_is_dropped_before_the_slot_is_lost() {
     kafka.max_behind = Some(1024 * 1024);
     config.kafka = Some(kafka);
     config.monitor.slot_poll_interval = Duration::from_millis(200);
-    let shutdown = CancellationToken::new();
-    let monitor = Arc::new(Monitor::new("teal_slot"));
-    let running = tokio::spawn(stream::run_monitored(
-        config,
-        shutdown.clone(),
-        Arc::clone(&monitor),
-    ));
-    twins.wait_streaming().await;
+    let (shutdown, monitor, running) = stream_with(&twins, config).await;
     ten_rows_on_green(&twins).await;
     twins
         .wait_slot_confirmed("green and Kafka hold 1..10")

@@ -191,6 +191,26 @@ pub(super) async fn send(
     }
 }
 
+/// [`send`] of a record whose key and value are JSON documents (the
+/// transaction topic's BEGIN, END and LEDGER records, the progress record).
+pub(super) async fn send_json(
+    producer: &KafkaProducer,
+    group: &mut Group,
+    topic: &Arc<str>,
+    key: &serde_json::Value,
+    value: &serde_json::Value,
+) -> Result<(), KafkaSinkError> {
+    let (key, value) = (key.to_string(), value.to_string());
+    send(
+        producer,
+        group,
+        topic,
+        Some(key.as_bytes()),
+        Some(value.as_bytes()),
+    )
+    .await
+}
+
 /// Waits until every record of `pending` is reported, or one of them failed.
 pub(super) async fn reported(settled: &Notify, pending: &[Pending]) {
     for p in pending {

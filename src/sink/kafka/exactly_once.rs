@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::event::TxnMeta;
 use crate::lsn::{Lsn, PgTimestamp};
 
-use super::acker::{Group, Pending, reported, send};
+use super::acker::{Group, Pending, reported, send_json};
 use super::config::{KafkaConfig, KafkaSinkError, consumer_property};
 use super::deliveries::KafkaProducer;
 use super::{Scope, blocking};
@@ -185,29 +185,21 @@ impl Transactional {
             self.abort(producer).await;
             return Ok(Vec::new());
         };
-        let key = json!({ "slot": self.slot }).to_string();
+        let key = json!({ "slot": self.slot });
         let value = json!({
             "slot": self.slot,
             "commit_lsn": last.commit_lsn.to_string(),
             "end_lsn": last.end_lsn.to_string(),
             "xid": last.xid.0,
             "ts_ms": PgTimestamp::now().unix_micros().div_euclid(1000),
-        })
-        .to_string();
+        });
         // Confirmed with the last position the commit makes safe.
         let mut alone = Group::new();
         let group = match open.done.last_mut() {
             Some(p) => &mut p.records,
             None => &mut alone,
         };
-        send(
-            producer,
-            group,
-            &self.position_topic,
-            Some(key.as_bytes()),
-            Some(value.as_bytes()),
-        )
-        .await?;
+        send_json(producer, group, &self.position_topic, &key, &value).await?;
         // Every record delivered first: librdkafka's commit flushes what is
         // in flight itself, and that flush took 100 ms every time in the
         // Kafka bench (against 5-20 ms for the reports to arrive), a pause

@@ -63,7 +63,7 @@ use crate::lsn::PgTimestamp;
 use crate::progress::{Consumer, Lag};
 
 use super::envelope::{self, Source};
-use acker::{Group, Pending, acknowledge, send};
+use acker::{Group, Pending, acknowledge, send_json};
 use config::producer;
 use deliveries::{Deliveries, KafkaProducer};
 use exactly_once::Transactional;
@@ -181,14 +181,12 @@ pub async fn run<B: AsRef<[Event]>>(
                             send_ledger(&producer, &mut open.records, &transactions_topic, &row)
                                 .await?;
                         }
-                        let begin = envelope::begin(meta, PgTimestamp::now()).to_string();
-                        let key = envelope::transaction_key(meta).to_string();
-                        send(
+                        send_json(
                             &producer,
                             &mut open.records,
                             &transactions_topic,
-                            Some(key.as_bytes()),
-                            Some(begin.as_bytes()),
+                            &envelope::transaction_key(meta),
+                            &envelope::begin(meta, PgTimestamp::now()),
                         )
                         .await?;
                         txn = Some(open);
@@ -218,14 +216,12 @@ pub async fn run<B: AsRef<[Event]>>(
                             .into_iter()
                             .map(|(table, n)| (table.to_string(), n))
                             .collect();
-                        let end = envelope::end(meta, &counts, PgTimestamp::now()).to_string();
-                        let key = envelope::transaction_key(meta).to_string();
-                        send(
+                        send_json(
                             &producer,
                             &mut open.records,
                             &transactions_topic,
-                            Some(key.as_bytes()),
-                            Some(end.as_bytes()),
+                            &envelope::transaction_key(meta),
+                            &envelope::end(meta, &counts, PgTimestamp::now()),
                         )
                         .await?;
                         stats.add(&open.records.tally(|produced| TopicCounts {
@@ -337,16 +333,9 @@ async fn send_ledger(
     topic: &Arc<str>,
     head: &crate::progress::LedgerHead,
 ) -> Result<(), KafkaSinkError> {
-    let key = envelope::ledger_key(&head.slot).to_string();
-    let value = envelope::ledger(head, PgTimestamp::now()).to_string();
-    send(
-        producer,
-        group,
-        topic,
-        Some(key.as_bytes()),
-        Some(value.as_bytes()),
-    )
-    .await
+    let key = envelope::ledger_key(&head.slot);
+    let value = envelope::ledger(head, PgTimestamp::now());
+    send_json(producer, group, topic, &key, &value).await
 }
 
 /// Hands `pending` to the acker, or (exactly-once) to the open Kafka
